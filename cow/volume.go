@@ -1,0 +1,333 @@
+// Package cow is Cairn's volume engine: the live image of one disk, the
+// change tracking of its current epoch, and (with the store) copy-on-write
+// snapshots. Every frontend (NBD, FUSE, kernel attach) reads and writes a
+// disk only through a Volume, so change tracking sees every write.
+package cow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/nbd"
+)
+
+// DefaultBlockSize is the unit of change tracking unless a disk says otherwise.
+const DefaultBlockSize = 64 << 10
+
+// Options configure Open.
+type Options struct {
+	// BlockSize is the change-tracking unit, a power of two from 4 KiB to 4 MiB.
+	BlockSize int
+	// ReadOnly opens the live image read-only; writes fail with nbd.ErrReadOnly.
+	ReadOnly bool
+}
+
+// Volume is an open live image. Its methods are safe for concurrent use.
+type Volume struct {
+	path      string
+	f         *os.File
+	isDevice  bool
+	readOnly  bool
+	blockSize int64
+	shift     uint
+
+	// gate is held shared by every write while it is in flight and
+	// exclusively by operations that must see no write in flight (sealing
+	// an epoch, growing). Taking it exclusively holds new writes at the
+	// frontend boundary and waits for the ones in flight.
+	gate sync.RWMutex
+	// size and dirty are guarded by gate: read under the shared side,
+	// replaced under the exclusive side.
+	size  int64
+	dirty *Bitmap
+}
+
+var _ nbd.Backend = (*Volume)(nil)
+
+// Open opens the live image at path (a regular file or a block device).
+func Open(path string, opts Options) (*Volume, error) {
+	bs := opts.BlockSize
+	if bs == 0 {
+		bs = DefaultBlockSize
+	}
+	if err := ValidBlockSize(bs); err != nil {
+		return nil, err
+	}
+	flag := os.O_RDWR
+	if opts.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open live image: %w", err)
+	}
+	v := &Volume{path: path, f: f, readOnly: opts.ReadOnly, blockSize: int64(bs)}
+	for 1<<v.shift != bs {
+		v.shift++
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat live image: %w", err)
+	}
+	if fi.Mode()&os.ModeDevice != 0 {
+		v.isDevice = true
+		var sz uint64
+		if err := ioctlUint64(int(f.Fd()), unix.BLKGETSIZE64, &sz); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("size of block device %s: %w", path, err)
+		}
+		v.size = int64(sz)
+	} else if fi.Mode().IsRegular() {
+		v.size = fi.Size()
+	} else {
+		f.Close()
+		return nil, fmt.Errorf("live image %s is neither a regular file nor a block device", path)
+	}
+	v.dirty = NewBitmap(v.blocks(v.size))
+	return v, nil
+}
+
+// ValidBlockSize reports whether bs can be a disk's block size.
+func ValidBlockSize(bs int) error {
+	if bs < 4096 || bs > 4<<20 || bs&(bs-1) != 0 {
+		return fmt.Errorf("block size %d: must be a power of two from 4 KiB to 4 MiB", bs)
+	}
+	return nil
+}
+
+func (v *Volume) blocks(size int64) uint64 {
+	return uint64((size + v.blockSize - 1) >> v.shift)
+}
+
+// Path is the live image's path.
+func (v *Volume) Path() string { return v.path }
+
+// BlockSize is the change-tracking unit in bytes.
+func (v *Volume) BlockSize() int { return int(v.blockSize) }
+
+// Size is the disk's size in bytes.
+func (v *Volume) Size() int64 {
+	v.gate.RLock()
+	defer v.gate.RUnlock()
+	return v.size
+}
+
+// ReadAt reads the live image.
+func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	n, err := v.f.ReadAt(p, off)
+	if err == io.EOF && n == len(p) {
+		err = nil
+	}
+	if err == io.EOF {
+		// A regular file shorter than the disk (never written at the end)
+		// reads as zeros.
+		clear(p[n:])
+		err = nil
+	}
+	return err
+}
+
+// markDirty records that [off, off+length) changed in this epoch. The
+// caller holds gate shared.
+func (v *Volume) markDirty(off, length int64) {
+	if length <= 0 {
+		return
+	}
+	first := uint64(off >> v.shift)
+	last := uint64((off + length - 1) >> v.shift)
+	v.dirty.SetRange(first, last)
+}
+
+// WriteAt writes p at off; with fua the data is durable on return.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if v.readOnly {
+		return nbd.ErrReadOnly
+	}
+	v.gate.RLock()
+	defer v.gate.RUnlock()
+	v.markDirty(off, int64(len(p)))
+	if _, err := v.f.WriteAt(p, off); err != nil {
+		return mapErr(err)
+	}
+	if fua {
+		return v.sync()
+	}
+	return nil
+}
+
+func (v *Volume) sync() error {
+	if err := unix.Fdatasync(int(v.f.Fd())); err != nil {
+		return mapErr(fmt.Errorf("fdatasync live image: %w", err))
+	}
+	return nil
+}
+
+// Flush makes every completed write durable.
+func (v *Volume) Flush(ctx context.Context) error {
+	if v.readOnly {
+		return nil
+	}
+	return v.sync()
+}
+
+// Trim punches a hole; the range reads as zeros afterwards.
+func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
+	return v.Zero(ctx, off, length, zeroFlagsFromFUA(fua))
+}
+
+func zeroFlagsFromFUA(fua bool) nbd.ZeroFlags {
+	if fua {
+		return nbd.ZeroFUA
+	}
+	return 0
+}
+
+// Zero makes the range read as zeros, punching a hole unless ZeroNoHole.
+func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+	if v.readOnly {
+		return nbd.ErrReadOnly
+	}
+	if length == 0 {
+		return nil
+	}
+	v.gate.RLock()
+	defer v.gate.RUnlock()
+	v.markDirty(off, length)
+	if err := v.zero(off, length, flags); err != nil {
+		return err
+	}
+	if flags&nbd.ZeroFUA != 0 {
+		return v.sync()
+	}
+	return nil
+}
+
+func (v *Volume) zero(off, length int64, flags nbd.ZeroFlags) error {
+	fd := int(v.f.Fd())
+	if v.isDevice {
+		r := [2]uint64{uint64(off), uint64(length)}
+		if err := ioctlRange(fd, unix.BLKZEROOUT, &r); err == nil {
+			return nil
+		} else if flags&nbd.ZeroFast != 0 {
+			return nbd.ErrNotFast
+		}
+		return v.writeZeros(off, length)
+	}
+	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
+	if flags&nbd.ZeroNoHole != 0 {
+		mode = unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
+	}
+	err := unix.Fallocate(fd, mode, off, length)
+	if err == nil {
+		return nil
+	}
+	if flags&nbd.ZeroFast != 0 {
+		return nbd.ErrNotFast
+	}
+	return v.writeZeros(off, length)
+}
+
+var zeroBuf = make([]byte, 1<<20)
+
+func (v *Volume) writeZeros(off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(zeroBuf)))
+		if _, err := v.f.WriteAt(zeroBuf[:n], off); err != nil {
+			return mapErr(err)
+		}
+		off += n
+		length -= n
+	}
+	return nil
+}
+
+// Extents reports data and holes from the filesystem (SEEK_DATA/SEEK_HOLE).
+// A block device reports all data.
+func (v *Volume) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+	if v.isDevice {
+		return []nbd.Extent{{Length: length}}, nil
+	}
+	return fileExtents(int(v.f.Fd()), off, length, v.Size())
+}
+
+// fileExtents walks SEEK_DATA/SEEK_HOLE over [off, off+length).
+func fileExtents(fd int, off, length, size int64) ([]nbd.Extent, error) {
+	end := min(off+length, size)
+	var out []nbd.Extent
+	for off < end {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = end // only a hole from here to EOF
+		} else if err != nil {
+			return []nbd.Extent{{Length: end - off}}, nil // filesystem without SEEK_DATA: all data
+		}
+		if data > off {
+			n := min(data, end) - off
+			out = append(out, nbd.Extent{Length: n, Flags: nbd.StateHole | nbd.StateZero})
+			off += n
+			continue
+		}
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+		if err != nil {
+			hole = end
+		}
+		n := min(hole, end) - off
+		out = append(out, nbd.Extent{Length: n})
+		off += n
+		if len(out) >= 1024 {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Grow enlarges the disk to size bytes; new space reads as zeros.
+func (v *Volume) Grow(size int64) error {
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	if size < v.size {
+		return fmt.Errorf("grow to %d bytes: smaller than the current size %d (shrinking is not supported)", size, v.size)
+	}
+	if v.isDevice {
+		return fmt.Errorf("grow: the live image is a block device; grow the device itself")
+	}
+	if err := v.f.Truncate(size); err != nil {
+		return fmt.Errorf("grow live image: %w", err)
+	}
+	v.size = size
+	v.dirty = v.dirty.Grow(v.blocks(size))
+	return nil
+}
+
+// DirtyBlocks returns the blocks written in the current epoch, in order.
+func (v *Volume) DirtyBlocks() []uint64 {
+	v.gate.RLock()
+	defer v.gate.RUnlock()
+	return v.dirty.Members()
+}
+
+// Close closes the live image after flushing it.
+func (v *Volume) Close() error {
+	var err error
+	if !v.readOnly {
+		err = v.sync()
+	}
+	if cerr := v.f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func mapErr(err error) error {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
+		return fmt.Errorf("%w: %v", nbd.ErrNoSpace, err)
+	}
+	return err
+}

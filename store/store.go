@@ -1,0 +1,210 @@
+// Package store keeps Cairn's snapshot data in Badger: content-addressed,
+// compressed, reference-counted chunks shared by every disk of the host;
+// chain entries that say which chunk holds block B of a disk as of snapshot
+// sequence S; and small JSON records (disks, snapshots) for the daemon and
+// cow.
+//
+// Lifecycle of the data a snapshot owns:
+//
+//   - A snapshot of disk D has a sequence number S, unique and increasing
+//     per disk, never reused. The entries written for it (PutEntries with
+//     seq S) are the blocks changed in the epoch it sealed.
+//   - Block B of snapshot S reads from the newest entry of (D, B) with a
+//     sequence at or before S: one ordered seek. No entry: the block was
+//     never written and reads as zeros. A zero entry reads as zeros and
+//     holds no chunk.
+//   - Deleting snapshot S merges it into its successor (Merge): entries the
+//     successor overrides are dropped and their chunk references released;
+//     the rest stay under their old sequence, where the successor's reads
+//     find them. No chunk data moves.
+//   - A chunk lives while any entry references it; when the last reference
+//     goes it is deleted and the value-log GC gives its space back.
+//
+// Durability: every method commits its Badger transaction before it
+// returns, but Badger keeps commits in the page cache; Sync makes every
+// earlier commit durable (power-cut safe). Callers group work and Sync once
+// (DESIGN.md: SyncWrites costs 8-21x write amplification).
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2/roaring64"
+)
+
+// Sentinel errors; the daemon maps them to API codes in one place.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrCorrupt  = errors.New("chunk corrupt")
+	ErrNoSpace  = errors.New("store full")
+)
+
+// Options configure Open.
+type Options struct {
+	// Dir is the Badger directory (created if missing).
+	Dir string
+	// InMemory runs Badger without files (tests only).
+	InMemory bool
+	// GCInterval is how often value-log GC runs in the background; 0 means 5 minutes.
+	GCInterval time.Duration
+	// Logger receives Badger's and the GC's messages at debug level. May be nil.
+	Logger interface{ Debug(msg string, args ...any) }
+}
+
+// Entry is one block's content to record.
+type Entry struct {
+	Block uint64
+	Data  []byte // exactly the disk's block size; all zeros is recorded as a zero entry
+}
+
+// Ref says what one chain entry holds.
+type Ref struct {
+	Zero bool
+	Hash [32]byte // BLAKE3 of the uncompressed block; meaningless when Zero
+	Seq  uint64   // the sequence the entry is stored under
+}
+
+// Stats describe the whole store.
+type Stats struct {
+	Chunks         uint64 // distinct chunks stored
+	LogicalBytes   uint64 // sum over all entries of the block size they stand for (zero entries excluded)
+	UniqueBytes    uint64 // sum over chunks of their uncompressed size (after dedup)
+	StoredBytes    uint64 // sum over chunks of their stored (compressed) size
+	ReclaimBytes   uint64 // bytes Badger still holds for deleted chunks (value log not yet collected), best estimate
+	DiskBytes      uint64 // size of the Badger directory (LSM + value log)
+	ZeroEntries    uint64
+	DataEntries    uint64
+}
+
+// VerifyReport is what Verify found.
+type VerifyReport struct {
+	ChunksChecked  uint64
+	EntriesChecked uint64
+	Faults         []string // one line each: what is wrong and where
+}
+
+// Store is an open Badger database. Safe for concurrent use.
+type Store struct{}
+
+// Open opens (or creates) the store.
+func Open(opts Options) (*Store, error) { panic("store: not yet written") }
+
+// Close flushes and closes the database. Stops background GC first.
+func (s *Store) Close() error { panic("store: not yet written") }
+
+// Sync makes every transaction committed before the call durable.
+func (s *Store) Sync() error { panic("store: not yet written") }
+
+// PutEntries records entries for (disk, seq) in one transaction (or a few,
+// for large batches, each atomic for its own entries): hashes each block,
+// records an all-zero block as a zero entry, stores the chunk compressed
+// (only when compression saves space) unless that hash is already stored,
+// and takes one reference per data entry. Writing an entry that already
+// exists for (disk, block, seq) replaces it and moves the reference, so
+// copy-out can be repeated after a crash. Durable only after Sync.
+func (s *Store) PutEntries(ctx context.Context, disk, seq uint64, entries []Entry) error {
+	panic("store: not yet written")
+}
+
+// Lookup returns the newest entry of (disk, block) with sequence <= seq.
+// found is false when there is none.
+func (s *Store) Lookup(ctx context.Context, disk, block, seq uint64) (ref Ref, found bool, err error) {
+	panic("store: not yet written")
+}
+
+// ReadBlock fills buf (the block size) with block's content as of seq:
+// the chunk of the newest entry at or before seq, verified against its
+// hash (ErrCorrupt on mismatch), zeros for a zero entry or no entry.
+// found reports whether an entry existed.
+func (s *Store) ReadBlock(ctx context.Context, disk, block, seq uint64, buf []byte) (found bool, err error) {
+	panic("store: not yet written")
+}
+
+// ReadChunk fills buf with the chunk named by hash, verified.
+func (s *Store) ReadChunk(ctx context.Context, hash [32]byte, buf []byte) error {
+	panic("store: not yet written")
+}
+
+// Changed returns the blocks of disk that have an entry with a sequence in
+// (after, upto]: the blocks changed after snapshot `after` up to snapshot
+// `upto`. after=0 means from the beginning.
+func (s *Store) Changed(ctx context.Context, disk, after, upto uint64) (*roaring64.Bitmap, error) {
+	panic("store: not yet written")
+}
+
+// Allocated returns the blocks of disk whose newest entry at or before seq
+// is a data entry (not zero): base:allocation of a snapshot.
+func (s *Store) Allocated(ctx context.Context, disk, seq uint64) (*roaring64.Bitmap, error) {
+	panic("store: not yet written")
+}
+
+// Merge deletes snapshot seq of disk by merging it into its successor. Its
+// entries are those with a sequence in (prev, seq], prev being the
+// previous live snapshot's sequence (0 if none). An entry is dropped and
+// its chunk reference released when the successor overrides the block:
+// when the block has an entry in (seq, next] (next = the successor's
+// sequence; 0 means the successor is the live epoch and only overridden
+// applies) or overridden(block) is true (the block is dirty or pending in a
+// later epoch). Other entries stay. Returns the bytes freed (uncompressed
+// size of chunks whose last reference went). Cost: proportional to the
+// snapshot's own entries, never to the chain's length. Durable after Sync.
+func (s *Store) Merge(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (freed uint64, err error) {
+	panic("store: not yet written")
+}
+
+// Unique returns the bytes that Merge with the same arguments would free
+// (stored size and uncompressed size) without changing anything.
+func (s *Store) Unique(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (stored, logical uint64, err error) {
+	panic("store: not yet written")
+}
+
+// ChainBytes returns the stored bytes referenced by disk's entries
+// (chunks shared with other disks counted in full for each disk) and the
+// number of entries.
+func (s *Store) ChainBytes(ctx context.Context, disk uint64) (stored uint64, entries uint64, err error) {
+	panic("store: not yet written")
+}
+
+// DropDisk deletes every entry of disk and releases their references.
+func (s *Store) DropDisk(ctx context.Context, disk uint64) error { panic("store: not yet written") }
+
+// Verify re-hashes every chunk and recounts every reference against the
+// entries. progress (may be nil) is called with done/total chunks.
+// When disk is non-zero only that disk's entries and the chunks they use
+// are checked (reference counts are still checked over all disks).
+func (s *Store) Verify(ctx context.Context, disk uint64, progress func(done, total uint64)) (VerifyReport, error) {
+	panic("store: not yet written")
+}
+
+// Stats returns store-wide figures.
+func (s *Store) Stats(ctx context.Context) (Stats, error) { panic("store: not yet written") }
+
+// RunGC runs value-log GC until it finds nothing more to collect (also runs
+// in the background every GCInterval).
+func (s *Store) RunGC() error { panic("store: not yet written") }
+
+// NextID returns a new unique id from the named sequence (disk ids).
+func (s *Store) NextID(name string) (uint64, error) { panic("store: not yet written") }
+
+// Records: small JSON documents by key, for the daemon and cow. Keys are
+// slash-separated paths such as "disk/<id>" or "snap/<disk>/<seq>".
+
+// PutRecord stores v (JSON) under key; durable after Sync.
+func (s *Store) PutRecord(key string, v any) error { panic("store: not yet written") }
+
+// GetRecord loads key into v; ErrNotFound if absent.
+func (s *Store) GetRecord(key string, v any) error { panic("store: not yet written") }
+
+// DeleteRecord removes key (no error if absent).
+func (s *Store) DeleteRecord(key string) error { panic("store: not yet written") }
+
+// ListRecords calls fn with every key starting with prefix, in key order,
+// and its raw JSON.
+func (s *Store) ListRecords(prefix string, fn func(key string, raw []byte) error) error {
+	panic("store: not yet written")
+}
+
+// Update applies several record puts and deletes atomically.
+func (s *Store) Update(puts map[string]any, deletes []string) error { panic("store: not yet written") }
