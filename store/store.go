@@ -29,9 +29,11 @@ package store
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
+	"github.com/dgraph-io/badger/v4"
 )
 
 // Sentinel errors; the daemon maps them to API codes in one place.
@@ -51,6 +53,16 @@ type Options struct {
 	GCInterval time.Duration
 	// Logger receives Badger's and the GC's messages at debug level. May be nil.
 	Logger interface{ Debug(msg string, args ...any) }
+	// MinFreeBytes is the free space the store leaves on its filesystem:
+	// below it, writes of chunks fail with ErrNoSpace (records, merges and
+	// deletes keep working down to half of it). Badger writes through
+	// memory-mapped files, where a full filesystem is a fatal SIGBUS rather
+	// than an error, so this headroom is what keeps the daemon alive.
+	// 0 means 256 MiB.
+	MinFreeBytes uint64
+
+	// tune adjusts Badger's options after the store's own (tests only).
+	tune func(*badger.Options)
 }
 
 // Entry is one block's content to record.
@@ -68,14 +80,14 @@ type Ref struct {
 
 // Stats describe the whole store.
 type Stats struct {
-	Chunks         uint64 // distinct chunks stored
-	LogicalBytes   uint64 // sum over all entries of the block size they stand for (zero entries excluded)
-	UniqueBytes    uint64 // sum over chunks of their uncompressed size (after dedup)
-	StoredBytes    uint64 // sum over chunks of their stored (compressed) size
-	ReclaimBytes   uint64 // bytes Badger still holds for deleted chunks (value log not yet collected), best estimate
-	DiskBytes      uint64 // size of the Badger directory (LSM + value log)
-	ZeroEntries    uint64
-	DataEntries    uint64
+	Chunks       uint64 // distinct chunks stored
+	LogicalBytes uint64 // sum over all entries of the block size they stand for (zero entries excluded)
+	UniqueBytes  uint64 // sum over chunks of their uncompressed size (after dedup)
+	StoredBytes  uint64 // sum over chunks of their stored (compressed) size
+	ReclaimBytes uint64 // bytes Badger still holds for deleted chunks (value log not yet collected), best estimate
+	DiskBytes    uint64 // size of the Badger directory (LSM + value log)
+	ZeroEntries  uint64
+	DataEntries  uint64
 }
 
 // VerifyReport is what Verify found.
@@ -86,16 +98,34 @@ type VerifyReport struct {
 }
 
 // Store is an open Badger database. Safe for concurrent use.
-type Store struct{}
+type Store struct {
+	db      *badger.DB
+	dir     string // "" when in memory
+	minFree uint64
+	log     interface{ Debug(msg string, args ...any) }
+
+	space   spaceGuard
+	reclaim reclaimEstimate
+
+	gcMu   sync.Mutex    // one value-log GC at a time
+	stopGC chan struct{} // closed by Close
+	gcDone chan struct{} // closed when the background GC goroutine returns
+
+	closeOnce sync.Once
+	closeErr  error
+}
 
 // Open opens (or creates) the store.
-func Open(opts Options) (*Store, error) { panic("store: not yet written") }
+func Open(opts Options) (*Store, error) { return open(opts) }
 
 // Close flushes and closes the database. Stops background GC first.
-func (s *Store) Close() error { panic("store: not yet written") }
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() { s.closeErr = s.close() })
+	return s.closeErr
+}
 
 // Sync makes every transaction committed before the call durable.
-func (s *Store) Sync() error { panic("store: not yet written") }
+func (s *Store) Sync() error { return s.sync() }
 
 // PutEntries records entries for (disk, seq) in one transaction (or a few,
 // for large batches, each atomic for its own entries): hashes each block,
@@ -183,28 +213,32 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) { panic("store: not ye
 
 // RunGC runs value-log GC until it finds nothing more to collect (also runs
 // in the background every GCInterval).
-func (s *Store) RunGC() error { panic("store: not yet written") }
+func (s *Store) RunGC() error { return s.runGC() }
 
 // NextID returns a new unique id from the named sequence (disk ids).
-func (s *Store) NextID(name string) (uint64, error) { panic("store: not yet written") }
+func (s *Store) NextID(name string) (uint64, error) { return s.nextID(name) }
 
 // Records: small JSON documents by key, for the daemon and cow. Keys are
 // slash-separated paths such as "disk/<id>" or "snap/<disk>/<seq>".
 
 // PutRecord stores v (JSON) under key; durable after Sync.
-func (s *Store) PutRecord(key string, v any) error { panic("store: not yet written") }
+func (s *Store) PutRecord(key string, v any) error {
+	return s.Update(map[string]any{key: v}, nil)
+}
 
 // GetRecord loads key into v; ErrNotFound if absent.
-func (s *Store) GetRecord(key string, v any) error { panic("store: not yet written") }
+func (s *Store) GetRecord(key string, v any) error { return s.getRecord(key, v) }
 
 // DeleteRecord removes key (no error if absent).
-func (s *Store) DeleteRecord(key string) error { panic("store: not yet written") }
+func (s *Store) DeleteRecord(key string) error { return s.Update(nil, []string{key}) }
 
 // ListRecords calls fn with every key starting with prefix, in key order,
 // and its raw JSON.
 func (s *Store) ListRecords(prefix string, fn func(key string, raw []byte) error) error {
-	panic("store: not yet written")
+	return s.listRecords(prefix, fn)
 }
 
 // Update applies several record puts and deletes atomically.
-func (s *Store) Update(puts map[string]any, deletes []string) error { panic("store: not yet written") }
+func (s *Store) Update(puts map[string]any, deletes []string) error {
+	return s.updateRecords(puts, deletes)
+}

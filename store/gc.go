@@ -1,0 +1,162 @@
+package store
+
+import (
+	"errors"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// gcDiscardRatio: value-log GC rewrites a file when at least this share of
+// it is garbage.
+const gcDiscardRatio = 0.5
+
+// gcLoop runs value-log GC every interval until Close. Owned by the Store;
+// Close stops it through stopGC and waits on gcDone.
+func (s *Store) gcLoop(interval time.Duration) {
+	defer close(s.gcDone)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopGC:
+			return
+		case <-t.C:
+			if err := s.runGC(); err != nil {
+				s.log.Debug("store: value-log GC", "err", err)
+			}
+		}
+	}
+}
+
+func (s *Store) runGC() error {
+	s.gcMu.Lock()
+	defer s.gcMu.Unlock()
+	before := diskUsage(s.dir, ".vlog")
+	rewrites := 0
+	for {
+		select {
+		case <-s.stopGC:
+			return nil
+		default:
+		}
+		// A rewrite copies the live part of one value-log file (at most
+		// half of it at this ratio) before deleting the file.
+		release, err := s.space.reserve(writeMeta, uint64(s.db.Opts().ValueLogFileSize)/2)
+		if err != nil {
+			return s.wrapErr("value-log GC", err)
+		}
+		err = s.db.RunValueLogGC(gcDiscardRatio)
+		release()
+		if err == nil {
+			rewrites++
+			continue
+		}
+		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) || errors.Is(err, badger.ErrGCInMemoryMode) {
+			break
+		}
+		return s.wrapErr("value-log GC", err)
+	}
+	after := diskUsage(s.dir, ".vlog")
+	if after < before {
+		s.reclaim.sub(before - after)
+	}
+	s.log.Debug("store: value-log GC done", "rewrites", rewrites, "freed_bytes", int64(before)-int64(after))
+	return nil
+}
+
+// reclaimEstimate tracks the stored bytes of deleted chunks that the value
+// log still holds: it grows when a chunk's last reference goes and shrinks
+// by what value-log GC gives back. Kept in z<reclaim> at Sync and Close, so
+// it survives restarts (an estimate: a crash loses the unsaved part).
+type reclaimEstimate struct {
+	bytes atomic.Uint64
+	mu    sync.Mutex // guards saved
+	saved uint64     // value last written to z<reclaim>
+}
+
+func (r *reclaimEstimate) add(n uint64) { r.bytes.Add(n) }
+
+func (r *reclaimEstimate) sub(n uint64) {
+	for {
+		cur := r.bytes.Load()
+		next := uint64(0)
+		if cur > n {
+			next = cur - n
+		}
+		if r.bytes.CompareAndSwap(cur, next) {
+			return
+		}
+	}
+}
+
+func (r *reclaimEstimate) load(db *badger.DB) error {
+	return db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(bookkeepKey(keyReclaimed))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(v []byte) error {
+			n, err := decodeU64(v)
+			r.bytes.Store(n)
+			r.saved = n
+			return err
+		})
+	})
+}
+
+// save writes the estimate when it changed. A full store skips it: the
+// figure is advisory and the space is better left to data.
+func (r *reclaimEstimate) save(s *Store) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.bytes.Load()
+	if n == r.saved {
+		return nil
+	}
+	release, err := s.space.reserve(writeMeta, recordOverhead)
+	if err != nil {
+		return nil
+	}
+	defer release()
+	if err := s.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(bookkeepKey(keyReclaimed), encodeU64(n))
+	}); err != nil {
+		return s.wrapErr("save reclaim estimate", err)
+	}
+	r.saved = n
+	return nil
+}
+
+// diskUsage is the space the files under dir whose names end in suffix
+// ("" for all) occupy on disk: allocated blocks, so sparse preallocation
+// is not counted.
+func diskUsage(dir, suffix string) uint64 {
+	if dir == "" {
+		return 0
+	}
+	var total uint64
+	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), suffix) {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			total += uint64(st.Blocks) * 512
+		}
+		return nil
+	})
+	return total
+}

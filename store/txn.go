@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+
+	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
+)
+
+// maxConflictRetries bounds the retries of one transaction that lost a
+// race (badger.ErrConflict). Every conflict means another transaction
+// committed, so the store as a whole always progresses; the bound only
+// turns a pathological livelock into an error.
+const maxConflictRetries = 1000
+
+// update runs fn in a read-write transaction and commits it, retrying from
+// scratch when Badger reports a conflict (another transaction changed a key
+// fn read). fn must not leave effects outside the transaction that a retry
+// would duplicate: it may only fill results it resets at its start.
+func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	for attempt := 0; ; attempt++ {
+		if ctx != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		txn := s.db.NewTransaction(true)
+		err := fn(txn)
+		if err == nil {
+			err = txn.Commit()
+		}
+		txn.Discard()
+		if errors.Is(err, badger.ErrConflict) && attempt < maxConflictRetries {
+			continue
+		}
+		return err
+	}
+}
+
+// wrapErr names the operation and turns a full filesystem into ErrNoSpace.
+func (s *Store) wrapErr(op string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNoSpace), errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotFound),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("store %s: %w", op, err)
+	case errors.Is(err, unix.ENOSPC) || strings.Contains(err.Error(), "no space left on device"):
+		// Badger flattens most errors to text (y.Wrap without %w).
+		return fmt.Errorf("store %s: %w: %s: %v", op, ErrNoSpace, s.dir, err)
+	default:
+		return fmt.Errorf("store %s: %w", op, err)
+	}
+}
+
+// Write classes for spaceGuard: chunk data must leave the full headroom;
+// metadata (records, merges, deletes) may use half of it, so that a full
+// store can still mark a snapshot failed and delete snapshots.
+const (
+	writeData = iota
+	writeMeta
+)
+
+// spaceGuard refuses writes that would leave less than minFree bytes on the
+// store's filesystem. Badger writes its value log, write-ahead log and
+// tables through memory-mapped sparse files: running out of space there is
+// a SIGBUS that kills the process, never an error. Checking statfs before
+// each commit, with the bytes of commits still in flight counted, turns
+// that into ErrNoSpace; minFree covers what Badger writes on its own
+// (memtable flushes, compactions, value-log GC).
+type spaceGuard struct {
+	dir      string // "" in memory: no guard
+	minFree  uint64
+	inflight atomic.Int64 // bytes reserved by commits not yet finished
+}
+
+// reserve checks that n more bytes fit and holds them until release is
+// called.
+func (g *spaceGuard) reserve(class int, n uint64) (release func(), err error) {
+	if g.dir == "" {
+		return func() {}, nil
+	}
+	held := g.inflight.Add(int64(n))
+	release = func() { g.inflight.Add(-int64(n)) }
+	var st unix.Statfs_t
+	if err := unix.Statfs(g.dir, &st); err != nil {
+		release()
+		return nil, fmt.Errorf("statfs %s: %w", g.dir, err)
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	keep := g.minFree
+	if class == writeMeta {
+		keep /= 2
+	}
+	if free < keep+uint64(held) {
+		release()
+		return nil, fmt.Errorf("%w: %s has %d MiB free and the store keeps %d MiB free for its own upkeep: free space on that filesystem or delete snapshots",
+			ErrNoSpace, g.dir, free>>20, keep>>20)
+	}
+	return release, nil
+}
+
+// updateGuarded is update with n bytes reserved against the filesystem's
+// free space for the duration.
+func (s *Store) updateGuarded(ctx context.Context, class int, n uint64, fn func(txn *badger.Txn) error) error {
+	release, err := s.space.reserve(class, n)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return s.update(ctx, fn)
+}
