@@ -1,0 +1,117 @@
+// Command cairnd is Cairn's daemon: it serves the disks of one data
+// directory over NBD and answers the control API (docs/config.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/cairn-storage/cairn/daemon"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1 // the daemon could not start or stopped on an error
+	exitUsage = 2 // bad flags, config file or settings
+)
+
+// run is cairnd's whole life; it returns the exit code.
+func run(args []string, stderr io.Writer) int {
+	cfg, err := parseConfig(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stderr, "cairnd", daemon.Version)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cairnd: %v\n", err)
+		return exitUsage
+	}
+	logger := cfg.NewLogger(stderr)
+	cfg.Logger = logger
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	d, err := daemon.New(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "cairnd: %v\n", err)
+		return exitError
+	}
+	if err := d.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "cairnd: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+var errVersion = errors.New("version requested")
+
+// parseConfig reads the config file (--config) and lets the flags that were
+// given override it, then validates the result.
+func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
+	fs := flag.NewFlagSet("cairnd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		configPath = fs.String("config", "", "TOML config file (docs/config.md); flags override it")
+		dataDir    = fs.String("data-dir", "", "data directory (default $STATE_DIRECTORY, else /var/lib/cairn)")
+		apiSocket  = fs.String("api-socket", "", "control API Unix socket (default $RUNTIME_DIRECTORY/cairn.sock, else DATA_DIR/cairn.sock)")
+		nbdSocket  = fs.String("nbd-socket", "", "NBD Unix socket (default $RUNTIME_DIRECTORY/nbd.sock, else DATA_DIR/nbd.sock)")
+		nbdListen  = fs.String("nbd-listen", "", "also serve NBD on this TCP host:port (loopback only until TLS exists)")
+		logLevel   = fs.String("log-level", "", "debug, info, warn or error (default info)")
+		logFormat  = fs.String("log-format", "", "text or json (default text)")
+		timeout    = fs.Duration("shutdown-timeout", 0, "bound on a graceful shutdown (default 5s)")
+		version    = fs.Bool("version", false, "print the version and exit")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: cairnd [flags]\n\nServes Cairn's disks over NBD and the control API. Flags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return daemon.Config{}, err
+	}
+	if *version {
+		return daemon.Config{}, errVersion
+	}
+	if fs.NArg() > 0 {
+		return daemon.Config{}, fmt.Errorf("unexpected argument %q: cairnd takes only flags (see cairnd --help)", fs.Arg(0))
+	}
+	var cfg daemon.Config
+	if *configPath != "" {
+		var err error
+		if cfg, err = daemon.LoadConfigFile(*configPath); err != nil {
+			return daemon.Config{}, err
+		}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "data-dir":
+			cfg.DataDir = *dataDir
+		case "api-socket":
+			cfg.APISocket = *apiSocket
+		case "nbd-socket":
+			cfg.NBDSocket = *nbdSocket
+		case "nbd-listen":
+			cfg.NBDListen = *nbdListen
+		case "log-level":
+			cfg.LogLevel = *logLevel
+		case "log-format":
+			cfg.LogFormat = *logFormat
+		case "shutdown-timeout":
+			cfg.ShutdownTimeout = daemon.Duration(*timeout)
+		}
+	})
+	return cfg, cfg.Validate()
+}

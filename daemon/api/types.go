@@ -1,0 +1,127 @@
+// Package api holds the JSON types of cairnd's control API (HTTP/1.1 + JSON
+// on a Unix socket, under /v1/; docs/api/openapi.yaml is the reference) and a
+// small client for it. The daemon encodes these types and the cairn CLI
+// decodes them, so the wire format lives here and nowhere else.
+package api
+
+import "time"
+
+// Disk is one virtual disk (GET /v1/disks/{name}).
+type Disk struct {
+	Name        string    `json:"name"`
+	ID          uint64    `json:"id"`
+	Size        int64     `json:"size"`       // bytes
+	BlockSize   int       `json:"block_size"` // bytes: the unit of change tracking
+	Description string    `json:"description,omitempty"`
+	Path        string    `json:"path"`    // the live image: a raw file or a block device
+	Adopted     bool      `json:"adopted"` // the live image was an existing file or device
+	Created     time.Time `json:"created"`
+	Export      string    `json:"export"`  // the NBD export name of the live disk
+	Clients     int       `json:"clients"` // connected NBD clients
+	State       string    `json:"state"`   // DiskReady or DiskError
+	Error       string    `json:"error,omitempty"`
+}
+
+// Disk states.
+const (
+	DiskReady = "ready"
+	// DiskError: the live image could not be opened when cairnd started
+	// (Disk.Error says why); the disk is not exported until it is fixed and
+	// cairnd restarted, and it can be deleted.
+	DiskError = "error"
+)
+
+// CreateDiskRequest is the body of POST /v1/disks.
+type CreateDiskRequest struct {
+	Name string `json:"name"`
+	// Size is required unless Adopt is set (an adopted disk takes the size
+	// of its file or device).
+	Size Size `json:"size,omitempty"`
+	// BlockSize defaults to 64 KiB: a power of two from 4 KiB to 4 MiB.
+	BlockSize   Size   `json:"block_size,omitempty"`
+	Description string `json:"description,omitempty"`
+	// Adopt is the absolute path of an existing raw file or block device
+	// to use as the live image instead of a new file.
+	Adopt string `json:"adopt,omitempty"`
+}
+
+// GrowDiskRequest is the body of POST /v1/disks/{name}/grow.
+type GrowDiskRequest struct {
+	Size Size `json:"size"`
+}
+
+// DeleteDiskOptions are the query parameters of DELETE /v1/disks/{name}.
+type DeleteDiskOptions struct {
+	// Force disconnects connected NBD clients first (force=true).
+	Force bool
+	// DeleteAdopted also removes an adopted regular file (delete_adopted=true);
+	// without it an adopted live image is left in place.
+	DeleteAdopted bool
+}
+
+// Export is one NBD export name (GET /v1/exports).
+type Export struct {
+	Name        string      `json:"name"`
+	Disk        string      `json:"disk"`
+	ReadOnly    bool        `json:"read_only"`
+	Size        int64       `json:"size"`
+	Description string      `json:"description,omitempty"`
+	Clients     []NBDClient `json:"clients"`
+}
+
+// NBDClient is one connected NBD client.
+type NBDClient struct {
+	ID       uint64    `json:"id"`
+	Remote   string    `json:"remote"`
+	Since    time.Time `json:"since"`
+	ReadOnly bool      `json:"read_only"`
+}
+
+// Info describes the running daemon (GET /v1/info).
+type Info struct {
+	Version       string    `json:"version"`
+	PID           int       `json:"pid"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	DataDir       string    `json:"data_dir"`
+	APISocket     string    `json:"api_socket"`
+	NBDSocket     string    `json:"nbd_socket"`
+	NBDListen     string    `json:"nbd_listen,omitempty"`
+	Disks         int       `json:"disks"`
+}
+
+// Health is the body of GET /v1/health: status "ok" with 200, or
+// "unavailable" with 503 and the failed checks in Problems.
+type Health struct {
+	Status   string   `json:"status"`
+	Problems []string `json:"problems,omitempty"`
+}
+
+// ErrorBody is the body of every error response.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// Error codes (ErrorBody.Error.Code) and the HTTP status each comes with.
+const (
+	CodeInvalidArgument      = "invalid_argument"       // 400: Message names the field
+	CodeNotFound             = "not_found"              // 404
+	CodeMethodNotAllowed     = "method_not_allowed"     // 405, with Allow
+	CodeAlreadyExists        = "already_exists"         // 409
+	CodeInUse                = "in_use"                 // 409: e.g. NBD clients connected
+	CodeFailedPrecondition   = "failed_precondition"    // 409: the disk's state forbids it
+	CodePayloadTooLarge      = "payload_too_large"      // 413: bodies are capped at 1 MiB
+	CodeUnsupportedMediaType = "unsupported_media_type" // 415: send application/json
+	CodeInternal             = "internal"               // 500: the cause is in cairnd's log
+	CodeInsufficientStorage  = "insufficient_storage"   // 507
+	CodeUnavailable          = "unavailable"            // 503: shutting down
+)
+
+// Error is an error answered by cairnd.
+type Error struct {
+	Status  int    `json:"-"` // HTTP status
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }

@@ -1,0 +1,290 @@
+// Package daemon is cairnd: it owns the disks of one data directory, serves
+// them over NBD and answers the control API. It is the only package that
+// knows the frontends (nbd), the volumes (cow) and the store together.
+//
+// Lifecycle: New takes the data directory's lock, opens the store and every
+// disk's live image and binds the listeners; Run serves until its context
+// ends or Shutdown is called, then shuts down gracefully; Shutdown stops
+// accepting, lets NBD requests in flight finish, flushes and closes every
+// volume, closes the store and releases the lock.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/store"
+)
+
+// Daemon is one running cairnd.
+type Daemon struct {
+	cfg     Config // defaults applied; never changes
+	log     *slog.Logger
+	started time.Time
+
+	lock  *dirLock
+	store *store.Store
+	nbd   *nbd.Server
+	api   *http.Server
+
+	apiListener, nbdListener, tcpListener net.Listener // tcpListener may be nil
+
+	mu sync.Mutex
+	// disks by name; guarded by mu, as is every Disk's mutable state.
+	disks map[string]*Disk
+	// closing is set when shutdown begins: no new exports, no changes.
+	closing bool
+	// nbdErr is why an NBD listener stopped serving (health); guarded by mu.
+	nbdErr error
+
+	stop         chan struct{} // closed by Shutdown to wake Run
+	stopOnce     sync.Once
+	shutdownOnce sync.Once
+	shutdownErr  error
+	serving      sync.WaitGroup // Run's serve goroutines
+}
+
+// New validates cfg, takes the data directory's lock, opens the store and
+// the disks, and binds the API and NBD listeners. Connections made after
+// New returns wait until Run serves them. On error everything New took is
+// released.
+func New(cfg Config) (d *Daemon, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	d = &Daemon{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		started: time.Now(),
+		disks:   make(map[string]*Disk),
+		stop:    make(chan struct{}),
+	}
+	defer func() {
+		if err != nil {
+			d.release(context.Background())
+		}
+	}()
+	for _, dir := range []string{cfg.DataDir, d.disksDir()} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	if d.lock, err = lockDataDir(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger}); err != nil {
+		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	if err := d.loadDisks(); err != nil {
+		return nil, err
+	}
+	d.nbd = nbd.NewServer(nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd")})
+	if err := d.listen(); err != nil {
+		return nil, err
+	}
+	d.api = &http.Server{
+		Handler:           d.apiHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return d, nil
+}
+
+func (d *Daemon) disksDir() string { return filepath.Join(d.cfg.DataDir, "disks") }
+
+// listen binds every listener the config names and does not supply.
+func (d *Daemon) listen() error {
+	var err error
+	if d.apiListener = d.cfg.APIListener; d.apiListener == nil {
+		if d.apiListener, err = listenUnix(d.cfg.APISocket); err != nil {
+			return fmt.Errorf("--api-socket: %w", err)
+		}
+	}
+	if d.nbdListener = d.cfg.NBDListener; d.nbdListener == nil {
+		if d.nbdListener, err = listenUnix(d.cfg.NBDSocket); err != nil {
+			return fmt.Errorf("--nbd-socket: %w", err)
+		}
+	}
+	if d.tcpListener = d.cfg.NBDTCPListener; d.tcpListener == nil && d.cfg.NBDListen != "" {
+		if d.tcpListener, err = net.Listen("tcp", d.cfg.NBDListen); err != nil {
+			return fmt.Errorf("--nbd-listen: %w", err)
+		}
+	}
+	return nil
+}
+
+// listenUnix listens on a Unix socket with mode 0660. A socket file left by
+// a cairnd that died is replaced; one that still answers is not.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; remove it or choose another path", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is in use by another process; stop it or choose another path", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Run serves the API and NBD until ctx ends or Shutdown is called, then
+// shuts down gracefully (bounded by Config.ShutdownTimeout). It returns
+// nil after a clean shutdown and the first error that stopped it
+// otherwise. Call it once.
+func (d *Daemon) Run(ctx context.Context) error {
+	fatal := make(chan error, 1)
+	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
+	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
+	if d.tcpListener != nil {
+		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
+	}
+	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
+		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", len(d.disks))
+	d.notify("READY=1")
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("shutting down", "reason", context.Cause(ctx))
+	case <-d.stop:
+	case runErr = <-fatal:
+		d.log.Error("shutting down", "reason", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(d.cfg.ShutdownTimeout))
+	defer cancel()
+	err := d.Shutdown(sctx)
+	d.serving.Wait()
+	return errors.Join(runErr, err)
+}
+
+// serve runs fn in a goroutine Run owns. An error from it (other than a
+// normal close) goes to fatal when fatal is non-nil, else to health.
+func (d *Daemon) serve(fn func() error, what string, fatal chan<- error) {
+	d.serving.Add(1)
+	go func() {
+		defer d.serving.Done()
+		err := fn()
+		if err == nil || errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+			return
+		}
+		err = fmt.Errorf("%s listener: %w", what, err)
+		if fatal != nil {
+			select {
+			case fatal <- err:
+			default:
+			}
+			return
+		}
+		d.log.Error("listener stopped", "err", err)
+		d.mu.Lock()
+		d.nbdErr = err
+		d.mu.Unlock()
+	}()
+}
+
+func (d *Daemon) notify(state string) {
+	if d.cfg.Notify != nil {
+		d.cfg.Notify(state)
+	}
+}
+
+func (d *Daemon) apiAddr() string { return d.apiListener.Addr().String() }
+
+func (d *Daemon) tcpAddr() string {
+	if d.tcpListener == nil {
+		return ""
+	}
+	return d.tcpListener.Addr().String()
+}
+
+// Shutdown stops the daemon: the API and NBD stop accepting, API requests
+// and NBD requests in flight finish (NBD connections are cut when ctx
+// ends first), every volume is flushed and closed, the store is synced and
+// closed and the lock released. Safe to call more than once and
+// concurrently with Run; every call returns the first call's result.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	d.stopOnce.Do(func() { close(d.stop) })
+	d.shutdownOnce.Do(func() {
+		d.notify("STOPPING=1")
+		d.mu.Lock()
+		d.closing = true
+		d.mu.Unlock()
+		d.shutdownErr = d.release(ctx)
+		if d.shutdownErr != nil {
+			d.log.Error("shutdown", "err", d.shutdownErr)
+		} else {
+			d.log.Info("cairnd stopped")
+		}
+	})
+	return d.shutdownErr
+}
+
+// release frees whatever New took, in reverse order; fields still nil are
+// skipped, so it also cleans up after a New that failed halfway.
+func (d *Daemon) release(ctx context.Context) error {
+	var errs []error
+	if d.api != nil {
+		if err := d.api.Shutdown(ctx); err != nil {
+			d.api.Close()
+			errs = append(errs, fmt.Errorf("stop api: %w", err))
+		}
+	}
+	if d.nbd != nil {
+		if err := d.nbd.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop nbd: %w", err))
+		}
+	}
+	for _, l := range []net.Listener{d.apiListener, d.nbdListener, d.tcpListener} {
+		if l != nil {
+			l.Close() // already closed by a server's shutdown unless Run never served it
+		}
+	}
+	d.mu.Lock()
+	for _, disk := range d.disks {
+		if err := disk.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close disk %s: %w", disk.rec.Name, err))
+		}
+	}
+	d.mu.Unlock()
+	if d.store != nil {
+		if err := d.store.Sync(); err != nil {
+			errs = append(errs, fmt.Errorf("sync store: %w", err))
+		}
+		if err := d.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	if d.lock != nil {
+		if err := d.lock.release(); err != nil {
+			errs = append(errs, fmt.Errorf("release lock: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,188 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// route is one endpoint of the control API. routes is the whole API:
+// apiHandler registers exactly these, and a test checks that
+// docs/api/openapi.yaml documents exactly these.
+type route struct {
+	method, path string
+	handle       func(d *Daemon, w http.ResponseWriter, r *http.Request) error
+}
+
+var routes = []route{
+	{http.MethodGet, "/v1/disks", (*Daemon).handleListDisks},
+	{http.MethodPost, "/v1/disks", (*Daemon).handleCreateDisk},
+	{http.MethodGet, "/v1/disks/{name}", (*Daemon).handleGetDisk},
+	{http.MethodDelete, "/v1/disks/{name}", (*Daemon).handleDeleteDisk},
+	{http.MethodPost, "/v1/disks/{name}/grow", (*Daemon).handleGrowDisk},
+	{http.MethodGet, "/v1/exports", (*Daemon).handleListExports},
+	{http.MethodGet, "/v1/info", (*Daemon).handleInfo},
+	{http.MethodGet, "/v1/health", (*Daemon).handleHealth},
+}
+
+// maxBody caps request bodies.
+const maxBody = 1 << 20
+
+// apiHandler serves routes; anything else gets a JSON 404, or 405 with
+// Allow when the path exists for other methods.
+func (d *Daemon) apiHandler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range routes {
+		mux.Handle(rt.method+" "+rt.path, d.wrap(rt.handle))
+	}
+	methods := []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		var allow []string
+		for _, m := range methods {
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != "" {
+				allow = append(allow, m)
+			}
+		}
+		if len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			d.writeError(w, r, errorf(errMethodNotAllowed, "method %s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+			return
+		}
+		d.writeError(w, r, errorf(ErrNotFound, "no API endpoint %s %s (the API is under /v1/; see docs/api/openapi.yaml)", r.Method, r.URL.Path))
+	})
+}
+
+// wrap turns a handler's error into the API's error answer, logs the
+// request, and answers 500 instead of dying when a handler panics.
+func (d *Daemon) wrap(h func(d *Daemon, w http.ResponseWriter, r *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		defer func() {
+			if p := recover(); p != nil {
+				d.log.Error("API handler panicked", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
+				d.writeError(w, r, fmt.Errorf("handler panicked: %v", p))
+			}
+		}()
+		if err := h(d, w, r); err != nil {
+			d.writeError(w, r, err)
+		}
+		d.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "duration", time.Since(start))
+	})
+}
+
+func (d *Daemon) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	e, internal := apiError(err)
+	if internal {
+		d.log.Error("API request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, e.Status, api.ErrorBody{Error: *e})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":{"code":"internal","message":"encode answer failed"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(b, '\n'))
+}
+
+// decodeBody decodes a JSON request body into v: application/json only,
+// at most maxBody bytes, one object, no unknown fields.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	ct := r.Header.Get("Content-Type")
+	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+		return errorf(errMediaType, "Content-Type %q: the request body must be JSON, sent as application/json", ct)
+	}
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = terr
+			if terr == nil {
+				err = errors.New("more than one JSON value")
+			}
+			err = fmt.Errorf("unexpected data after the JSON object: %w", err)
+		}
+	}
+	return bodyError(err)
+}
+
+func bodyError(err error) error {
+	var tooLarge *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooLarge):
+		return errorf(errTooLarge, "request body is larger than the limit of %d bytes", tooLarge.Limit)
+	case errors.Is(err, io.EOF):
+		return invalidf("request body is empty: send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return invalidf("request body: the JSON ends early")
+	case errors.As(err, &syntax):
+		return invalidf("request body: malformed JSON at byte %d: %v", syntax.Offset, err)
+	case errors.As(err, &typ) && typ.Field != "":
+		return invalidf("%s: expected %s, got a JSON %s", typ.Field, jsonTypeName(typ.Type.Name()), typ.Value)
+	case errors.As(err, &typ):
+		return invalidf("request body: expected a JSON object, got a JSON %s", typ.Value)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return invalidf("request body: unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return invalidf("request body: %v", err)
+}
+
+func jsonTypeName(goType string) string {
+	switch goType {
+	case "Size":
+		return `a number of bytes or a size string such as "10G"`
+	case "string":
+		return "a string"
+	case "bool":
+		return "true or false"
+	}
+	return goType
+}
+
+// queryBools parses the boolean query parameters a handler accepts; any
+// other parameter is an error naming it.
+func queryBools(r *http.Request, names ...string) (map[string]bool, error) {
+	out := make(map[string]bool, len(names))
+	q := r.URL.Query()
+	for key, vals := range q {
+		known := false
+		for _, n := range names {
+			known = known || key == n
+		}
+		if !known {
+			return nil, invalidf("unknown query parameter %q (accepted: %s)", key, strings.Join(names, ", "))
+		}
+		v := vals[len(vals)-1]
+		switch strings.ToLower(v) {
+		case "true", "1", "":
+			out[key] = true
+		case "false", "0":
+			out[key] = false
+		default:
+			return nil, invalidf("%s: %q is not true or false", key, v)
+		}
+	}
+	return out, nil
+}

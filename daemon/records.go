@@ -1,0 +1,31 @@
+package daemon
+
+import "time"
+
+// Store records of the daemon (store.PutRecord: JSON under a key). This
+// file is their wire format; change it only compatibly.
+//
+//	disk/<name>  diskRecord   one per disk
+//
+// The sequence "disk" (store.NextID) numbers disks; an id is never reused,
+// so DATA_DIR/disks/<id>.raw never names two disks.
+
+const (
+	diskKeyPrefix = "disk/"
+	diskIDSeq     = "disk"
+)
+
+func diskKey(name string) string { return diskKeyPrefix + name }
+
+// diskRecord is what the daemon keeps about a disk.
+type diskRecord struct {
+	ID          uint64    `json:"id"`
+	Name        string    `json:"name"`
+	Size        int64     `json:"size"`
+	BlockSize   int       `json:"block_size"`
+	Description string    `json:"description,omitempty"`
+	Created     time.Time `json:"created"`
+	// Adopted is the absolute path of an adopted live image; empty for a
+	// disk whose live image is DATA_DIR/disks/<id>.raw.
+	Adopted string `json:"adopted,omitempty"`
+}
