@@ -95,3 +95,52 @@ func ioctlUint64(fd int, req uint, v *uint64) error {
 	}
 	return nil
 }
+
+// AllSet reports whether every block first..last is in the set.
+func (b *Bitmap) AllSet(first, last uint64) bool {
+	for i := first; i <= last; {
+		w := i / 64
+		lo := i % 64
+		hi := uint64(63)
+		if last/64 == w {
+			hi = last % 64
+		}
+		mask := (^uint64(0) >> (63 - hi)) &^ ((1 << lo) - 1)
+		if atomic.LoadUint64(&b.words[w])&mask != mask {
+			return false
+		}
+		i = (w + 1) * 64
+	}
+	return true
+}
+
+// Clear removes block i.
+func (b *Bitmap) Clear(i uint64) { atomic.AndUint64(&b.words[i/64], ^(uint64(1) << (i % 64))) }
+
+// Or adds every member of o (o may be shorter or longer; extra bits are ignored).
+func (b *Bitmap) Or(o *Bitmap) {
+	n := min(len(b.words), len(o.words))
+	for i := 0; i < n; i++ {
+		if x := atomic.LoadUint64(&o.words[i]); x != 0 {
+			atomic.OrUint64(&b.words[i], x)
+		}
+	}
+}
+
+// Clone returns a copy.
+func (b *Bitmap) Clone() *Bitmap { return b.Grow(b.n) }
+
+// TestAndClear removes block i and reports whether it was in the set.
+func (b *Bitmap) TestAndClear(i uint64) bool {
+	w := &b.words[i/64]
+	bit := uint64(1) << (i % 64)
+	for {
+		old := atomic.LoadUint64(w)
+		if old&bit == 0 {
+			return false
+		}
+		if atomic.CompareAndSwapUint64(w, old, old&^bit) {
+			return true
+		}
+	}
+}

@@ -10,11 +10,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/store"
 )
 
 // DefaultBlockSize is the unit of change tracking unless a disk says otherwise.
@@ -26,6 +29,20 @@ type Options struct {
 	BlockSize int
 	// ReadOnly opens the live image read-only; writes fail with nbd.ErrReadOnly.
 	ReadOnly bool
+
+	// Store keeps the disk's snapshot chain. Without it the volume tracks
+	// changes in memory only and cannot take snapshots.
+	Store *store.Store
+	// DiskID names the disk's chain in the store; stable for the disk's life.
+	DiskID uint64
+	// TrackPrefix is the path prefix of the crash-safe change-tracking files
+	// ("<prefix>.<epoch>"). Empty: tracking lives in memory only.
+	TrackPrefix string
+	// Logger receives copy-out and recovery messages. Nil: slog.Default().
+	Logger *slog.Logger
+	// OnWrite, if set, is called after every completed write, trim or zero
+	// with its range (the FUSE view uses it to drop stale page cache).
+	OnWrite func(off, length int64)
 }
 
 // Volume is an open live image. Its methods are safe for concurrent use.
@@ -37,15 +54,24 @@ type Volume struct {
 	blockSize int64
 	shift     uint
 
+	opts      Options
+	log       *slog.Logger
+	liveSync  *groupSync // fdatasync of the live image, batched
+
 	// gate is held shared by every write while it is in flight and
 	// exclusively by operations that must see no write in flight (sealing
 	// an epoch, growing). Taking it exclusively holds new writes at the
 	// frontend boundary and waits for the ones in flight.
 	gate sync.RWMutex
-	// size and dirty are guarded by gate: read under the shared side,
+	// size and track are guarded by gate: read under the shared side,
 	// replaced under the exclusive side.
 	size  int64
-	dirty *Bitmap
+	track *tracker
+	// trackLost is set when a change-tracking write failed: the next
+	// snapshot then treats every allocated block as changed.
+	trackLost atomic.Bool
+
+	chain // snapshot state (snapshot.go)
 }
 
 var _ nbd.Backend = (*Volume)(nil)
@@ -67,7 +93,11 @@ func Open(path string, opts Options) (*Volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open live image: %w", err)
 	}
-	v := &Volume{path: path, f: f, readOnly: opts.ReadOnly, blockSize: int64(bs)}
+	v := &Volume{path: path, f: f, readOnly: opts.ReadOnly, blockSize: int64(bs), opts: opts, log: opts.Logger}
+	if v.log == nil {
+		v.log = slog.Default()
+	}
+	v.liveSync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
 	for 1<<v.shift != bs {
 		v.shift++
 	}
@@ -90,7 +120,10 @@ func Open(path string, opts Options) (*Volume, error) {
 		f.Close()
 		return nil, fmt.Errorf("live image %s is neither a regular file nor a block device", path)
 	}
-	v.dirty = NewBitmap(v.blocks(v.size))
+	if err := v.openChain(); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return v, nil
 }
 
@@ -134,15 +167,28 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return err
 }
 
-// markDirty records that [off, off+length) changed in this epoch. The
-// caller holds gate shared.
-func (v *Volume) markDirty(off, length int64) {
+// beforeWrite runs before any change to [off, off+length) reaches the live
+// image: it makes the blocks part of the epoch's durable dirty set and
+// copies out the old content of blocks still pending for a snapshot. The
+// caller holds gate shared. Neither step can fail the guest's write: a
+// tracking failure makes the next snapshot full, a copy-out failure fails
+// that snapshot (DESIGN.md invariant 5).
+func (v *Volume) beforeWrite(ctx context.Context, off, length int64) {
 	if length <= 0 {
 		return
 	}
 	first := uint64(off >> v.shift)
 	last := uint64((off + length - 1) >> v.shift)
-	v.dirty.SetRange(first, last)
+	if err := v.track.mark(first, last); err != nil && !v.trackLost.Swap(true) {
+		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
+	}
+	v.copyBeforeWrite(ctx, first, last)
+}
+
+func (v *Volume) afterWrite(off, length int64) {
+	if v.opts.OnWrite != nil {
+		v.opts.OnWrite(off, length)
+	}
 }
 
 // WriteAt writes p at off; with fua the data is durable on return.
@@ -152,8 +198,10 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
-	v.markDirty(off, int64(len(p)))
-	if _, err := v.f.WriteAt(p, off); err != nil {
+	v.beforeWrite(ctx, off, int64(len(p)))
+	_, err := v.f.WriteAt(p, off)
+	v.afterWrite(off, int64(len(p)))
+	if err != nil {
 		return mapErr(err)
 	}
 	if fua {
@@ -163,7 +211,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 }
 
 func (v *Volume) sync() error {
-	if err := unix.Fdatasync(int(v.f.Fd())); err != nil {
+	if err := v.liveSync.Wait(); err != nil {
 		return mapErr(fmt.Errorf("fdatasync live image: %w", err))
 	}
 	return nil
@@ -199,8 +247,10 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	}
 	v.gate.RLock()
 	defer v.gate.RUnlock()
-	v.markDirty(off, length)
-	if err := v.zero(off, length, flags); err != nil {
+	v.beforeWrite(ctx, off, length)
+	err := v.zero(off, length, flags)
+	v.afterWrite(off, length)
+	if err != nil {
 		return err
 	}
 	if flags&nbd.ZeroFUA != 0 {
@@ -290,6 +340,8 @@ func fileExtents(fd int, off, length, size int64) ([]nbd.Extent, error) {
 
 // Grow enlarges the disk to size bytes; new space reads as zeros.
 func (v *Volume) Grow(size int64) error {
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
 	v.gate.Lock()
 	defer v.gate.Unlock()
 	if size < v.size {
@@ -298,11 +350,13 @@ func (v *Volume) Grow(size int64) error {
 	if v.isDevice {
 		return fmt.Errorf("grow: the live image is a block device; grow the device itself")
 	}
+	if err := v.track.grow(v.blocks(size)); err != nil {
+		return err
+	}
 	if err := v.f.Truncate(size); err != nil {
 		return fmt.Errorf("grow live image: %w", err)
 	}
 	v.size = size
-	v.dirty = v.dirty.Grow(v.blocks(size))
 	return nil
 }
 
@@ -310,16 +364,21 @@ func (v *Volume) Grow(size int64) error {
 func (v *Volume) DirtyBlocks() []uint64 {
 	v.gate.RLock()
 	defer v.gate.RUnlock()
-	return v.dirty.Members()
+	return v.track.bits().Members()
 }
 
-// Close closes the live image after flushing it.
+// Close stops copy-out workers (their work resumes at the next Open),
+// flushes the live image and closes it.
 func (v *Volume) Close() error {
+	v.stopWorkers()
 	var err error
 	if !v.readOnly {
 		err = v.sync()
 	}
 	if cerr := v.f.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := v.track.close(); err == nil {
 		err = cerr
 	}
 	return err

@@ -1,0 +1,115 @@
+package cow
+
+import (
+	"context"
+	"fmt"
+)
+
+// DeleteSnapshot deletes the named snapshot, first, middle or last, by
+// merging it into its successor in the store: metadata only, in time
+// proportional to the snapshot's own entries. Exactly the chunks nothing
+// else references are released; freed is their uncompressed size. A
+// copying snapshot's pending blocks pass to its successor first. Refused
+// with ErrSnapInUse while a view of it is open.
+func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64, err error) {
+	if v.st == nil {
+		return 0, ErrNoStore
+	}
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	s, ok := v.find(name)
+	if !ok {
+		return 0, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+	}
+	if n := s.views.Load(); n > 0 {
+		return 0, fmt.Errorf("%w: %q has %d reader(s); disconnect them or force", ErrSnapInUse, name, n)
+	}
+	v.stopWorker(s)
+	v.mu.Lock()
+	if s.rec.State == StateCopying {
+		s.rec.State = StateFailed // no longer copying; about to go
+		s.rec.Reason = "deleted while copying"
+		v.passPending(s)
+	}
+	prevSeq, nextSeq, overridden := v.mergeBounds(s)
+	last := len(v.snaps) == 1
+	v.mu.Unlock()
+	if last {
+		// The chain becomes empty: free everything and let the next
+		// snapshot be full again (every allocated block counts as changed).
+		if err := v.markAllocated(); err != nil {
+			return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+		}
+		overridden = func(uint64) bool { return true }
+	}
+
+	freed, err = v.st.Merge(ctx, v.opts.DiskID, prevSeq, s.seq(), nextSeq, overridden)
+	if err != nil {
+		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+	}
+	if err := v.st.DeleteRecord(snapKey(v.opts.DiskID, s.seq())); err != nil {
+		return freed, fmt.Errorf("delete snapshot %q: %w", name, err)
+	}
+	if err := v.storeSync.Wait(); err != nil {
+		return freed, fmt.Errorf("delete snapshot %q: %w", name, err)
+	}
+	v.mu.Lock()
+	for i, x := range v.snaps {
+		if x == s {
+			v.snaps = append(v.snaps[:i:i], v.snaps[i+1:]...)
+			break
+		}
+	}
+	v.mu.Unlock()
+	return freed, nil
+}
+
+// mergeBounds gives Merge's arguments for deleting s: the previous
+// snapshot's sequence, the successor's (0: the live epoch) and which
+// blocks the successor overrides without an entry yet (pending for it, or
+// dirty in the live epoch). Caller holds mu.
+func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(uint64) bool) {
+	prev, next := v.neighbours(s)
+	if prev != nil {
+		prevSeq = prev.seq()
+	}
+	if next != nil {
+		pend := next.pending
+		return prevSeq, next.seq(), func(b uint64) bool { return b < pend.Len() && pend.Test(b) }
+	}
+	return prevSeq, 0, func(b uint64) bool {
+		v.gate.RLock()
+		bits := v.track.bits()
+		v.gate.RUnlock()
+		return b < bits.Len() && bits.Test(b)
+	}
+}
+
+// UniqueBytes is what deleting the named snapshot would free: stored
+// (compressed) and logical bytes of the chunks only it references.
+func (v *Volume) UniqueBytes(ctx context.Context, name string) (stored, logical uint64, err error) {
+	if v.st == nil {
+		return 0, 0, ErrNoStore
+	}
+	v.mu.Lock()
+	s, ok := v.findLocked(name)
+	if !ok {
+		v.mu.Unlock()
+		return 0, 0, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+	}
+	prevSeq, nextSeq, overridden := v.mergeBounds(s)
+	v.mu.Unlock()
+	return v.st.Unique(ctx, v.opts.DiskID, prevSeq, s.seq(), nextSeq, overridden)
+}
+
+// markAllocated adds every allocated block of the live image to the
+// epoch's dirty set, durably.
+func (v *Volume) markAllocated() error {
+	v.gate.RLock()
+	defer v.gate.RUnlock()
+	alloc, err := v.allocatedBlocks()
+	if err != nil {
+		return err
+	}
+	return v.track.setAll(alloc)
+}

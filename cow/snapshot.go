@@ -1,0 +1,585 @@
+package cow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/RoaringBitmap/roaring/v2/roaring64"
+
+	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/store"
+)
+
+// Snapshot lifecycle (DESIGN.md "Snapshot mechanics"):
+//
+//   - CreateSnapshot holds new writes at the gate, waits for the ones in
+//     flight, seals the epoch (its dirty set becomes the snapshot's pending
+//     set), opens a new epoch and releases: microseconds, whatever the size
+//     of the disk or of the change. It then makes the live image and the
+//     snapshot's record durable and returns with the snapshot `copying`.
+//   - A background worker copies each pending block out to the store and
+//     clears it; a write to a pending block copies the old content out
+//     first (copy-on-write). Pending sets of different snapshots never
+//     overlap: a block written after a seal was copied out for the earlier
+//     snapshot before the write reached the live image.
+//   - With pending empty the snapshot is `ready`. If the store cannot keep
+//     it, it turns `failed`; its pending blocks pass to its successor (or
+//     back to the live epoch) so every other snapshot stays complete.
+//   - Deleting a snapshot merges it into its successor in the store
+//     (metadata only). Rollback writes the snapshot's version of every
+//     block changed since back through the normal write path.
+//
+// Durability: a copy-on-write copy is durable in the store before the
+// overwrite is issued; the snapshot record is durable before
+// CreateSnapshot returns; the epoch's dirty set is durable (tracker file)
+// before a write reaches the live image.
+
+// Snapshot states.
+const (
+	StateCopying = "copying"
+	StateReady   = "ready"
+	StateFailed  = "failed"
+)
+
+// Errors callers match with errors.Is.
+var (
+	ErrNoStore      = errors.New("volume has no snapshot store")
+	ErrSnapNotFound = errors.New("snapshot not found")
+	ErrSnapExists   = errors.New("snapshot already exists")
+	ErrSnapInUse    = errors.New("snapshot is in use")
+	ErrSnapFailed   = errors.New("snapshot failed")
+)
+
+// SnapshotMeta is what the caller says about a new snapshot.
+type SnapshotMeta struct {
+	Name        string
+	Description string
+	Kind        string // "manual" or "auto"
+}
+
+// SnapshotInfo describes one snapshot.
+type SnapshotInfo struct {
+	Seq          uint64        `json:"seq"`
+	Name         string        `json:"name"`
+	Description  string        `json:"description,omitempty"`
+	Kind         string        `json:"kind"`
+	Created      time.Time     `json:"created"`
+	State        string        `json:"state"`
+	Progress     float64       `json:"progress"` // 0..100
+	Reason       string        `json:"reason,omitempty"`
+	Size         int64         `json:"size"`
+	WrittenBytes uint64        `json:"written_bytes"` // bytes changed in the epoch it sealed
+	Hold         time.Duration `json:"hold_ns"`       // how long writes were held to take it
+}
+
+// snapRecord is a snapshot's record in the store ("snap/<disk>/<seq>").
+type snapRecord struct {
+	Seq         uint64    `json:"seq"`
+	Name        string    `json:"name"`
+	Description string    `json:"description,omitempty"`
+	Kind        string    `json:"kind"`
+	Created     time.Time `json:"created"`
+	State       string    `json:"state"`
+	Reason      string    `json:"reason,omitempty"`
+	Size        int64     `json:"size"`
+	HoldNS      int64     `json:"hold_ns"`
+	Written     uint64    `json:"written_blocks"`
+	Pending     []byte    `json:"pending,omitempty"` // roaring64 of blocks to copy out, while copying
+}
+
+// chainRecord is a disk's chain bookkeeping ("chain/<disk>").
+type chainRecord struct {
+	NextSeq uint64 `json:"next_seq"` // every sequence below is used or abandoned
+	Epoch   uint64 `json:"epoch"`    // the current epoch: the sequence whose seal opened it (0: none)
+}
+
+func snapKey(disk, seq uint64) string { return fmt.Sprintf("snap/%d/%020d", disk, seq) }
+func snapPrefix(disk uint64) string   { return fmt.Sprintf("snap/%d/", disk) }
+func chainKey(disk uint64) string     { return fmt.Sprintf("chain/%d", disk) }
+
+const stripeCount = 1024
+
+// chain is the snapshot state of a Volume.
+type chain struct {
+	st *store.Store // nil: no snapshots
+
+	// sealMu serialises operations that change the chain's shape: create,
+	// delete, rollback, grow.
+	sealMu sync.Mutex
+
+	mu      sync.Mutex // guards snaps, nextSeq, epoch and each snap's rec
+	snaps   []*snap    // the chain, oldest first: copying, ready and failed snapshots
+	nextSeq uint64
+	epoch   uint64
+
+	// copying lists the snapshots that still have pending blocks. The write
+	// path reads it without locks; it is replaced (never mutated) under mu.
+	copying atomic.Pointer[[]*snap]
+
+	stripes   [stripeCount]sync.Mutex // per-block copy locks: a block is copied out at most once at a time
+	storeSync *groupSync
+
+	stopCtx context.Context
+	stop    context.CancelFunc
+	workers sync.WaitGroup
+}
+
+// snap is one snapshot in memory.
+type snap struct {
+	rec     snapRecord // guarded by chain.mu
+	pending *Bitmap    // blocks whose content is only in the live image; empty when ready
+	total   uint64     // pending blocks at seal (for progress)
+	views   atomic.Int32
+	working bool               // a copy-out worker runs (guarded by chain.mu)
+	cancel  context.CancelFunc // stops the worker (guarded by chain.mu)
+	done    chan struct{}      // closed when the worker ends (guarded by chain.mu)
+}
+
+func (s *snap) seq() uint64 { return s.rec.Seq }
+
+// openChain loads the chain from the store, recovers after a crash and
+// resumes unfinished copy-out.
+func (v *Volume) openChain() error {
+	v.st = v.opts.Store
+	v.stopCtx, v.stop = context.WithCancel(context.Background())
+	nblocks := v.blocks(v.size)
+	if v.st == nil || v.readOnly {
+		t, err := createTracker("", 0, nblocks, int(v.blockSize))
+		v.track = t
+		v.nextSeq = 1
+		return err
+	}
+	v.storeSync = newGroupSync(v.st.Sync)
+	ctx := context.Background()
+	disk := v.opts.DiskID
+
+	var cr chainRecord
+	fresh := false
+	switch err := v.st.GetRecord(chainKey(disk), &cr); {
+	case errors.Is(err, store.ErrNotFound):
+		fresh = true
+		cr = chainRecord{NextSeq: 1}
+	case err != nil:
+		return fmt.Errorf("load snapshot chain of disk %d: %w", disk, err)
+	}
+	v.nextSeq, v.epoch = cr.NextSeq, cr.Epoch
+
+	// Entries at or past NextSeq belong to a seal whose record never
+	// became durable: drop them.
+	if _, err := v.st.Merge(ctx, disk, cr.NextSeq-1, math.MaxUint64, 0, func(uint64) bool { return true }); err != nil {
+		return fmt.Errorf("drop unfinished snapshot of disk %d: %w", disk, err)
+	}
+	if err := v.loadSnaps(ctx); err != nil {
+		return err
+	}
+	if err := v.recoverTracker(fresh, nblocks); err != nil {
+		return err
+	}
+	if fresh {
+		if err := v.st.PutRecord(chainKey(disk), cr); err != nil {
+			return fmt.Errorf("record snapshot chain of disk %d: %w", disk, err)
+		}
+		if err := v.storeSync.Wait(); err != nil {
+			return fmt.Errorf("record snapshot chain of disk %d: %w", disk, err)
+		}
+	}
+	v.mu.Lock()
+	for _, s := range v.snaps {
+		if s.rec.State == StateCopying {
+			v.startWorker(s)
+		}
+	}
+	v.mu.Unlock()
+	return nil
+}
+
+// loadSnaps reads the snapshot records; a copying snapshot's pending set
+// is its recorded one less the blocks already copied out.
+func (v *Volume) loadSnaps(ctx context.Context) error {
+	disk := v.opts.DiskID
+	var copying []*snap
+	err := v.st.ListRecords(snapPrefix(disk), func(key string, raw []byte) error {
+		s := &snap{}
+		if err := jsonUnmarshal(raw, &s.rec); err != nil {
+			return fmt.Errorf("snapshot record %s: %w", key, err)
+		}
+		s.pending = NewBitmap(uint64((s.rec.Size + v.blockSize - 1) >> v.shift))
+		if s.rec.State == StateCopying {
+			rb := roaring64.New()
+			if err := rb.UnmarshalBinary(s.rec.Pending); err != nil {
+				return fmt.Errorf("snapshot record %s: pending set: %w", key, err)
+			}
+			it := rb.Iterator()
+			for it.HasNext() {
+				b := it.Next()
+				if b >= s.pending.Len() {
+					continue
+				}
+				ref, found, err := v.st.Lookup(ctx, disk, b, s.rec.Seq)
+				if err != nil {
+					return err
+				}
+				if !found || ref.Seq != s.rec.Seq {
+					s.pending.Set(b)
+				}
+			}
+			s.total = rb.GetCardinality()
+			copying = append(copying, s)
+		}
+		v.snaps = append(v.snaps, s)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("load snapshots of disk %d: %w", disk, err)
+	}
+	sort.Slice(v.snaps, func(i, j int) bool { return v.snaps[i].seq() < v.snaps[j].seq() })
+	v.copying.Store(&copying)
+	return nil
+}
+
+// recoverTracker opens the current epoch's tracker, folding in a tracker
+// left by a seal that never committed and deleting ones already sealed.
+func (v *Volume) recoverTracker(fresh bool, nblocks uint64) error {
+	prefix := v.opts.TrackPrefix
+	var cur *tracker
+	var later []*tracker
+	if prefix != "" {
+		matches, _ := filepath.Glob(prefix + ".*")
+		for _, m := range matches {
+			e, err := strconv.ParseUint(strings.TrimPrefix(m, prefix+"."), 10, 64)
+			if err != nil {
+				if strings.HasSuffix(m, ".tmp") {
+					os.Remove(m)
+				}
+				continue
+			}
+			switch {
+			case e < v.epoch:
+				os.Remove(m) // sealed into a committed snapshot
+			case e == v.epoch:
+				t, err := openTracker(m, int(v.blockSize))
+				if err != nil {
+					v.log.Warn("change-tracking file unreadable; the next snapshot will copy every allocated block", "file", m, "err", err)
+					continue
+				}
+				cur = t
+			default:
+				t, err := openTracker(m, int(v.blockSize))
+				if err == nil {
+					later = append(later, t)
+				} else {
+					os.Remove(m)
+				}
+			}
+		}
+	}
+	lost := cur == nil && !fresh && prefix != ""
+	if cur == nil {
+		t, err := createTracker(prefix, v.epoch, nblocks, int(v.blockSize))
+		if err != nil {
+			return err
+		}
+		cur = t
+	}
+	if cur.bits().Len() < nblocks {
+		if err := cur.grow(nblocks); err != nil {
+			return err
+		}
+	}
+	v.track = cur
+	for _, t := range later {
+		if err := cur.setAll(t.bits()); err != nil {
+			return err
+		}
+		t.remove()
+	}
+	if lost || fresh {
+		// A new disk over an existing image (adopted) or a lost tracker:
+		// every allocated block counts as changed.
+		alloc, err := v.allocatedBlocks()
+		if err != nil {
+			return err
+		}
+		if lost {
+			v.log.Warn("change-tracking file missing; the next snapshot will copy every allocated block", "live", v.path)
+		}
+		if err := cur.setAll(alloc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// allocatedBlocks lists the blocks of the live image that hold data. The
+// caller holds the gate (either side) or has the volume to itself.
+func (v *Volume) allocatedBlocks() (*Bitmap, error) {
+	bm := NewBitmap(v.blocks(v.size))
+	if v.isDevice {
+		if bm.Len() > 0 {
+			bm.SetRange(0, bm.Len()-1)
+		}
+		return bm, nil
+	}
+	var off int64
+	for off < v.size {
+		ext, err := fileExtents(int(v.f.Fd()), off, v.size-off, v.size)
+		if err != nil {
+			return nil, err
+		}
+		if len(ext) == 0 {
+			break
+		}
+		for _, e := range ext {
+			if e.Flags&nbd.StateHole == 0 && e.Length > 0 {
+				bm.SetRange(uint64(off>>v.shift), uint64((off+e.Length-1)>>v.shift))
+			}
+			off += e.Length
+		}
+	}
+	return bm, nil
+}
+
+// CreateSnapshot takes a crash-consistent snapshot: it holds every write
+// acknowledged before the call and none issued after it returned. The
+// snapshot's record is durable on return; the snapshot is `copying` until
+// its blocks are in the store.
+func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (SnapshotInfo, error) {
+	if v.st == nil || v.readOnly {
+		return SnapshotInfo{}, ErrNoStore
+	}
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	if _, ok := v.find(meta.Name); ok {
+		return SnapshotInfo{}, fmt.Errorf("%w: %q", ErrSnapExists, meta.Name)
+	}
+	seq := v.nextSeq
+	v.nextSeq++ // never reused, even if this seal fails
+	next, err := createTracker(v.opts.TrackPrefix, seq, v.blocks(v.Size()), int(v.blockSize))
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	s := &snap{rec: snapRecord{Seq: seq, Name: meta.Name, Description: meta.Description, Kind: meta.Kind,
+		Created: time.Now().UTC(), State: StateCopying}}
+
+	// The hold: writes wait at the gate; those in flight finish first.
+	t0 := time.Now()
+	v.gate.Lock()
+	old := v.track
+	v.track = next
+	s.pending = old.bits()
+	s.rec.Size = v.size
+	lost := v.trackLost.Swap(false)
+	if lost {
+		if alloc, err := v.allocatedBlocks(); err == nil {
+			s.pending.Or(alloc)
+		} else {
+			s.pending.SetRange(0, s.pending.Len()-1)
+		}
+	}
+	v.mu.Lock()
+	v.snaps = append(v.snaps, s)
+	v.addCopying(s)
+	v.mu.Unlock()
+	v.gate.Unlock()
+	hold := time.Since(t0)
+
+	s.total = s.pending.Count()
+	s.rec.HoldNS = int64(hold)
+	s.rec.Written = s.total
+	if err := v.commitSeal(s); err != nil {
+		v.abandonSeal(s, old)
+		return SnapshotInfo{}, err
+	}
+	old.remove()
+	v.mu.Lock()
+	v.epoch = seq
+	v.startWorker(s)
+	info := v.info(s)
+	v.mu.Unlock()
+	return info, nil
+}
+
+// commitSeal makes everything the new snapshot depends on durable: the
+// live image's content as of the seal and the snapshot's record.
+func (v *Volume) commitSeal(s *snap) error {
+	if err := v.sync(); err != nil {
+		return err
+	}
+	rec := s.rec
+	pend, err := toRoaring(s.pending).ToBytes()
+	if err != nil {
+		return err
+	}
+	rec.Pending = pend
+	cr := chainRecord{NextSeq: rec.Seq + 1, Epoch: rec.Seq}
+	disk := v.opts.DiskID
+	if err := v.st.Update(map[string]any{snapKey(disk, rec.Seq): rec, chainKey(disk): cr}, nil); err != nil {
+		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+	}
+	if err := v.storeSync.Wait(); err != nil {
+		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+	}
+	return nil
+}
+
+// abandonSeal undoes a seal whose record could not be made durable: the
+// epoch goes on in the old tracker (whose file the chain record still
+// names), with the blocks written since the seal folded in, and entries
+// copied on write for the abandoned snapshot are dropped.
+func (v *Volume) abandonSeal(s *snap, old *tracker) {
+	v.mu.Lock()
+	v.removeCopying(s)
+	for i, x := range v.snaps {
+		if x == s {
+			v.snaps = append(v.snaps[:i:i], v.snaps[i+1:]...)
+			break
+		}
+	}
+	v.mu.Unlock()
+	v.gate.Lock()
+	next := v.track
+	// s.pending is old's bitmap; blocks copied on write were cleared from
+	// it, but the writes marked them in next.
+	if err := old.setAll(next.bits()); err != nil && !v.trackLost.Swap(true) {
+		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "err", err)
+	}
+	v.track = old
+	v.gate.Unlock()
+	next.remove()
+	if _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {
+		v.log.Warn("could not drop the entries of an abandoned snapshot; they are dropped at the next start", "snapshot", s.rec.Name, "err", err)
+	}
+}
+
+func toRoaring(bm *Bitmap) *roaring64.Bitmap {
+	rb := roaring64.New()
+	for _, b := range bm.Members() {
+		rb.Add(b)
+	}
+	rb.RunOptimize()
+	return rb
+}
+
+// addCopying and removeCopying replace the copying list. Caller holds mu.
+func (v *Volume) addCopying(s *snap) {
+	old := v.copying.Load()
+	var list []*snap
+	if old != nil {
+		list = append(list, *old...)
+	}
+	list = append(list, s)
+	v.copying.Store(&list)
+}
+
+func (v *Volume) removeCopying(s *snap) {
+	old := v.copying.Load()
+	if old == nil {
+		return
+	}
+	list := make([]*snap, 0, len(*old))
+	for _, x := range *old {
+		if x != s {
+			list = append(list, x)
+		}
+	}
+	v.copying.Store(&list)
+}
+
+// find returns the snapshot named name. Takes mu.
+func (v *Volume) find(name string) (*snap, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.findLocked(name)
+}
+
+func (v *Volume) findLocked(name string) (*snap, bool) {
+	for _, s := range v.snaps {
+		if s.rec.Name == name {
+			return s, true
+		}
+	}
+	return nil, false
+}
+
+// neighbours returns the snapshots before and after s in the chain (nil
+// when none). Caller holds mu.
+func (v *Volume) neighbours(s *snap) (prev, next *snap) {
+	for i, x := range v.snaps {
+		if x == s {
+			if i > 0 {
+				prev = v.snaps[i-1]
+			}
+			if i+1 < len(v.snaps) {
+				next = v.snaps[i+1]
+			}
+		}
+	}
+	return prev, next
+}
+
+// info describes s. Caller holds mu.
+func (v *Volume) info(s *snap) SnapshotInfo {
+	r := s.rec
+	in := SnapshotInfo{Seq: r.Seq, Name: r.Name, Description: r.Description, Kind: r.Kind, Created: r.Created,
+		State: r.State, Reason: r.Reason, Size: r.Size, WrittenBytes: r.Written * uint64(v.blockSize),
+		Hold: time.Duration(r.HoldNS), Progress: 100}
+	if r.State == StateCopying && s.total > 0 {
+		left := s.pending.Count()
+		in.Progress = 100 * float64(s.total-min(left, s.total)) / float64(s.total)
+	}
+	return in
+}
+
+// Snapshots lists the chain, oldest first.
+func (v *Volume) Snapshots() []SnapshotInfo {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]SnapshotInfo, 0, len(v.snaps))
+	for _, s := range v.snaps {
+		out = append(out, v.info(s))
+	}
+	return out
+}
+
+// Snapshot describes the snapshot named name.
+func (v *Volume) Snapshot(name string) (SnapshotInfo, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	s, ok := v.findLocked(name)
+	if !ok {
+		return SnapshotInfo{}, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+	}
+	return v.info(s), nil
+}
+
+// WaitReady blocks until the named snapshot is ready (nil) or failed
+// (ErrSnapFailed), or ctx ends. For tests and the CLI's --wait.
+func (v *Volume) WaitReady(ctx context.Context, name string) error {
+	for {
+		in, err := v.Snapshot(name)
+		if err != nil {
+			return err
+		}
+		switch in.State {
+		case StateReady:
+			return nil
+		case StateFailed:
+			return fmt.Errorf("%w: %s", ErrSnapFailed, in.Reason)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,248 @@
+package cow
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Tracker file format (one file per epoch, "<prefix>.<epoch>"):
+//
+//	offset 0:    magic "CAIRNTRK", u32 version=1, u32 block size,
+//	             u64 epoch, u64 block count (little endian)
+//	offset 4096: the dirty bitmap, u64 words, little endian, bit i%64 of
+//	             word i/64 set when block i was written in the epoch.
+//
+// Bits are only ever set within an epoch, so a torn or reordered write of
+// a word can only lose bits that were never promised durable.
+const (
+	trackMagic   = "CAIRNTRK"
+	trackVersion = 1
+	trackDataOff = 4096
+)
+
+// tracker is the crash-safe dirty set of one epoch: a write-intent bitmap.
+// A block's bit is durable in the tracker file before the first write of
+// the epoch to that block is issued to the live image, so after a crash or
+// power cut every block that may have changed is found by reading this
+// small file: never by reading the disk.
+//
+// Cost per write: one atomic load when the block is already marked (every
+// write after the first in an epoch); otherwise an 8-byte pwrite and a
+// share of one fdatasync, batched across concurrent writers.
+type tracker struct {
+	path  string // "" for a memory-only tracker (no crash safety: tests, read-only)
+	f     *os.File
+	epoch uint64
+
+	staged  atomic.Pointer[Bitmap] // bits set in memory; superset of durable
+	durable atomic.Pointer[Bitmap] // bits known to be on stable storage
+
+	wmu  sync.Mutex // serialises pwrites of bitmap words so a stale word never overwrites a newer one
+	sync *groupSync
+}
+
+func trackPath(prefix string, epoch uint64) string { return fmt.Sprintf("%s.%d", prefix, epoch) }
+
+// createTracker makes an empty tracker file for epoch (replacing any) and
+// makes it and its directory entry durable.
+func createTracker(prefix string, epoch, nblocks uint64, blockSize int) (*tracker, error) {
+	t := &tracker{epoch: epoch}
+	t.staged.Store(NewBitmap(nblocks))
+	t.durable.Store(NewBitmap(nblocks))
+	if prefix == "" {
+		return t, nil
+	}
+	t.path = trackPath(prefix, epoch)
+	tmp := t.path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("create change-tracking file: %w", err)
+	}
+	hdr := make([]byte, trackDataOff)
+	copy(hdr, trackMagic)
+	binary.LittleEndian.PutUint32(hdr[8:], trackVersion)
+	binary.LittleEndian.PutUint32(hdr[12:], uint32(blockSize))
+	binary.LittleEndian.PutUint64(hdr[16:], epoch)
+	binary.LittleEndian.PutUint64(hdr[24:], nblocks)
+	if _, err := f.WriteAt(hdr, 0); err == nil {
+		err = f.Truncate(trackDataOff + int64(wordsFor(nblocks))*8)
+		if err == nil {
+			err = f.Sync()
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, t.path)
+	}
+	if err == nil {
+		err = syncDir(filepath.Dir(t.path))
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("create change-tracking file %s: %w", t.path, err)
+	}
+	t.f = f
+	t.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
+	return t, nil
+}
+
+// openTracker loads an existing tracker file.
+func openTracker(path string, blockSize int) (*tracker, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	hdr := make([]byte, 32)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("read change-tracking file %s: %w", path, err)
+	}
+	if string(hdr[:8]) != trackMagic || binary.LittleEndian.Uint32(hdr[8:]) != trackVersion ||
+		int(binary.LittleEndian.Uint32(hdr[12:])) != blockSize {
+		f.Close()
+		return nil, fmt.Errorf("change-tracking file %s: bad header (not a Cairn tracker or another block size)", path)
+	}
+	nblocks := binary.LittleEndian.Uint64(hdr[24:])
+	bm := NewBitmap(nblocks)
+	raw := make([]byte, len(bm.words)*8)
+	n, err := f.ReadAt(raw, trackDataOff)
+	if err != nil && n != len(raw) {
+		// A short file (crash while growing) reads the rest as zero words.
+		clear(raw[n:])
+	}
+	for i := range bm.words {
+		bm.words[i] = binary.LittleEndian.Uint64(raw[i*8:])
+	}
+	t := &tracker{path: path, f: f, epoch: binary.LittleEndian.Uint64(hdr[16:])}
+	t.staged.Store(bm)
+	t.durable.Store(bm.Grow(nblocks))
+	t.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
+	return t, nil
+}
+
+func wordsFor(n uint64) uint64 { return (n + 63) / 64 }
+
+// bits is the epoch's dirty set as marked so far.
+func (t *tracker) bits() *Bitmap { return t.staged.Load() }
+
+// mark makes blocks first..last part of the epoch's dirty set, durably,
+// before it returns. The caller holds the volume's gate shared (so the
+// bitmaps are not swapped underneath).
+func (t *tracker) mark(first, last uint64) error {
+	durable := t.durable.Load()
+	if durable.AllSet(first, last) {
+		return nil
+	}
+	staged := t.staged.Load()
+	staged.SetRange(first, last)
+	if t.f == nil {
+		durable.SetRange(first, last)
+		return nil
+	}
+	if err := t.writeWords(staged, first/64, last/64); err != nil {
+		return err
+	}
+	if err := t.sync.Wait(); err != nil {
+		return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
+	}
+	durable.SetRange(first, last)
+	return nil
+}
+
+// writeWords writes bitmap words w1..w2 to the file.
+func (t *tracker) writeWords(bm *Bitmap, w1, w2 uint64) error {
+	t.wmu.Lock()
+	defer t.wmu.Unlock()
+	var small [8 * 8]byte
+	buf := small[:0]
+	if need := (w2 - w1 + 1) * 8; need > uint64(len(small)) {
+		buf = make([]byte, 0, need)
+	}
+	for w := w1; w <= w2; w++ {
+		buf = binary.LittleEndian.AppendUint64(buf, atomic.LoadUint64(&bm.words[w]))
+	}
+	if _, err := t.f.WriteAt(buf, trackDataOff+int64(w1)*8); err != nil {
+		return fmt.Errorf("write change-tracking file %s: %w", t.path, err)
+	}
+	return nil
+}
+
+// setAll marks every block in bm durably (used to fold an unfinished
+// epoch or a failed snapshot's blocks back into the current epoch).
+func (t *tracker) setAll(bm *Bitmap) error {
+	staged := t.staged.Load()
+	n := min(uint64(len(bm.words)), uint64(len(staged.words)))
+	for w := uint64(0); w < n; w++ {
+		if x := atomic.LoadUint64(&bm.words[w]); x != 0 {
+			atomic.OrUint64(&staged.words[w], x)
+		}
+	}
+	if t.f != nil && n > 0 {
+		if err := t.writeWords(staged, 0, n-1); err != nil {
+			return err
+		}
+		if err := t.sync.Wait(); err != nil {
+			return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
+		}
+	}
+	durable := t.durable.Load()
+	for w := uint64(0); w < n; w++ {
+		atomic.OrUint64(&durable.words[w], atomic.LoadUint64(&staged.words[w]))
+	}
+	return nil
+}
+
+// grow extends the tracker to n blocks. Caller holds the gate exclusively.
+func (t *tracker) grow(n uint64) error {
+	if t.f != nil {
+		if err := t.f.Truncate(trackDataOff + int64(wordsFor(n))*8); err != nil {
+			return fmt.Errorf("grow change-tracking file %s: %w", t.path, err)
+		}
+		var hdr [8]byte
+		binary.LittleEndian.PutUint64(hdr[:], n)
+		if _, err := t.f.WriteAt(hdr[:], 24); err != nil {
+			return fmt.Errorf("grow change-tracking file %s: %w", t.path, err)
+		}
+		if err := t.f.Sync(); err != nil {
+			return fmt.Errorf("grow change-tracking file %s: %w", t.path, err)
+		}
+	}
+	t.staged.Store(t.staged.Load().Grow(n))
+	t.durable.Store(t.durable.Load().Grow(n))
+	return nil
+}
+
+func (t *tracker) close() error {
+	if t.f == nil {
+		return nil
+	}
+	return t.f.Close()
+}
+
+// remove closes and deletes the tracker file.
+func (t *tracker) remove() error {
+	t.close()
+	if t.path == "" {
+		return nil
+	}
+	if err := os.Remove(t.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return syncDir(filepath.Dir(t.path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
