@@ -73,10 +73,10 @@ func (v *Volume) addLiveChanges(bm *Bitmap, after, upto uint64) {
 
 // dirtyContext serves qemu:dirty-bitmap:SNAP for one export.
 type dirtyContext struct {
-	v      *Volume
-	after  uint64
-	upto   uint64
-	size   int64
+	v     *Volume
+	after uint64
+	upto  uint64
+	size  int64
 
 	once   sync.Once
 	stored *Bitmap // changes already in the store at the first query

@@ -9,8 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -54,9 +54,9 @@ type Volume struct {
 	blockSize int64
 	shift     uint
 
-	opts      Options
-	log       *slog.Logger
-	liveSync  *groupSync // fdatasync of the live image, batched
+	opts     Options
+	log      *slog.Logger
+	liveSync *groupSync // fdatasync of the live image, batched
 
 	// gate is held shared by every write while it is in flight and
 	// exclusively by operations that must see no write in flight (sealing
