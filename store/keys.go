@@ -127,6 +127,14 @@ func parseBySeqKey(k []byte) (disk, seq, block uint64, ok bool) {
 	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), binary.BigEndian.Uint64(k[17:]), true
 }
 
+// diskOfKey returns the disk of an e<...> or s<...> key.
+func diskOfKey(k []byte) (uint64, bool) {
+	if len(k) != entryKeyLen || (k[0] != prefixEntry && k[0] != prefixBySeq) {
+		return 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), true
+}
+
 // entryValue is [kind][hash]; a zero entry carries a zero hash.
 func entryValue(zero bool, h [32]byte) []byte {
 	v := make([]byte, entryValLen)

@@ -135,13 +135,13 @@ func (s *Store) Sync() error { return s.sync() }
 // exists for (disk, block, seq) replaces it and moves the reference, so
 // copy-out can be repeated after a crash. Durable only after Sync.
 func (s *Store) PutEntries(ctx context.Context, disk, seq uint64, entries []Entry) error {
-	panic("store: not yet written")
+	return s.putEntries(ctx, disk, seq, entries)
 }
 
 // Lookup returns the newest entry of (disk, block) with sequence <= seq.
 // found is false when there is none.
 func (s *Store) Lookup(ctx context.Context, disk, block, seq uint64) (ref Ref, found bool, err error) {
-	panic("store: not yet written")
+	return s.lookup(ctx, disk, block, seq)
 }
 
 // ReadBlock fills buf (the block size) with block's content as of seq:
@@ -149,25 +149,25 @@ func (s *Store) Lookup(ctx context.Context, disk, block, seq uint64) (ref Ref, f
 // hash (ErrCorrupt on mismatch), zeros for a zero entry or no entry.
 // found reports whether an entry existed.
 func (s *Store) ReadBlock(ctx context.Context, disk, block, seq uint64, buf []byte) (found bool, err error) {
-	panic("store: not yet written")
+	return s.readBlock(ctx, disk, block, seq, buf)
 }
 
 // ReadChunk fills buf with the chunk named by hash, verified.
 func (s *Store) ReadChunk(ctx context.Context, hash [32]byte, buf []byte) error {
-	panic("store: not yet written")
+	return s.readChunk(ctx, hash, buf)
 }
 
 // Changed returns the blocks of disk that have an entry with a sequence in
 // (after, upto]: the blocks changed after snapshot `after` up to snapshot
 // `upto`. after=0 means from the beginning.
 func (s *Store) Changed(ctx context.Context, disk, after, upto uint64) (*roaring64.Bitmap, error) {
-	panic("store: not yet written")
+	return s.changed(ctx, disk, after, upto)
 }
 
 // Allocated returns the blocks of disk whose newest entry at or before seq
 // is a data entry (not zero): base:allocation of a snapshot.
 func (s *Store) Allocated(ctx context.Context, disk, seq uint64) (*roaring64.Bitmap, error) {
-	panic("store: not yet written")
+	return s.allocated(ctx, disk, seq)
 }
 
 // Merge deletes snapshot seq of disk by merging it into its successor. Its
@@ -181,35 +181,39 @@ func (s *Store) Allocated(ctx context.Context, disk, seq uint64) (*roaring64.Bit
 // size of chunks whose last reference went). Cost: proportional to the
 // snapshot's own entries, never to the chain's length. Durable after Sync.
 func (s *Store) Merge(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (freed uint64, err error) {
-	panic("store: not yet written")
+	return s.merge(ctx, mergeArgs{disk, prev, seq, next, overridden})
 }
 
 // Unique returns the bytes that Merge with the same arguments would free
 // (stored size and uncompressed size) without changing anything.
 func (s *Store) Unique(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (stored, logical uint64, err error) {
-	panic("store: not yet written")
+	return s.unique(ctx, mergeArgs{disk, prev, seq, next, overridden})
 }
 
 // ChainBytes returns the stored bytes referenced by disk's entries
 // (chunks shared with other disks counted in full for each disk) and the
 // number of entries.
 func (s *Store) ChainBytes(ctx context.Context, disk uint64) (stored uint64, entries uint64, err error) {
-	panic("store: not yet written")
+	return s.chainBytes(ctx, disk)
 }
 
 // DropDisk deletes every entry of disk and releases their references.
-func (s *Store) DropDisk(ctx context.Context, disk uint64) error { panic("store: not yet written") }
+func (s *Store) DropDisk(ctx context.Context, disk uint64) error {
+	return s.dropDisk(ctx, disk)
+}
 
 // Verify re-hashes every chunk and recounts every reference against the
 // entries. progress (may be nil) is called with done/total chunks.
 // When disk is non-zero only that disk's entries and the chunks they use
 // are checked (reference counts are still checked over all disks).
 func (s *Store) Verify(ctx context.Context, disk uint64, progress func(done, total uint64)) (VerifyReport, error) {
-	panic("store: not yet written")
+	return s.verify(ctx, disk, progress)
 }
 
 // Stats returns store-wide figures.
-func (s *Store) Stats(ctx context.Context) (Stats, error) { panic("store: not yet written") }
+func (s *Store) Stats(ctx context.Context) (Stats, error) {
+	return s.stats(ctx)
+}
 
 // RunGC runs value-log GC until it finds nothing more to collect (also runs
 // in the background every GCInterval).

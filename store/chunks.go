@@ -1,0 +1,216 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/klauspost/compress/s2"
+	"github.com/zeebo/blake3"
+)
+
+// zeroBlock is compared against, never written.
+var zeroBlock [64 << 10]byte
+
+// isZero reports whether b holds only zero bytes (bytes.Equal is a
+// vectorised memcmp).
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroBlock))
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// hashBlock names a chunk: BLAKE3 of its uncompressed content.
+func hashBlock(b []byte) [32]byte { return blake3.Sum256(b) }
+
+// encodeChunk builds a c<hash> value: S2-compressed when that saves at
+// least an eighth, raw otherwise (random data costs one fast attempt).
+func encodeChunk(raw []byte) []byte {
+	buf := make([]byte, 1+s2.MaxEncodedLen(len(raw)))
+	enc := s2.Encode(buf[1:], raw)
+	if len(enc) <= len(raw)-len(raw)/8 {
+		buf[0] = codecS2
+		return buf[:1+len(enc)]
+	}
+	buf[0] = codecRaw
+	return buf[:1+copy(buf[1:], raw)]
+}
+
+// decodeChunk fills buf from a c<hash> value and checks it against the
+// hash.
+func decodeChunk(h [32]byte, v, buf []byte) error {
+	if len(v) == 0 {
+		return fmt.Errorf("%w: chunk %x: empty value", ErrCorrupt, h)
+	}
+	switch payload := v[1:]; v[0] {
+	case codecRaw:
+		if len(payload) != len(buf) {
+			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", ErrCorrupt, h, len(payload), len(buf))
+		}
+		copy(buf, payload)
+	case codecS2:
+		n, err := s2.DecodedLen(payload)
+		if err != nil {
+			return fmt.Errorf("%w: chunk %x: %v", ErrCorrupt, h, err)
+		}
+		if n != len(buf) {
+			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", ErrCorrupt, h, n, len(buf))
+		}
+		if _, err := s2.Decode(buf, payload); err != nil {
+			return fmt.Errorf("%w: chunk %x: %v", ErrCorrupt, h, err)
+		}
+	default:
+		return fmt.Errorf("%w: chunk %x: unknown codec %d", ErrCorrupt, h, v[0])
+	}
+	if got := hashBlock(buf); got != h {
+		return fmt.Errorf("%w: chunk %x: content hashes to %x", ErrCorrupt, h, got)
+	}
+	return nil
+}
+
+// rawLen is the uncompressed size a c<hash> value decodes to.
+func rawLen(v []byte) (int, error) {
+	if len(v) == 0 {
+		return 0, errors.New("empty value")
+	}
+	switch v[0] {
+	case codecRaw:
+		return len(v) - 1, nil
+	case codecS2:
+		return s2.DecodedLen(v[1:])
+	}
+	return 0, fmt.Errorf("unknown codec %d", v[0])
+}
+
+// readChunk fills buf with chunk h inside txn.
+func readChunk(txn *badger.Txn, h [32]byte, buf []byte) error {
+	item, err := txn.Get(chunkKey(h))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return fmt.Errorf("%w: chunk %x is missing", ErrCorrupt, h)
+	}
+	if err != nil {
+		return err
+	}
+	return item.Value(func(v []byte) error { return decodeChunk(h, v, buf) })
+}
+
+func (s *Store) readChunk(ctx context.Context, h [32]byte, buf []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := s.db.View(func(txn *badger.Txn) error { return readChunk(txn, h, buf) })
+	return s.wrapErr("read chunk", err)
+}
+
+// getRef reads r<hash>; found is false when the chunk has no reference
+// record.
+func getRef(txn *badger.Txn, h [32]byte) (ref chunkRef, found bool, err error) {
+	item, err := txn.Get(refKey(h))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return ref, false, nil
+	}
+	if err != nil {
+		return ref, false, err
+	}
+	err = item.Value(func(v []byte) error {
+		ref, err = parseChunkRef(v)
+		return err
+	})
+	return ref, err == nil, err
+}
+
+// refDeltas are the reference changes one transaction makes, by chunk.
+type refDeltas map[[32]byte]int64
+
+// applied says what applyRefDeltas did to the chunks.
+type applied struct {
+	freedRaw    uint64 // uncompressed bytes of chunks deleted
+	freedStored uint64 // stored bytes of chunks deleted
+}
+
+// applyRefDeltas writes the reference changes in txn: a chunk gaining its
+// first reference is stored (payload gives its encoded value and raw
+// size), one losing its last is deleted. Reads every r<hash> it changes,
+// so two transactions touching one chunk conflict and one retries: counts
+// stay exact under concurrency.
+func applyRefDeltas(txn *badger.Txn, deltas refDeltas, payload func(h [32]byte) (enc []byte, raw uint64)) (applied, error) {
+	var a applied
+	for h, d := range deltas {
+		if d == 0 {
+			continue
+		}
+		ref, found, err := getRef(txn, h)
+		if err != nil {
+			return a, err
+		}
+		n := int64(ref.refs) + d
+		switch {
+		case n < 0 || (!found && d < 0):
+			return a, fmt.Errorf("%w: chunk %x: releasing %d references, it has %d (run verify)", ErrCorrupt, h, -d, ref.refs)
+		case !found && payload == nil:
+			return a, fmt.Errorf("store: chunk %x gains a reference but has none stored", h)
+		case !found:
+			enc, raw := payload(h)
+			if enc == nil {
+				return a, fmt.Errorf("store: chunk %x gains a reference but its content is not at hand", h)
+			}
+			if err := txn.Set(chunkKey(h), enc); err != nil {
+				return a, err
+			}
+			ref = chunkRef{refs: uint64(n), stored: uint64(len(enc)), raw: raw}
+		case n == 0:
+			if err := txn.Delete(chunkKey(h)); err != nil {
+				return a, err
+			}
+			if err := txn.Delete(refKey(h)); err != nil {
+				return a, err
+			}
+			a.freedRaw += ref.raw
+			a.freedStored += ref.stored
+			continue
+		default:
+			ref.refs = uint64(n)
+		}
+		if err := txn.Set(refKey(h), ref.encode()); err != nil {
+			return a, err
+		}
+	}
+	return a, nil
+}
+
+// parallel calls fn(0..n-1) on up to GOMAXPROCS goroutines and waits.
+func parallel(n int, fn func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+}
