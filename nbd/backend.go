@@ -1,6 +1,3 @@
-// Package nbd is Cairn's NBD protocol server (fixed newstyle, structured
-// replies, meta contexts, block status). It serves any Backend; it knows
-// nothing of snapshots, chains or the store.
 package nbd
 
 import (
@@ -76,11 +73,11 @@ type MetaContext interface {
 // Errors a Backend may return to choose the NBD error sent to the client.
 // Any other error is sent as EIO (and logged).
 var (
-	ErrNotFast  = errors.New("nbd: fast zero not possible")    // ENOTSUP
-	ErrNoSpace  = errors.New("nbd: no space left")             // ENOSPC
-	ErrReadOnly = errors.New("nbd: export is read-only")       // EPERM
-	ErrInvalid  = errors.New("nbd: invalid request")           // EINVAL
-	ErrShutdown = errors.New("nbd: server is shutting down")   // ESHUTDOWN
+	ErrNotFast  = errors.New("nbd: fast zero not possible")  // ENOTSUP
+	ErrNoSpace  = errors.New("nbd: no space left")           // ENOSPC
+	ErrReadOnly = errors.New("nbd: export is read-only")     // EPERM
+	ErrInvalid  = errors.New("nbd: invalid request")         // EINVAL
+	ErrShutdown = errors.New("nbd: server is shutting down") // ESHUTDOWN
 )
 
 // Export is one name a client can open.
@@ -93,7 +90,6 @@ type Export struct {
 	// every connection sees every other's completed writes and a FLUSH on
 	// one flushes all.
 	MultiConn bool
-	// TrimZeroes: reads after a trim return zeros (lets the server say so).
 	// Block sizes advertised with NBD_INFO_BLOCK_SIZE; zero means the
 	// defaults (1, 4096, 32 MiB).
 	MinBlock, PrefBlock, MaxBlock uint32

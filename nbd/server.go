@@ -2,8 +2,11 @@ package nbd
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -11,11 +14,39 @@ import (
 type Options struct {
 	Exporter Exporter
 	Logger   *slog.Logger // nil: slog.Default()
+	// HandshakeTimeout bounds option haggling, from accept to the start of
+	// the transmission phase. Zero means one minute.
+	HandshakeTimeout time.Duration
+	// MaxInFlight bounds the requests one connection may have in flight;
+	// the connection stops reading requests until one completes. Zero
+	// means 128.
+	MaxInFlight int
+	// MaxWorkers bounds the goroutines that call the backend for one
+	// connection. Zero means 32.
+	MaxWorkers int
+	// MaxInFlightBytes bounds the READ and WRITE payload buffers one
+	// connection holds at a time (a single request may always proceed
+	// alone). Zero means 64 MiB.
+	MaxInFlightBytes int
 }
+
+const (
+	defaultHandshakeTimeout = time.Minute
+	defaultMaxInFlight      = 128
+	defaultMaxWorkers       = 32
+	defaultMaxInFlightBytes = 64 << 20
+)
 
 // Server speaks NBD on any number of listeners.
 type Server struct {
 	opts Options
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{} // guarded by mu
+	conns     map[*conn]struct{}        // guarded by mu
+	nextID    uint64                    // guarded by mu
+	closing   bool                      // guarded by mu: Shutdown was called
 }
 
 // ConnInfo describes one connected client.
@@ -28,20 +59,177 @@ type ConnInfo struct {
 }
 
 // NewServer returns a server for the exports opts.Exporter resolves.
-func NewServer(opts Options) *Server { return &Server{opts: opts} }
+func NewServer(opts Options) *Server {
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = defaultMaxInFlight
+	}
+	if opts.MaxWorkers <= 0 {
+		opts.MaxWorkers = defaultMaxWorkers
+	}
+	if opts.MaxInFlightBytes <= 0 {
+		opts.MaxInFlightBytes = defaultMaxInFlightBytes
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Server{
+		opts:      opts,
+		log:       log,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}
+}
 
 // Serve accepts connections on l until l is closed or Shutdown is called.
-// It returns nil after Shutdown.
-func (s *Server) Serve(l net.Listener) error { panic("nbd: Serve not yet written") }
+// It returns nil after Shutdown. Shutdown closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isClosing() {
+				return nil
+			}
+			if transientAcceptError(err) {
+				// Out of file descriptors or a transient failure: wait and
+				// retry rather than spin or give up the listener.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("nbd: accept failed; retrying", "addr", l.Addr().String(), "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		go s.ServeConn(nc)
+	}
+}
+
+// transientAcceptError reports whether Accept may succeed if retried: out
+// of file descriptors, or a timeout.
+func transientAcceptError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() ||
+		errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED)
+}
+
+// ServeConn speaks NBD on one already accepted connection (for example a
+// socket handed over by systemd) and returns when it is closed. It closes
+// nc.
+func (s *Server) ServeConn(nc net.Conn) {
+	c := s.register(nc)
+	if c == nil {
+		nc.Close()
+		return
+	}
+	defer s.unregister(c)
+	c.serve()
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Server) register(nc net.Conn) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil
+	}
+	s.nextID++
+	c := newConn(s, nc, s.nextID)
+	s.conns[c] = struct{}{}
+	return c
+}
+
+func (s *Server) unregister(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
 
 // Shutdown stops accepting, lets in-flight requests finish and be answered,
 // flushes, and closes every connection. If ctx ends first the remaining
-// connections are closed at once.
-func (s *Server) Shutdown(ctx context.Context) error { panic("nbd: Shutdown not yet written") }
+// connections are closed at once and Shutdown returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	return stopAll(ctx, conns)
+}
 
-// Connections lists the connected clients.
-func (s *Server) Connections() []ConnInfo { panic("nbd: Connections not yet written") }
+// Connections lists the connected clients, including those still
+// negotiating.
+func (s *Server) Connections() []ConnInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ConnInfo, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c.info())
+	}
+	return out
+}
 
 // Disconnect closes every connection whose export is name (after letting
-// requests in flight finish) and returns how many it closed.
-func (s *Server) Disconnect(ctx context.Context, name string) int { panic("nbd: Disconnect not yet written") }
+// requests in flight finish and be answered, and flushing the export if it
+// is writable) and returns how many it closed. If ctx ends first the
+// remaining ones are closed at once.
+func (s *Server) Disconnect(ctx context.Context, name string) int {
+	s.mu.Lock()
+	var conns []*conn
+	for c := range s.conns {
+		if c.info().Export == name {
+			conns = append(conns, c)
+		}
+	}
+	s.mu.Unlock()
+	stopAll(ctx, conns)
+	return len(conns)
+}
+
+// stopAll asks every connection to stop and waits for them; when ctx ends
+// first it closes the rest at once.
+func stopAll(ctx context.Context, conns []*conn) error {
+	for _, c := range conns {
+		c.stop()
+	}
+	for _, c := range conns {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			for _, c := range conns {
+				c.kill()
+			}
+			return ctx.Err()
+		}
+	}
+	return nil
+}

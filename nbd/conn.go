@@ -1,0 +1,162 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// readBufSize is the per-connection read buffer: large enough that one
+// read system call picks up a queue depth's worth of request headers and
+// small write payloads.
+const readBufSize = 128 << 10
+
+// conn is one client connection through its whole life: option haggling
+// (handshake.go), then the transmission phase (transmission.go), then
+// teardown. One goroutine (the one running serve) owns the socket's read
+// side; workers share the write side through replies.
+type conn struct {
+	srv    *Server
+	nc     net.Conn
+	id     uint64
+	since  time.Time
+	remote string
+	log    *slog.Logger
+	done   chan struct{} // closed when serve has returned
+
+	// ctx is passed to every backend call; kill and the end of serve
+	// cancel it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// stopping is set by stop: read no further requests, finish those in
+	// flight, flush, close.
+	stopping atomic.Bool
+
+	mu         sync.Mutex
+	exportName string    // guarded by mu; "" until the transmission phase
+	readOnly   bool      // guarded by mu
+	logTokens  int       // guarded by mu: backend-error log lines allowed now
+	logRefill  time.Time // guarded by mu: when logTokens was last refilled
+	logDropped int       // guarded by mu: lines suppressed since the last one
+
+	br *bufio.Reader // read side; owned by the goroutine running serve
+
+	// Negotiated state: written during the handshake, read-only once the
+	// transmission phase starts.
+	structured bool
+	exp        *Export
+	release    func()
+	lim        limits
+	contexts   []selectedContext
+
+	tx transmission // transmission-phase machinery
+}
+
+func newConn(s *Server, nc net.Conn, id uint64) *conn {
+	remote := "unknown"
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
+		remote = a.String()
+	} else if a := nc.LocalAddr(); a != nil {
+		remote = "unix:" + a.String()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &conn{
+		srv:    s,
+		nc:     nc,
+		id:     id,
+		since:  time.Now(),
+		remote: remote,
+		log:    s.log.With("conn", id, "remote", remote),
+		done:   make(chan struct{}),
+		ctx:    ctx,
+		cancel: cancel,
+	}
+}
+
+func (c *conn) info() ConnInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return ConnInfo{ID: c.id, Export: c.exportName, Remote: c.remote, Since: c.since, ReadOnly: c.readOnly}
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer close(c.done)
+	defer c.cancel()
+	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	if c.negotiate() {
+		c.transmit()
+	}
+	c.teardown()
+}
+
+// stop asks the connection to end gracefully: it reads no more requests,
+// answers those in flight, flushes a written export and closes.
+func (c *conn) stop() {
+	c.stopping.Store(true)
+	// Wake a reader blocked on the socket. serve re-checks stopping after
+	// every change of deadline, so this cannot be lost.
+	c.nc.SetReadDeadline(time.Now())
+}
+
+// kill ends the connection at once: the socket closes and backend calls
+// see a cancelled context.
+func (c *conn) kill() {
+	c.cancel()
+	c.nc.Close()
+}
+
+// teardown flushes what this connection wrote, closes the socket and
+// releases the export.
+func (c *conn) teardown() {
+	if c.exp != nil && c.tx.dirty.Load() {
+		if err := c.callFlush(); err != nil {
+			c.log.Warn("nbd: flush at disconnect failed; data written by this client may not be durable",
+				"export", c.exp.Name, "err", err)
+		}
+	}
+	c.nc.Close()
+	if c.release != nil {
+		c.release()
+	}
+	c.log.Debug("nbd: connection closed")
+}
+
+// callFlush flushes the backend, recovering a panic into an error.
+func (c *conn) callFlush() (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = panicError(p)
+		}
+	}()
+	return c.exp.Backend.Flush(c.ctx)
+}
+
+// logBackendError logs a backend failure, at most ten lines a second per
+// connection so a failing disk cannot flood the journal.
+func (c *conn) logBackendError(msg string, args ...any) {
+	c.mu.Lock()
+	now := time.Now()
+	if c.logTokens < 10 && now.Sub(c.logRefill) >= 100*time.Millisecond {
+		c.logTokens += min(10-c.logTokens, int(now.Sub(c.logRefill)/(100*time.Millisecond)))
+		c.logRefill = now
+	}
+	if c.logTokens == 0 {
+		c.logDropped++
+		c.mu.Unlock()
+		return
+	}
+	c.logTokens--
+	dropped := c.logDropped
+	c.logDropped = 0
+	c.mu.Unlock()
+	if dropped > 0 {
+		args = append(args, "suppressed", dropped)
+	}
+	c.log.Warn(msg, args...)
+}

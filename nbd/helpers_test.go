@@ -1,0 +1,95 @@
+package nbd_test
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/nbd/nbdtest"
+)
+
+// fixture is a server with the exports most tests use:
+//
+//	disk   file-backed, writable, multi-conn
+//	ro     file-backed, read-only
+//	mem    in-memory, writable, with context qemu:dirty-bitmap:x
+type fixture struct {
+	sock     string
+	srv      *nbd.Server
+	exports  *nbdtest.Exports
+	diskPath string
+	disk     *nbdtest.File
+	mem      *nbdtest.Memory
+	dirty    *nbdtest.Ranges
+}
+
+const fixtureSize = 16 << 20
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fixture{diskPath: filepath.Join(dir, "disk.img")}
+	var err error
+	if f.disk, err = nbdtest.CreateFile(f.diskPath, fixtureSize); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.disk.Close() })
+	ro, err := nbdtest.CreateFile(filepath.Join(dir, "ro.img"), fixtureSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ro.Close() })
+	if err := ro.WriteAt(context.Background(), bytes.Repeat([]byte{0xab}, 1<<20), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	f.mem = nbdtest.NewMemory(fixtureSize)
+	f.dirty = &nbdtest.Ranges{Size: fixtureSize, Flags: nbd.StateDirty, Ranges: [][2]int64{{64 << 10, 64 << 10}, {1 << 20, 128 << 10}}}
+	f.exports = nbdtest.NewExports(
+		&nbd.Export{Name: "disk", Description: "test disk", Backend: f.disk, MultiConn: true},
+		&nbd.Export{Name: "ro", Description: "read-only disk", Backend: ro, ReadOnly: true},
+		&nbd.Export{Name: "mem", Backend: f.mem, MinBlock: 512, Contexts: func() map[string]nbd.MetaContext {
+			return map[string]nbd.MetaContext{"qemu:dirty-bitmap:x": f.dirty}
+		}},
+	)
+	f.sock, f.srv = nbdtest.Serve(t, f.exports, nbd.Options{})
+	return f
+}
+
+func (f *fixture) uri(name string) string { return nbdtest.URI(f.sock, name) }
+
+// need skips the test when a tool is not installed.
+func need(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (scripts/deps.sh installs it): %v", tool, err)
+		}
+	}
+}
+
+// run runs a command and returns its standard output; failure fails the
+// test with everything the command said.
+func run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := runErr(name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func runErr(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	return out.String(), err
+}

@@ -1,0 +1,308 @@
+package nbd
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+)
+
+// The transmission phase ("Transmission"). The goroutine that ran the
+// handshake becomes the connection's reader: it decodes each request,
+// answers invalid ones itself, reads WRITE payloads straight into pooled
+// buffers and hands valid requests to the connection's workers. Workers
+// call the backend and queue replies (reply.go), in whatever order their
+// requests complete ("Ordering of messages and writes" allows it).
+//
+// Bounds: at most MaxInFlight requests per connection (the reader waits for
+// a free request slot), at most MaxWorkers goroutines calling the backend,
+// and at most MaxInFlightBytes of large payload buffers.
+//
+// FLUSH waits for every write command received before it to complete,
+// then flushes the backend: stronger than the spec's "writes replied to
+// before the flush", and what a client that pipelines WRITE then FLUSH
+// expects.
+
+// budgetFree: payloads up to this size are not counted against
+// MaxInFlightBytes; the request slots already bound them.
+const budgetFree = 64 << 10
+
+type transmission struct {
+	reqs    []request     // the connection's request slots
+	free    chan *request // slots not in flight
+	work    chan *request // requests for the workers
+	workers int           // workers started; owned by the reader
+	wg      sync.WaitGroup
+	seq     uint64 // requests received; owned by the reader
+
+	bmu      sync.Mutex
+	bcond    sync.Cond
+	inBytes  int // guarded by bmu: payload bytes counted against maxBytes
+	maxBytes int
+
+	fmu          sync.Mutex
+	fcond        sync.Cond    // signalled when a write completes while a FLUSH waits
+	flushWaiting atomic.Int32 // FLUSHes waiting for earlier writes
+
+	dirty atomic.Bool // a write completed since the last flush began
+
+	replies replies
+}
+
+func (t *transmission) init(c *conn) {
+	o := c.srv.opts
+	t.reqs = make([]request, o.MaxInFlight)
+	t.free = make(chan *request, o.MaxInFlight)
+	for i := range t.reqs {
+		t.free <- &t.reqs[i]
+	}
+	t.work = make(chan *request)
+	t.maxBytes = o.MaxInFlightBytes
+	t.bcond.L = &t.bmu
+	t.fcond.L = &t.fmu
+	t.replies.init(c.nc)
+}
+
+// transmit runs the reader until the client disconnects, breaks the
+// protocol or the connection is stopped; it returns once every request in
+// flight has been answered.
+func (c *conn) transmit() {
+	t := &c.tx
+	t.init(c)
+	defer t.wait()
+	for !c.stopping.Load() {
+		hb, err := c.br.Peek(requestLen)
+		if err != nil {
+			c.readEnded(err)
+			return
+		}
+		h := parseHeader(hb)
+		c.br.Discard(requestLen)
+		if h.magic != magicRequest {
+			c.log.Warn("nbd: closing connection: bad request magic (garbage on the wire)", "magic", h.magic)
+			return
+		}
+		if h.typ == cmdDisc {
+			c.log.Debug("nbd: client disconnected (NBD_CMD_DISC)")
+			return
+		}
+		if !c.accept(h) {
+			return
+		}
+	}
+}
+
+// accept takes one request whose header has been read; false ends the
+// connection.
+func (c *conn) accept(h header) bool {
+	t := &c.tx
+	r := <-t.free
+	t.seq++
+	r.flags, r.typ, r.cookie, r.off, r.length = h.flags, h.typ, h.cookie, h.off, h.length
+	r.seq.Store(t.seq)
+	r.replied = false
+	errno, msg := c.lim.check(h, c.structured, len(c.contexts))
+	if errno != 0 {
+		ok := true
+		if h.typ == cmdWrite {
+			ok = c.skipPayload(h)
+		}
+		if ok {
+			c.replyError(r, errno, msg)
+		}
+		t.free <- r
+		return ok
+	}
+	switch h.typ {
+	case cmdRead, cmdWrite:
+		t.acquire(r, int(h.length))
+		r.buf = getBuffer(int(h.length))
+		if h.typ == cmdWrite {
+			if _, err := io.ReadFull(c.br, r.buf.b[:h.length]); err != nil {
+				c.recycle(r)
+				c.readEnded(err)
+				return false
+			}
+		}
+	}
+	switch h.typ {
+	case cmdWrite, cmdTrim, cmdWriteZeroes:
+		r.writing.Store(true)
+	}
+	c.dispatch(r)
+	return true
+}
+
+// maxSkip is the largest invalid WRITE payload read and thrown away to keep
+// the connection; a client sending more is hung up on.
+const maxSkip = 2 * maxPayload
+
+// skipPayload discards the payload of a WRITE that is answered with an
+// error; false means it was too large to skip or the read failed.
+func (c *conn) skipPayload(h header) bool {
+	if h.length > maxSkip {
+		c.log.Warn("nbd: closing connection: WRITE payload too large to skip", "length", h.length, "limit", maxSkip)
+		return false
+	}
+	if _, err := c.br.Discard(int(h.length)); err != nil {
+		c.readEnded(err)
+		return false
+	}
+	return true
+}
+
+// readEnded logs why the reader stopped.
+func (c *conn) readEnded(err error) {
+	switch {
+	case c.stopping.Load():
+		c.log.Debug("nbd: connection stopped by the server")
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed),
+		errors.Is(err, os.ErrDeadlineExceeded):
+		c.log.Debug("nbd: client hung up without NBD_CMD_DISC", "err", err)
+	default:
+		c.log.Info("nbd: connection read failed", "err", err)
+	}
+}
+
+// dispatch hands r to an idle worker, starts one if none is idle and the
+// limit allows, or else waits for one.
+func (c *conn) dispatch(r *request) {
+	t := &c.tx
+	select {
+	case t.work <- r:
+		return
+	default:
+	}
+	if t.workers < c.srv.opts.MaxWorkers {
+		t.workers++
+		t.wg.Add(1)
+		go c.worker(r)
+		return
+	}
+	t.work <- r
+}
+
+func (c *conn) worker(r *request) {
+	defer c.tx.wg.Done()
+	for ok := true; ok; r, ok = <-c.tx.work {
+		c.handle(r)
+	}
+}
+
+// wait stops the workers once they have answered every request.
+func (t *transmission) wait() {
+	close(t.work)
+	t.wg.Wait()
+	t.replies.lock()
+	t.replies.flush()
+	t.replies.mu.Unlock()
+}
+
+// handle runs one request on a worker.
+func (c *conn) handle(r *request) {
+	defer c.finish(r)
+	switch r.typ {
+	case cmdRead:
+		c.read(r)
+	case cmdWrite:
+		c.write(r)
+	case cmdFlush:
+		c.flush(r)
+	case cmdTrim:
+		c.trim(r)
+	case cmdWriteZeroes:
+		c.writeZeroes(r)
+	case cmdCache:
+		c.cache(r)
+	case cmdBlockStatus:
+		c.blockStatus(r)
+	}
+}
+
+// finish recovers a panic from the backend into an EIO reply and returns
+// r's resources.
+func (c *conn) finish(r *request) {
+	if p := recover(); p != nil {
+		c.logBackendError("nbd: panic in a backend call; answered EIO", "export", c.exp.Name,
+			"command", cmdName(r.typ), "offset", r.off, "length", r.length, "panic", p, "stack", string(debug.Stack()))
+		if !r.replied {
+			c.replyError(r, errIO, cmdName(r.typ)+": internal error on the server")
+		}
+	}
+	c.recycle(r)
+}
+
+// recycle returns r's buffer, budget and slot.
+func (c *conn) recycle(r *request) {
+	t := &c.tx
+	if r.writing.Load() {
+		t.writeDone(r)
+	}
+	putBuffer(r.buf)
+	r.buf = nil
+	if r.budget > 0 {
+		t.release(r.budget)
+		r.budget = 0
+	}
+	t.free <- r
+}
+
+// acquire counts a payload against the connection's budget, waiting while
+// the budget is spent (a request always proceeds when nothing else holds
+// budget, so one maximal request cannot deadlock).
+func (t *transmission) acquire(r *request, n int) {
+	if n <= budgetFree {
+		return
+	}
+	t.bmu.Lock()
+	for t.inBytes > 0 && t.inBytes+n > t.maxBytes {
+		t.bcond.Wait()
+	}
+	t.inBytes += n
+	t.bmu.Unlock()
+	r.budget = n
+}
+
+func (t *transmission) release(n int) {
+	t.bmu.Lock()
+	t.inBytes -= n
+	t.bmu.Unlock()
+	t.bcond.Signal() // only the reader waits
+}
+
+// waitWrites blocks until no write command received before request seq is
+// in flight.
+func (t *transmission) waitWrites(seq uint64) {
+	t.fmu.Lock()
+	t.flushWaiting.Add(1)
+	for t.writesBefore(seq) {
+		t.fcond.Wait()
+	}
+	t.flushWaiting.Add(-1)
+	t.fmu.Unlock()
+}
+
+func (t *transmission) writesBefore(seq uint64) bool {
+	for i := range t.reqs {
+		r := &t.reqs[i]
+		if r.writing.Load() && r.seq.Load() < seq {
+			return true
+		}
+	}
+	return false
+}
+
+// writeDone marks r's write complete and wakes FLUSHes waiting for it.
+// flushWaiting is raised before a FLUSH scans the slots, so either the scan
+// sees this write finished or the broadcast reaches the waiter.
+func (t *transmission) writeDone(r *request) {
+	r.writing.Store(false)
+	if t.flushWaiting.Load() > 0 {
+		t.fmu.Lock()
+		t.fcond.Broadcast()
+		t.fmu.Unlock()
+	}
+}
