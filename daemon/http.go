@@ -33,6 +33,20 @@ var routes = []route{
 	{http.MethodGet, "/v1/health", (*Daemon).handleHealth},
 }
 
+// Route is one endpoint of the control API, as docs/api/openapi.yaml
+// names it: a method and a ServeMux pattern whose {wildcards} match
+// OpenAPI's path templates.
+type Route struct{ Method, Path string }
+
+// Routes lists every endpoint the API serves.
+func Routes() []Route {
+	out := make([]Route, len(routes))
+	for i, rt := range routes {
+		out[i] = Route{rt.method, rt.path}
+	}
+	return out
+}
+
 // maxBody caps request bodies.
 const maxBody = 1 << 20
 

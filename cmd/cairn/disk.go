@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+func (a *app) diskCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "disk",
+		Short: "Create, list, show, grow and delete disks",
+	}
+	cmd.AddCommand(a.diskCreateCmd(), a.diskListCmd(), a.diskShowCmd(), a.diskGrowCmd(), a.diskDeleteCmd())
+	return cmd
+}
+
+func (a *app) diskCreateCmd() *cobra.Command {
+	var req api.CreateDiskRequest
+	var size, blockSize string
+	cmd := &cobra.Command{
+		Use:   "create NAME --size SIZE | --adopt PATH",
+		Short: "Create a disk (a new sparse image, or an existing file or block device with --adopt)",
+		Example: "  cairn disk create vm1-root --size 20G\n" +
+			"  cairn disk create db --size 100G --block-size 256K --description 'postgres data'\n" +
+			"  cairn disk create legacy --adopt /var/lib/images/legacy.raw",
+		Args: cobra.ExactArgs(1),
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if size == "" && req.Adopt == "" {
+				return fmt.Errorf("disk create needs --size (or --adopt PATH)")
+			}
+			if size != "" && req.Adopt != "" {
+				return fmt.Errorf("--size and --adopt exclude each other: an adopted disk takes its file's size")
+			}
+			for flag, v := range map[string]string{"--size": size, "--block-size": blockSize} {
+				if _, err := api.ParseSize(v); v != "" && err != nil {
+					return fmt.Errorf("invalid %s: %v", flag, err)
+				}
+			}
+			return nil
+		},
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			req.Name, req.Size, req.BlockSize = args[0], api.Size(size), api.Size(blockSize)
+			disk, err := a.client.CreateDisk(ctx, req)
+			if err != nil {
+				return err
+			}
+			return a.printDisk(disk)
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&size, "size", "", "size: bytes or with a unit, such as 10G, 512M, 1T (K, M, G, T are KiB, MiB, GiB, TiB; a multiple of 4 KiB)")
+	f.StringVar(&blockSize, "block-size", "", "change-tracking block size, a power of two from 4K to 4M (default 64K)")
+	f.StringVar(&req.Adopt, "adopt", "", "absolute path of an existing raw file or block device to use as the live image")
+	f.StringVar(&req.Description, "description", "", "free text, shown to NBD clients")
+	return cmd
+}
+
+func (a *app) diskListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List disks",
+		Args:    cobra.NoArgs,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			disks, err := a.client.Disks(ctx)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(disks)
+			}
+			t := a.table("NAME", "SIZE", "BLOCK", "CLIENTS", "STATE", "DESCRIPTION")
+			for _, d := range disks {
+				t.row(d.Name, api.FormatSize(d.Size), api.FormatSize(int64(d.BlockSize)), strconv.Itoa(d.Clients), d.State, d.Description)
+			}
+			return t.flush()
+		}),
+	}
+}
+
+func (a *app) diskShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "show NAME",
+		Short:             "Show one disk",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeDisks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			disk, err := a.client.Disk(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return a.printDisk(disk)
+		}),
+	}
+}
+
+func (a *app) diskGrowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "grow NAME SIZE",
+		Short:             "Grow a disk to SIZE (disks never shrink); clients see the new size when they reconnect",
+		Example:           "  cairn disk grow vm1-root 40G",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeDisks,
+		PreRunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := api.ParseSize(args[1]); err != nil {
+				return fmt.Errorf("invalid SIZE: %v", err)
+			}
+			return nil
+		},
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			disk, err := a.client.GrowDisk(ctx, args[0], api.Size(args[1]))
+			if err != nil {
+				return err
+			}
+			return a.printDisk(disk)
+		}),
+	}
+}
+
+func (a *app) diskDeleteCmd() *cobra.Command {
+	var opts api.DeleteDiskOptions
+	cmd := &cobra.Command{
+		Use:               "delete NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Delete a disk (refused while NBD clients are connected, unless --force)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeDisks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			if err := a.client.DeleteDisk(ctx, args[0], opts); err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(map[string]string{"deleted": args[0]})
+			}
+			fmt.Fprintf(a.stdout, "deleted disk %s\n", args[0])
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&opts.Force, "force", false, "disconnect connected NBD clients first")
+	cmd.Flags().BoolVar(&opts.DeleteAdopted, "delete-adopted", false, "also remove an adopted image file (kept by default)")
+	return cmd
+}
+
+// printDisk prints one disk as key/value lines or JSON.
+func (a *app) printDisk(d api.Disk) error {
+	if a.output == "json" {
+		return a.printJSON(d)
+	}
+	t := a.table()
+	t.row("Name:", d.Name)
+	t.row("ID:", strconv.FormatUint(d.ID, 10))
+	t.row("Size:", fmt.Sprintf("%s (%d bytes)", api.FormatSize(d.Size), d.Size))
+	t.row("Block size:", api.FormatSize(int64(d.BlockSize)))
+	t.row("State:", d.State)
+	if d.Error != "" {
+		t.row("Error:", d.Error)
+	}
+	if d.Description != "" {
+		t.row("Description:", d.Description)
+	}
+	image := d.Path
+	if d.Adopted {
+		image += " (adopted)"
+	}
+	t.row("Live image:", image)
+	t.row("Export:", d.Export)
+	t.row("Clients:", strconv.Itoa(d.Clients))
+	t.row("Created:", d.Created.Local().Format(time.RFC3339))
+	return t.flush()
+}
+
+// completeDisks completes the first argument with the names of disks.
+func (a *app) completeDisks(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	client := &api.Client{Socket: a.socketPath()}
+	disks, err := client.Disks(cmd.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	names := make([]string, 0, len(disks))
+	for _, d := range disks {
+		names = append(names, d.Name)
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
+}

@@ -1,0 +1,91 @@
+// Package daemontest starts an in-process cairnd for tests, on a temporary
+// data directory, and gives a client for its API socket.
+package daemontest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cairn-storage/cairn/daemon"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// Instance is one running daemon.
+type Instance struct {
+	*daemon.Daemon
+	Config daemon.Config
+	Client *api.Client
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// DataDir returns a new short temporary directory (Unix socket paths are
+// limited to 107 bytes, and t.TempDir() paths carry the test's name),
+// removed when the test ends.
+func DataDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "cairn-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "data")
+}
+
+// Config is a config for a daemon on dir with sockets inside it, logging
+// to the test's log at debug level.
+func Config(t testing.TB, dir string) daemon.Config {
+	return daemon.Config{
+		DataDir: dir,
+		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+}
+
+// Start runs a daemon with cfg (Config(t, DataDir(t)) when cfg is nil) and
+// stops it when the test ends, failing the test if the shutdown fails.
+func Start(t testing.TB, cfg *daemon.Config) *Instance {
+	t.Helper()
+	if cfg == nil {
+		c := Config(t, DataDir(t))
+		cfg = &c
+	}
+	d, err := daemon.New(*cfg)
+	if err != nil {
+		t.Fatalf("start daemon: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	in := &Instance{Daemon: d, Config: *cfg, cancel: cancel, done: make(chan error, 1)}
+	in.Client = &api.Client{Socket: in.Info().APISocket}
+	go func() { in.done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		if err := in.Stop(); err != nil {
+			t.Errorf("daemon shutdown: %v", err)
+		}
+	})
+	return in
+}
+
+// Stop shuts the daemon down as SIGTERM would (Run's context ends) and
+// returns what Run returned. Safe to call more than once.
+func (in *Instance) Stop() error {
+	in.cancel()
+	err, ok := <-in.done
+	if ok {
+		close(in.done)
+	}
+	return err
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+var _ io.Writer = testWriter{}
