@@ -57,7 +57,7 @@ type Daemon struct {
 // the disks, and binds the API and NBD listeners. Connections made after
 // New returns wait until Run serves them. On error everything New took is
 // released.
-func New(cfg Config) (d *Daemon, err error) {
+func New(cfg Config) (_ *Daemon, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -65,7 +65,7 @@ func New(cfg Config) (d *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d = &Daemon{
+	d := &Daemon{
 		cfg:     cfg,
 		log:     cfg.Logger,
 		started: time.Now(),

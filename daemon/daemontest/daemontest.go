@@ -37,11 +37,11 @@ func DataDir(t testing.TB) string {
 }
 
 // Config is a config for a daemon on dir with sockets inside it, logging
-// to the test's log at debug level.
+// to the test's log.
 func Config(t testing.TB, dir string) daemon.Config {
 	return daemon.Config{
 		DataDir: dir,
-		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, nil)),
 	}
 }
 
