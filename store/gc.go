@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"path/filepath"
@@ -35,39 +36,81 @@ func (s *Store) gcLoop(interval time.Duration) {
 	}
 }
 
+// runGC rewrites value-log files that are mostly garbage. Badger only
+// learns that a value is garbage when a compaction drops the last key
+// pointing to it; on a quiet store the deletions can sit in the memtable
+// and upper levels indefinitely. So when a pass finds nothing while
+// deleted chunks are believed to hold at least half a value-log file, it
+// flushes the memtable and compacts the tree (which records the garbage)
+// and tries again. The flush blocks writes for its duration (update
+// retries them).
 func (s *Store) runGC() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
 	before := diskUsage(s.dir, ".vlog")
-	rewrites := 0
+	rewrites, err := s.gcPass()
+	if err == nil && rewrites == 0 && s.reclaim.bytes.Load() >= uint64(s.db.Opts().ValueLogFileSize)/2 {
+		if err = s.compactForGC(); err == nil {
+			rewrites, err = s.gcPass()
+		}
+	}
+	after := diskUsage(s.dir, ".vlog")
+	if rewrites > 0 {
+		// Rewriting moves live values too: credit only the net shrink.
+		if after < before {
+			s.reclaim.sub(before - after)
+		}
+	}
+	s.log.Debug("store: value-log GC done", "rewrites", rewrites, "freed_bytes", int64(before)-int64(after), "err", err)
+	return err
+}
+
+// gcPass runs Badger's value-log GC until it has nothing to rewrite.
+func (s *Store) gcPass() (rewrites int, err error) {
 	for {
 		select {
 		case <-s.stopGC:
-			return nil
+			return rewrites, nil
 		default:
 		}
 		// A rewrite copies the live part of one value-log file (at most
 		// half of it at this ratio) before deleting the file.
 		release, err := s.space.reserve(writeMeta, uint64(s.db.Opts().ValueLogFileSize)/2)
 		if err != nil {
-			return s.wrapErr("value-log GC", err)
+			return rewrites, s.wrapErr("value-log GC", err)
 		}
 		err = s.db.RunValueLogGC(gcDiscardRatio)
 		release()
-		if err == nil {
+		switch {
+		case err == nil:
 			rewrites++
-			continue
+		case errors.Is(err, badger.ErrNoRewrite), errors.Is(err, badger.ErrRejected), errors.Is(err, badger.ErrGCInMemoryMode):
+			return rewrites, nil
+		default:
+			return rewrites, s.wrapErr("value-log GC", err)
 		}
-		if errors.Is(err, badger.ErrNoRewrite) || errors.Is(err, badger.ErrRejected) || errors.Is(err, badger.ErrGCInMemoryMode) {
-			break
-		}
-		return s.wrapErr("value-log GC", err)
 	}
-	after := diskUsage(s.dir, ".vlog")
-	if after < before {
-		s.reclaim.sub(before - after)
+}
+
+// compactForGC flushes the memtable (Badger flushes on DropPrefix of a
+// prefix that holds data, hence the marker key) and flattens the tree, so
+// that compaction records which value-log entries are garbage.
+func (s *Store) compactForGC() error {
+	release, err := s.space.reserve(writeMeta, 2*uint64(s.db.Opts().MemTableSize))
+	if err != nil {
+		return s.wrapErr("compact for GC", err)
 	}
-	s.log.Debug("store: value-log GC done", "rewrites", rewrites, "freed_bytes", int64(before)-int64(after))
+	defer release()
+	marker := bookkeepKey(keyFlushMarker)
+	if err := s.update(context.Background(), func(txn *badger.Txn) error { return txn.Set(marker, nil) }); err != nil {
+		return s.wrapErr("compact for GC", err)
+	}
+	if err := s.db.DropPrefix(marker); err != nil {
+		return s.wrapErr("compact for GC: flush", err)
+	}
+	if err := s.db.Flatten(2); err != nil {
+		return s.wrapErr("compact for GC: flatten", err)
+	}
 	return nil
 }
 
@@ -128,7 +171,7 @@ func (r *reclaimEstimate) save(s *Store) error {
 		return nil
 	}
 	defer release()
-	if err := s.db.Update(func(txn *badger.Txn) error {
+	if err := s.update(context.Background(), func(txn *badger.Txn) error {
 		return txn.Set(bookkeepKey(keyReclaimed), encodeU64(n))
 	}); err != nil {
 		return s.wrapErr("save reclaim estimate", err)

@@ -10,7 +10,7 @@ package store
 //	s<disk u64><seq u64><block u64>  chain entry by sequence: empty value
 //	m<key string>                record: JSON
 //	i<name string>               id sequence: last id handed out, u64
-//	z<name string>               store bookkeeping (reclaim estimate): u64
+//	z<name string>               store bookkeeping: reclaim estimate u64; flush marker
 //
 // Changing any of these is an on-disk format change.
 
@@ -42,12 +42,13 @@ const (
 )
 
 const (
-	hashLen      = 32
-	chunkKeyLen  = 1 + hashLen
-	entryKeyLen  = 1 + 8 + 8 + 8
-	entryValLen  = 1 + hashLen
-	refValLen    = 8 + 8 + 8
-	keyReclaimed = "reclaim" // z<reclaim>: stored bytes of chunks deleted and not yet collected
+	hashLen        = 32
+	chunkKeyLen    = 1 + hashLen
+	entryKeyLen    = 1 + 8 + 8 + 8
+	entryValLen    = 1 + hashLen
+	refValLen      = 8 + 8 + 8
+	keyReclaimed   = "reclaim" // z<reclaim>: stored bytes of chunks deleted and not yet collected
+	keyFlushMarker = "flush"   // z<flush>: written and dropped to make Badger flush its memtable
 )
 
 // chunkKey is c<hash>.

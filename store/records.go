@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -125,6 +124,3 @@ func (s *Store) nextID(name string) (uint64, error) {
 	}
 	return id, nil
 }
-
-// hasPrefix is bytes.HasPrefix, named for the iterator loops.
-func hasPrefix(k, p []byte) bool { return bytes.HasPrefix(k, p) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
@@ -16,6 +17,11 @@ import (
 // committed, so the store as a whole always progresses; the bound only
 // turns a pathological livelock into an error.
 const maxConflictRetries = 1000
+
+// blockedWritesBackoff is the wait before retrying a commit refused while
+// Badger flushes its memtable (a fraction of a second); with
+// maxConflictRetries it bounds the wait near a minute.
+const blockedWritesBackoff = 50 * time.Millisecond
 
 // update runs fn in a read-write transaction and commits it, retrying from
 // scratch when Badger reports a conflict (another transaction changed a key
@@ -35,6 +41,12 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 		}
 		txn.Discard()
 		if errors.Is(err, badger.ErrConflict) && attempt < maxConflictRetries {
+			continue
+		}
+		// Writes are blocked while value-log GC makes Badger flush its
+		// memtable (compactForGC); Close blocks them for good.
+		if errors.Is(err, badger.ErrBlockedWrites) && !s.db.IsClosed() && attempt < maxConflictRetries {
+			time.Sleep(blockedWritesBackoff)
 			continue
 		}
 		return err

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -122,24 +123,47 @@ func (s *Store) verifyRefs(ctx context.Context, v *verifyState) error {
 // verifyEntries counts references over every disk's entries and checks
 // that the chunks the checked entries name are stored.
 func (s *Store) verifyEntries(ctx context.Context, v *verifyState) error {
-	return s.scanEntryRange(ctx, []byte{prefixEntry}, func(d, b, sq uint64, zero bool, h [32]byte) error {
-		if zero {
-			if d == v.disk || v.disk == 0 {
-				v.report.EntriesChecked++
-			}
+	return s.scanKeys(ctx, []byte{prefixEntry}, false, func(item *badger.Item) error {
+		d, b, sq, ok := parseEntryKey(item.Key())
+		if !ok {
+			v.faults.add(faultEntry, "malformed entry key %x", item.Key())
 			return nil
 		}
-		v.counted[h]++
-		if v.disk != 0 && d != v.disk {
+		var zero bool
+		var h [32]byte
+		err := item.Value(func(val []byte) (err error) {
+			zero, h, err = parseEntryValue(val)
+			return err
+		})
+		switch {
+		case errors.Is(err, ErrCorrupt):
+			v.faults.add(faultEntry, "disk %d block %d seq %d: %v", d, b, sq, err)
 			return nil
+		case err != nil:
+			return err
 		}
-		v.report.EntriesChecked++
-		v.inScope[h] = struct{}{}
-		if !v.stored[h] {
-			v.faults.add(faultMissing, "disk %d block %d seq %d names chunk %x, which is not stored", d, b, sq, h)
-		}
+		v.checkEntry(d, b, sq, zero, h)
 		return nil
 	})
+}
+
+// checkEntry counts one entry's reference.
+func (v *verifyState) checkEntry(d, b, sq uint64, zero bool, h [32]byte) {
+	if v.disk != 0 && d != v.disk {
+		if !zero {
+			v.counted[h]++
+		}
+		return
+	}
+	v.report.EntriesChecked++
+	if zero {
+		return
+	}
+	v.counted[h]++
+	v.inScope[h] = struct{}{}
+	if !v.stored[h] {
+		v.faults.add(faultMissing, "disk %d block %d seq %d names chunk %x, which is not stored", d, b, sq, h)
+	}
 }
 
 // verifyIndex checks that every entry has its sequence-index key and no

@@ -1,0 +1,95 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
+)
+
+// tinyBadger shrinks Badger's files so that an 8 MiB filesystem holds a
+// working store.
+func tinyBadger(o *badger.Options) {
+	o.MemTableSize = 1 << 20
+	o.ValueLogFileSize = 1 << 20
+	o.BaseTableSize = 256 << 10
+	o.BaseLevelSize = 1 << 20
+	o.BlockCacheSize = 1 << 20
+}
+
+// TestFullFilesystem fills a store on an 8 MiB tmpfs: PutEntries must fail
+// with ErrNoSpace naming the directory (Badger itself would die of SIGBUS
+// writing a full memory-mapped file), and everything written before must
+// still read, merge, sync and reopen.
+func TestFullFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=8m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	opts := Options{Dir: dir, MinFreeBytes: 3 << 20, tune: tinyBadger}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(8, 8))
+	var written [][]byte
+	for i := 0; ; i++ {
+		if i > 200 {
+			t.Fatal("wrote 200 random 64 KiB blocks into 8 MiB without ErrNoSpace")
+		}
+		data := randomBlock(rng, 64<<10)
+		err = s.PutEntries(ctx, 1, 1, []Entry{{uint64(i), data}})
+		if err != nil {
+			break
+		}
+		written = append(written, data)
+	}
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("PutEntries on a full filesystem: %v; want ErrNoSpace naming %s", err, dir)
+	}
+	if len(written) < 10 {
+		t.Fatalf("only %d blocks fit before ErrNoSpace", len(written))
+	}
+	t.Logf("%d blocks written before: %v", len(written), err)
+	for i, data := range written {
+		wantRead(t, s, 1, uint64(i), 1, data)
+	}
+	// Metadata still goes through: the daemon marks the snapshot failed.
+	if err := s.PutRecord("snap/1/1", map[string]string{"state": "failed"}); err != nil {
+		t.Errorf("PutRecord on a full store: %v", err)
+	}
+	// Deleting a snapshot still works and frees space.
+	if err := s.PutEntries(ctx, 1, 2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Merge(ctx, 1, 0, 1, 0, func(b uint64) bool { return b%2 == 0 }); err != nil {
+		t.Errorf("Merge on a full store: %v", err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Errorf("Sync: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	s, err = Open(opts)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	for i, data := range written {
+		if i%2 == 1 {
+			wantRead(t, s, 1, uint64(i), 1, data)
+		}
+	}
+	wantClean(t, s)
+}
