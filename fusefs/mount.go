@@ -1,0 +1,208 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/nbd"
+)
+
+// FSType is the filesystem type of the tree in /proc/self/mountinfo.
+const FSType = "fuse.cairn"
+
+// MaxIO is the largest read or write the kernel sends in one request.
+const MaxIO = 1 << 20
+
+// Options configure Mount.
+type Options struct {
+	// LiveCache lets the kernel page cache hold live disk pages (reads of
+	// small blocks get readahead). Without it the live disk is opened with
+	// direct I/O: every read asks the File, nothing can be stale. With it,
+	// every change made other than through the tree must reach
+	// Tree.Changed before it is acknowledged.
+	LiveCache bool
+	// AllowOther lets users other than the mounting one use the tree.
+	AllowOther bool
+	// Logger receives errors the kernel only sees as an errno. Nil:
+	// slog.Default().
+	Logger *slog.Logger
+	// Debug logs every FUSE request (very verbose).
+	Debug bool
+}
+
+// Timeouts of the kernel's name and attribute caches. Lookups and listings
+// always ask the Source; Tree.Invalidate drops cached names at once, so one
+// second only bounds how long an uninvalidated change can go unseen.
+const (
+	entryTimeout = time.Second
+	attrTimeout  = time.Second
+)
+
+// Tree is a mounted FUSE view of a Source.
+type Tree struct {
+	dir     string
+	src     Source
+	opts    Options
+	log     *slog.Logger
+	mounted time.Time
+	root    *rootNode
+	server  *fuse.Server
+	cache   pageCache
+}
+
+// Mount mounts the tree of src on dir (created if missing) and serves it
+// until Unmount. A stale FUSE mount left on dir by a killed process is
+// detached first (see CleanStale).
+func Mount(dir string, src Source, opts Options) (*Tree, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("fuse mount point %s: %w", dir, err)
+	}
+	if _, err := CleanStale(abs); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(abs, 0o755); err != nil {
+		return nil, fmt.Errorf("create fuse mount point: %w", err)
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return nil, fmt.Errorf("FUSE is not available (%w): load the fuse module or run with --fuse=false", err)
+	}
+	t := &Tree{dir: abs, src: src, opts: opts, log: opts.Logger, mounted: time.Now()}
+	if t.log == nil {
+		t.log = slog.Default()
+	}
+	t.cache.init()
+	t.root = &rootNode{node: node{t: t}}
+	entry, attr := entryTimeout, attrTimeout
+	fsopts := &gofs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName:       "cairn",
+			Name:         "cairn",
+			AllowOther:   opts.AllowOther,
+			MaxWrite:     MaxIO,
+			MaxReadAhead: MaxIO,
+			// Readahead and asynchronous direct I/O count as background
+			// requests; the default of 12 throttles a loop device.
+			MaxBackground: 64,
+			// Root mounts without fusermount; others fall back to it.
+			DirectMount: true,
+			// Without xattrs the kernel stops asking for
+			// security.capability before every write.
+			DisableXAttrs: true,
+			Debug:         opts.Debug,
+			Logger:        log.New(logWriter{t.log, opts.Debug}, "", 0),
+		},
+		EntryTimeout: &entry,
+		AttrTimeout:  &attr,
+		UID:          uint32(os.Getuid()),
+		GID:          uint32(os.Getgid()),
+	}
+	server, err := gofs.Mount(abs, t.root, fsopts)
+	if err != nil {
+		return nil, fmt.Errorf("mount FUSE tree on %s: %w", abs, err)
+	}
+	t.server = server
+	return t, nil
+}
+
+// Dir is the mount point.
+func (t *Tree) Dir() string { return t.dir }
+
+// Unmount unmounts the tree and waits for its requests to finish. When
+// files are still open (a loop device, a shell in the tree), it detaches
+// the mount lazily instead, so the mount point is free at once, and
+// returns an error saying so; open files keep working until the process
+// exits.
+func (t *Tree) Unmount() error {
+	err := t.server.Unmount()
+	if err == nil {
+		return nil
+	}
+	if derr := unix.Unmount(t.dir, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {
+		return fmt.Errorf("unmount FUSE tree %s: %v; lazy detach: %w", t.dir, err, derr)
+	}
+	return fmt.Errorf("unmount FUSE tree %s: busy (%v): detached lazily; files still open on it fail once this process exits", t.dir, err)
+}
+
+// disk returns the Source's entry for name.
+func (t *Tree) disk(name string) (DiskEntry, bool) {
+	if !validName(name) {
+		return DiskEntry{}, false
+	}
+	for _, d := range t.src.Disks() {
+		if d.Name == name {
+			return d, true
+		}
+	}
+	return DiskEntry{}, false
+}
+
+// snapshot returns the Source's entry for disk@snap.
+func (t *Tree) snapshot(disk, snap string) (SnapEntry, bool) {
+	if !validName(snap) {
+		return SnapEntry{}, false
+	}
+	for _, s := range t.src.Snapshots(disk) {
+		if s.Name == snap {
+			return s, true
+		}
+	}
+	return SnapEntry{}, false
+}
+
+// errno turns a File or Source error into the errno the caller sees, and
+// logs the ones the errno cannot explain.
+func (t *Tree) errno(op, name string, err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var errno syscall.Errno
+	switch {
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return syscall.EINTR
+	case errors.Is(err, nbd.ErrReadOnly):
+		return syscall.EROFS
+	case errors.Is(err, nbd.ErrNoSpace):
+		return syscall.ENOSPC
+	case errors.Is(err, nbd.ErrInvalid):
+		return syscall.EINVAL
+	case errors.Is(err, nbd.ErrNotFast):
+		return syscall.EOPNOTSUPP
+	case errors.Is(err, fs.ErrNotExist):
+		return syscall.ENOENT
+	case errors.As(err, &errno):
+		return errno
+	}
+	t.log.Error("FUSE request failed", "op", op, "file", name, "err", err)
+	return syscall.EIO
+}
+
+// logWriter sends go-fuse's log lines to slog: at Info with Options.Debug
+// (the request trace was asked for), else at Debug (go-fuse's own notes,
+// such as replies to interrupted requests, are noise in a daemon's log).
+type logWriter struct {
+	log   *slog.Logger
+	debug bool
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	level := slog.LevelDebug
+	if w.debug {
+		level = slog.LevelInfo
+	}
+	w.log.Log(context.Background(), level, "go-fuse", "msg", strings.TrimSpace(string(p)))
+	return len(p), nil
+}

@@ -1,0 +1,74 @@
+package fusefs
+
+import (
+	"context"
+	"time"
+
+	"github.com/cairn-storage/cairn/nbd"
+)
+
+// File is the content behind one file of the tree: a live disk or a
+// snapshot. Methods are called concurrently from many FUSE requests. Offsets
+// and lengths are already clipped to Size.
+type File interface {
+	// Size is the content's size in bytes.
+	Size() int64
+	// ReadAt fills p from off.
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// WriteAt writes p at off; with fua the data is durable on return.
+	// Never called for snapshots (the tree answers EROFS first).
+	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
+	// Flush makes every completed write durable (fsync).
+	Flush(ctx context.Context) error
+	// Trim releases the range; it reads as zeros afterwards
+	// (fallocate PUNCH_HOLE).
+	Trim(ctx context.Context, off, length int64, fua bool) error
+	// Extents describes allocation from off: at least one extent, holes
+	// flagged nbd.StateHole. It may describe less than asked.
+	Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error)
+}
+
+// Zeroer is implemented by files that can zero a range and keep it
+// allocated (fallocate ZERO_RANGE). Files without it answer EOPNOTSUPP.
+type Zeroer interface {
+	Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error
+}
+
+// DiskEntry is one disk as the tree shows it: the directory /<Name> and its
+// live file /<Name>/disk.raw.
+type DiskEntry struct {
+	Name string
+	// Size of the live disk in bytes (the open File's Size wins for fstat).
+	Size int64
+	// Created identifies this disk among disks that had the same name: a
+	// disk deleted and created again gets a new inode (and page cache).
+	Created time.Time
+	// Modified is when the live content last changed other than through
+	// this tree (writes through FUSE are tracked here); zero means Created.
+	Modified time.Time
+}
+
+// SnapEntry is one snapshot as the tree shows it:
+// /<disk>/snapshots/<Name>.raw, read-only, timestamped Created.
+type SnapEntry struct {
+	Name    string
+	Size    int64
+	Created time.Time
+}
+
+// Source is what the tree shows; the daemon implements it. Lists are read
+// on every lookup and directory listing, so the tree follows the source
+// without being told; Mount.Invalidate only makes the kernel drop what it
+// cached sooner. Methods are called concurrently.
+type Source interface {
+	// Disks lists the disks, in any order.
+	Disks() []DiskEntry
+	// Snapshots lists the snapshots of disk that can be read (ready or
+	// copying); nil when the disk does not exist.
+	Snapshots(disk string) []SnapEntry
+	// OpenDisk returns the live content of disk for reading and writing.
+	// release is called once when the last FUSE handle on it closes.
+	OpenDisk(ctx context.Context, disk string) (f File, release func(), err error)
+	// OpenSnapshot returns a snapshot's content, read-only.
+	OpenSnapshot(ctx context.Context, disk, snap string) (f File, release func(), err error)
+}

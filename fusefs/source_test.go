@@ -1,0 +1,301 @@
+package fusefs_test
+
+// The test Source: disks and snapshots backed by temporary files, so the
+// tree can be tested without the daemon. The test through cairnd (cow
+// volumes, NBD next to FUSE) comes with the daemon integration
+// (scripts/test/test-fuse.sh).
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cairn-storage/cairn/fusefs"
+	"github.com/cairn-storage/cairn/nbd"
+)
+
+// testFile is a File over a plain file, recording what the tree asked of
+// it. onWrite plays cow.Volume's write hook.
+type testFile struct {
+	f        *os.File
+	size     int64
+	readOnly bool
+
+	flushes  atomic.Int64
+	opens    atomic.Int64  // handles open on it
+	released chan struct{} // a send per release when not nil
+	mu      sync.Mutex
+	trims   [][2]int64 // guarded by mu
+	onWrite func(ctx context.Context, off, length int64)
+}
+
+var (
+	_ fusefs.File   = (*testFile)(nil)
+	_ fusefs.Zeroer = (*testFile)(nil)
+)
+
+// newTestFile creates a sparse file of size bytes in dir.
+func newTestFile(t *testing.T, dir string, size int64) *testFile {
+	t.Helper()
+	f, err := os.CreateTemp(dir, "backing-*.raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return &testFile{f: f, size: size}
+}
+
+func (tf *testFile) Size() int64 { return tf.size }
+
+func (tf *testFile) ReadAt(ctx context.Context, p []byte, off int64) error {
+	n, err := tf.f.ReadAt(p, off)
+	if err == io.EOF {
+		clear(p[n:])
+		err = nil
+	}
+	return err
+}
+
+func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	if tf.readOnly {
+		return nbd.ErrReadOnly
+	}
+	_, err := tf.f.WriteAt(p, off)
+	tf.changed(ctx, off, int64(len(p)))
+	return err
+}
+
+func (tf *testFile) changed(ctx context.Context, off, length int64) {
+	if tf.onWrite != nil {
+		tf.onWrite(ctx, off, length)
+	}
+}
+
+func (tf *testFile) Flush(ctx context.Context) error {
+	tf.flushes.Add(1)
+	return tf.f.Sync()
+}
+
+func (tf *testFile) Trim(ctx context.Context, off, length int64, fua bool) error {
+	tf.mu.Lock()
+	tf.trims = append(tf.trims, [2]int64{off, length})
+	tf.mu.Unlock()
+	err := unix.Fallocate(int(tf.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	tf.changed(ctx, off, length)
+	return err
+}
+
+func (tf *testFile) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+	err := unix.Fallocate(int(tf.f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	tf.changed(ctx, off, length)
+	return err
+}
+
+func (tf *testFile) trimmed() [][2]int64 {
+	tf.mu.Lock()
+	defer tf.mu.Unlock()
+	return append([][2]int64(nil), tf.trims...)
+}
+
+// Extents walks SEEK_DATA/SEEK_HOLE of the backing file; it answers at
+// most a few extents at a time, as a File may, to exercise the tree's
+// continuation.
+func (tf *testFile) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+	fd := int(tf.f.Fd())
+	end := min(off+length, tf.size)
+	var out []nbd.Extent
+	for off < end && len(out) < 3 {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			data = end
+		} else if err != nil {
+			return nil, err
+		}
+		if data > off {
+			n := min(data, end) - off
+			out = append(out, nbd.Extent{Length: n, Flags: nbd.StateHole | nbd.StateZero})
+			off += n
+			continue
+		}
+		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+		if err != nil {
+			return nil, err
+		}
+		n := min(hole, end) - off
+		out = append(out, nbd.Extent{Length: n})
+		off += n
+	}
+	return out, nil
+}
+
+// backing reads the backing file directly.
+func (tf *testFile) backing(t *testing.T, off, length int64) []byte {
+	t.Helper()
+	p := make([]byte, length)
+	if err := tf.ReadAt(context.Background(), p, off); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+type testDisk struct {
+	entry fusefs.DiskEntry
+	file  *testFile
+	snaps []testSnap
+}
+
+type testSnap struct {
+	entry fusefs.SnapEntry
+	file  *testFile
+}
+
+// testSource is a Source whose disks tests add and remove.
+type testSource struct {
+	mu    sync.Mutex
+	disks map[string]*testDisk // guarded by mu
+}
+
+var _ fusefs.Source = (*testSource)(nil)
+
+func newTestSource() *testSource { return &testSource{disks: map[string]*testDisk{}} }
+
+func (s *testSource) addDisk(name string, f *testFile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.disks[name] = &testDisk{entry: fusefs.DiskEntry{Name: name, Size: f.size, Created: time.Now()}, file: f}
+}
+
+func (s *testSource) removeDisk(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.disks, name)
+}
+
+func (s *testSource) addSnapshot(disk, name string, f *testFile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f.readOnly = true
+	d := s.disks[disk]
+	d.snaps = append(d.snaps, testSnap{fusefs.SnapEntry{Name: name, Size: f.size, Created: time.Now()}, f})
+}
+
+func (s *testSource) removeSnapshot(disk, name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.disks[disk]
+	for i, sn := range d.snaps {
+		if sn.entry.Name == name {
+			d.snaps = append(d.snaps[:i], d.snaps[i+1:]...)
+			return
+		}
+	}
+}
+
+func (s *testSource) Disks() []fusefs.DiskEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []fusefs.DiskEntry
+	for _, d := range s.disks {
+		out = append(out, d.entry)
+	}
+	return out
+}
+
+func (s *testSource) Snapshots(disk string) []fusefs.SnapEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.disks[disk]
+	if !ok {
+		return nil
+	}
+	var out []fusefs.SnapEntry
+	for _, sn := range d.snaps {
+		out = append(out, sn.entry)
+	}
+	return out
+}
+
+func (s *testSource) OpenDisk(ctx context.Context, disk string) (fusefs.File, func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.disks[disk]
+	if !ok {
+		return nil, nil, fs.ErrNotExist
+	}
+	return d.file, opened(d.file), nil
+}
+
+func (s *testSource) OpenSnapshot(ctx context.Context, disk, snap string) (fusefs.File, func(), error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d, ok := s.disks[disk]; ok {
+		for _, sn := range d.snaps {
+			if sn.entry.Name == snap {
+				return sn.file, opened(sn.file), nil
+			}
+		}
+	}
+	return nil, nil, fs.ErrNotExist
+}
+
+// opened counts an open handle and returns its release.
+func opened(f *testFile) func() {
+	f.opens.Add(1)
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.opens.Add(-1)
+			if f.released != nil {
+				f.released <- struct{}{}
+			}
+		})
+	}
+}
+
+// requireRoot skips tests that mount: they need root and /dev/fuse.
+func requireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE without fusermount needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no FUSE in this kernel: %v", err)
+	}
+}
+
+// mountTree mounts src on a temporary directory until the test ends.
+func mountTree(t testing.TB, src fusefs.Source, opts fusefs.Options) *fusefs.Tree {
+	t.Helper()
+	requireRoot(t)
+	tree, err := fusefs.Mount(filepath.Join(t.TempDir(), "mnt"), src, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tree.Unmount(); err != nil {
+			t.Errorf("unmount: %v", err)
+		}
+	})
+	return tree
+}
+
+// modes are the two ways the live disk can be opened.
+var modes = []struct {
+	name string
+	opts fusefs.Options
+}{
+	{"direct", fusefs.Options{}},
+	{"cache", fusefs.Options{LiveCache: true}},
+}
