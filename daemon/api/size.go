@@ -90,7 +90,7 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	bad := fmt.Errorf("invalid size %q: give a number of bytes or a number with a unit (K, M, G, T = KiB, MiB, GiB, TiB), such as 10G", s)
-	if num == "" || strings.ContainsAny(num, "eExXpP_+-") {
+	if num == "" || strings.Trim(num, "0123456789.") != "" || strings.Count(num, ".") > 1 {
 		return 0, bad
 	}
 	if n, err := strconv.ParseUint(num, 10, 63); err == nil {
