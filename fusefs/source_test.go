@@ -33,9 +33,9 @@ type testFile struct {
 	flushes  atomic.Int64
 	opens    atomic.Int64  // handles open on it
 	released chan struct{} // a send per release when not nil
-	mu      sync.Mutex
-	trims   [][2]int64 // guarded by mu
-	onWrite func(ctx context.Context, off, length int64)
+	mu       sync.Mutex
+	trims    [][2]int64 // guarded by mu
+	onWrite  func(ctx context.Context, off, length int64)
 }
 
 var (

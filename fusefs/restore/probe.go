@@ -42,12 +42,12 @@ func stderr(err error) []byte {
 // Superblock facts (ext4: Documentation/filesystems/ext4/super.rst; xfs:
 // xfs_format.h).
 const (
-	extSuperOffset  = 1024
-	extMagicOffset  = 0x38
-	extMagic        = 0xEF53
-	extCompatOff    = 0x5C
-	extIncompatOff  = 0x60
-	extHasJournal   = 0x4 // compat: has_journal
+	extSuperOffset = 1024
+	extMagicOffset = 0x38
+	extMagic       = 0xEF53
+	extCompatOff   = 0x5C
+	extIncompatOff = 0x60
+	extHasJournal  = 0x4 // compat: has_journal
 	// extIncompatExt3 are the incompatible features ext3 knows (filetype,
 	// recover, journal_dev, meta_bg); any other one (extents, 64bit,
 	// flex_bg...) needs ext4.
