@@ -3,6 +3,7 @@ package nbd
 import (
 	"encoding/binary"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 )
@@ -23,6 +24,7 @@ const (
 type replies struct {
 	nc      net.Conn
 	waiting atomic.Int32 // workers blocked in lock
+	busy    atomic.Int32 // requests handed to workers and not yet answered
 
 	mu     sync.Mutex
 	buf    []byte      // guarded by mu: replies not yet written
@@ -45,9 +47,18 @@ func (w *replies) lock() {
 // unlock writes what is queued unless another worker is about to add to
 // it (that worker, or the last in its line, will write it).
 func (w *replies) unlock() {
-	if len(w.buf) > 0 && (w.waiting.Load() == 0 || len(w.buf) >= replyBufSize) {
-		w.flush()
+	if len(w.buf) == 0 || w.waiting.Load() > 0 && len(w.buf) < replyBufSize {
+		w.mu.Unlock()
+		return
 	}
+	if w.busy.Load() > 1 {
+		// Other requests are being worked on: let those that are runnable
+		// add their replies first, then write them all at once.
+		w.mu.Unlock()
+		runtime.Gosched()
+		w.mu.Lock()
+	}
+	w.flush()
 	w.mu.Unlock()
 }
 

@@ -171,6 +171,7 @@ func (c *conn) readEnded(err error) {
 // limit allows, or else waits for one.
 func (c *conn) dispatch(r *request) {
 	t := &c.tx
+	t.replies.busy.Add(1)
 	select {
 	case t.work <- r:
 		return
@@ -189,6 +190,7 @@ func (c *conn) worker(r *request) {
 	defer c.tx.wg.Done()
 	for ok := true; ok; r, ok = <-c.tx.work {
 		c.handle(r)
+		c.tx.replies.busy.Add(-1)
 	}
 }
 
