@@ -12,12 +12,10 @@ import (
 )
 
 func (a *app) diskCmd() *cobra.Command {
-	cmd := &cobra.Command{
+	return group(&cobra.Command{
 		Use:   "disk",
 		Short: "Create, list, show, grow and delete disks",
-	}
-	cmd.AddCommand(a.diskCreateCmd(), a.diskListCmd(), a.diskShowCmd(), a.diskGrowCmd(), a.diskDeleteCmd())
-	return cmd
+	}, a.diskCreateCmd(), a.diskListCmd(), a.diskShowCmd(), a.diskGrowCmd(), a.diskDeleteCmd())
 }
 
 func (a *app) diskCreateCmd() *cobra.Command {

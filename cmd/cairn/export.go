@@ -12,11 +12,10 @@ import (
 )
 
 func (a *app) exportCmd() *cobra.Command {
-	cmd := &cobra.Command{
+	return group(&cobra.Command{
 		Use:   "export",
 		Short: "NBD exports and their connected clients",
-	}
-	cmd.AddCommand(&cobra.Command{
+	}, &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List NBD exports with their connected clients",
@@ -40,7 +39,6 @@ func (a *app) exportCmd() *cobra.Command {
 			return t.flush()
 		}),
 	})
-	return cmd
 }
 
 // oldestClient says since when the export has had a client.

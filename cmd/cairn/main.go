@@ -111,6 +111,20 @@ func (a *app) socketPath() string {
 	return systemSocket
 }
 
+// group makes a command that only holds subcommands: alone it prints its
+// help; with an unknown subcommand it is a usage error.
+func group(cmd *cobra.Command, subs ...*cobra.Command) *cobra.Command {
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())
+		}
+		return cmd.Help()
+	}
+	cmd.AddCommand(subs...)
+	return cmd
+}
+
 // run wraps a command's body so that its errors exit 1.
 func (a *app) run(fn func(ctx context.Context, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {

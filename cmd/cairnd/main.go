@@ -40,8 +40,13 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return exitUsage
 	}
-	logger := cfg.NewLogger(stderr)
+	logger := newLogger(cfg, stderr) // the journal under systemd (systemd.go)
 	cfg.Logger = logger
+	svc, err := setupService(&cfg, logger) // activated sockets, sd_notify
+	if err != nil {
+		fmt.Fprintf(stderr, "cairnd: %v\n", err)
+		return exitError
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -50,7 +55,10 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return exitError
 	}
-	if err := d.Run(ctx); err != nil {
+	stopService := svc.start(d) // status line and watchdog
+	err = d.Run(ctx)
+	stopService()
+	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return exitError
 	}
