@@ -301,33 +301,19 @@ func (s *Store) scanEntries(ctx context.Context, disk uint64, fn func(block, seq
 
 // scanEntryRange calls fn for every entry whose key starts with prefix.
 func (s *Store) scanEntryRange(ctx context.Context, prefix []byte, fn func(disk, block, seq uint64, zero bool, h [32]byte) error) error {
-	return s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-		defer it.Close()
-		n := 0
-		for it.Seek(prefix); it.Valid(); it.Next() {
-			if n++; n%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			item := it.Item()
-			d, b, sq, ok := parseEntryKey(item.Key())
-			if !ok {
-				return fmt.Errorf("%w: malformed entry key %x", ErrCorrupt, item.Key())
-			}
-			var zero bool
-			var h [32]byte
-			if err := item.Value(func(v []byte) (err error) {
-				zero, h, err = parseEntryValue(v)
-				return err
-			}); err != nil {
-				return fmt.Errorf("disk %d block %d seq %d: %w", d, b, sq, err)
-			}
-			if err := fn(d, b, sq, zero, h); err != nil {
-				return err
-			}
+	return s.scanKeys(ctx, prefix, false, func(item *badger.Item) error {
+		d, b, sq, ok := parseEntryKey(item.Key())
+		if !ok {
+			return fmt.Errorf("%w: malformed entry key %x", ErrCorrupt, item.Key())
 		}
-		return nil
+		var zero bool
+		var h [32]byte
+		if err := item.Value(func(v []byte) (err error) {
+			zero, h, err = parseEntryValue(v)
+			return err
+		}); err != nil {
+			return fmt.Errorf("disk %d block %d seq %d: %w", d, b, sq, err)
+		}
+		return fn(d, b, sq, zero, h)
 	})
 }

@@ -47,19 +47,26 @@ func (s *Store) gcLoop(interval time.Duration) {
 func (s *Store) runGC() error {
 	s.gcMu.Lock()
 	defer s.gcMu.Unlock()
+	if s.gcClosed {
+		return errors.New("store: value-log GC: the store is closed")
+	}
 	before := diskUsage(s.dir, ".vlog")
 	rewrites, err := s.gcPass()
-	if err == nil && rewrites == 0 && s.reclaim.bytes.Load() >= uint64(s.db.Opts().ValueLogFileSize)/2 {
+	// Compact again only once another half file of garbage may exist:
+	// garbage spread thinly over many files stays below the ratio however
+	// often the tree is compacted.
+	halfFile := uint64(s.db.Opts().ValueLogFileSize) / 2
+	if estimate := s.reclaim.bytes.Load(); err == nil && rewrites == 0 && estimate >= s.compactedAt+halfFile {
 		if err = s.compactForGC(); err == nil {
+			s.compactedAt = estimate
 			rewrites, err = s.gcPass()
 		}
 	}
 	after := diskUsage(s.dir, ".vlog")
-	if rewrites > 0 {
+	if rewrites > 0 && after < before {
 		// Rewriting moves live values too: credit only the net shrink.
-		if after < before {
-			s.reclaim.sub(before - after)
-		}
+		s.reclaim.sub(before - after)
+		s.compactedAt -= min(s.compactedAt, before-after)
 	}
 	s.log.Debug("store: value-log GC done", "rewrites", rewrites, "freed_bytes", int64(before)-int64(after), "err", err)
 	return err

@@ -78,12 +78,7 @@ func hashFromKey(k []byte) (h [32]byte, ok bool) {
 
 // entryKey is e<disk><block><seq>.
 func entryKey(disk, block, seq uint64) []byte {
-	k := make([]byte, entryKeyLen)
-	k[0] = prefixEntry
-	binary.BigEndian.PutUint64(k[1:], disk)
-	binary.BigEndian.PutUint64(k[9:], block)
-	binary.BigEndian.PutUint64(k[17:], seq)
-	return k
+	return threeU64Key(prefixEntry, disk, block, seq)
 }
 
 // entryDiskPrefix is e<disk>: every entry of a disk.
@@ -98,21 +93,13 @@ func entryBlockPrefix(disk, block uint64) []byte {
 
 // parseEntryKey splits e<disk><block><seq>.
 func parseEntryKey(k []byte) (disk, block, seq uint64, ok bool) {
-	if len(k) != entryKeyLen || k[0] != prefixEntry {
-		return 0, 0, 0, false
-	}
-	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), binary.BigEndian.Uint64(k[17:]), true
+	return parseThreeU64Key(prefixEntry, k)
 }
 
 // bySeqKey is s<disk><seq><block>, the index that finds a snapshot's own
 // entries without walking the disk's other blocks.
 func bySeqKey(disk, seq, block uint64) []byte {
-	k := make([]byte, entryKeyLen)
-	k[0] = prefixBySeq
-	binary.BigEndian.PutUint64(k[1:], disk)
-	binary.BigEndian.PutUint64(k[9:], seq)
-	binary.BigEndian.PutUint64(k[17:], block)
-	return k
+	return threeU64Key(prefixBySeq, disk, seq, block)
 }
 
 // bySeqDiskPrefix is s<disk>.
@@ -122,10 +109,7 @@ func bySeqDiskPrefix(disk uint64) []byte {
 
 // parseBySeqKey splits s<disk><seq><block>.
 func parseBySeqKey(k []byte) (disk, seq, block uint64, ok bool) {
-	if len(k) != entryKeyLen || k[0] != prefixBySeq {
-		return 0, 0, 0, false
-	}
-	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), binary.BigEndian.Uint64(k[17:]), true
+	return parseThreeU64Key(prefixBySeq, k)
 }
 
 // diskOfKey returns the disk of an e<...> or s<...> key.
@@ -191,6 +175,23 @@ func idKey(name string) []byte { return append([]byte{prefixID}, name...) }
 
 // bookkeepKey is z<name>.
 func bookkeepKey(name string) []byte { return append([]byte{prefixBookkeep}, name...) }
+
+// threeU64Key is <family><a><b><c>, the shape of entry and index keys.
+func threeU64Key(family byte, a, b, c uint64) []byte {
+	k := make([]byte, entryKeyLen)
+	k[0] = family
+	binary.BigEndian.PutUint64(k[1:], a)
+	binary.BigEndian.PutUint64(k[9:], b)
+	binary.BigEndian.PutUint64(k[17:], c)
+	return k
+}
+
+func parseThreeU64Key(family byte, k []byte) (a, b, c uint64, ok bool) {
+	if len(k) != entryKeyLen || k[0] != family {
+		return 0, 0, 0, false
+	}
+	return binary.BigEndian.Uint64(k[1:]), binary.BigEndian.Uint64(k[9:]), binary.BigEndian.Uint64(k[17:]), true
+}
 
 func u64Prefix(family byte, n uint64) []byte {
 	k := make([]byte, 9)

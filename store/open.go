@@ -101,6 +101,10 @@ func open(opts Options) (*Store, error) {
 func (s *Store) close() error {
 	close(s.stopGC)
 	<-s.gcDone
+	// An explicit RunGC in flight sees stopGC between passes; wait for it.
+	s.gcMu.Lock()
+	s.gcClosed = true
+	s.gcMu.Unlock()
 	err := s.reclaim.save(s)
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = cerr

@@ -219,3 +219,22 @@ func TestCloseTwice(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
+
+func TestInMemory(t *testing.T) {
+	s, err := Open(Options{InMemory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	put(t, s, 1, 1, Entry{0, textBlock(1, testBlock)})
+	wantRead(t, s, 1, 0, 1, textBlock(1, testBlock))
+	if err := s.PutRecord("k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Sync(); err != nil {
+		t.Errorf("Sync in memory: %v", err)
+	}
+	if err := s.RunGC(); err != nil {
+		t.Errorf("RunGC in memory: %v", err)
+	}
+}

@@ -20,10 +20,27 @@
 //   - A chunk lives while any entry references it; when the last reference
 //     goes it is deleted and the value-log GC gives its space back.
 //
+// Invariants the store keeps (DESIGN.md invariant 3): a chunk's reference
+// count equals the data entries naming it, across all disks, whatever runs
+// concurrently (each change of a count is a Badger transaction that
+// conflicts with any other touching that chunk, and is retried); a chunk
+// is stored once per content; every read is checked against the content's
+// BLAKE3 hash (ErrCorrupt). Verify checks all of it.
+//
 // Durability: every method commits its Badger transaction before it
 // returns, but Badger keeps commits in the page cache; Sync makes every
 // earlier commit durable (power-cut safe). Callers group work and Sync once
-// (DESIGN.md: SyncWrites costs 8-21x write amplification).
+// (DESIGN.md: SyncWrites costs 8-21x write amplification). A method that
+// fails part-way (a large PutEntries, Merge or DropDisk spans several
+// transactions) leaves every entry either written or not, references
+// exact, and can simply be repeated.
+//
+// Space (DESIGN.md invariant 5): the store keeps Options.MinFreeBytes free
+// on its filesystem and refuses chunk writes below that with ErrNoSpace,
+// because Badger's memory-mapped files turn a full filesystem into a
+// crash. Reads, records, merges and deletes keep working.
+//
+// The on-disk key layout is in keys.go.
 package store
 
 import (
@@ -107,9 +124,11 @@ type Store struct {
 	space   spaceGuard
 	reclaim reclaimEstimate
 
-	gcMu   sync.Mutex    // one value-log GC at a time
-	stopGC chan struct{} // closed by Close
-	gcDone chan struct{} // closed when the background GC goroutine returns
+	gcMu        sync.Mutex    // one value-log GC at a time; guards compactedAt and gcClosed
+	gcClosed    bool          // set by Close: no GC may start
+	compactedAt uint64        // reclaim estimate at the last compaction for GC
+	stopGC      chan struct{} // closed by Close
+	gcDone      chan struct{} // closed when the background GC goroutine returns
 
 	closeOnce sync.Once
 	closeErr  error
