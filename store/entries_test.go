@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/dgraph-io/badger/v4"
 )
 
 func TestLookupSeekSemantics(t *testing.T) {
@@ -176,20 +178,37 @@ func TestPutEntriesRepeatedMovesReference(t *testing.T) {
 	wantClean(t, s)
 }
 
+// TestPutEntriesLargeBatch writes more entries than one transaction takes:
+// with default settings (groups of putGroupEntries) and with a memtable so
+// small that Badger refuses a whole group (ErrTxnTooBig splits it).
 func TestPutEntriesLargeBatch(t *testing.T) {
-	s := openTest(t, "")
-	entries := make([]Entry, 3*putGroupEntries+17)
-	for i := range entries {
-		entries[i] = Entry{uint64(i), textBlock(i%500, testBlock)}
+	for _, tc := range []struct {
+		name string
+		tune func(*badger.Options)
+	}{{"default", nil}, {"tiny transactions", tinyBadger}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(Options{Dir: t.TempDir(), MinFreeBytes: 1 << 20, tune: tc.tune})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			entries := make([]Entry, 3*putGroupEntries+17)
+			for i := range entries {
+				entries[i] = Entry{uint64(i), textBlock(i%500, testBlock)}
+			}
+			put(t, s, 1, 1, entries...)
+			if n := storedChunks(t, s); n != 500 {
+				t.Errorf("%d chunks, want 500", n)
+			}
+			for _, i := range []int{0, putGroupEntries, len(entries) - 1} {
+				wantRead(t, s, 1, uint64(i), 1, entries[i].Data)
+			}
+			if freed, err := s.Merge(context.Background(), 1, 0, 1, 0, func(uint64) bool { return true }); err != nil || freed != 500*testBlock {
+				t.Errorf("Merge of the whole batch freed %d, %v; want 500 blocks", freed, err)
+			}
+			wantClean(t, s)
+		})
 	}
-	put(t, s, 1, 1, entries...)
-	if n := storedChunks(t, s); n != 500 {
-		t.Errorf("%d chunks, want 500", n)
-	}
-	for _, i := range []int{0, putGroupEntries, len(entries) - 1} {
-		wantRead(t, s, 1, uint64(i), 1, entries[i].Data)
-	}
-	wantClean(t, s)
 }
 
 func TestChanged(t *testing.T) {
