@@ -2,9 +2,12 @@ package nbdtest
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,9 +16,13 @@ import (
 
 // Serve runs an nbd.Server for exp on a unix socket in t's temporary
 // directory and returns the socket's path. The server is shut down (and
-// Serve's result checked) when the test ends. opts.Exporter is set to exp.
+// Serve's result checked) when the test ends. opts.Exporter is set to exp;
+// a nil opts.Logger logs to t.Log.
 func Serve(t testing.TB, exp nbd.Exporter, opts nbd.Options) (sock string, srv *nbd.Server) {
 	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = Logger(t)
+	}
 	sock = filepath.Join(t.TempDir(), "nbd.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -42,4 +49,34 @@ func Serve(t testing.TB, exp nbd.Exporter, opts nbd.Options) (sock string, srv *
 // fio accept it.
 func URI(sock, name string) string {
 	return "nbd+unix:///" + url.PathEscape(name) + "?socket=" + url.QueryEscape(sock)
+}
+
+// Logger returns a logger that writes to t.Log until the test's cleanups
+// have run (later lines, from goroutines a forced shutdown left behind,
+// are dropped instead of failing the test binary).
+func Logger(t testing.TB) *slog.Logger {
+	w := &testWriter{t: t}
+	t.Cleanup(w.close)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct {
+	mu   sync.Mutex
+	t    testing.TB
+	done bool // guarded by mu
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) close() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 }
