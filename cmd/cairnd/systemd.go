@@ -214,14 +214,14 @@ func (s *service) extendWhileDraining() {
 
 // testHealthFault, when set (only by a cairn_testfaults build), runs first
 // in every health check so tests can wedge it.
-var testHealthFault func(ctx context.Context)
+var testHealthFault func(ctx context.Context, logger *slog.Logger)
 
 // healthy is the watchdog's check: the daemon's own health (a store read,
 // the NBD listeners serving) and a full NBD greeting on its socket, which
 // proves the accept loop takes connections.
 func (s *service) healthy(ctx context.Context) error {
 	if testHealthFault != nil {
-		testHealthFault(ctx)
+		testHealthFault(ctx, s.log)
 	}
 	s.mu.Lock()
 	d := s.d

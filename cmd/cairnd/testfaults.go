@@ -25,12 +25,12 @@ func init() {
 	signal.Notify(usr2, syscall.SIGUSR2)
 	go func() {
 		for range usr2 {
-			slog.Warn("test fault: SIGUSR2 wedged the health check (cairn_testfaults build)")
 			wedged.Store(true)
 		}
 	}()
-	testHealthFault = func(context.Context) {
+	testHealthFault = func(_ context.Context, logger *slog.Logger) {
 		if wedged.Load() {
+			logger.Warn("test fault: SIGUSR2 wedged the health check (cairn_testfaults build)")
 			select {} // deliberately ignores ctx: a real deadlock would
 		}
 	}
