@@ -53,8 +53,9 @@ type Config struct {
 	// NBDTCPListener, when set, is used instead of listening on NBDListen.
 	NBDTCPListener net.Listener `toml:"-"`
 	// Notify, when set, is told the daemon's state in sd_notify(3) words:
-	// "READY=1" once every listener serves, "STOPPING=1" when shutdown
-	// begins, and "STATUS=..." lines in between.
+	// "READY=1" when Run starts serving every listener (the store and every
+	// disk are open by then) and "STOPPING=1" when shutdown begins. It is
+	// called from Run's or Shutdown's goroutine and must not block long.
 	Notify func(state string) `toml:"-"`
 }
 

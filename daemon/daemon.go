@@ -160,6 +160,9 @@ func listenUnix(path string) (net.Listener, error) {
 // nil after a clean shutdown and the first error that stopped it
 // otherwise. Call it once.
 func (d *Daemon) Run(ctx context.Context) error {
+	d.mu.Lock()
+	disks := len(d.disks)
+	d.mu.Unlock()
 	fatal := make(chan error, 1)
 	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
 	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
@@ -167,7 +170,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
 	}
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
-		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", len(d.disks))
+		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)
 	d.notify("READY=1")
 	var runErr error
 	select {

@@ -370,18 +370,39 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 	d.mu.Unlock()
 
 	if drained != nil {
+		if err := d.disconnectAll(ctx, name, drained); err != nil {
+			d.mu.Lock()
+			k.deleting, k.drained = false, nil
+			d.mu.Unlock()
+			return err
+		}
+	}
+	return d.removeDisk(k, opts)
+}
+
+// forceTimeout bounds how long a forced delete waits for clients to go.
+const forceTimeout = 30 * time.Second
+
+// disconnectAll disconnects the clients of a disk's exports until drained
+// is closed. A client still negotiating when Disconnect runs holds the
+// export without being listed under its name yet, so Disconnect is repeated
+// until every connection has released the export.
+func (d *Daemon) disconnectAll(ctx context.Context, name string, drained <-chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, forceTimeout)
+	defer cancel()
+	retry := time.NewTicker(100 * time.Millisecond)
+	defer retry.Stop()
+	for {
 		n := d.nbd.Disconnect(ctx, name)
 		d.log.Info("disconnecting NBD clients to delete a disk", "disk", name, "connections", n)
 		select {
 		case <-drained:
+			return nil
 		case <-ctx.Done():
-			d.mu.Lock()
-			k.deleting, k.drained = false, nil
-			d.mu.Unlock()
-			return fmt.Errorf("delete disk %s: waiting for NBD clients to disconnect: %w", name, context.Cause(ctx))
+			return errorf(ErrInUse, "delete disk %s: its NBD clients did not disconnect: %v", name, context.Cause(ctx))
+		case <-retry.C:
 		}
 	}
-	return d.removeDisk(k, opts)
 }
 
 // removeDisk deletes a disk nobody uses any more (deleting is set).
