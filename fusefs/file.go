@@ -13,12 +13,21 @@ import (
 	"github.com/cairn-storage/cairn/nbd"
 )
 
-// fileNode is /<disk>/disk.raw (snap == "") or
-// /<disk>/snapshots/<snap>.raw.
+// fileKind says which of the tree's files a fileNode is.
+type fileKind uint8
+
+const (
+	liveFile    fileKind = iota // /<disk>/disk.raw
+	snapFile                    // /<disk>/snapshots/<snap>.raw
+	scratchFile                 // /<disk>/scratch/<snap>.raw
+)
+
+// fileNode is one of the tree's files.
 type fileNode struct {
 	node
+	kind    fileKind
 	disk    string
-	snap    string
+	snap    string // "" for liveFile
 	created time.Time
 	// lastWrite is when this tree last wrote the file (unix nanoseconds),
 	// so mtime moves with FUSE writes even before the Source knows.
@@ -31,7 +40,7 @@ var (
 	_ = (fs.NodeSetattrer)((*fileNode)(nil))
 )
 
-func (n *fileNode) live() bool { return n.snap == "" }
+func (n *fileNode) live() bool { return n.kind == liveFile }
 
 // attr fills out from the Source's entry; size is the open file's size or
 // -1 to take the entry's.
@@ -54,7 +63,7 @@ func (n *fileNode) attr(out *fuse.Attr, size int64) syscall.Errno {
 	if size < 0 {
 		size = e.Size
 	}
-	snapAttr(out, e, size)
+	snapAttr(out, n.kind, e, size)
 	return 0
 }
 
@@ -68,7 +77,7 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 			if n.live() {
 				liveAttr(&out.Attr, DiskEntry{Created: n.created}, n.lastWrite.Load(), size)
 			} else {
-				snapAttr(&out.Attr, SnapEntry{Created: n.created}, size)
+				snapAttr(&out.Attr, n.kind, SnapEntry{Created: n.created}, size)
 			}
 		}
 		return 0
@@ -76,13 +85,13 @@ func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.Attr
 	return n.attr(&out.Attr, size)
 }
 
-// Setattr accepts only what leaves the content alone: timestamps on the
-// live disk (ignored; they come from the data) and truncation to the
+// Setattr accepts only what leaves the content alone: timestamps on a
+// writable file (ignored; they come from the data) and truncation to the
 // current size. A disk is resized through the API, never by truncate.
 func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
 	const harmless = fuse.FATTR_FH | fuse.FATTR_LOCKOWNER | fuse.FATTR_ATIME | fuse.FATTR_MTIME |
 		fuse.FATTR_ATIME_NOW | fuse.FATTR_MTIME_NOW | fuse.FATTR_CTIME | fuse.FATTR_KILL_SUIDGID
-	if !n.live() {
+	if n.kind == snapFile {
 		return syscall.EROFS
 	}
 	size := int64(-1)
@@ -105,8 +114,9 @@ func (n *fileNode) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAt
 
 func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	writable := flags&syscall.O_ACCMODE != syscall.O_RDONLY
-	if !n.live() {
-		if writable || flags&syscall.O_TRUNC != 0 {
+	switch n.kind {
+	case snapFile:
+		if writable {
 			return nil, 0, syscall.EROFS
 		}
 		f, release, err := n.t.src.OpenSnapshot(ctx, n.disk, n.snap)
@@ -115,6 +125,8 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 		}
 		// A snapshot never changes: the page cache stays valid across opens.
 		return &handle{n: n, f: f, release: release}, fuse.FOPEN_KEEP_CACHE, 0
+	case scratchFile:
+		return n.openScratch(ctx, writable)
 	}
 	f, release, err := n.t.src.OpenDisk(ctx, n.disk)
 	if err != nil {
@@ -127,6 +139,29 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	h.cached = true
 	n.t.cache.opened(n)
 	return h, 0, 0
+}
+
+// openScratch opens a snapshot through a private overlay. Every handle
+// has its own content, so none of it may sit in the inode's page cache.
+func (n *fileNode) openScratch(ctx context.Context, writable bool) (fs.FileHandle, uint32, syscall.Errno) {
+	base, release, err := n.t.src.OpenSnapshot(ctx, n.disk, n.snap)
+	if err != nil {
+		return nil, 0, n.t.errno("open snapshot", n.disk+"@"+n.snap, err)
+	}
+	h := &handle{n: n, f: base, release: release}
+	if writable {
+		ov, err := newOverlay(base, n.t.opts.ScratchDir)
+		if err != nil {
+			release()
+			return nil, 0, n.t.errno("open scratch", n.disk+"@"+n.snap, err)
+		}
+		h.f, h.writable = ov, true
+		h.release = func() {
+			ov.Close()
+			release()
+		}
+	}
+	return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
 }
 
 // handle is one open file: the File the Source opened for it.
@@ -197,7 +232,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 
 // Fsync makes every write completed before it durable (FLUSH).
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	if !h.n.live() {
+	if !h.writable {
 		return 0
 	}
 	return h.n.t.errno("fsync", h.name(), h.f.Flush(ctx))

@@ -45,16 +45,18 @@ func (t *Tree) invalidateDisk(disk string) {
 	for _, n := range t.cache.nodes(disk) {
 		n.NotifyContent(0, 0) // every page
 	}
-	sd := ch.GetChild(snapDirName)
-	if sd == nil {
-		return
-	}
-	sd.NotifyContent(-1, 0)
-	for name, c := range sd.Children() {
-		snap, _ := strings.CutSuffix(name, snapSuffix)
-		e, ok := t.snapshot(disk, snap)
-		if fn, isFile := c.Operations().(*fileNode); !ok || !isFile || !fn.created.Equal(e.Created) {
-			forget(sd, name)
+	for _, dir := range []string{snapDirName, scratchDirName} {
+		sd := ch.GetChild(dir)
+		if sd == nil {
+			continue
+		}
+		sd.NotifyContent(-1, 0)
+		for name, c := range sd.Children() {
+			snap, _ := strings.CutSuffix(name, snapSuffix)
+			e, ok := t.snapshot(disk, snap)
+			if fn, isFile := c.Operations().(*fileNode); !ok || !isFile || !fn.created.Equal(e.Created) {
+				forget(sd, name)
+			}
 		}
 	}
 }

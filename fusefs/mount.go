@@ -34,6 +34,9 @@ type Options struct {
 	// every change made other than through the tree must reach
 	// Tree.Changed before it is acknowledged.
 	LiveCache bool
+	// ScratchDir holds the overlays of open scratch files (unlinked
+	// files, gone when closed). Empty: os.TempDir().
+	ScratchDir string
 	// AllowOther lets users other than the mounting one use the tree.
 	AllowOther bool
 	// Logger receives errors the kernel only sees as an errno. Nil:

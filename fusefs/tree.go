@@ -6,6 +6,13 @@
 //
 //	/<disk>/disk.raw                 the live disk, read-write
 //	/<disk>/snapshots/<snap>.raw     each readable snapshot, read-only (0444)
+//	/<disk>/scratch/<snap>.raw       the same snapshots, writable (0644): each
+//	                                 open gets a private copy-on-write
+//	                                 overlay, thrown away on close
+//
+// Scratch files let a filesystem on a crash-consistent snapshot replay its
+// journal (a loop device over a scratch file, mounted read-only) without
+// changing the snapshot; they are what `cairn mount DISK@SNAP` uses.
 //
 // It is a view of a Source (the daemon): every lookup and listing asks the
 // Source, so disks and snapshots appear and disappear as the Source changes.
@@ -34,17 +41,19 @@ import (
 
 // Names inside a disk's directory.
 const (
-	liveName    = "disk.raw"
-	snapDirName = "snapshots"
-	snapSuffix  = ".raw"
+	liveName       = "disk.raw"
+	snapDirName    = "snapshots"
+	scratchDirName = "scratch"
+	snapSuffix     = ".raw"
 )
 
 // Modes of the tree's entries. Only the mounting user (root) can reach the
 // tree unless Options.AllowOther; the modes say what the files are for.
 const (
-	dirMode  = 0o755
-	liveMode = 0o644
-	snapMode = 0o444
+	dirMode     = 0o755
+	liveMode    = 0o644
+	snapMode    = 0o444
+	scratchMode = 0o644
 )
 
 // node is embedded by every node type: the go-fuse inode and the tree.
@@ -178,14 +187,18 @@ func (d *diskNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		if ch := d.GetChild(name); ch != nil {
 			return ch, 0
 		}
-		fn := &fileNode{node: node{t: d.t}, disk: d.disk, created: e.Created}
+		fn := &fileNode{node: node{t: d.t}, kind: liveFile, disk: d.disk, created: e.Created}
 		return d.NewInode(ctx, fn, fs.StableAttr{Mode: syscall.S_IFREG}), 0
-	case snapDirName:
+	case snapDirName, scratchDirName:
 		dirAttr(&out.Attr, d.created)
 		if ch := d.GetChild(name); ch != nil {
 			return ch, 0
 		}
-		sd := &snapDirNode{node: node{t: d.t}, disk: d.disk, created: d.created}
+		kind := snapFile
+		if name == scratchDirName {
+			kind = scratchFile
+		}
+		sd := &snapDirNode{node: node{t: d.t}, disk: d.disk, created: d.created, kind: kind}
 		return d.NewInode(ctx, sd, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	}
 	return nil, syscall.ENOENT
@@ -197,15 +210,18 @@ func (d *diskNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	}
 	return fs.NewListDirStream([]fuse.DirEntry{
 		{Name: liveName, Mode: syscall.S_IFREG},
+		{Name: scratchDirName, Mode: syscall.S_IFDIR},
 		{Name: snapDirName, Mode: syscall.S_IFDIR},
 	}), 0
 }
 
-// snapDirNode is /<disk>/snapshots: one file per readable snapshot.
+// snapDirNode is /<disk>/snapshots or /<disk>/scratch: one file per
+// readable snapshot.
 type snapDirNode struct {
 	node
 	disk    string
 	created time.Time // the disk's
+	kind    fileKind  // of the files inside: snapFile or scratchFile
 }
 
 var (
@@ -237,13 +253,13 @@ func (s *snapDirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOu
 	if !ok {
 		return nil, syscall.ENOENT
 	}
-	snapAttr(&out.Attr, e, e.Size)
+	snapAttr(&out.Attr, s.kind, e, e.Size)
 	if ch := s.GetChild(name); ch != nil {
 		if fn, ok := ch.Operations().(*fileNode); ok && fn.created.Equal(e.Created) {
 			return ch, 0
 		}
 	}
-	fn := &fileNode{node: node{t: s.t}, disk: s.disk, snap: snap, created: e.Created}
+	fn := &fileNode{node: node{t: s.t}, kind: s.kind, disk: s.disk, snap: snap, created: e.Created}
 	return s.NewInode(ctx, fn, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 }
 
@@ -274,9 +290,12 @@ func liveAttr(a *fuse.Attr, e DiskEntry, lastWrite int64, size int64) {
 	setTimes(a, mtime, mtime)
 }
 
-// snapAttr fills the attributes of a snapshot file.
-func snapAttr(a *fuse.Attr, e SnapEntry, size int64) {
+// snapAttr fills the attributes of a snapshot or scratch file.
+func snapAttr(a *fuse.Attr, kind fileKind, e SnapEntry, size int64) {
 	a.Mode = syscall.S_IFREG | snapMode
+	if kind == scratchFile {
+		a.Mode = syscall.S_IFREG | scratchMode
+	}
 	a.Nlink = 1
 	a.Size = uint64(size)
 	setTimes(a, e.Created, e.Created)

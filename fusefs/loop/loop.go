@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -30,6 +29,9 @@ type Options struct {
 	// the unmount of a filesystem mounted from it, or, if nothing opened
 	// it, when the returned Device is closed.
 	AutoClear bool
+	// Offset and SizeLimit expose only part of the file (one partition);
+	// a zero SizeLimit means to the end of the file.
+	Offset, SizeLimit int64
 }
 
 // Device is an attached loop device, open until Close.
@@ -90,7 +92,7 @@ func configure(n int, backing *os.File, name string, opts Options) (*Device, err
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	var info unix.LoopInfo64
+	info := unix.LoopInfo64{Offset: uint64(opts.Offset), Sizelimit: uint64(opts.SizeLimit)}
 	if opts.ReadOnly {
 		info.Flags |= unix.LO_FLAGS_READ_ONLY
 	}
@@ -158,48 +160,4 @@ func BackingFile(path string) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(string(b)), nil
-}
-
-// Partition is one partition the kernel found on a loop device.
-type Partition struct {
-	Number int
-	Path   string // /dev/loopNpM
-	Size   int64  // bytes
-}
-
-// Partitions lists the partitions of the device at path (attached with
-// PartScan), in partition-number order.
-func Partitions(path string) ([]Partition, error) {
-	name := filepath.Base(path)
-	dir := filepath.Join("/sys/block", name)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, fmt.Errorf("list partitions of %s: %w", path, err)
-	}
-	var out []Partition
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), name+"p")
-		if !ok {
-			continue
-		}
-		num, err := strconv.Atoi(rest)
-		if err != nil {
-			continue
-		}
-		sectors, err := readInt(filepath.Join(dir, e.Name(), "size"))
-		if err != nil {
-			return nil, fmt.Errorf("size of %s: %w", e.Name(), err)
-		}
-		out = append(out, Partition{Number: num, Path: "/dev/" + e.Name(), Size: sectors * 512})
-	}
-	slices.SortFunc(out, func(a, b Partition) int { return a.Number - b.Number })
-	return out, nil
-}
-
-func readInt(path string) (int64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
 }

@@ -9,24 +9,27 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
-// probe returns the filesystem type on dev ("" when there is none it
-// recognises). It asks blkid (util-linux), which knows every filesystem,
-// and reads the ext and xfs superblocks itself where blkid is missing.
-func probe(ctx context.Context, dev string) (string, error) {
+// probe returns the filesystem type in [off, off+size) of file ("" when
+// there is none it recognises). It asks blkid (util-linux), which knows
+// every filesystem, and reads the ext and xfs superblocks itself where
+// blkid is missing.
+func probe(ctx context.Context, file string, off, size int64) (string, error) {
 	if _, err := exec.LookPath("blkid"); err != nil {
-		return probeMagic(dev)
+		return probeMagic(file, off)
 	}
-	// -p: probe the device itself, not blkid's cache.
-	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE", dev).Output()
+	// -p: probe the data itself, not blkid's cache.
+	out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "value", "-s", "TYPE",
+		"-O", strconv.FormatInt(off, 10), "-S", strconv.FormatInt(size, 10), file).Output()
 	var exit *exec.ExitError
 	if errors.As(err, &exit) && exit.ExitCode() == 2 {
 		return "", nil // nothing found
 	}
 	if err != nil {
-		return "", fmt.Errorf("blkid %s: %w %s", dev, err, bytes.TrimSpace(stderr(err)))
+		return "", fmt.Errorf("blkid %s at %d: %w %s", file, off, err, bytes.TrimSpace(stderr(err)))
 	}
 	return strings.TrimSpace(string(out)), nil
 }
@@ -54,16 +57,16 @@ const (
 	extIncompatExt3 = 0x1e
 )
 
-// probeMagic recognises ext2/3/4 and xfs by their superblocks.
-func probeMagic(dev string) (string, error) {
-	f, err := os.Open(dev)
+// probeMagic recognises ext2/3/4 and xfs by their superblocks at off.
+func probeMagic(file string, off int64) (string, error) {
+	f, err := os.Open(file)
 	if err != nil {
-		return "", fmt.Errorf("probe %s: %w", dev, err)
+		return "", fmt.Errorf("probe %s: %w", file, err)
 	}
 	defer f.Close()
 	buf := make([]byte, extSuperOffset+1024)
-	if _, err := io.ReadFull(f, buf); err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return "", fmt.Errorf("probe %s: %w", dev, err)
+	if _, err := f.ReadAt(buf, off); err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("probe %s at %d: %w", file, off, err)
 	}
 	if string(buf[:4]) == "XFSB" {
 		return "xfs", nil

@@ -4,16 +4,21 @@
 // mount point, so Umount works from another process (cairn mount / cairn
 // umount).
 //
-// Snapshots are crash-consistent: their journals are dirty. A read-only
-// mount therefore skips journal replay (ext3/ext4 noload, xfs norecovery),
-// which shows the filesystem as of its last checkpoint plus nothing of the
-// journal; files written and synced before the snapshot are there.
+// Snapshots are crash-consistent: their journals are dirty, and what the
+// filesystem wrote last may be only in the journal. The complete view
+// needs a journal replay, which writes: restore a snapshot through its
+// FUSE scratch file (Options.Scratch), whose writes go to a throwaway
+// overlay, and the kernel replays the journal there while the mount stays
+// read-only. On a plain read-only file the mount skips the replay (ext3/4
+// noload, xfs norecovery) and shows the filesystem as of its last journal
+// checkpoint.
 package restore
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -35,8 +40,14 @@ var ErrNotMounted = errors.New("no cairn mount")
 
 // Options configure Mount.
 type Options struct {
-	// ReadOnly attaches and mounts read-only (snapshots).
+	// ReadOnly mounts the filesystem read-only (snapshots).
 	ReadOnly bool
+	// Scratch says the file takes writes and throws them away (a FUSE
+	// scratch file): the loop device is read-write so the kernel can
+	// replay the journal, and the mount is read-only all the same. Without
+	// it a ReadOnly mount uses a read-only loop device and skips the
+	// journal.
+	Scratch bool
 	// Partition picks a partition by number (1 for loopNp1). Zero picks
 	// the whole device if it holds a filesystem, else the largest
 	// partition that holds a supported one.
@@ -49,11 +60,13 @@ type Options struct {
 type Info struct {
 	Dir      string `json:"dir"`
 	File     string `json:"file"`
-	Loop     string `json:"loop"`   // /dev/loopN
-	Device   string `json:"device"` // what is mounted: /dev/loopN or /dev/loopNpM
+	Loop     string `json:"loop"`                // the mounted /dev/loopN
+	Offset   int64  `json:"offset,omitempty"`    // of the mounted filesystem in File
+	Volume   int    `json:"partition,omitempty"` // its partition number; 0: the whole file
 	FSType   string `json:"fstype"`
 	Options  string `json:"options"`
 	ReadOnly bool   `json:"read_only"`
+	Scratch  bool   `json:"scratch,omitempty"`
 	// Partitions are all partitions found, with their filesystems.
 	Partitions []Volume `json:"partitions,omitempty"`
 	// CreatedDir: Mount created Dir, so Umount removes it.
@@ -63,7 +76,7 @@ type Info struct {
 // Volume is one partition and the filesystem on it ("" when none).
 type Volume struct {
 	Number int    `json:"number"`
-	Device string `json:"device"`
+	Offset int64  `json:"offset"`
 	Size   int64  `json:"size"`
 	FSType string `json:"fstype"`
 }
@@ -93,18 +106,24 @@ func Mount(ctx context.Context, file, dir string, opts Options) (info Info, err 
 	if mounted {
 		return Info{}, fmt.Errorf("%s is already a mount point; choose an empty directory", dir)
 	}
-	info = Info{Dir: dir, File: file, ReadOnly: opts.ReadOnly}
-	dev, err := loop.Attach(file, loop.Options{ReadOnly: opts.ReadOnly, PartScan: true, AutoClear: true})
+	info = Info{Dir: dir, File: file, ReadOnly: opts.ReadOnly, Scratch: opts.Scratch}
+	vol, err := pickVolume(ctx, file, opts.Partition, &info)
+	if err != nil {
+		return Info{}, fmt.Errorf("%s: %w", file, err)
+	}
+	dev, err := loop.Attach(file, loop.Options{
+		ReadOnly:  opts.ReadOnly && !opts.Scratch,
+		AutoClear: true,
+		Offset:    vol.Offset,
+		SizeLimit: vol.Size,
+	})
 	if err != nil {
 		return Info{}, err
 	}
 	// With AutoClear the device detaches when dev closes unless the
 	// filesystem mount holds it: closing it is all the undo a failure needs.
 	defer dev.Close()
-	info.Loop = dev.Path
-	if err := pickVolume(ctx, dev.Path, opts.Partition, &info); err != nil {
-		return Info{}, fmt.Errorf("%s: %w", file, err)
-	}
+	info.Loop, info.Offset, info.Volume, info.FSType = dev.Path, vol.Offset, vol.Number, vol.FSType
 	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return Info{}, err
@@ -131,7 +150,7 @@ func Mount(ctx context.Context, file, dir string, opts Options) (info Info, err 
 // filesystem needs; nosuid and nodev always, since the image's owner is
 // not trusted with the host's devices or set-uid bits.
 func mountVolume(info *Info) error {
-	fstype, data, err := mountOptions(info.FSType, info.ReadOnly)
+	fstype, data, err := mountOptions(info.FSType, info.ReadOnly && !info.Scratch)
 	if err != nil {
 		return err
 	}
@@ -139,34 +158,34 @@ func mountVolume(info *Info) error {
 	if info.ReadOnly {
 		flags |= unix.MS_RDONLY
 	}
-	if err := unix.Mount(info.Device, info.Dir, fstype, flags, data); err != nil {
-		return fmt.Errorf("mount %s (%s, %s) on %s: %w (the kernel log, dmesg, says why)", info.Device, info.FSType, data, info.Dir, err)
+	if err := unix.Mount(info.Loop, info.Dir, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount %s (%s, %s) on %s: %w (the kernel log, dmesg, says why)", info.Loop, info.FSType, data, info.Dir, err)
 	}
 	info.Options = data
 	return nil
 }
 
 // mountOptions returns the filesystem type and options for a restore
-// mount. Read-only mounts of journaling filesystems skip log replay, which
-// would write to the image.
-func mountOptions(fstype string, readOnly bool) (string, string, error) {
+// mount. With skipJournal, journaling filesystems do not replay their log,
+// which would write to a device that cannot take writes.
+func mountOptions(fstype string, skipJournal bool) (string, string, error) {
 	switch fstype {
 	case "ext2":
 		return "ext2", "", nil
 	case "ext3", "ext4":
-		if readOnly {
+		if skipJournal {
 			return fstype, "noload", nil
 		}
 		return fstype, "", nil
 	case "xfs":
 		// nouuid: the snapshot has the UUID of the live filesystem,
 		// which may be mounted on this host too.
-		if readOnly {
+		if skipJournal {
 			return "xfs", "norecovery,nouuid", nil
 		}
 		return "xfs", "nouuid", nil
 	case "btrfs":
-		if readOnly {
+		if skipJournal {
 			return "btrfs", "rescue=nologreplay", nil
 		}
 		return "btrfs", "", nil
@@ -181,30 +200,42 @@ func supported(fstype string) bool {
 	return err == nil
 }
 
-// pickVolume sets info.Device and info.FSType: the whole device when it
-// holds a filesystem, else the chosen or the largest supported partition.
-func pickVolume(ctx context.Context, dev string, want int, info *Info) error {
-	parts, err := loop.Partitions(dev)
+// pickVolume finds the filesystem to mount: the whole file when it holds
+// one, else the chosen partition or the largest that holds a supported
+// filesystem. It records every partition in info.
+func pickVolume(ctx context.Context, file string, want int, info *Info) (Volume, error) {
+	f, err := os.Open(file)
 	if err != nil {
-		return err
+		return Volume{}, err
 	}
-	for _, p := range parts {
-		t, err := probe(ctx, p.Path)
-		if err != nil {
-			return err
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return Volume{}, err
+	}
+	whole, err := probe(ctx, file, 0, size)
+	if err != nil {
+		return Volume{}, err
+	}
+	if want == 0 && whole != "" {
+		if !supported(whole) {
+			return Volume{}, unknownFS(whole, "the image", nil)
 		}
-		info.Partitions = append(info.Partitions, Volume{Number: p.Number, Device: p.Path, Size: p.Size, FSType: t})
+		return Volume{Size: size, FSType: whole}, nil
+	}
+	parts, err := readPartitions(f, size)
+	if err != nil {
+		return Volume{}, err
 	}
 	if want == 0 && len(parts) == 0 {
-		t, err := probe(ctx, dev)
+		return Volume{}, unknownFS("", "the image", nil)
+	}
+	for _, p := range parts {
+		t, err := probe(ctx, file, p.Offset, p.Size)
 		if err != nil {
-			return err
+			return Volume{}, err
 		}
-		if !supported(t) {
-			return unknownFS(t, "the image", nil)
-		}
-		info.Device, info.FSType = dev, t
-		return nil
+		info.Partitions = append(info.Partitions, Volume{Number: p.Number, Offset: p.Offset, Size: p.Size, FSType: t})
 	}
 	var best *Volume
 	for i, v := range info.Partitions {
@@ -213,13 +244,12 @@ func pickVolume(ctx context.Context, dev string, want int, info *Info) error {
 		}
 	}
 	if best == nil && want != 0 {
-		return fmt.Errorf("the image has no partition %d (found %s)", want, describe(info.Partitions))
+		return Volume{}, fmt.Errorf("the image has no partition %d (found %s)", want, describe(info.Partitions))
 	}
 	if best == nil || !supported(best.FSType) {
-		return unknownFS("", "any partition", info.Partitions)
+		return Volume{}, unknownFS("", "any partition", info.Partitions)
 	}
-	info.Device, info.FSType = best.Device, best.FSType
-	return nil
+	return *best, nil
 }
 
 func unknownFS(found, where string, parts []Volume) error {
