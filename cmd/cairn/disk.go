@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -44,6 +45,14 @@ func (a *app) diskCreateCmd() *cobra.Command {
 		},
 		RunE: a.run(func(ctx context.Context, args []string) error {
 			req.Name, req.Size, req.BlockSize = args[0], api.Size(size), api.Size(blockSize)
+			if req.Adopt != "" {
+				// cairnd runs on this host: a path relative to here is meant.
+				abs, err := filepath.Abs(req.Adopt)
+				if err != nil {
+					return err
+				}
+				req.Adopt = abs
+			}
 			disk, err := a.client.CreateDisk(ctx, req)
 			if err != nil {
 				return err
@@ -54,7 +63,7 @@ func (a *app) diskCreateCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&size, "size", "", "size: bytes or with a unit, such as 10G, 512M, 1T (K, M, G, T are KiB, MiB, GiB, TiB; a multiple of 4 KiB)")
 	f.StringVar(&blockSize, "block-size", "", "change-tracking block size, a power of two from 4K to 4M (default 64K)")
-	f.StringVar(&req.Adopt, "adopt", "", "absolute path of an existing raw file or block device to use as the live image")
+	f.StringVar(&req.Adopt, "adopt", "", "path of an existing raw file or block device to use as the live image")
 	f.StringVar(&req.Description, "description", "", "free text, shown to NBD clients")
 	return cmd
 }

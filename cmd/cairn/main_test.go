@@ -152,6 +152,26 @@ func TestExitCodes(t *testing.T) {
 	}
 }
 
+func TestAdoptRelativePath(t *testing.T) {
+	in := daemontest.Start(t, nil)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("old.raw", make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var d api.Disk
+	if err := json.Unmarshal([]byte(ok(t, in.Client.Socket, "disk", "create", "old", "--adopt", "old.raw", "-o", "json")), &d); err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := filepath.Abs("old.raw"); d.Path != want || !d.Adopted || d.Size != 1<<20 {
+		t.Fatalf("adopted %+v", d)
+	}
+	ok(t, in.Client.Socket, "disk", "delete", "old")
+	if _, err := os.Stat("old.raw"); err != nil {
+		t.Fatalf("delete removed the adopted file: %v", err)
+	}
+}
+
 func TestUnreachableDaemon(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "cairn.sock")
 	_, errs, code := cli(t, sock, "info")
