@@ -14,14 +14,15 @@ import (
 type Exports struct {
 	mu   sync.Mutex
 	exps map[string]*nbd.Export // guarded by mu
-	open map[string]int         // guarded by mu
+	open map[string]int         // guarded by mu: opens not yet released
+	ever map[string]int         // guarded by mu: opens ever
 }
 
 var _ nbd.Exporter = (*Exports)(nil)
 
 // NewExports returns an Exporter serving exps.
 func NewExports(exps ...*nbd.Export) *Exports {
-	e := &Exports{exps: make(map[string]*nbd.Export), open: make(map[string]int)}
+	e := &Exports{exps: make(map[string]*nbd.Export), open: make(map[string]int), ever: make(map[string]int)}
 	for _, x := range exps {
 		e.Add(x)
 	}
@@ -44,6 +45,7 @@ func (e *Exports) Open(_ context.Context, name string) (*nbd.Export, func(), err
 		return nil, nil, fmt.Errorf("%w: %q", nbd.ErrUnknownExport, name)
 	}
 	e.open[name]++
+	e.ever[name]++
 	var once sync.Once
 	return x, func() {
 		once.Do(func() {
@@ -59,6 +61,13 @@ func (e *Exports) OpenCount(name string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.open[name]
+}
+
+// Opened is how many times name has been opened.
+func (e *Exports) Opened(name string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.ever[name]
 }
 
 // List implements nbd.Exporter, sorted by name.
