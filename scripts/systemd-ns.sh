@@ -89,18 +89,18 @@ ns_boot() {
 	) </dev/null >"$NS_DIR/console.log" 2>&1 &
 	NS_UNSHARE=$!
 	local deadline=$((SECONDS + 30))
-	while [ -z "$NS_PID" ]; do
-		NS_PID=$(pgrep -P "$NS_UNSHARE" || true)
-		if [ -z "$NS_PID" ]; then
-			kill -0 "$NS_UNSHARE" 2>/dev/null || { ns_fail "unshare exited before systemd started"; return 1; }
-			[ $SECONDS -lt $deadline ] || { ns_fail "systemd did not start within 30s"; return 1; }
-			sleep 0.05
-		fi
+	# systemd is unshare's only child: PID 1 of the new PID namespace.
+	while ! ns_is_init "$NS_PID"; do
+		NS_PID=$(pgrep -P "$NS_UNSHARE" | head -n 1 || true)
+		ns_is_init "$NS_PID" && break
+		kill -0 "$NS_UNSHARE" 2>/dev/null || { ns_fail "unshare exited before systemd started"; return 1; }
+		[ $SECONDS -lt $deadline ] || { ns_fail "systemd did not start within 30s"; return 1; }
+		sleep 0.05
 	done
 	# systemctl needs the manager's private socket; then --wait blocks
 	# until start-up has finished.
 	while ! ns test -S /run/systemd/private 2>/dev/null; do
-		kill -0 "$NS_PID" 2>/dev/null || { ns_fail "systemd exited during boot"; return 1; }
+		ns_is_init "$NS_PID" || { ns_fail "systemd (host PID $NS_PID) exited during boot"; return 1; }
 		[ $SECONDS -lt $deadline ] || { ns_fail "systemd did not open its socket within 30s"; return 1; }
 		sleep 0.05
 	done
@@ -112,6 +112,11 @@ ns_boot() {
 	*) ns_fail "systemd did not finish booting: $state"; return 1 ;;
 	esac
 	echo "systemd-ns: systemd is PID 1 of namespace (host PID $NS_PID), booted in $((SECONDS - started))s: $state"
+}
+
+# ns_is_init reports whether host PID $1 is PID 1 of a child PID namespace.
+ns_is_init() {
+	[ -n "$1" ] && grep -Eq '^NSpid:[[:space:]]+[0-9]+[[:space:]]+1$' "/proc/$1/status" 2>/dev/null
 }
 
 ns_fail() {
@@ -164,7 +169,7 @@ ns_poweroff() {
 # ends every process in it), then removes its cgroup and state. Safe to
 # call twice, and as an EXIT trap.
 ns_destroy() {
-	if [ -n "$NS_PID" ] && kill -0 "$NS_PID" 2>/dev/null; then
+	if ns_is_init "$NS_PID"; then
 		kill -KILL "$NS_PID" 2>/dev/null || true
 	fi
 	if [ -n "$NS_UNSHARE" ]; then
@@ -172,6 +177,13 @@ ns_destroy() {
 		wait "$NS_UNSHARE" 2>/dev/null || true
 	fi
 	if [ -n "$NS_CGROUP" ] && [ -d "$NS_CGROUP" ]; then
+		# Whatever is left in the namespace's cgroup (only its processes
+		# can be there) goes too, even if systemd's PID was never known.
+		if [ -e "$NS_CGROUP/cgroup.kill" ]; then
+			echo 1 >"$NS_CGROUP/cgroup.kill" 2>/dev/null || true
+		else
+			find "$NS_CGROUP" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+		fi
 		# The kernel empties a cgroup a moment after its last process dies.
 		local deadline=$((SECONDS + 10))
 		while grep -q '^populated 1' "$NS_CGROUP/cgroup.events" 2>/dev/null && [ $SECONDS -lt $deadline ]; do
