@@ -103,7 +103,7 @@ func (v *Volume) DirtyBitmapContexts(at string) map[string]nbd.MetaContext {
 	}
 	out := map[string]nbd.MetaContext{}
 	for _, s := range v.snaps {
-		if s.seq() >= upto || s.rec.State == StateFailed {
+		if s.seq() >= upto || !s.readable() {
 			continue
 		}
 		out["qemu:dirty-bitmap:"+s.rec.Name] = &dirtyContext{v: v, after: s.seq(), upto: upto, size: size}

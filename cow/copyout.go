@@ -241,7 +241,7 @@ func (v *Volume) passPending(s *snap) {
 			found = true
 			continue
 		}
-		if found && x.rec.State != StateFailed {
+		if found && x.readable() {
 			to = x
 			break
 		}

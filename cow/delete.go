@@ -25,15 +25,28 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 		return 0, fmt.Errorf("%w: %q has %d reader(s); disconnect them or force", ErrSnapInUse, name, n)
 	}
 	v.stopWorker(s)
+	return v.finishDelete(ctx, s)
+}
+
+// finishDelete merges s away and drops its record. The record first says
+// "deleting", durably, so a crash part-way through the merge (which has
+// already dropped some entries) never leaves a snapshot that reads wrong:
+// at the next start the delete is completed (Merge is idempotent).
+func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err error) {
+	name := s.rec.Name
 	v.mu.Lock()
 	if s.rec.State == StateCopying {
-		s.rec.State = StateFailed // no longer copying; about to go
-		s.rec.Reason = "deleted while copying"
 		v.passPending(s)
 	}
+	s.rec.State = StateDeleting
+	rec := s.rec
+	rec.Pending = nil
 	prevSeq, nextSeq, overridden := v.mergeBounds(s)
 	last := len(v.snaps) == 1
 	v.mu.Unlock()
+	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
+		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+	}
 	if last {
 		// The chain becomes empty: free everything and let the next
 		// snapshot be full again (every allocated block counts as changed).
@@ -42,10 +55,12 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 		}
 		overridden = func(uint64) bool { return true }
 	}
-
+	if err := v.storeSync.Wait(); err != nil {
+		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+	}
 	freed, err = v.st.Merge(ctx, v.opts.DiskID, prevSeq, s.seq(), nextSeq, overridden)
 	if err != nil {
-		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+		return 0, fmt.Errorf("delete snapshot %q (it stays 'deleting'; delete it again to finish): %w", name, err)
 	}
 	if err := v.st.DeleteRecord(snapKey(v.opts.DiskID, s.seq())); err != nil {
 		return freed, fmt.Errorf("delete snapshot %q: %w", name, err)

@@ -21,9 +21,9 @@ func (v *Volume) Rollback(ctx context.Context, name string, progress func(done, 
 	defer v.sealMu.Unlock()
 	v.mu.Lock()
 	s, ok := v.findLocked(name)
-	if ok && s.rec.State == StateFailed {
+	if ok && !s.readable() {
 		v.mu.Unlock()
-		return fmt.Errorf("%w: %q cannot be rolled back to: %s", ErrSnapFailed, name, s.rec.Reason)
+		return fmt.Errorf("%w: %q is %s and cannot be rolled back to: %s", ErrSnapFailed, name, s.rec.State, s.rec.Reason)
 	}
 	v.mu.Unlock()
 	if !ok {

@@ -49,6 +49,9 @@ const (
 	StateCopying = "copying"
 	StateReady   = "ready"
 	StateFailed  = "failed"
+	// StateDeleting: a delete began and has not finished; it is completed
+	// at the next start if the daemon stopped part-way.
+	StateDeleting = "deleting"
 )
 
 // Errors callers match with errors.Is.
@@ -147,6 +150,11 @@ type snap struct {
 
 func (s *snap) seq() uint64 { return s.rec.Seq }
 
+// readable: the snapshot can be read (copying or ready). Caller holds mu.
+func (s *snap) readable() bool {
+	return s.rec.State == StateCopying || s.rec.State == StateReady
+}
+
 // openChain loads the chain from the store, recovers after a crash and
 // resumes unfinished copy-out.
 func (v *Volume) openChain() error {
@@ -184,6 +192,13 @@ func (v *Volume) openChain() error {
 	}
 	if err := v.recoverTracker(fresh, nblocks); err != nil {
 		return err
+	}
+	for _, s := range append([]*snap(nil), v.snaps...) {
+		if s.rec.State == StateDeleting {
+			if _, err := v.finishDelete(ctx, s); err != nil {
+				return fmt.Errorf("finish deleting snapshot %q: %w", s.rec.Name, err)
+			}
+		}
 	}
 	if fresh {
 		if err := v.st.PutRecord(chainKey(disk), cr); err != nil {
@@ -573,8 +588,8 @@ func (v *Volume) WaitReady(ctx context.Context, name string) error {
 		switch in.State {
 		case StateReady:
 			return nil
-		case StateFailed:
-			return fmt.Errorf("%w: %s", ErrSnapFailed, in.Reason)
+		case StateFailed, StateDeleting:
+			return fmt.Errorf("%w: %s %s", ErrSnapFailed, in.State, in.Reason)
 		}
 		select {
 		case <-ctx.Done():

@@ -36,8 +36,8 @@ func (v *Volume) OpenView(name string) (*View, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
 	}
-	if s.rec.State == StateFailed {
-		return nil, fmt.Errorf("%w: %q: %s", ErrSnapFailed, name, s.rec.Reason)
+	if !s.readable() {
+		return nil, fmt.Errorf("%w: %q is %s: %s", ErrSnapFailed, name, s.rec.State, s.rec.Reason)
 	}
 	s.views.Add(1)
 	return &View{v: v, s: s, seq: s.seq(), size: s.rec.Size}, nil
