@@ -1,0 +1,235 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Snapshot is one snapshot of a disk (GET /v1/disks/{name}/snapshots/{snapshot}).
+type Snapshot struct {
+	Disk        string    `json:"disk"`
+	Name        string    `json:"name"`
+	Seq         uint64    `json:"seq"` // position in the chain: increasing, never reused
+	Description string    `json:"description,omitempty"`
+	Kind        string    `json:"kind"` // SnapshotManual or SnapshotAuto
+	Created     time.Time `json:"created"`
+	// State is SnapshotCopying (Progress says how far), SnapshotReady,
+	// SnapshotFailed (Reason says why) or SnapshotDeleting.
+	State    string  `json:"state"`
+	Progress float64 `json:"progress"` // percent of its blocks in the store
+	Reason   string  `json:"reason,omitempty"`
+	Size     int64   `json:"size"` // the disk's size when it was taken
+	// WrittenBytes: bytes changed in the epoch it sealed (the blocks it stores).
+	WrittenBytes uint64 `json:"written_bytes"`
+	// UniqueBytes: stored bytes only it references: what deleting it frees.
+	UniqueBytes uint64 `json:"unique_bytes"`
+	// HoldMicros: how long guest writes were held to take it.
+	HoldMicros float64 `json:"hold_us"`
+	Export     string  `json:"export"` // its read-only NBD export, DISK@SNAPSHOT
+	Clients    int     `json:"clients"`
+}
+
+// Snapshot kinds and states.
+const (
+	SnapshotManual   = "manual"
+	SnapshotAuto     = "auto"
+	SnapshotCopying  = "copying"
+	SnapshotReady    = "ready"
+	SnapshotFailed   = "failed"
+	SnapshotDeleting = "deleting"
+)
+
+// CreateSnapshotRequest is the body of POST /v1/disks/{name}/snapshots.
+type CreateSnapshotRequest struct {
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+}
+
+// DeleteSnapshotResult answers DELETE /v1/disks/{name}/snapshots/{snapshot}.
+type DeleteSnapshotResult struct {
+	FreedBytes uint64 `json:"freed_bytes"` // uncompressed bytes of the chunks released
+}
+
+// Changes answers GET /v1/disks/{name}/changes?from=S1[&to=S2]: the ranges
+// changed after snapshot From up to snapshot To (To empty: the live disk).
+type Changes struct {
+	Disk         string   `json:"disk"`
+	From         string   `json:"from"`
+	To           string   `json:"to,omitempty"`
+	BlockSize    int      `json:"block_size"`
+	Size         int64    `json:"size"`
+	ChangedBytes int64    `json:"changed_bytes"`
+	Extents      []Extent `json:"extents"`
+}
+
+// Extent is a byte range.
+type Extent struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+}
+
+// ChainCapacity is the capacity of one disk's snapshot chain
+// (GET /v1/disks/{name}/capacity).
+type ChainCapacity struct {
+	Disk        string             `json:"disk"`
+	Snapshots   int                `json:"snapshots"`
+	Quota       int                `json:"quota"`
+	StoredBytes uint64             `json:"stored_bytes"` // stored bytes the chain references (shared chunks counted in full)
+	Entries     uint64             `json:"entries"`
+	PerSnapshot []SnapshotCapacity `json:"per_snapshot"`
+}
+
+// SnapshotCapacity is one snapshot's share of its chain.
+type SnapshotCapacity struct {
+	Name         string `json:"name"`
+	State        string `json:"state"`
+	WrittenBytes uint64 `json:"written_bytes"`
+	UniqueBytes  uint64 `json:"unique_bytes"`
+}
+
+// Capacity is the capacity of every chain and of the whole store
+// (GET /v1/capacity).
+type Capacity struct {
+	Chains []ChainCapacity `json:"chains"`
+	Store  StoreStats      `json:"store"`
+}
+
+// StoreStats describe the chunk store (GET /v1/store).
+type StoreStats struct {
+	Chunks       uint64 `json:"chunks"`
+	LogicalBytes uint64 `json:"logical_bytes"` // what all snapshots would take without dedup and compression
+	UniqueBytes  uint64 `json:"unique_bytes"`  // after dedup
+	StoredBytes  uint64 `json:"stored_bytes"`  // after dedup and compression
+	ReclaimBytes uint64 `json:"reclaimable_bytes"`
+	DiskBytes    uint64 `json:"disk_bytes"` // the store's directory on disk
+	DataEntries  uint64 `json:"data_entries"`
+	ZeroEntries  uint64 `json:"zero_entries"`
+}
+
+// Task is a long operation (GET /v1/tasks/{id}).
+type Task struct {
+	ID       string     `json:"id"`
+	Kind     string     `json:"kind"` // TaskRollback, TaskVerify
+	Disk     string     `json:"disk,omitempty"`
+	Target   string     `json:"target,omitempty"` // e.g. the snapshot rolled back to
+	State    string     `json:"state"`            // TaskRunning, TaskDone, TaskFailed
+	Progress float64    `json:"progress"`         // percent
+	Message  string     `json:"message,omitempty"`
+	Error    string     `json:"error,omitempty"`
+	Created  time.Time  `json:"created"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// Result is kind specific: VerifyResult for TaskVerify.
+	Result any `json:"result,omitempty"`
+}
+
+// Task kinds and states.
+const (
+	TaskRollback = "rollback"
+	TaskVerify   = "verify"
+	TaskRunning  = "running"
+	TaskDone     = "done"
+	TaskFailed   = "failed"
+)
+
+// VerifyRequest is the body of POST /v1/verify.
+type VerifyRequest struct {
+	Disk string `json:"disk,omitempty"` // empty: the whole store
+}
+
+// VerifyResult is a finished verify task's Result.
+type VerifyResult struct {
+	ChunksChecked  uint64   `json:"chunks_checked"`
+	EntriesChecked uint64   `json:"entries_checked"`
+	Faults         []string `json:"faults"`
+}
+
+func snapPath(disk, snap string) string {
+	return "/v1/disks/" + url.PathEscape(disk) + "/snapshots/" + url.PathEscape(snap)
+}
+
+func withForce(path string, force bool) string {
+	if force {
+		return path + "?force=true"
+	}
+	return path
+}
+
+// CreateSnapshot takes a snapshot; it answers at once with the snapshot
+// copying.
+func (c *Client) CreateSnapshot(ctx context.Context, disk string, req CreateSnapshotRequest) (Snapshot, error) {
+	var out Snapshot
+	return out, c.Do(ctx, http.MethodPost, "/v1/disks/"+url.PathEscape(disk)+"/snapshots", req, &out)
+}
+
+// Snapshots lists a disk's chain, oldest first.
+func (c *Client) Snapshots(ctx context.Context, disk string) ([]Snapshot, error) {
+	var out []Snapshot
+	return out, c.Do(ctx, http.MethodGet, "/v1/disks/"+url.PathEscape(disk)+"/snapshots", nil, &out)
+}
+
+// Snapshot describes one snapshot.
+func (c *Client) Snapshot(ctx context.Context, disk, snap string) (Snapshot, error) {
+	var out Snapshot
+	return out, c.Do(ctx, http.MethodGet, snapPath(disk, snap), nil, &out)
+}
+
+// DeleteSnapshot deletes a snapshot; force disconnects its NBD readers.
+func (c *Client) DeleteSnapshot(ctx context.Context, disk, snap string, force bool) (DeleteSnapshotResult, error) {
+	var out DeleteSnapshotResult
+	return out, c.Do(ctx, http.MethodDelete, withForce(snapPath(disk, snap), force), nil, &out)
+}
+
+// Rollback starts rolling a disk back to a snapshot and returns the task;
+// force disconnects writers first.
+func (c *Client) Rollback(ctx context.Context, disk, snap string, force bool) (Task, error) {
+	var out Task
+	return out, c.Do(ctx, http.MethodPost, withForce(snapPath(disk, snap)+"/rollback", force), nil, &out)
+}
+
+// Changes returns the ranges changed after from up to to ("" = live).
+func (c *Client) Changes(ctx context.Context, disk, from, to string) (Changes, error) {
+	q := url.Values{"from": {from}}
+	if to != "" {
+		q.Set("to", to)
+	}
+	var out Changes
+	return out, c.Do(ctx, http.MethodGet, "/v1/disks/"+url.PathEscape(disk)+"/changes?"+q.Encode(), nil, &out)
+}
+
+// ChainCapacity describes one disk's chain.
+func (c *Client) ChainCapacity(ctx context.Context, disk string) (ChainCapacity, error) {
+	var out ChainCapacity
+	return out, c.Do(ctx, http.MethodGet, "/v1/disks/"+url.PathEscape(disk)+"/capacity", nil, &out)
+}
+
+// Capacity describes every chain and the store.
+func (c *Client) Capacity(ctx context.Context) (Capacity, error) {
+	var out Capacity
+	return out, c.Do(ctx, http.MethodGet, "/v1/capacity", nil, &out)
+}
+
+// StoreStats describes the chunk store.
+func (c *Client) StoreStats(ctx context.Context) (StoreStats, error) {
+	var out StoreStats
+	return out, c.Do(ctx, http.MethodGet, "/v1/store", nil, &out)
+}
+
+// Verify starts a verify task.
+func (c *Client) Verify(ctx context.Context, req VerifyRequest) (Task, error) {
+	var out Task
+	return out, c.Do(ctx, http.MethodPost, "/v1/verify", req, &out)
+}
+
+// Tasks lists the tasks cairnd remembers (running ones and the last finished).
+func (c *Client) Tasks(ctx context.Context) ([]Task, error) {
+	var out []Task
+	return out, c.Do(ctx, http.MethodGet, "/v1/tasks", nil, &out)
+}
+
+// Task describes one task.
+func (c *Client) Task(ctx context.Context, id string) (Task, error) {
+	var out Task
+	return out, c.Do(ctx, http.MethodGet, "/v1/tasks/"+url.PathEscape(id), nil, &out)
+}
