@@ -22,10 +22,14 @@ func (c *conn) read(r *request) {
 	}
 	w := &c.tx.replies
 	w.lock()
-	if c.structured {
+	switch {
+	case c.structured && len(p) == 0:
+		// A data chunk must carry at least one byte; nothing to cover.
+		w.chunk(replyFlagDone, replyTypeNone, r.cookie, 0)
+	case c.structured:
 		w.chunk(replyFlagDone, replyTypeOffsetData, r.cookie, 8+len(p))
 		w.u64(r.off)
-	} else {
+	default:
 		w.simple(r.cookie, 0)
 	}
 	w.data(p)
