@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -43,6 +44,7 @@ type app struct {
 	socket         string // --socket
 	output         string // -o
 	client         *api.Client
+	poll           time.Duration // how often followed work is polled; 0 means defaultPoll
 }
 
 // runError marks an error from running a command (exit 1); every other
@@ -75,7 +77,7 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 func (a *app) rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:   "cairn",
-		Short: "Manage Cairn's disks through cairnd",
+		Short: "Manage Cairn's disks and snapshots through cairnd",
 		Long: "cairn drives cairnd, Cairn's daemon, through its control API.\n\n" +
 			"The socket is --socket, else $CAIRN_SOCKET, else ./" + localSocket + " when it exists (make run), else " + systemSocket + ".\n" +
 			"Exit codes: 0 success, 1 the command failed, 2 usage error.",
@@ -93,7 +95,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return err })
-	root.AddCommand(a.diskCmd(), a.exportCmd(), a.infoCmd())
+	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.infoCmd())
 	return root
 }
 

@@ -1,0 +1,361 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+func (a *app) snapshotCmd() *cobra.Command {
+	return group(&cobra.Command{
+		Use:     "snapshot",
+		Aliases: []string{"snap"},
+		Short:   "Take, list, show, delete and roll back to snapshots; changed blocks; chain capacity",
+		Long: "A snapshot is a crash-consistent, read-only point in time of one disk (docs/snapshots.md).\n" +
+			"It is also an NBD export, DISK@SNAPSHOT.",
+	}, a.snapshotCreateCmd(), a.snapshotListCmd(), a.snapshotShowCmd(), a.snapshotDeleteCmd(),
+		a.snapshotRollbackCmd(), a.snapshotDiffCmd(), a.snapshotCapacityCmd())
+}
+
+func (a *app) snapshotCreateCmd() *cobra.Command {
+	var req api.CreateSnapshotRequest
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "create DISK NAME",
+		Short: "Take a snapshot; it is copied into the store in the background (--wait follows it until ready)",
+		Long: "Takes a crash-consistent snapshot of DISK at once: it holds every write acknowledged before\n" +
+			"this command and none issued after. The snapshot starts 'copying' and becomes 'ready' when its\n" +
+			"changed blocks are in the store. NAME is 2 to 128 characters of letters, digits and . _ - : +,\n" +
+			"not starting with 'auto' (kept for automatic snapshots) nor http:// or https://.",
+		Example: "  cairn snapshot create vm1-root before-upgrade --description 'kernel 6.12'\n" +
+			"  cairn snapshot create vm1-root nightly-2026-11-23 --wait",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeDisks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			req.Name = args[1]
+			snap, err := a.client.CreateSnapshot(ctx, args[0], req)
+			if err != nil {
+				return err
+			}
+			if wait {
+				if snap, err = a.waitSnapshot(ctx, snap); err != nil {
+					return err
+				}
+			}
+			return a.printSnapshot(snap)
+		}),
+	}
+	cmd.Flags().StringVar(&req.Description, "description", "", "free text kept with the snapshot")
+	cmd.Flags().BoolVar(&wait, "wait", false, "follow the copy with a progress bar until the snapshot is ready (exit 1 if it fails)")
+	return cmd
+}
+
+// waitSnapshot follows a copying snapshot until it is ready, and returns
+// it as it ended; a failed snapshot is an error stating its reason.
+func (a *app) waitSnapshot(ctx context.Context, snap api.Snapshot) (api.Snapshot, error) {
+	label := "snapshot " + snap.Export
+	first := true
+	err := a.follow(ctx, label, "cairn snapshot show "+snap.Disk+" "+snap.Name, func(ctx context.Context) (step, error) {
+		if !first {
+			var err error
+			if snap, err = a.client.Snapshot(ctx, snap.Disk, snap.Name); err != nil {
+				return step{}, err
+			}
+		}
+		first = false
+		s := step{progress: snap.Progress}
+		switch snap.State {
+		case api.SnapshotReady:
+			s.done, s.progress = true, 100
+		case api.SnapshotFailed:
+			s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
+		case api.SnapshotDeleting:
+			s.err = fmt.Errorf("snapshot %s is being deleted", snap.Export)
+		}
+		return s, nil
+	})
+	return snap, err
+}
+
+func orNoReason(reason string) string {
+	if reason == "" {
+		return "no reason given (see cairnd's log)"
+	}
+	return reason
+}
+
+func (a *app) snapshotListCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "list DISK",
+		Aliases:           []string{"ls"},
+		Short:             "List a disk's snapshots, oldest first",
+		Long:              "WRITTEN is what changed in the epoch the snapshot sealed; UNIQUE what only it holds: what deleting it frees.\nHOLD is how long guest writes waited while it was taken.",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeDisks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			snaps, err := a.client.Snapshots(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(snaps)
+			}
+			t := a.table("NAME", "CREATED", "STATE", "PROGRESS", "KIND", "WRITTEN", "UNIQUE", "HOLD")
+			for _, s := range snaps {
+				t.row(s.Name, s.Created.Local().Format(time.DateTime), s.State, snapshotProgress(s), s.Kind,
+					formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes), formatHold(s.HoldMicros))
+			}
+			return t.flush()
+		}),
+	}
+}
+
+func snapshotProgress(s api.Snapshot) string {
+	switch s.State {
+	case api.SnapshotReady:
+		return "100%"
+	case api.SnapshotCopying:
+		return fmt.Sprintf("%.0f%%", s.Progress)
+	}
+	return "-"
+}
+
+// formatHold writes a write hold's duration at a useful precision.
+func formatHold(us float64) string {
+	switch {
+	case us < 1000:
+		return fmt.Sprintf("%.0fµs", us)
+	case us < 1e6:
+		return fmt.Sprintf("%.2fms", us/1e3)
+	}
+	return fmt.Sprintf("%.2fs", us/1e6)
+}
+
+func formatBytes(n uint64) string { return api.FormatSize(int64(n)) }
+
+func (a *app) snapshotShowCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "show DISK NAME",
+		Short:             "Show one snapshot",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeSnapshots,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			snap, err := a.client.Snapshot(ctx, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return a.printSnapshot(snap)
+		}),
+	}
+}
+
+// printSnapshot prints one snapshot as key/value lines or JSON.
+func (a *app) printSnapshot(s api.Snapshot) error {
+	if a.output == "json" {
+		return a.printJSON(s)
+	}
+	t := a.table()
+	t.row("Name:", s.Name)
+	t.row("Disk:", s.Disk)
+	t.row("Sequence:", strconv.FormatUint(s.Seq, 10))
+	t.row("Kind:", s.Kind)
+	state := s.State
+	if s.State == api.SnapshotCopying {
+		state += fmt.Sprintf(" (%.1f%%)", s.Progress)
+	}
+	t.row("State:", state)
+	if s.Reason != "" {
+		t.row("Reason:", s.Reason)
+	}
+	if s.Description != "" {
+		t.row("Description:", s.Description)
+	}
+	t.row("Created:", s.Created.Local().Format(time.RFC3339))
+	t.row("Disk size:", fmt.Sprintf("%s (%d bytes)", api.FormatSize(s.Size), s.Size))
+	t.row("Written:", formatBytes(s.WrittenBytes)+" (changed in its epoch)")
+	t.row("Unique:", formatBytes(s.UniqueBytes)+" (freed by deleting it)")
+	t.row("Write hold:", formatHold(s.HoldMicros))
+	t.row("Export:", s.Export+" (read-only)")
+	t.row("Clients:", strconv.Itoa(s.Clients))
+	return t.flush()
+}
+
+func (a *app) snapshotDeleteCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "delete DISK NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a snapshot: merged into its successor, freeing only what nothing else holds",
+		Long: "Deletes any snapshot of the chain, first, middle or last. Its blocks that a later snapshot still\n" +
+			"needs pass to it; the rest are freed. Only metadata changes, so it takes the same time whatever\n" +
+			"the chain's length. Refused while NBD clients read DISK@NAME, unless --force disconnects them.",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeSnapshots,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			res, err := a.client.DeleteSnapshot(ctx, args[0], args[1], force)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(res)
+			}
+			fmt.Fprintf(a.stdout, "deleted snapshot %s@%s, freed %s (%d bytes)\n", args[0], args[1], formatBytes(res.FreedBytes), res.FreedBytes)
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients reading the snapshot first")
+	return cmd
+}
+
+func (a *app) snapshotRollbackCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rollback DISK NAME",
+		Short: "Roll a disk back to a snapshot, writing back only the blocks that differ",
+		Long: "Makes DISK read exactly as snapshot NAME does. Refused while an NBD client is connected to the\n" +
+			"live disk, unless --force disconnects it. Later snapshots stay. The command follows the rollback\n" +
+			"task with a progress bar; Ctrl-C stops following, not the rollback (cairn task wait ID).",
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeSnapshots,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			task, err := a.client.Rollback(ctx, args[0], args[1], force)
+			if err != nil {
+				return err
+			}
+			task, err = a.followTask(ctx, task)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(task)
+			}
+			fmt.Fprintf(a.stdout, "rolled back %s to snapshot %s\n", args[0], args[1])
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients of the live disk first")
+	return cmd
+}
+
+func (a *app) snapshotDiffCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "diff DISK FROM [TO]",
+		Short: "List the byte ranges changed after snapshot FROM, up to snapshot TO or the live disk",
+		Long: "What a backup tool copies for an incremental backup: the extents changed after FROM, up to TO\n" +
+			"(default: the live disk, as it is now). Offsets and lengths are in bytes, whole blocks.\n" +
+			"NBD clients see the same as the meta context qemu:dirty-bitmap:FROM (docs/snapshots.md).",
+		Example: "  cairn snapshot diff vm1-root monday tuesday\n" +
+			"  cairn snapshot diff vm1-root monday -o json | jq '.extents[]'",
+		Args:              cobra.RangeArgs(2, 3),
+		ValidArgsFunction: a.completeSnapshots,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			to := ""
+			if len(args) == 3 {
+				to = args[2]
+			}
+			ch, err := a.client.Changes(ctx, args[0], args[1], to)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(ch)
+			}
+			t := a.table("OFFSET", "LENGTH")
+			for _, e := range ch.Extents {
+				t.row(strconv.FormatInt(e.Offset, 10), strconv.FormatInt(e.Length, 10))
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			if to == "" {
+				to = "live"
+			}
+			fmt.Fprintf(a.stdout, "total: %s (%d bytes) in %d extents changed from %s to %s, of %s\n",
+				api.FormatSize(ch.ChangedBytes), ch.ChangedBytes, len(ch.Extents), ch.From, to, api.FormatSize(ch.Size))
+			return nil
+		}),
+	}
+}
+
+func (a *app) snapshotCapacityCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "capacity [DISK]",
+		Short:             "Show a disk's snapshot chain capacity, or every chain's and the store's",
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: a.completeDisks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			if len(args) == 1 {
+				c, err := a.client.ChainCapacity(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				if a.output == "json" {
+					return a.printJSON(c)
+				}
+				return a.printChainCapacity(c)
+			}
+			c, err := a.client.Capacity(ctx)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(c)
+			}
+			t := a.table("DISK", "SNAPSHOTS", "QUOTA", "STORED", "ENTRIES")
+			for _, ch := range c.Chains {
+				t.row(ch.Disk, strconv.Itoa(ch.Snapshots), strconv.Itoa(ch.Quota), formatBytes(ch.StoredBytes), strconv.FormatUint(ch.Entries, 10))
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout)
+			return a.printStoreStats(c.Store)
+		}),
+	}
+}
+
+func (a *app) printChainCapacity(c api.ChainCapacity) error {
+	t := a.table()
+	t.row("Disk:", c.Disk)
+	t.row("Snapshots:", fmt.Sprintf("%d of %d", c.Snapshots, c.Quota))
+	t.row("Stored:", formatBytes(c.StoredBytes)+" (shared chunks counted in full)")
+	t.row("Entries:", strconv.FormatUint(c.Entries, 10))
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if len(c.PerSnapshot) == 0 {
+		return nil
+	}
+	fmt.Fprintln(a.stdout)
+	t = a.table("SNAPSHOT", "STATE", "WRITTEN", "UNIQUE")
+	for _, s := range c.PerSnapshot {
+		t.row(s.Name, s.State, formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes))
+	}
+	return t.flush()
+}
+
+// completeSnapshots completes DISK, then NAME (and TO) with the disk's
+// snapshots.
+func (a *app) completeSnapshots(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	if len(args) == 0 {
+		return a.completeDisks(cmd, args, toComplete)
+	}
+	if len(args) > 2 || len(args) == 2 && cmd.Name() != "diff" {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	client := &api.Client{Socket: a.socketPath()}
+	snaps, err := client.Snapshots(cmd.Context(), args[0])
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	names := make([]string, 0, len(snaps))
+	for _, s := range snaps {
+		names = append(names, s.Name)
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
+}

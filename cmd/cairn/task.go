@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+func (a *app) taskCmd() *cobra.Command {
+	return group(&cobra.Command{
+		Use:   "task",
+		Short: "Long operations (rollback, verify): list, show, wait for one",
+	}, &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List running tasks and the last finished ones",
+		Args:    cobra.NoArgs,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			tasks, err := a.client.Tasks(ctx)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(tasks)
+			}
+			t := a.table("ID", "KIND", "DISK", "TARGET", "STATE", "PROGRESS", "CREATED")
+			for _, k := range tasks {
+				t.row(k.ID, k.Kind, orDash(k.Disk), orDash(k.Target), k.State, fmt.Sprintf("%.0f%%", k.Progress), k.Created.Local().Format(time.DateTime))
+			}
+			return t.flush()
+		}),
+	}, &cobra.Command{
+		Use:               "show ID",
+		Short:             "Show one task",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeTasks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			task, err := a.client.Task(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return a.printTask(task)
+		}),
+	}, &cobra.Command{
+		Use:               "wait ID",
+		Short:             "Follow a task with a progress bar until it ends (exit 1 if it fails, or a verify finds faults)",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeTasks,
+		RunE: a.run(func(ctx context.Context, args []string) error {
+			task, err := a.client.Task(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			task, err = a.followTask(ctx, task)
+			if err != nil {
+				return err
+			}
+			if err := a.printTask(task); err != nil {
+				return err
+			}
+			return taskFaults(task)
+		}),
+	})
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// printTask prints a task as key/value lines (a verify's faults after
+// them) or JSON.
+func (a *app) printTask(k api.Task) error {
+	if a.output == "json" {
+		return a.printJSON(k)
+	}
+	t := a.table()
+	t.row("ID:", k.ID)
+	t.row("Kind:", k.Kind)
+	if k.Disk != "" {
+		t.row("Disk:", k.Disk)
+	}
+	if k.Target != "" {
+		t.row("Target:", k.Target)
+	}
+	t.row("State:", k.State)
+	t.row("Progress:", fmt.Sprintf("%.1f%%", k.Progress))
+	if k.Message != "" {
+		t.row("Message:", k.Message)
+	}
+	if k.Error != "" {
+		t.row("Error:", k.Error)
+	}
+	t.row("Created:", k.Created.Local().Format(time.RFC3339))
+	if k.Finished != nil {
+		t.row("Finished:", fmt.Sprintf("%s (took %s)", k.Finished.Local().Format(time.RFC3339), k.Finished.Sub(k.Created).Round(time.Millisecond)))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if k.Kind == api.TaskVerify && k.Result != nil {
+		res, err := verifyResult(k)
+		if err != nil {
+			return err
+		}
+		a.printVerifyResult(res)
+	}
+	return nil
+}
+
+// verifyResult decodes a verify task's Result (a JSON object once it has
+// crossed the API).
+func verifyResult(k api.Task) (api.VerifyResult, error) {
+	var res api.VerifyResult
+	b, err := json.Marshal(k.Result)
+	if err == nil {
+		err = json.Unmarshal(b, &res)
+	}
+	if err != nil {
+		return res, fmt.Errorf("task %s: cannot read its verify result: %w", k.ID, err)
+	}
+	return res, nil
+}
+
+// taskFaults is the error of a finished verify task that found faults.
+func taskFaults(k api.Task) error {
+	if k.Kind != api.TaskVerify || k.State != api.TaskDone {
+		return nil
+	}
+	res, err := verifyResult(k)
+	if err != nil {
+		return err
+	}
+	if n := len(res.Faults); n > 0 {
+		return fmt.Errorf("verify found %d fault(s)", n)
+	}
+	return nil
+}
+
+// completeTasks completes a task id.
+func (a *app) completeTasks(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	client := &api.Client{Socket: a.socketPath()}
+	tasks, err := client.Tasks(cmd.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ids := make([]string, 0, len(tasks))
+	for _, k := range tasks {
+		ids = append(ids, k.ID+"\t"+k.Kind+" "+k.State)
+	}
+	return ids, cobra.ShellCompDirectiveNoFileComp
+}
