@@ -3,11 +3,15 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // readBufSize is the per-connection read buffer: large enough that one
@@ -58,12 +62,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn, id uint64) *conn {
-	remote := "unknown"
-	if a := nc.RemoteAddr(); a != nil && a.String() != "" {
-		remote = a.String()
-	} else if a := nc.LocalAddr(); a != nil {
-		remote = "unix:" + a.String()
-	}
+	remote := remoteName(nc)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		srv:    s,
@@ -78,21 +77,47 @@ func newConn(s *Server, nc net.Conn, id uint64) *conn {
 	}
 }
 
+// remoteName describes the peer: its address, or for a unix socket (whose
+// clients are unnamed) the peer's process and user ids.
+func remoteName(nc net.Conn) string {
+	if uc, ok := nc.(*net.UnixConn); ok {
+		if raw, err := uc.SyscallConn(); err == nil {
+			var cred *unix.Ucred
+			raw.Control(func(fd uintptr) {
+				cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+			})
+			if cred != nil {
+				return fmt.Sprintf("unix:pid=%d,uid=%d", cred.Pid, cred.Uid)
+			}
+		}
+	}
+	if a := nc.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
+		return a.String()
+	}
+	return "unknown"
+}
+
 func (c *conn) info() ConnInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return ConnInfo{ID: c.id, Export: c.exportName, Remote: c.remote, Since: c.since, ReadOnly: c.readOnly}
 }
 
-// serve runs the connection to its end.
+// serve runs the connection to its end. A panic (in the Exporter, say)
+// ends this connection only.
 func (c *conn) serve() {
 	defer close(c.done)
 	defer c.cancel()
+	defer c.teardown()
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("nbd: internal error; closing connection", "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
 	if c.negotiate() {
 		c.transmit()
 	}
-	c.teardown()
 }
 
 // stop asks the connection to end gracefully: it reads no more requests,

@@ -1,5 +1,102 @@
-// Package nbd is Cairn's NBD protocol server: fixed newstyle negotiation,
-// structured replies, meta contexts and block status, pipelined requests
-// answered out of order. It serves any Backend; it knows nothing of
-// snapshots, chains or the store.
+// Package nbd is Cairn's NBD protocol server. It serves any Backend (the
+// live volume, a read-only snapshot view, a clone, an in-memory disk in
+// tests) to qemu, libnbd's tools, fio and the kernel's nbd client; it knows
+// nothing of snapshots, chains or the store. The protocol is the one in
+// NetworkBlockDevice/nbd doc/proto.md, with qemu's qemu: metadata
+// namespace; proto.go names the sections each wire constant comes from.
+//
+// # Using it
+//
+// The daemon implements Exporter (export name -> *Export) and runs a
+// Server on each listener:
+//
+//	srv := nbd.NewServer(nbd.Options{Exporter: exports, Logger: log})
+//	go srv.Serve(unixListener)
+//	...
+//	srv.Connections()               // who is connected to what
+//	srv.Disconnect(ctx, "disk1")    // before deleting disk1
+//	srv.Shutdown(ctx)               // on SIGTERM
+//
+// ServeConn serves one already accepted connection (socket activation).
+// Package nbdtest has backends, an Exporter and a test server.
+//
+// # Negotiation
+//
+// Fixed newstyle only, with NBD_FLAG_NO_ZEROES. Options: NBD_OPT_GO,
+// NBD_OPT_INFO (answered with NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE, and
+// NBD_INFO_NAME / NBD_INFO_DESCRIPTION when asked), NBD_OPT_EXPORT_NAME,
+// NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY,
+// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. Every other
+// option (NBD_OPT_STARTTLS included, for now) gets NBD_REP_ERR_UNSUP after
+// its data is skipped. Option data over 64 KiB is skipped and refused with
+// NBD_REP_ERR_TOO_BIG; over 16 MiB, or any breach of a MUST (bad magic,
+// unknown client flags), closes the connection with one log line. Option
+// haggling must finish within Options.HandshakeTimeout.
+//
+// Meta contexts: base:allocation, answered by Backend.Extents, plus
+// whatever Export.Contexts returns when the client negotiates (for example
+// qemu:dirty-bitmap:SNAP, answered by the MetaContext). A query ending in a
+// colon lists every context under it ("base:", "qemu:",
+// "qemu:dirty-bitmap:"); other queries match one name exactly; listing
+// with no query lists all; a query without a namespace is
+// NBD_REP_ERR_INVALID. Contexts are captured when selected, so a client
+// keeps asking the MetaContext object it selected.
+//
+// Transmission flags follow the spec exactly: HAS_FLAGS always; for a
+// writable export SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES and
+// SEND_FAST_ZERO; READ_ONLY and none of those for a read-only one;
+// SEND_CACHE always; SEND_DF once structured replies are on;
+// CAN_MULTI_CONN only when Export.MultiConn. Block sizes default to 1 /
+// 4096 / 32 MiB and are always sent with NBD_INFO_BLOCK_SIZE.
+//
+// # Requests
+//
+// READ answers with structured replies when negotiated: one OFFSET_DATA
+// chunk, or, for reads of 64 KiB and more, OFFSET_DATA and OFFSET_HOLE
+// chunks following Backend.Extents so zeros are not sent (NBD_CMD_FLAG_DF
+// forces a single data chunk); simple replies otherwise. WRITE, TRIM and
+// WRITE_ZEROES pass FUA, NO_HOLE and FAST_ZERO to the backend. CACHE calls
+// the backend's Cacher if it has one, else succeeds. BLOCK_STATUS returns
+// one chunk per selected context, clipped to the request (one extent with
+// REQ_ONE), neighbours with equal flags merged, at most 2^20 descriptors.
+// DISC answers everything in flight, then closes.
+//
+// Errors ("Error values"): unknown commands or flags, misaligned requests,
+// READ or WRITE over the maximum payload, and ranges past the end get
+// EINVAL (writes and zeroing past the end ENOSPC); write commands on a
+// read-only export EPERM. The connection lives on, and the data of a
+// refused WRITE is read and dropped (up to 64 MiB; beyond that the client
+// is hung up on). Backend errors map through errnoOf: ErrNotFast ->
+// ENOTSUP, ErrNoSpace (and ENOSPC, EDQUOT, EFBIG) -> ENOSPC, ErrReadOnly
+// -> EPERM, ErrInvalid -> EINVAL, ErrShutdown -> ESHUTDOWN, anything else
+// EIO, logged (at most ten lines a second per connection). A panic in a
+// backend call is recovered, logged with its stack and answered EIO.
+// Garbage where a request header should be closes that connection only.
+//
+// # Concurrency and ordering
+//
+// Per connection one goroutine reads requests (into pooled buffers: no
+// allocation per request once warm) and up to Options.MaxWorkers workers
+// call the backend, so many requests are in flight and replies go out in
+// completion order, which the spec allows. At most Options.MaxInFlight
+// requests and Options.MaxInFlightBytes of large payloads are held per
+// connection; beyond that the reader waits. Replies that complete together
+// leave in one write.
+//
+// A FLUSH waits until every write command received before it on the same
+// connection has completed, then calls Backend.Flush: so a client that
+// pipelines WRITE, WRITE, FLUSH gets what it expects, which is stronger
+// than the spec's "writes already replied to". FUA requests are durable
+// when answered. Backends may be called concurrently from every connection
+// and request; with MultiConn a Flush must cover writes completed on every
+// connection.
+//
+// # Ending connections
+//
+// Shutdown and Disconnect stop a connection gracefully: it reads no further
+// requests, answers those in flight, flushes the backend if this
+// connection wrote since its last flush, closes the socket and calls the
+// export's release. If their context ends first the rest are closed at
+// once and backend calls see a cancelled context. A client that hangs up
+// gets the same teardown (its replies go nowhere).
 package nbd

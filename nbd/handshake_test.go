@@ -2,6 +2,7 @@ package nbd_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"slices"
 	"testing"
@@ -340,4 +341,29 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// panickyExporter panics when asked for "boom".
+type panickyExporter struct{ *nbdtest.Exports }
+
+func (p panickyExporter) Open(ctx context.Context, name string) (*nbd.Export, func(), error) {
+	if name == "boom" {
+		panic("exporter bug")
+	}
+	return p.Exports.Open(ctx, name)
+}
+
+func TestExporterPanicClosesOneConnection(t *testing.T) {
+	exps := nbdtest.NewExports(&nbd.Export{Name: "m", Backend: nbdtest.NewMemory(1 << 20)})
+	sock, _ := nbdtest.Serve(t, panickyExporter{exps}, nbd.Options{})
+	other := open(t, sock, "m", true)
+	c := dial(t, sock)
+	c.opt(cOptGo, infoData("boom"))
+	if !c.closed() {
+		t.Fatal("connection open after the exporter panicked")
+	}
+	if r := other.do(cCmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("other connection: %v", r)
+	}
+	open(t, sock, "m", true)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -458,7 +459,7 @@ func TestDisconnectAndConnections(t *testing.T) {
 		if ci.Export == "ro" != ci.ReadOnly {
 			t.Errorf("%+v: ReadOnly does not match the export", ci)
 		}
-		if ci.Remote == "" || ci.Since.IsZero() || ci.ID == 0 {
+		if ci.Remote != fmt.Sprintf("unix:pid=%d,uid=%d", os.Getpid(), os.Getuid()) || ci.Since.IsZero() || ci.ID == 0 {
 			t.Errorf("%+v: missing fields", ci)
 		}
 	}
