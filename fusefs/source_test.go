@@ -29,6 +29,7 @@ type testFile struct {
 	f        *os.File
 	size     int64
 	readOnly bool
+	spliced  bool // offer Span
 
 	flushes  atomic.Int64
 	opens    atomic.Int64  // handles open on it
@@ -43,14 +44,15 @@ var (
 	_ fusefs.Zeroer = (*testFile)(nil)
 )
 
-// newTestFile creates a sparse file of size bytes in dir.
-func newTestFile(t *testing.T, dir string, size int64) *testFile {
+// newTestFile creates a sparse file of size bytes in dir. A testSource
+// closes the files it serves once the tree is unmounted: the kernel may
+// still read ahead after the test closed its FUSE file.
+func newTestFile(t testing.TB, dir string, size int64) *testFile {
 	t.Helper()
 	f, err := os.CreateTemp(dir, "backing-*.raw")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +60,11 @@ func newTestFile(t *testing.T, dir string, size int64) *testFile {
 }
 
 func (tf *testFile) Size() int64 { return tf.size }
+
+// Span lets reads splice from the backing file, as the live disk's can.
+func (tf *testFile) Span(off, length int64) (uintptr, int64, bool) {
+	return tf.f.Fd(), off, tf.spliced
+}
 
 func (tf *testFile) ReadAt(ctx context.Context, p []byte, off int64) error {
 	n, err := tf.f.ReadAt(p, off)
@@ -165,6 +172,16 @@ type testSnap struct {
 type testSource struct {
 	mu    sync.Mutex
 	disks map[string]*testDisk // guarded by mu
+	files []*testFile          // guarded by mu: every file ever served
+}
+
+// closeFiles closes every file the source served.
+func (s *testSource) closeFiles() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range s.files {
+		f.f.Close()
+	}
 }
 
 var _ fusefs.Source = (*testSource)(nil)
@@ -175,6 +192,7 @@ func (s *testSource) addDisk(name string, f *testFile) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.disks[name] = &testDisk{entry: fusefs.DiskEntry{Name: name, Size: f.size, Created: time.Now()}, file: f}
+	s.files = append(s.files, f)
 }
 
 func (s *testSource) removeDisk(name string) {
@@ -189,6 +207,7 @@ func (s *testSource) addSnapshot(disk, name string, f *testFile) {
 	f.readOnly = true
 	d := s.disks[disk]
 	d.snaps = append(d.snaps, testSnap{fusefs.SnapEntry{Name: name, Size: f.size, Created: time.Now()}, f})
+	s.files = append(s.files, f)
 }
 
 func (s *testSource) removeSnapshot(disk, name string) {
@@ -275,8 +294,9 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-// mountTree mounts src on a temporary directory until the test ends.
-func mountTree(t testing.TB, src fusefs.Source, opts fusefs.Options) *fusefs.Tree {
+// mountTree mounts src on a temporary directory until the test ends, then
+// closes src's files.
+func mountTree(t testing.TB, src *testSource, opts fusefs.Options) *fusefs.Tree {
 	t.Helper()
 	requireRoot(t)
 	tree, err := fusefs.Mount(filepath.Join(t.TempDir(), "mnt"), src, opts)
@@ -287,6 +307,7 @@ func mountTree(t testing.TB, src fusefs.Source, opts fusefs.Options) *fusefs.Tre
 		if err := tree.Unmount(); err != nil {
 			t.Errorf("unmount: %v", err)
 		}
+		src.closeFiles()
 	})
 	return tree
 }

@@ -49,7 +49,7 @@ func TestTreeFollowsSource(t *testing.T) {
 	if got := readDir(t, root); !slices.Equal(got, []string{"a"}) {
 		t.Fatalf("root lists %v, want [a]", got)
 	}
-	if got := readDir(t, filepath.Join(root, "a")); !slices.Equal(got, []string{"disk.raw", "snapshots"}) {
+	if got := readDir(t, filepath.Join(root, "a")); !slices.Equal(got, []string{"disk.raw", "scratch", "snapshots"}) {
 		t.Fatalf("disk directory lists %v", got)
 	}
 	// Look everything up first, so the kernel has it cached.

@@ -131,6 +131,20 @@ func setFD(dev, backing *os.File, info *unix.LoopInfo64) error {
 // Close closes the device; with AutoClear and no other user it detaches.
 func (d *Device) Close() error { return d.f.Close() }
 
+// Detach detaches the device and closes it. When nothing else has the
+// device open, the file is released before Detach returns; otherwise the
+// kernel detaches it when the last user closes it.
+func (d *Device) Detach() error {
+	err := unix.IoctlSetInt(int(d.f.Fd()), unix.LOOP_CLR_FD, 0)
+	if cerr := d.f.Close(); err == nil || errors.Is(err, unix.ENXIO) {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("detach %s: %w", d.Path, err)
+	}
+	return nil
+}
+
 // Detach detaches the device at path (/dev/loopN). A device already
 // detached is not an error.
 func Detach(path string) error {

@@ -101,8 +101,7 @@ func makeImage(t *testing.T, mkfs string, size int64, partitioned bool) fixture 
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer loop.Detach(dev.Path)
-	defer dev.Close()
+	defer dev.Detach()
 	target := dev.Path
 	run(t, mkfs, "-q", target)
 	mnt := filepath.Join(dir, "mnt")
