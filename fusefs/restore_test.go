@@ -207,4 +207,3 @@ func TestScratchPrivate(t *testing.T) {
 		t.Errorf("reopened scratch file: %v, shows the snapshot %v", err, bytes.Equal(got, orig))
 	}
 }
-
