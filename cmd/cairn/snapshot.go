@@ -128,6 +128,8 @@ func snapshotProgress(s api.Snapshot) string {
 // formatHold writes a write hold's duration at a useful precision.
 func formatHold(us float64) string {
 	switch {
+	case us < 10:
+		return fmt.Sprintf("%.1fµs", us)
 	case us < 1000:
 		return fmt.Sprintf("%.0fµs", us)
 	case us < 1e6:
