@@ -32,7 +32,11 @@ type step struct {
 // not follow it: when ctx ends (Ctrl-C) the work goes on in cairnd, and
 // the error says how to pick it up again (resume).
 func (a *app) follow(ctx context.Context, label, resume string, poll func(context.Context) (step, error)) error {
-	bar := newProgress(a.stderr, label)
+	terminal := a.terminal
+	if terminal == nil {
+		terminal = isTerminal
+	}
+	bar := &progress{w: a.stderr, tty: terminal(a.stderr), label: label, start: time.Now(), last: -1}
 	every := a.poll
 	if every == 0 {
 		every = defaultPoll
@@ -42,6 +46,9 @@ func (a *app) follow(ctx context.Context, label, resume string, poll func(contex
 	for {
 		s, err := poll(ctx)
 		if err == nil {
+			if s.done {
+				s.progress = 100
+			}
 			bar.show(s)
 			if s.done || s.err != nil {
 				bar.end()
@@ -90,7 +97,7 @@ func taskStep(t api.Task) step {
 	s := step{progress: t.Progress, message: t.Message}
 	switch t.State {
 	case api.TaskDone:
-		s.done, s.progress = true, 100
+		s.done = true
 	case api.TaskFailed:
 		reason := t.Error
 		if reason == "" {
@@ -110,10 +117,6 @@ type progress struct {
 	drawn   bool   // a \r line is on the terminal
 	last    int    // the last tenth printed as a plain line, -1 for none
 	lastMsg string // the message printed with it
-}
-
-func newProgress(w io.Writer, label string) *progress {
-	return &progress{w: w, tty: isTerminal(w), label: label, start: time.Now(), last: -1}
 }
 
 const barWidth = 30

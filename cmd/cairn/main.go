@@ -44,7 +44,8 @@ type app struct {
 	socket         string // --socket
 	output         string // -o
 	client         *api.Client
-	poll           time.Duration // how often followed work is polled; 0 means defaultPoll
+	poll           time.Duration        // how often followed work is polled; 0 means defaultPoll
+	terminal       func(io.Writer) bool // whether progress may redraw a line; nil means isTerminal
 }
 
 // runError marks an error from running a command (exit 1); every other

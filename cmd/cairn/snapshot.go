@@ -71,7 +71,7 @@ func (a *app) waitSnapshot(ctx context.Context, snap api.Snapshot) (api.Snapshot
 		s := step{progress: snap.Progress}
 		switch snap.State {
 		case api.SnapshotReady:
-			s.done, s.progress = true, 100
+			s.done = true
 		case api.SnapshotFailed:
 			s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
 		case api.SnapshotDeleting:
