@@ -3,10 +3,12 @@ package fusefs_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"unsafe"
@@ -334,7 +336,37 @@ func TestODirect(t *testing.T) {
 					t.Errorf("O_DIRECT %d at %d: data differs", c.len, c.off)
 				}
 			}
+			// The 4 MiB requests reached the File in pieces of MaxIO.
+			if r, w := backing.maxRead.Load(), backing.maxWrite.Load(); r != fusefs.MaxIO || w != fusefs.MaxIO {
+				t.Errorf("largest request: read %d, write %d; want %d", r, w, fusefs.MaxIO)
+			}
 		})
+	}
+}
+
+// TestMountSettings: the kernel was told 1 MiB requests and readahead.
+func TestMountSettings(t *testing.T) {
+	tree, _, _ := oneDisk(t, fusefs.Options{})
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line string
+	for _, l := range strings.Split(string(info), "\n") {
+		if strings.Contains(l, " "+tree.Dir()+" ") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, " - "+fusefs.FSType+" ") || !strings.Contains(line, "max_read=1048576") {
+		t.Errorf("mount table line %q: want %s with max_read=1048576", line, fusefs.FSType)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(tree.Dir(), &st); err != nil {
+		t.Fatal(err)
+	}
+	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil || strings.TrimSpace(string(ra)) != "1024" {
+		t.Errorf("readahead: %q, %v; want 1024 KiB", ra, err)
 	}
 }
 

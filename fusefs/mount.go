@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -118,7 +119,23 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 		return nil, fmt.Errorf("mount FUSE tree on %s: %w", abs, err)
 	}
 	t.server = server
+	t.raiseReadahead()
 	return t, nil
+}
+
+// raiseReadahead lets the kernel read ahead MaxIO at a time (its default
+// is 128 KiB, and the FUSE handshake can only lower it): cold sequential
+// reads of snapshots, and of the live disk with LiveCache, then travel in
+// 1 MiB requests. Failure only costs speed.
+func (t *Tree) raiseReadahead() {
+	var st unix.Stat_t
+	if err := unix.Stat(t.dir, &st); err != nil {
+		return
+	}
+	path := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if err := os.WriteFile(path, []byte(strconv.Itoa(MaxIO>>10)), 0); err != nil {
+		t.log.Debug("could not raise FUSE readahead", "path", path, "err", err)
+	}
 }
 
 // Dir is the mount point.

@@ -72,13 +72,3 @@ type Source interface {
 	// OpenSnapshot returns a snapshot's content, read-only.
 	OpenSnapshot(ctx context.Context, disk, snap string) (f File, release func(), err error)
 }
-
-// Spanner is implemented by Files whose content in a range lies in an
-// ordinary file: reads then go from that file to the kernel by splice,
-// without a copy through the daemon. The descriptor must stay open until
-// the File's release.
-type Spanner interface {
-	// Span returns the descriptor and offset that hold [off, off+length),
-	// or ok false when the range is not in one file (then ReadAt is used).
-	Span(off, length int64) (fd uintptr, fdOff int64, ok bool)
-}

@@ -29,9 +29,10 @@ type testFile struct {
 	f        *os.File
 	size     int64
 	readOnly bool
-	spliced  bool // offer Span
 
 	flushes  atomic.Int64
+	maxRead  atomic.Int64 // largest ReadAt
+	maxWrite atomic.Int64 // largest WriteAt
 	opens    atomic.Int64  // handles open on it
 	released chan struct{} // a send per release when not nil
 	mu       sync.Mutex
@@ -61,12 +62,14 @@ func newTestFile(t testing.TB, dir string, size int64) *testFile {
 
 func (tf *testFile) Size() int64 { return tf.size }
 
-// Span lets reads splice from the backing file, as the live disk's can.
-func (tf *testFile) Span(off, length int64) (uintptr, int64, bool) {
-	return tf.f.Fd(), off, tf.spliced
+// noteMax raises m to n.
+func noteMax(m *atomic.Int64, n int) {
+	for old := m.Load(); int64(n) > old && !m.CompareAndSwap(old, int64(n)); old = m.Load() {
+	}
 }
 
 func (tf *testFile) ReadAt(ctx context.Context, p []byte, off int64) error {
+	noteMax(&tf.maxRead, len(p))
 	n, err := tf.f.ReadAt(p, off)
 	if err == io.EOF {
 		clear(p[n:])
@@ -79,6 +82,7 @@ func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 	if tf.readOnly {
 		return nbd.ErrReadOnly
 	}
+	noteMax(&tf.maxWrite, len(p))
 	_, err := tf.f.WriteAt(p, off)
 	tf.changed(ctx, off, int64(len(p)))
 	return err
@@ -151,7 +155,7 @@ func (tf *testFile) Extents(ctx context.Context, off, length int64) ([]nbd.Exten
 func (tf *testFile) backing(t *testing.T, off, length int64) []byte {
 	t.Helper()
 	p := make([]byte, length)
-	if err := tf.ReadAt(context.Background(), p, off); err != nil {
+	if _, err := tf.f.ReadAt(p, off); err != nil && err != io.EOF {
 		t.Fatal(err)
 	}
 	return p
