@@ -31,8 +31,8 @@ type testFile struct {
 	readOnly bool
 
 	flushes  atomic.Int64
-	maxRead  atomic.Int64 // largest ReadAt
-	maxWrite atomic.Int64 // largest WriteAt
+	maxRead  atomic.Int64  // largest ReadAt
+	maxWrite atomic.Int64  // largest WriteAt
 	opens    atomic.Int64  // handles open on it
 	released chan struct{} // a send per release when not nil
 	mu       sync.Mutex
