@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -367,6 +368,16 @@ func TestMountSettings(t *testing.T) {
 	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
 	if err != nil || strings.TrimSpace(string(ra)) != "1024" {
 		t.Errorf("readahead: %q, %v; want 1024 KiB", ra, err)
+	}
+	// No program the daemon starts may inherit the FUSE connection.
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range fds {
+		if target, _ := os.Readlink("/proc/self/fd/" + e.Name()); target == "/dev/fuse" {
+			fd, _ := strconv.Atoi(e.Name())
+			if flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC == 0 {
+				t.Errorf("/dev/fuse descriptor %d is inherited by programs started (flags %#x, %v)", fd, flags, err)
+			}
+		}
 	}
 }
 

@@ -119,8 +119,27 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 		return nil, fmt.Errorf("mount FUSE tree on %s: %w", abs, err)
 	}
 	t.server = server
+	closeOnExecFUSE()
 	t.raiseReadahead()
 	return t, nil
+}
+
+// closeOnExecFUSE marks every /dev/fuse descriptor close-on-exec. go-fuse
+// (v2.12) leaves the one of a direct mount inheritable: a program the
+// daemon starts would keep the connection open after the daemon died, and
+// the mount would hang instead of failing with ENOTCONN.
+func closeOnExecFUSE() {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				unix.CloseOnExec(fd)
+			}
+		}
+	}
 }
 
 // raiseReadahead lets the kernel read ahead MaxIO at a time (its default

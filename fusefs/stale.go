@@ -19,8 +19,10 @@ import (
 const staleStatTimeout = 2 * time.Second
 
 // CleanStale detaches dead FUSE mounts stacked on dir: ones whose server
-// is gone (stat fails with ENOTCONN, "Transport endpoint is not connected")
-// or does not answer within two seconds. It returns how many it detached.
+// is gone (statfs fails with ENOTCONN, "Transport endpoint is not
+// connected") or does not answer within two seconds. It asks statfs, not
+// stat: the kernel answers stat from its attribute cache for a while after
+// the server died. It returns how many it detached.
 // It refuses, with an error, when dir is a mount point of something else
 // or of a FUSE filesystem that still answers (another cairnd?). The daemon
 // calls it at start; Mount calls it too.
@@ -35,7 +37,7 @@ func CleanStale(dir string) (int, error) {
 		if err != nil {
 			return detached, err
 		}
-		statErr := statWithTimeout(abs)
+		statErr := statfsWithTimeout(abs)
 		if !found {
 			if errors.Is(statErr, unix.ENOTCONN) {
 				// Not in our mount table (another namespace's view?),
@@ -81,20 +83,21 @@ func abortConnection(device string) {
 	_ = os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
 }
 
-// statWithTimeout stats dir; a FUSE server that is alive but stuck makes
-// stat block, which counts as dead after staleStatTimeout (the caller
-// aborts the connection, which ends the blocked stat).
-func statWithTimeout(dir string) error {
+// statfsWithTimeout asks dir's filesystem for its statistics, which a
+// FUSE server must answer itself. A server that is alive but stuck makes
+// statfs block, which counts as dead after staleStatTimeout (the caller
+// aborts the connection, which ends the blocked call).
+func statfsWithTimeout(dir string) error {
 	done := make(chan error, 1)
 	go func() {
-		var st unix.Stat_t
-		done <- unix.Stat(dir, &st)
+		var st unix.Statfs_t
+		done <- unix.Statfs(dir, &st)
 	}()
 	select {
 	case err := <-done:
 		return err
 	case <-time.After(staleStatTimeout):
-		return fmt.Errorf("stat %s: %w in %v", dir, errNoAnswer, staleStatTimeout)
+		return fmt.Errorf("statfs %s: %w in %v", dir, errNoAnswer, staleStatTimeout)
 	}
 }
 
