@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# NBD server benchmark (issue 2, "Performance"): serves the SAME raw file with
+# cairnd (adopted as disk "bench"), nbdkit's file plugin and qemu-nbd, and
+# measures each with fio's nbd engine and nbdcopy:
+#
+#   randread-4k   4 KiB random read,   QD32, 1 job
+#   randwrite-4k  4 KiB random write,  QD32, 1 job
+#   seqread-1m    1 MiB sequential read,  QD8, 1 job
+#   seqwrite-1m   1 MiB sequential write, QD8, 1 job
+#   randrw-4k     4 KiB random 70% read / 30% write, QD32, 2 jobs
+#   nbdcopy       nbdcopy --connections=4 of the whole export to null:
+#
+# Each run goes through every workload; within a workload the servers take
+# turns, in an order that rotates from run to run, so slow drifts of the
+# machine spread over all of them. The report gives the median of the runs,
+# cairnd's ratio to each peer, and the server's CPU time (utime+stime from
+# /proc/PID/stat, sampled after fio's ramp and after it ends) per GiB moved
+# and, for 4 KiB workloads, per operation: fio's nbd engine saturates one
+# core near 140k IOPS, so CPU per operation is the fairer comparison there.
+#
+# Traps avoided: --invalidate=0 (fio would drop the image's page cache before
+# every job); no O_DIRECT anywhere (it evicts the image); qemu-nbd with -t and
+# -e 8 (otherwise it serves one client and no multi-conn); `sync` between
+# jobs so a job never pays for the previous job's dirty pages.
+#
+# Environment (defaults in brackets):
+#   RUNS [3]  RUNTIME [15] seconds per fio job  RAMP [3] seconds before it
+#   SIZE [4G] image size     IMAGE [WORK/image.raw] reuse this raw file
+#   SERVERS ["cairnd nbdkit qemu-nbd"]   WORKLOADS [all six above]
+#   PERF [unset]: "1" records `perf record -g` of cairnd during each of its
+#     jobs into OUT/perf-WORKLOAD-RUN.data (adds overhead: do not compare
+#     those runs' figures) and prints the top symbols into OUT/perf.txt
+#   BENCH_TMP [/var/tmp]: where the scratch directory goes (not a tmpfs)
+#   KEEP [0]: "1" keeps the scratch directory (server logs, image)
+#   CAIRND, CAIRN [bin/cairnd, bin/cairn]
+# Quick smoke test: RUNS=1 RUNTIME=3 RAMP=1 SIZE=512M scripts/bench/nbd.sh
+#
+# Output: a markdown report on stdout and in scripts/bench/out/nbd-DATE/
+# (report.md, raw.tsv with every measurement, fio JSON), also copied to
+# scripts/bench/out/nbd-latest.md.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+RUNS=${RUNS:-3}
+RUNTIME=${RUNTIME:-15}
+RAMP=${RAMP:-3}
+SIZE=$(bytes "${SIZE:-4G}")
+SERVERS=(${SERVERS:-cairnd nbdkit qemu-nbd})
+WORKLOADS=(${WORKLOADS:-randread-4k randwrite-4k seqread-1m seqwrite-1m randrw-4k nbdcopy})
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=$ROOT/scripts/bench/out/nbd-$STAMP
+WORK=$(mktemp -d "$(tmp_base)/cairn-bench.XXXXXX")
+IMAGE=${IMAGE:-$WORK/image.raw}
+
+need fio nbdkit qemu-nbd nbdcopy nbdinfo
+[ "${PERF:-}" != 1 ] || need perf
+((SIZE % (1 << 20) == 0 && SIZE > 0)) || die "SIZE must be a positive whole number of MiB"
+bench_init
+
+# fio_args WORKLOAD: the fio options of a workload.
+fio_args() {
+	case $1 in
+	randread-4k) echo --rw=randread --bs=4k --iodepth=32 ;;
+	randwrite-4k) echo --rw=randwrite --bs=4k --iodepth=32 ;;
+	seqread-1m) echo --rw=read --bs=1m --iodepth=8 ;;
+	seqwrite-1m) echo --rw=write --bs=1m --iodepth=8 ;;
+	randrw-4k) echo --rw=randrw --rwmixread=70 --bs=4k --iodepth=32 --numjobs=2 --group_reporting ;;
+	*) die "unknown workload $1" ;;
+	esac
+}
+
+# record RUN SERVER WORKLOAD UNIT VALUE BYTES OPS CPU_TICKS P99_US FIO_CPU
+# (plus the 1-minute load average when the job ended: other work on the
+# machine shows up there)
+record() {
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/raw.tsv"
+	printf 'bench: run %s %s %s: %.0f %s\n' "$1" "$3" "$2" "$5" "$4" >&2
+}
+
+# perf_start NAME PID: with PERF=1 and cairnd, record its stacks for RUNTIME.
+perf_start() {
+	PERF_PID=
+	[ "${PERF:-}" = 1 ] && [ "$2" = cairnd ] || return 0
+	perf record -q -e cpu-clock -g -p "${SERVER_PIDS[cairnd]}" -o "$OUT/perf-$1.data" -- sleep "$RUNTIME" \
+		>/dev/null 2>&1 &
+	PERF_PID=$!
+}
+
+perf_finish() {
+	[ -n "${PERF_PID:-}" ] || return 0
+	wait "$PERF_PID" || true
+	{
+		echo "== $1"
+		perf report -i "$OUT/perf-$1.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
+			grep -v '^#' | grep -v '^$' | head -40
+	} >>"$OUT/perf.txt"
+}
+
+# run_fio RUN SERVER WORKLOAD
+run_fio() {
+	local run=$1 server=$2 w=$3 pid=${SERVER_PIDS[$2]} json=$OUT/fio/$3-$2-$1.json t0 t1 fpid
+	local -a args
+	read -ra args <<<"$(fio_args "$w")"
+	alive "$server"
+	sync
+	fio --name="$w" --ioengine=nbd --uri="${SERVER_URIS[$server]}" "${args[@]}" \
+		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --invalidate=0 \
+		--norandommap --randrepeat=0 --output-format=json --output="$json" \
+		>"$WORK/fio.log" 2>&1 &
+	fpid=$!
+	sleep "$RAMP"
+	t0=$(cpu_ticks "$pid")
+	perf_start "$w-$run" "$server"
+	wait "$fpid" || die "fio $w against $server failed: $(tail -5 "$WORK/fio.log")"
+	t1=$(cpu_ticks "$pid")
+	perf_finish "$w-$run"
+	local ops_s bytes ops bw p99 fcpu unit=IOPS value
+	read -r ops_s bytes ops bw p99 fcpu <<<"$(fio_summary "$json")"
+	value=$ops_s
+	[[ $w == *-4k ]] || { unit=MB/s value=$(awk -v b="$bw" 'BEGIN{print b/1e6}'); }
+	record "$run" "$server" "$w" "$unit" "$value" "$bytes" "$ops" $((t1 - t0)) "$p99" "$fcpu"
+}
+
+# run_nbdcopy RUN SERVER: copy the whole export to null: over 4 connections.
+run_nbdcopy() {
+	local run=$1 server=$2 pid=${SERVER_PIDS[$2]} t0 t1 s e mbs
+	alive "$server"
+	sync
+	t0=$(cpu_ticks "$pid")
+	s=$(date +%s.%N)
+	nbdcopy --connections=4 "${SERVER_URIS[$server]}" null: 2>"$WORK/nbdcopy.log" ||
+		die "nbdcopy from $server failed: $(cat "$WORK/nbdcopy.log")"
+	e=$(date +%s.%N)
+	t1=$(cpu_ticks "$pid")
+	mbs=$(awk -v b="$SIZE" -v s="$s" -v e="$e" 'BEGIN{print b/(e-s)/1e6}')
+	record "$run" "$server" nbdcopy MB/s "$mbs" "$SIZE" 0 $((t1 - t0)) 0 0
+}
+
+mkdir -p "$OUT/fio"
+printf 'run\tserver\tworkload\tunit\tvalue\tbytes\tops\tcpu_ticks\tp99_us\tfio_cpu_pct\tload1\n' >"$OUT/raw.tsv"
+make_image "$IMAGE" "$SIZE"
+{
+	system_info
+	echo "- image: $((SIZE >> 30)) GiB ($((SIZE >> 20)) MiB) of random data, $(df -T "$IMAGE" | awk 'NR==2{print $2}') on $(df "$IMAGE" | awk 'NR==2{print $1}'), page-cached"
+} >"$OUT/system.md"
+for s in "${SERVERS[@]}"; do
+	case $s in
+	cairnd) start_cairnd "$IMAGE" ;;
+	nbdkit) start_nbdkit "$IMAGE" ;;
+	qemu-nbd) start_qemu_nbd "$IMAGE" ;;
+	*) die "unknown server $s (cairnd, nbdkit, qemu-nbd)" ;;
+	esac
+	echo "- $s: pid ${SERVER_PIDS[$s]}, $(nbdinfo --can multi-conn "${SERVER_URIS[$s]}" && echo multi-conn || echo NO multi-conn)" >>"$OUT/system.md"
+done
+
+n=${#SERVERS[@]}
+for ((run = 1; run <= RUNS; run++)); do
+	for w in "${WORKLOADS[@]}"; do
+		for ((k = 0; k < n; k++)); do
+			s=${SERVERS[$(((k + run - 1) % n))]}
+			if [ "$w" = nbdcopy ]; then run_nbdcopy "$run" "$s"; else run_fio "$run" "$s" "$w"; fi
+		done
+	done
+done
+
+{
+	echo "# NBD servers: cairnd against nbdkit and qemu-nbd"
+	echo
+	echo "Command: \`RUNS=$RUNS RUNTIME=$RUNTIME RAMP=$RAMP SIZE=$((SIZE >> 20))M scripts/bench/nbd.sh\`"
+	echo
+	cat "$OUT/system.md"
+	echo "- load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+	echo
+	"$PY" "$ROOT/scripts/bench/report.py" "$OUT/raw.tsv" "$TICKS"
+} >"$OUT/report.md"
+cp "$OUT/report.md" "$ROOT/scripts/bench/out/nbd-latest.md"
+cat "$OUT/report.md"
+log "results in $OUT"
