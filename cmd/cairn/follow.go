@@ -27,10 +27,11 @@ type step struct {
 }
 
 // follow polls long work until it is done or fails, showing its progress
-// on stderr: one line redrawn with \r on a terminal, a plain line per 10%
-// otherwise (logs, pipes). It returns the work's failure, or why it could
-// not follow it: when ctx ends (Ctrl-C) the work goes on in cairnd, and
-// the error says how to pick it up again (resume).
+// on stderr: one line redrawn with \r on a terminal, a plain line each
+// time it passes another 10% otherwise (logs, pipes). It returns the
+// work's failure, or why it could not follow it: when ctx ends (Ctrl-C)
+// the work goes on in cairnd, and the error says how to pick it up again
+// (resume).
 func (a *app) follow(ctx context.Context, label, resume string, poll func(context.Context) (step, error)) error {
 	terminal := a.terminal
 	if terminal == nil {
@@ -110,13 +111,12 @@ func taskStep(t api.Task) step {
 
 // progress draws one piece of work's progress.
 type progress struct {
-	w       io.Writer
-	tty     bool
-	label   string
-	start   time.Time
-	drawn   bool   // a \r line is on the terminal
-	last    int    // the last tenth printed as a plain line, -1 for none
-	lastMsg string // the message printed with it
+	w     io.Writer
+	tty   bool
+	label string
+	start time.Time
+	drawn bool // a \r line is on the terminal
+	last  int  // the last tenth printed as a plain line, -1 for none
 }
 
 const barWidth = 30
@@ -135,10 +135,10 @@ func (p *progress) show(s step) {
 		return
 	}
 	tenth := int(pct / 10)
-	if tenth == p.last && s.message == p.lastMsg {
+	if tenth == p.last {
 		return
 	}
-	p.last, p.lastMsg = tenth, s.message
+	p.last = tenth
 	line := fmt.Sprintf("%s: %.0f%%", p.label, pct)
 	if s.message != "" {
 		line += " " + s.message

@@ -34,8 +34,8 @@ func TestFollow(t *testing.T) {
 	}{
 		{"plain lines per tenth", false, []step{{progress: 0}, {progress: 3}, {progress: 12}, {progress: 19}, {progress: 55}, {done: true}}, nil,
 			"^work: 0%\nwork: 12%\nwork: 55%\nwork: 100%\n$"},
-		{"plain line when the message changes", false, []step{{progress: 1, message: "a"}, {progress: 2, message: "b"}, {done: true, message: "b"}}, nil,
-			"^work: 1% a\nwork: 2% b\nwork: 100% b\n$"},
+		{"plain lines carry the message", false, []step{{progress: 1, message: "1 of 100"}, {progress: 2, message: "2 of 100"}, {done: true, message: "100 of 100"}}, nil,
+			"^work: 1% 1 of 100\nwork: 100% 100 of 100\n$"},
 		{"plain failure", false, []step{{progress: 40}, {progress: 40, err: failed}}, failed, "^work: 40%\n$"},
 		{"terminal redraws one line", true, []step{{progress: 50, message: "5 of 10"}, {done: true}}, nil,
 			`^\rwork \[#{15}\.{15}\]  50% 0s 5 of 10\x1b\[K\rwork \[#{30}\] 100% 0s\x1b\[K\n$`},
