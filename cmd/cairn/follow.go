@@ -26,13 +26,14 @@ type step struct {
 	err      error // the work failed (not: asking about it failed)
 }
 
-// follow polls long work until it is done or fails, showing its progress
+// follow shows long work's first step (what started it answered), then
+// polls it until it is done or fails, showing its progress
 // on stderr: one line redrawn with \r on a terminal, a plain line each
 // time it passes another 10% otherwise (logs, pipes). It returns the
 // work's failure, or why it could not follow it: when ctx ends (Ctrl-C)
 // the work goes on in cairnd, and the error says how to pick it up again
 // (resume).
-func (a *app) follow(ctx context.Context, label, resume string, poll func(context.Context) (step, error)) error {
+func (a *app) follow(ctx context.Context, label, resume string, s step, poll func(context.Context) (step, error)) error {
 	terminal := a.terminal
 	if terminal == nil {
 		terminal = isTerminal
@@ -45,26 +46,27 @@ func (a *app) follow(ctx context.Context, label, resume string, poll func(contex
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	for {
-		s, err := poll(ctx)
-		if err == nil {
-			if s.done {
-				s.progress = 100
-			}
-			bar.show(s)
-			if s.done || s.err != nil {
-				bar.end()
-				return s.err
-			}
+		if s.done {
+			s.progress = 100
 		}
-		if err != nil && ctx.Err() == nil {
+		bar.show(s)
+		if s.done || s.err != nil {
 			bar.end()
-			return err
+			return s.err
 		}
 		select {
 		case <-ctx.Done():
 			bar.end()
 			return fmt.Errorf("stopped following %s; it goes on in cairnd: %s", label, resume)
 		case <-ticker.C:
+		}
+		next, err := poll(ctx)
+		if err != nil && ctx.Err() == nil {
+			bar.end()
+			return err
+		}
+		if err == nil {
+			s = next
 		}
 	}
 }
@@ -80,16 +82,13 @@ func (a *app) followTask(ctx context.Context, t api.Task) (api.Task, error) {
 		}
 	}
 	last := t
-	first := true
-	err := a.follow(ctx, label, "cairn task wait "+t.ID, func(ctx context.Context) (step, error) {
-		if !first {
-			var err error
-			if last, err = a.client.Task(ctx, t.ID); err != nil {
-				return step{}, err
-			}
+	err := a.follow(ctx, label, "cairn task wait "+t.ID, taskStep(t), func(ctx context.Context) (step, error) {
+		k, err := a.client.Task(ctx, t.ID)
+		if err != nil {
+			return step{}, err
 		}
-		first = false
-		return taskStep(last), nil
+		last = k
+		return taskStep(k), nil
 	})
 	return last, err
 }
@@ -100,11 +99,7 @@ func taskStep(t api.Task) step {
 	case api.TaskDone:
 		s.done = true
 	case api.TaskFailed:
-		reason := t.Error
-		if reason == "" {
-			reason = "no reason given (see cairnd's log)"
-		}
-		s.err = fmt.Errorf("task %s (%s) failed: %s", t.ID, t.Kind, reason)
+		s.err = fmt.Errorf("task %s (%s) failed: %s", t.ID, t.Kind, orNoReason(t.Error))
 	}
 	return s
 }

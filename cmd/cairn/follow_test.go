@@ -47,7 +47,7 @@ func TestFollow(t *testing.T) {
 			if tc.tty {
 				a.terminal = func(io.Writer) bool { return true }
 			}
-			err := a.follow(context.Background(), "work", "cairn task wait X", steps(tc.steps...))
+			err := a.follow(context.Background(), "work", "cairn task wait X", tc.steps[0], steps(tc.steps[1:]...))
 			if !errors.Is(err, tc.err) || !regexp.MustCompile(tc.stderr).MatchString(stderr.String()) {
 				t.Fatalf("follow: %v, stderr %q; want %v, stderr matching %q", err, stderr.String(), tc.err, tc.stderr)
 			}
@@ -57,10 +57,11 @@ func TestFollow(t *testing.T) {
 
 func TestFollowInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // Ctrl-C while the work is under way
 	a := &app{stderr: &bytes.Buffer{}, poll: time.Hour}
-	err := a.follow(ctx, "rollback d@s1", "cairn task wait rollback-1", func(context.Context) (step, error) {
-		cancel() // Ctrl-C while the work is under way
-		return step{progress: 10}, nil
+	err := a.follow(ctx, "rollback d@s1", "cairn task wait rollback-1", step{progress: 10}, func(context.Context) (step, error) {
+		t.Fatal("polled after Ctrl-C")
+		return step{}, nil
 	})
 	if err == nil || err.Error() != "stopped following rollback d@s1; it goes on in cairnd: cairn task wait rollback-1" {
 		t.Fatalf("follow after Ctrl-C: %v", err)
@@ -70,7 +71,7 @@ func TestFollowInterrupted(t *testing.T) {
 func TestFollowPollError(t *testing.T) {
 	a := &app{stderr: &bytes.Buffer{}, poll: time.Millisecond}
 	lost := errors.New("cannot reach cairnd")
-	err := a.follow(context.Background(), "work", "", func(context.Context) (step, error) { return step{}, lost })
+	err := a.follow(context.Background(), "work", "", step{}, func(context.Context) (step, error) { return step{}, lost })
 	if !errors.Is(err, lost) {
 		t.Fatalf("follow when polling fails: %v", err)
 	}

@@ -81,7 +81,7 @@ func (a *app) rootCmd() *cobra.Command {
 		Short: "Manage Cairn's disks and snapshots through cairnd",
 		Long: "cairn drives cairnd, Cairn's daemon, through its control API.\n\n" +
 			"The socket is --socket, else $CAIRN_SOCKET, else ./" + localSocket + " when it exists (make run), else " + systemSocket + ".\n" +
-			"Exit codes: 0 success, 1 the command failed, 2 usage error.",
+			"Exit codes: 0 success, 1 the command failed (verify: faults found), 2 usage error.",
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {

@@ -116,12 +116,7 @@ func TestExitCodes(t *testing.T) {
 	in := daemontest.Start(t, nil)
 	sock := in.Client.Socket
 	ok(t, sock, "disk", "create", "taken", "--size", "1M")
-	for _, tc := range []struct {
-		name   string
-		args   []string
-		code   int
-		stderr string // regexp
-	}{
+	checkExitCodes(t, sock, []exitCase{
 		{"no command", []string{}, exitOK, "^$"},
 		{"help", []string{"disk", "--help"}, exitOK, "^$"},
 		{"group alone", []string{"disk"}, exitOK, "^$"},
@@ -142,7 +137,21 @@ func TestExitCodes(t *testing.T) {
 		{"server-side size rule", []string{"disk", "create", "odd", "--size", "1000"}, exitError, `^cairn: size: 1000 bytes is not a multiple of 4 KiB`},
 		{"shrink", []string{"disk", "grow", "taken", "4K"}, exitError, `only grow`},
 		{"delete missing", []string{"disk", "delete", "nope"}, exitError, `^cairn: disk "nope" not found\n$`},
-	} {
+	})
+}
+
+// exitCase is one command line, the exit code it must give and what its
+// stderr must match.
+type exitCase struct {
+	name   string
+	args   []string
+	code   int
+	stderr string // regexp
+}
+
+func checkExitCodes(t *testing.T, sock string, cases []exitCase) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			_, errs, code := cli(t, sock, tc.args...)
 			if code != tc.code || !regexp.MustCompile(tc.stderr).MatchString(errs) {

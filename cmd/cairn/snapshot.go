@@ -58,28 +58,29 @@ func (a *app) snapshotCreateCmd() *cobra.Command {
 // waitSnapshot follows a copying snapshot until it is ready, and returns
 // it as it ended; a failed snapshot is an error stating its reason.
 func (a *app) waitSnapshot(ctx context.Context, snap api.Snapshot) (api.Snapshot, error) {
-	label := "snapshot " + snap.Export
-	first := true
-	err := a.follow(ctx, label, "cairn snapshot show "+snap.Disk+" "+snap.Name, func(ctx context.Context) (step, error) {
-		if !first {
-			var err error
-			if snap, err = a.client.Snapshot(ctx, snap.Disk, snap.Name); err != nil {
-				return step{}, err
-			}
+	last := snap
+	err := a.follow(ctx, "snapshot "+snap.Export, "cairn snapshot show "+snap.Disk+" "+snap.Name, snapshotStep(snap), func(ctx context.Context) (step, error) {
+		now, err := a.client.Snapshot(ctx, snap.Disk, snap.Name)
+		if err != nil {
+			return step{}, err
 		}
-		first = false
-		s := step{progress: snap.Progress}
-		switch snap.State {
-		case api.SnapshotReady:
-			s.done = true
-		case api.SnapshotFailed:
-			s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
-		case api.SnapshotDeleting:
-			s.err = fmt.Errorf("snapshot %s is being deleted", snap.Export)
-		}
-		return s, nil
+		last = now
+		return snapshotStep(now), nil
 	})
-	return snap, err
+	return last, err
+}
+
+func snapshotStep(snap api.Snapshot) step {
+	s := step{progress: snap.Progress}
+	switch snap.State {
+	case api.SnapshotReady:
+		s.done = true
+	case api.SnapshotFailed:
+		s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
+	case api.SnapshotDeleting:
+		s.err = fmt.Errorf("snapshot %s is being deleted", snap.Export)
+	}
+	return s
 }
 
 func orNoReason(reason string) string {

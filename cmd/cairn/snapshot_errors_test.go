@@ -21,12 +21,7 @@ func TestSnapshotExitCodes(t *testing.T) {
 	ok(t, sock, "snapshot", "create", "d", "two")
 	ok(t, sock, "disk", "create", "e", "--size", "1M")
 	ok(t, sock, "snapshot", "create", "e", "one")
-	for _, tc := range []struct {
-		name   string
-		args   []string
-		code   int
-		stderr string // regexp
-	}{
+	checkExitCodes(t, sock, []exitCase{
 		{"group alone", []string{"snapshot"}, exitOK, "^$"},
 		{"unknown subcommand", []string{"snapshot", "frob"}, exitUsage, `unknown command "frob" for "cairn snapshot"`},
 		{"create without name", []string{"snapshot", "create", "d"}, exitUsage, `accepts 2 arg\(s\), received 1`},
@@ -56,14 +51,7 @@ func TestSnapshotExitCodes(t *testing.T) {
 		{"verify missing disk", []string{"verify", "nope"}, exitError, `^cairn: disk "nope" not found\n$`},
 		{"task missing", []string{"task", "show", "rollback-99"}, exitError, `^cairn: task "rollback-99" not found`},
 		{"task wait missing", []string{"task", "wait", "verify-99"}, exitError, `^cairn: task "verify-99" not found`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, errs, code := cli(t, sock, tc.args...)
-			if code != tc.code || !regexp.MustCompile(tc.stderr).MatchString(errs) {
-				t.Fatalf("cairn %s: exit %d, stderr %q; want exit %d, stderr matching %q", strings.Join(tc.args, " "), code, errs, tc.code, tc.stderr)
-			}
-		})
-	}
+	})
 }
 
 // TestVerifyFindsFaults corrupts a stored chunk while cairnd is stopped:
