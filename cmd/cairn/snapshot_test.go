@@ -182,6 +182,19 @@ func TestSnapshotCommands(t *testing.T) {
 		ok(t, sock, "task", "wait", k.ID)
 	}
 
+	if out := ok(t, sock, "__complete", "snapshot", "show", "d", ""); !strings.HasPrefix(out, "s1\ns2\ns3\n") {
+		t.Errorf("snapshot name completion: %q", out)
+	}
+	if out := ok(t, sock, "__complete", "snapshot", "diff", "d", "s1", ""); !strings.HasPrefix(out, "s1\ns2\ns3\n") {
+		t.Errorf("diff TO completion: %q", out)
+	}
+	if out := ok(t, sock, "__complete", "snapshot", "show", "d", "s1", ""); strings.Contains(out, "s2") {
+		t.Errorf("completion past the last argument: %q", out)
+	}
+	if out := ok(t, sock, "__complete", "task", "wait", ""); !strings.Contains(out, tasks[0].ID+"\t") {
+		t.Errorf("task id completion: %q", out)
+	}
+
 	out = ok(t, sock, "snapshot", "delete", "d", "s1")
 	if out != "deleted snapshot d@s1, freed 64 KiB (65536 bytes)\n" {
 		t.Errorf("snapshot delete: %q", out)
