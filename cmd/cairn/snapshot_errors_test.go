@@ -3,10 +3,12 @@ package main
 import (
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/daemon/daemontest"
 )
@@ -113,5 +115,33 @@ func corruptAChunk(t *testing.T, dir string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCreateWaitWhenStoreFull: with a store that keeps more free space
+// than its filesystem has for chunks (but enough for records), a snapshot
+// fails; create --wait exits 1 with the reason, and list shows it failed.
+func TestCreateWaitWhenStoreFull(t *testing.T) {
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(cfg.DataDir), &st); err != nil {
+		t.Fatal(err)
+	}
+	// Records may use half the reserve; chunks need all of it. (The 25%
+	// margins outlast other tests writing to the same filesystem.)
+	cfg.StoreReserve = strconv.FormatUint(st.Bavail*uint64(st.Bsize)/2*3, 10)
+	in := daemontest.Start(t, &cfg)
+	sock := in.Client.Socket
+	ok(t, sock, "disk", "create", "d", "--size", "1M")
+	nbdWrite(t, in, "d", "write -P 0x5a 0 64k")
+	out, errs, code := cli(t, sock, "snapshot", "create", "d", "s1", "--wait")
+	if code != exitError || out != "" || !regexp.MustCompile(`\ncairn: snapshot d@s1 failed: the snapshot store is full: .*free space`).MatchString(errs) {
+		t.Fatalf("create --wait with a full store: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if rows := cells(ok(t, sock, "snapshot", "list", "d")); len(rows) != 2 || rows[1][3] != "failed" || rows[1][4] != "-" {
+		t.Errorf("list after the failure: %q", rows)
+	}
+	if out := ok(t, sock, "snapshot", "show", "d", "s1"); !strings.Contains(out, "Reason:") || !strings.Contains(out, "store is full") {
+		t.Errorf("show of a failed snapshot:\n%s", out)
 	}
 }
