@@ -90,9 +90,12 @@ perf_finish() {
 	[ -n "${PERF_PID:-}" ] || return 0
 	wait "$PERF_PID" || true
 	{
-		echo "== $1"
+		echo "== $1: self time (top 30 symbols)"
 		perf report -i "$OUT/perf-$1.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
-			grep -v '^#' | grep -v '^$' | head -40
+			grep -v -e '^#' -e '^$' | head -30 || true
+		echo "== $1: cairn functions with their callees (top 30)"
+		perf report -i "$OUT/perf-$1.data" --children --sort symbol --stdio -g none 2>/dev/null |
+			grep -e cairn-storage -e 'runtime\.\(mcall\|schedule\|findRunnable\|gcBgMarkWorker\|mallocgc\)' | head -30 || true
 	} >>"$OUT/perf.txt"
 }
 
