@@ -11,8 +11,9 @@ import (
 
 const benchSize = 256 << 20
 
-// BenchmarkIO compares I/O through the FUSE file (direct I/O, the default,
-// and with LiveCache) with I/O on its backing file directly, one request
+// BenchmarkIO compares I/O through the FUSE file (direct I/O, the default;
+// the same with reads spliced from a Backed file; and with LiveCache) with
+// I/O on its backing file directly, one request
 // at a time, buffered as host tools do it. The backing file is written
 // first, so reads come from the host's page cache and the figures measure
 // the FUSE path, not the disk. With LiveCache, the FUSE page cache is
@@ -23,13 +24,15 @@ const benchSize = 256 << 20
 func BenchmarkIO(b *testing.B) {
 	requireRoot(b)
 	for _, target := range []struct {
-		name string
-		fuse bool
-		opts fusefs.Options
+		name   string
+		fuse   bool
+		backed bool
+		opts   fusefs.Options
 	}{
-		{"raw", false, fusefs.Options{}},
-		{"fuse-direct", true, fusefs.Options{}},
-		{"fuse-cache", true, fusefs.Options{LiveCache: true}},
+		{"raw", false, false, fusefs.Options{}},
+		{"fuse-direct", true, false, fusefs.Options{}},
+		{"fuse-backed", true, true, fusefs.Options{}},
+		{"fuse-cache", true, false, fusefs.Options{LiveCache: true}},
 	} {
 		for _, w := range []struct {
 			name   string
@@ -43,7 +46,7 @@ func BenchmarkIO(b *testing.B) {
 			{"rand-write-4k", 4096, true, true},
 		} {
 			b.Run(target.name+"/"+w.name, func(b *testing.B) {
-				f, tree := benchFile(b, target.fuse, target.opts)
+				f, tree := benchFile(b, target.fuse, target.backed, target.opts)
 				buf := randomBytes(w.bs, 7)
 				r := rand.New(rand.NewPCG(1, 1))
 				blocks := int64(benchSize / w.bs)
@@ -76,9 +79,10 @@ func BenchmarkIO(b *testing.B) {
 
 // benchFile returns a filled benchSize-byte file: the backing file itself,
 // or disk.raw over it (with its tree).
-func benchFile(b *testing.B, fuse bool, opts fusefs.Options) (*os.File, *fusefs.Tree) {
+func benchFile(b *testing.B, fuse, backed bool, opts fusefs.Options) (*os.File, *fusefs.Tree) {
 	b.Helper()
 	backing := newTestFile(b, b.TempDir(), benchSize)
+	backing.backed = backed
 	chunk := randomBytes(1<<20, 8)
 	for off := int64(0); off < benchSize; off += int64(len(chunk)) {
 		if _, err := backing.f.WriteAt(chunk, off); err != nil {

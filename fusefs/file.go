@@ -199,6 +199,11 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return fuse.ReadResultData(nil), 0
 	}
 	p := dest[:min(int64(len(dest)), size-off)]
+	if b, ok := h.f.(Backed); ok {
+		if fd, fdOff, ok := b.Backing(off, int64(len(p))); ok {
+			return fuse.ReadResultFd(fd, fdOff, len(p)), 0
+		}
+	}
 	if err := h.f.ReadAt(ctx, p, off); err != nil {
 		return nil, h.n.t.errno("read", h.name(), err)
 	}

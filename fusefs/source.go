@@ -72,3 +72,16 @@ type Source interface {
 	// OpenSnapshot returns a snapshot's content, read-only.
 	OpenSnapshot(ctx context.Context, disk, snap string) (f File, release func(), err error)
 }
+
+// Backed is implemented by Files whose content in a range is an ordinary
+// file's (a live disk's image, outside the ranges a clone still reads
+// from its origin). Such reads are spliced from that file to the kernel
+// without a copy through the daemon, which needs pipes that hold a whole
+// request: sysctl fs.pipe-max-size of at least 4 MiB when the daemon
+// starts (go-fuse reads it once). Otherwise they are read with pread.
+type Backed interface {
+	// Backing returns the descriptor and offset that hold [off,
+	// off+length), or ok false (then ReadAt serves the read). The
+	// descriptor stays open until the File's release.
+	Backing(off, length int64) (fd uintptr, fdOff int64, ok bool)
+}

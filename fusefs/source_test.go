@@ -29,6 +29,7 @@ type testFile struct {
 	f        *os.File
 	size     int64
 	readOnly bool
+	backed   bool // offer the backing file for reads (Backed)
 
 	flushes  atomic.Int64
 	maxRead  atomic.Int64  // largest ReadAt
@@ -61,6 +62,12 @@ func newTestFile(t testing.TB, dir string, size int64) *testFile {
 }
 
 func (tf *testFile) Size() int64 { return tf.size }
+
+// Backing offers the backing file for reads when tf.backed, as a live
+// disk's volume can.
+func (tf *testFile) Backing(off, length int64) (uintptr, int64, bool) {
+	return tf.f.Fd(), off, tf.backed
+}
 
 // noteMax raises m to n.
 func noteMax(m *atomic.Int64, n int) {
@@ -316,11 +323,14 @@ func mountTree(t testing.TB, src *testSource, opts fusefs.Options) *fusefs.Tree 
 	return tree
 }
 
-// modes are the two ways the live disk can be opened.
+// modes are the ways the live disk can be read: direct I/O from ReadAt or
+// from a Backed file, and through the page cache.
 var modes = []struct {
-	name string
-	opts fusefs.Options
+	name   string
+	opts   fusefs.Options
+	backed bool
 }{
-	{"direct", fusefs.Options{}},
-	{"cache", fusefs.Options{LiveCache: true}},
+	{"direct", fusefs.Options{}, false},
+	{"direct backed", fusefs.Options{}, true},
+	{"cache", fusefs.Options{LiveCache: true}, false},
 }

@@ -162,6 +162,7 @@ func TestChanged(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			tree, _, backing := oneDisk(t, mode.opts)
+			backing.backed = mode.backed
 			old, fresh := randomBytes(8192, 30), randomBytes(8192, 31)
 			if _, err := backing.f.WriteAt(old, 64<<10); err != nil {
 				t.Fatal(err)
