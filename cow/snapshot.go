@@ -598,3 +598,46 @@ func (v *Volume) WaitReady(ctx context.Context, name string) error {
 		}
 	}
 }
+
+// DropChain deletes everything a deleted disk's chain holds: its entries
+// (releasing their chunks), its snapshot and chain records and its
+// change-tracking files. It is idempotent, so a crash part-way is finished
+// by running it again (the daemon sweeps chains whose disk is gone at start).
+func DropChain(ctx context.Context, st *store.Store, disk uint64, trackPrefix string) error {
+	if err := st.DropDisk(ctx, disk); err != nil {
+		return fmt.Errorf("drop the chunks of disk %d: %w", disk, err)
+	}
+	var keys []string
+	if err := st.ListRecords(snapPrefix(disk), func(key string, _ []byte) error {
+		keys = append(keys, key)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := st.Update(nil, append(keys, chainKey(disk))); err != nil {
+		return fmt.Errorf("drop the snapshot records of disk %d: %w", disk, err)
+	}
+	if err := st.Sync(); err != nil {
+		return err
+	}
+	if trackPrefix != "" {
+		matches, _ := filepath.Glob(trackPrefix + ".*")
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
+	return nil
+}
+
+// Chains lists the disk ids that have a chain in the store.
+func Chains(st *store.Store) ([]uint64, error) {
+	var ids []uint64
+	err := st.ListRecords("chain/", func(key string, _ []byte) error {
+		id, err := strconv.ParseUint(strings.TrimPrefix(key, "chain/"), 10, 64)
+		if err == nil {
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	return ids, err
+}

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"github.com/cairn-storage/cairn/daemon/api"
+
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +44,15 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful shutdown (default 5s): after it NBD
 	// connections are cut.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// SnapshotQuota is the most snapshots one disk's chain may hold
+	// (default 64, as public clouds allow). A manual snapshot beyond it is
+	// refused with 409 quota_exceeded.
+	SnapshotQuota int `toml:"snapshot_quota"`
+	// StoreReserve is the free space the store keeps on its filesystem
+	// ("256M" by default): chunk writes stop (the snapshot fails, guest
+	// writes go on) when less is free, so the store never fills its
+	// filesystem (Badger cannot survive that).
+	StoreReserve string `toml:"store_reserve"`
 
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger `toml:"-"`
@@ -70,6 +81,21 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// DefaultSnapshotQuota is the most snapshots per chain unless configured.
+const DefaultSnapshotQuota = 64
+
+// storeReserve parses StoreReserve (0: the store's default).
+func (c Config) storeReserve() (uint64, error) {
+	if c.StoreReserve == "" {
+		return 0, nil
+	}
+	n, err := api.ParseSize(c.StoreReserve)
+	if err != nil {
+		return 0, fmt.Errorf("--store-reserve / store_reserve: %w", err)
+	}
+	return uint64(n), nil
 }
 
 // DefaultShutdownTimeout bounds a graceful shutdown unless configured.
@@ -116,6 +142,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.DataDir == "" {
 		c.DataDir = DefaultDataDir()
 	}
+	if c.SnapshotQuota == 0 {
+		c.SnapshotQuota = DefaultSnapshotQuota
+	}
 	var err error
 	if c.DataDir, err = filepath.Abs(c.DataDir); err != nil {
 		return c, fmt.Errorf("--data-dir: %w", err)
@@ -158,6 +187,12 @@ func (c Config) Validate() error {
 		return err
 	}
 	var errs []error
+	if c.SnapshotQuota < 1 || c.SnapshotQuota > 65536 {
+		errs = append(errs, fmt.Errorf("--snapshot-quota / snapshot_quota: %d: must be from 1 to 65536", c.SnapshotQuota))
+	}
+	if _, err := c.storeReserve(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.APIListener == nil {
 		errs = append(errs, checkSocketPath("--api-socket", "api_socket", c.APISocket))
 	}

@@ -41,6 +41,12 @@ type Daemon struct {
 	mu sync.Mutex
 	// disks by name; guarded by mu, as is every Disk's mutable state.
 	disks map[string]*Disk
+	// tasks are the long operations (rollback, verify); own lock. They run
+	// under bg, which shutdown cancels before the disks close.
+	tasks    taskList
+	snapMu   sync.Mutex // serialises snapshot creation so the quota holds
+	bg       context.Context
+	bgCancel context.CancelFunc
 	// closing is set when shutdown begins: no new exports, no changes.
 	closing bool
 	// nbdErr is why an NBD listener stopped serving (health); guarded by mu.
@@ -72,6 +78,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		disks:   make(map[string]*Disk),
 		stop:    make(chan struct{}),
 	}
+	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			d.release(context.Background())
@@ -85,7 +92,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.lock, err = lockDataDir(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger}); err != nil {
+	reserve, _ := cfg.storeReserve() // checked by Validate
+	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, MinFreeBytes: reserve}); err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	if err := d.loadDisks(); err != nil {
@@ -268,6 +276,10 @@ func (d *Daemon) release(ctx context.Context) error {
 		if l != nil {
 			l.Close() // already closed by a server's shutdown unless Run never served it
 		}
+	}
+	if d.bgCancel != nil {
+		d.bgCancel() // a rollback stops between blocks; run it again to finish
+		d.tasks.wait()
 	}
 	d.mu.Lock()
 	for _, disk := range d.disks {

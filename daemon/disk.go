@@ -22,11 +22,14 @@ type Disk struct {
 	vol     *cow.Volume
 	openErr error
 	// conns counts the NBD exports of this disk that connections hold open
-	// (the live disk now, its snapshots later).
-	conns int
+	// (the live disk and its snapshots); liveConns those of the live disk.
+	conns, liveConns int
 	// deleting is set while a delete waits for connections to end: no new
 	// export opens meanwhile.
 	deleting bool
+	// rollingBack is set while a rollback runs: the live export refuses
+	// new clients.
+	rollingBack bool
 	// drained is closed when conns reaches zero while deleting.
 	drained chan struct{}
 }
@@ -43,6 +46,18 @@ func (d *Daemon) livePath(rec diskRecord) string {
 	return filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".raw")
 }
 
+// volOptions are the cow options of a disk: its chain in the store and its
+// change-tracking files beside the live images (named by id).
+func (d *Daemon) volOptions(rec diskRecord) cow.Options {
+	return cow.Options{
+		BlockSize:   rec.BlockSize,
+		Store:       d.store,
+		DiskID:      rec.ID,
+		TrackPrefix: filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
+		Logger:      d.log.With("disk", rec.Name),
+	}
+}
+
 // loadDisks opens every disk recorded in the store. A live image that does
 // not open leaves its disk in the error state instead of stopping cairnd.
 func (d *Daemon) loadDisks() error {
@@ -53,7 +68,7 @@ func (d *Daemon) loadDisks() error {
 		}
 		disk := &Disk{rec: rec}
 		path := d.livePath(rec)
-		disk.vol, disk.openErr = cow.Open(path, cow.Options{BlockSize: rec.BlockSize})
+		disk.vol, disk.openErr = cow.Open(path, d.volOptions(rec))
 		if disk.openErr != nil {
 			d.log.Error("disk unavailable: its live image does not open", "disk", rec.Name, "path", path, "err", disk.openErr)
 		} else if size := disk.vol.Size(); size != rec.Size {
@@ -67,7 +82,27 @@ func (d *Daemon) loadDisks() error {
 		return fmt.Errorf("load disks: %w", err)
 	}
 	d.warnOrphans()
+	d.sweepChains()
 	return nil
+}
+
+// sweepChains drops the snapshot chains of disks that no longer exist (a
+// crash between deleting a disk's record and dropping its chain).
+func (d *Daemon) sweepChains() {
+	ids, err := cow.Chains(d.store)
+	if err != nil {
+		d.log.Warn("listing snapshot chains", "err", err)
+		return
+	}
+	live := map[uint64]bool{}
+	for _, k := range d.disks {
+		live[k.rec.ID] = true
+	}
+	for _, id := range ids {
+		if !live[id] {
+			d.dropChain(diskRecord{ID: id})
+		}
+	}
 }
 
 // warnOrphans logs live images no disk record names (left by a crash
@@ -125,13 +160,30 @@ func (d *Daemon) diskToAPI(k *Disk) api.Disk {
 	return out
 }
 
-// export is the NBD export of the live disk.
+// export is the NBD export of the live disk. It offers
+// qemu:dirty-bitmap:SNAP for every snapshot: the blocks changed since.
 func (k *Disk) export() *nbd.Export {
+	vol := k.vol
 	return &nbd.Export{
 		Name:        k.rec.Name,
 		Description: k.rec.Description,
-		Backend:     k.vol,
+		Backend:     vol,
 		MultiConn:   true,
+		Contexts:    func() map[string]nbd.MetaContext { return vol.DirtyBitmapContexts("") },
+	}
+}
+
+// snapshotExport is the read-only export DISK@SNAP of an open view. It
+// offers qemu:dirty-bitmap:EARLIER for every earlier snapshot.
+func (k *Disk) snapshotExport(view *cow.View) *nbd.Export {
+	vol, snap := k.vol, view.Name()
+	return &nbd.Export{
+		Name:        k.rec.Name + "@" + snap,
+		Description: "snapshot " + snap + " of disk " + k.rec.Name,
+		Backend:     view,
+		ReadOnly:    true,
+		MultiConn:   true,
+		Contexts:    func() map[string]nbd.MetaContext { return vol.DirtyBitmapContexts(snap) },
 	}
 }
 

@@ -179,6 +179,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	}
 	if err := d.putRecord(rec); err != nil {
 		disk.close()
+		d.dropChain(rec)
 		if rec.Adopted == "" {
 			os.Remove(d.livePath(rec))
 		}
@@ -198,7 +199,7 @@ func (d *Daemon) openNewDisk(rec *diskRecord, size int64) (*Disk, error) {
 			return nil, err
 		}
 	}
-	vol, err := cow.Open(path, cow.Options{BlockSize: rec.BlockSize})
+	vol, err := cow.Open(path, d.volOptions(*rec))
 	if err != nil {
 		if rec.Adopted != "" {
 			return nil, invalidf("adopt: %v", err)
@@ -214,6 +215,7 @@ func (d *Daemon) openNewDisk(rec *diskRecord, size int64) (*Disk, error) {
 		}
 		if err != nil {
 			vol.Close()
+			d.dropChain(*rec)
 			return nil, err
 		}
 	}
@@ -422,6 +424,7 @@ func (d *Daemon) removeDisk(k *Disk, opts api.DeleteDiskOptions) error {
 	if err := k.close(); err != nil {
 		d.log.Warn("closing a deleted disk's live image", "disk", name, "err", err)
 	}
+	d.dropChain(k.rec)
 	path := d.livePath(k.rec)
 	switch {
 	case k.rec.Adopted == "" || opts.DeleteAdopted && isRegular(path):
@@ -461,6 +464,17 @@ func (d *Daemon) Exports() []api.Export {
 			clients = []api.NBDClient{}
 		}
 		out = append(out, api.Export{Name: k.rec.Name, Disk: k.rec.Name, Size: k.vol.Size(), Description: k.rec.Description, Clients: clients})
+		for _, s := range k.vol.Snapshots() {
+			if s.State != cow.StateReady && s.State != cow.StateCopying {
+				continue
+			}
+			name := k.rec.Name + "@" + s.Name
+			clients := byExport[name]
+			if clients == nil {
+				clients = []api.NBDClient{}
+			}
+			out = append(out, api.Export{Name: name, Disk: k.rec.Name, ReadOnly: true, Size: s.Size, Description: "snapshot " + s.Name, Clients: clients})
+		}
 	}
 	return out
 }
@@ -484,12 +498,27 @@ func (e exporter) Open(ctx context.Context, name string) (*nbd.Export, func(), e
 	if k == nil || k.vol == nil || k.deleting || !ValidName(diskName) {
 		return nil, nil, fmt.Errorf("%w: no disk %q", nbd.ErrUnknownExport, diskName)
 	}
+	var exp *nbd.Export
+	var view *cow.View
 	if isSnapshot {
-		return nil, nil, fmt.Errorf("%w: disk %q has no snapshot %q", nbd.ErrUnknownExport, diskName, snapshot)
+		var err error
+		if view, err = k.vol.OpenView(snapshot); err != nil {
+			return nil, nil, fmt.Errorf("%w: disk %q has no readable snapshot %q (%v)", nbd.ErrUnknownExport, diskName, snapshot, err)
+		}
+		exp = k.snapshotExport(view)
+	} else {
+		if k.rollingBack {
+			return nil, nil, fmt.Errorf("%w: disk %q is being rolled back; connect when the rollback task is done", nbd.ErrUnknownExport, diskName)
+		}
+		exp = k.export()
+		k.liveConns++
 	}
 	k.conns++
 	var once bool
 	release := func() {
+		if view != nil {
+			view.Close()
+		}
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if once {
@@ -497,12 +526,15 @@ func (e exporter) Open(ctx context.Context, name string) (*nbd.Export, func(), e
 		}
 		once = true
 		k.conns--
+		if view == nil {
+			k.liveConns--
+		}
 		if k.conns == 0 && k.drained != nil {
 			close(k.drained)
 			k.drained = nil
 		}
 	}
-	return k.export(), release, nil
+	return exp, release, nil
 }
 
 // List names every exportable disk.
@@ -514,7 +546,20 @@ func (e exporter) List(ctx context.Context) []nbd.ExportInfo {
 	for _, k := range d.sortedDisks() {
 		if k.vol != nil && !k.deleting {
 			out = append(out, nbd.ExportInfo{Name: k.rec.Name, Description: k.rec.Description})
+			for _, s := range k.vol.Snapshots() {
+				if s.State == cow.StateReady || s.State == cow.StateCopying {
+					out = append(out, nbd.ExportInfo{Name: k.rec.Name + "@" + s.Name, Description: "snapshot " + s.Name + " of disk " + k.rec.Name})
+				}
+			}
 		}
 	}
 	return out
+}
+
+// dropChain deletes the snapshot chain and change tracking of a disk that
+// is gone (or was never recorded). A failure is retried at the next start.
+func (d *Daemon) dropChain(rec diskRecord) {
+	if err := cow.DropChain(context.Background(), d.store, rec.ID, d.volOptions(rec).TrackPrefix); err != nil {
+		d.log.Warn("dropping the snapshots of a deleted disk; retried at the next start", "disk", rec.Name, "id", rec.ID, "err", err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/store"
 )
@@ -54,6 +55,12 @@ var codes = []struct {
 	{ErrExists, http.StatusConflict, api.CodeAlreadyExists},
 	{ErrInUse, http.StatusConflict, api.CodeInUse},
 	{ErrFailedPrecondition, http.StatusConflict, api.CodeFailedPrecondition},
+	{ErrQuota, http.StatusConflict, api.CodeQuotaExceeded},
+	{cow.ErrSnapNotFound, http.StatusNotFound, api.CodeNotFound},
+	{cow.ErrSnapExists, http.StatusConflict, api.CodeAlreadyExists},
+	{cow.ErrSnapInUse, http.StatusConflict, api.CodeInUse},
+	{cow.ErrSnapFailed, http.StatusConflict, api.CodeFailedPrecondition},
+	{cow.ErrNoStore, http.StatusConflict, api.CodeFailedPrecondition},
 	{errMethodNotAllowed, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed},
 	{errTooLarge, http.StatusRequestEntityTooLarge, api.CodePayloadTooLarge},
 	{errMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},

@@ -82,6 +82,8 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		logFormat  = fs.String("log-format", "", "text or json (default text)")
 		timeout    = fs.Duration("shutdown-timeout", 0, "bound on a graceful shutdown (default 5s)")
 		version    = fs.Bool("version", false, "print the version and exit")
+		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
+		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: cairnd [flags]\n\nServes Cairn's disks over NBD and the control API. Flags:\n")
@@ -119,6 +121,10 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 			cfg.LogFormat = *logFormat
 		case "shutdown-timeout":
 			cfg.ShutdownTimeout = daemon.Duration(*timeout)
+		case "snapshot-quota":
+			cfg.SnapshotQuota = *quota
+		case "store-reserve":
+			cfg.StoreReserve = *reserve
 		}
 	})
 	return cfg, cfg.Validate()
