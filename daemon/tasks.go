@@ -100,7 +100,9 @@ func (l *taskList) list() []api.Task {
 	for _, tk := range l.tasks {
 		out = append(out, tk.t)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) || out[i].Created.Equal(out[j].Created) && out[i].ID > out[j].ID })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Created.After(out[j].Created) || out[i].Created.Equal(out[j].Created) && out[i].ID > out[j].ID
+	})
 	return out
 }
 
