@@ -112,6 +112,48 @@ alive() {
 	kill -0 "${SERVER_PIDS[$1]}" 2>/dev/null || die "$1 (pid ${SERVER_PIDS[$1]}) has exited: $(tail -5 "$WORK/$1.log")"
 }
 
+# cpu_sample: "BUSY KTHREADS" clock ticks: all CPUs' non-idle time since
+# boot (/proc/stat) and the part of it spent by kernel threads (children of
+# kthreadd, such as the writeback workers that flush the image's dirty pages).
+cpu_sample() {
+	"$PY" - <<'PYEOF'
+import os
+f = open("/proc/stat").readline().split()[1:]
+busy = sum(int(v) for i, v in enumerate(f[:8]) if i not in (3, 4))  # not idle, iowait
+kt = 0
+for p in os.listdir("/proc"):
+    if not p.isdigit():
+        continue
+    try:
+        st = open(f"/proc/{p}/stat").read()
+    except OSError:
+        continue
+    v = st[st.rindex(")") + 2:].split()
+    if p == "2" or v[1] == "2":
+        kt += int(v[11]) + int(v[12])
+print(busy, kt)
+PYEOF
+}
+
+# wait_quiet: wait (at most QUIET_WAIT seconds, default 300) until the rest
+# of the machine uses less than MAX_FOREIGN cores (default 0.25) over one
+# second, so that a job does not start while other work competes for the
+# cores. Returns 0 either way; logs when it gave up waiting.
+wait_quiet() {
+	local b0 k0 b1 k1 start=$SECONDS
+	while :; do
+		read -r b0 k0 <<<"$(cpu_sample)"
+		sleep 1
+		read -r b1 k1 <<<"$(cpu_sample)"
+		awk -v b=$((b1 - b0 - (k1 - k0))) -v t="$TICKS" -v m="${MAX_FOREIGN:-0.25}" 'BEGIN{exit !(b/t < m)}' && return 0
+		if ((SECONDS - start >= ${QUIET_WAIT:-300})); then
+			log "the machine is still busy after ${QUIET_WAIT:-300} s (load $(cut -d' ' -f1 /proc/loadavg)): measuring anyway"
+			return 0
+		fi
+		sleep 2
+	done
+}
+
 # wait_nbd NAME URI PID: poll (bounded: 30 s) until the export answers.
 wait_nbd() {
 	local i

@@ -31,6 +31,9 @@
 #     jobs into OUT/perf-WORKLOAD-RUN.data (adds overhead: do not compare
 #     those runs' figures) and prints the top symbols into OUT/perf.txt
 #   BENCH_TMP [/var/tmp]: where the scratch directory goes (not a tmpfs)
+#   MAX_FOREIGN [0.25] cores: a job starts only when other work on the machine
+#     uses less (waiting at most QUIET_WAIT [300] s), and is repeated (at most
+#     RETRIES [3] tries) when other work used more during it
 #   KEEP [0]: "1" keeps the scratch directory (server logs, image)
 #   CAIRND, CAIRN [bin/cairnd, bin/cairn]
 # Quick smoke test: RUNS=1 RUNTIME=3 RAMP=1 SIZE=512M scripts/bench/nbd.sh
@@ -69,15 +72,40 @@ fio_args() {
 	esac
 }
 
-# record RUN SERVER WORKLOAD UNIT VALUE BYTES OPS CPU_TICKS P99_US FIO_CPU
-# (plus the 1-minute load average when the job ended: other work on the
-# machine shows up there)
-record() {
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/raw.tsv"
-	printf 'bench: run %s %s %s: %.0f %s\n' "$1" "$3" "$2" "$5" "$4" >&2
+# A measurement window: window_open samples the server's CPU and the whole
+# machine's; window_close samples again and sets SERVER_TICKS and FOREIGN
+# (cores used on average by everything else than the server, the client
+# and kernel threads: other work on the machine, which spoils the job).
+window_open() {
+	W_T0=$(cpu_ticks "$1")
+	read -r W_B0 W_K0 <<<"$(cpu_sample)"
+	W_S0=$(date +%s.%N)
 }
 
-# perf_start NAME PID: with PERF=1 and cairnd, record its stacks for RUNTIME.
+# window_close PID CLIENT_TICKS
+window_close() {
+	local t1 b1 k1 s1
+	t1=$(cpu_ticks "$1")
+	read -r b1 k1 <<<"$(cpu_sample)"
+	s1=$(date +%s.%N)
+	SERVER_TICKS=$((t1 - W_T0))
+	FOREIGN=$(awk -v b=$((b1 - W_B0 - (k1 - W_K0) - SERVER_TICKS)) -v c="$2" -v t="$TICKS" \
+		-v s="$W_S0" -v e="$s1" 'BEGIN{f=(b-c)/t/(e-s); printf "%.2f", f < 0 ? 0 : f}')
+}
+
+# spoiled: true when other work used more than MAX_FOREIGN cores.
+spoiled() { awk -v f="$FOREIGN" -v m="${MAX_FOREIGN:-0.25}" 'BEGIN{exit !(f > m)}'; }
+
+# record RUN SERVER WORKLOAD UNIT VALUE BYTES OPS P99_US CLIENT_CORES
+# (with SERVER_TICKS, FOREIGN and the 1-minute load average)
+record() {
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7" \
+		"$SERVER_TICKS" "$8" "$9" "$FOREIGN" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/raw.tsv"
+	printf 'bench: run %s %s %s: %.0f %s (server %.1f s CPU, other work %s cores)\n' \
+		"$1" "$3" "$2" "$5" "$4" "$(awk -v t="$SERVER_TICKS" -v h="$TICKS" 'BEGIN{print t/h}')" "$FOREIGN" >&2
+}
+
+# perf_start NAME SERVER: with PERF=1 and cairnd, record its stacks for RUNTIME.
 perf_start() {
 	PERF_PID=
 	[ "${PERF:-}" = 1 ] && [ "$2" = cairnd ] || return 0
@@ -99,48 +127,63 @@ perf_finish() {
 	} >>"$OUT/perf.txt"
 }
 
-# run_fio RUN SERVER WORKLOAD
-run_fio() {
-	local run=$1 server=$2 w=$3 pid=${SERVER_PIDS[$2]} json=$OUT/fio/$3-$2-$1.json t0 t1 fpid
+# fio_once RUN SERVER WORKLOAD: one fio job; the window covers fio's run
+# after its ramp.
+fio_once() {
+	local run=$1 server=$2 w=$3 pid=${SERVER_PIDS[$2]} json=$OUT/fio/$3-$2-$1.json fpid
 	local -a args
 	read -ra args <<<"$(fio_args "$w")"
-	alive "$server"
-	sync
 	fio --name="$w" --ioengine=nbd --uri="${SERVER_URIS[$server]}" "${args[@]}" \
 		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" --invalidate=0 \
 		--norandommap --randrepeat=0 --output-format=json --output="$json" \
 		>"$WORK/fio.log" 2>&1 &
 	fpid=$!
 	sleep "$RAMP"
-	t0=$(cpu_ticks "$pid")
+	window_open "$pid"
 	perf_start "$w-$run" "$server"
 	wait "$fpid" || die "fio $w against $server failed: $(tail -5 "$WORK/fio.log")"
-	t1=$(cpu_ticks "$pid")
-	perf_finish "$w-$run"
-	local ops_s bytes ops bw p99 fcpu unit=IOPS value
+	local ops_s bytes ops bw p99 fcpu unit=IOPS value jobs=1 client
 	read -r ops_s bytes ops bw p99 fcpu <<<"$(fio_summary "$json")"
+	[[ " ${args[*]} " == *" --numjobs=2 "* ]] && jobs=2
+	# fio reports each job's CPU as a percentage of its run time.
+	client=$(awk -v c="$fcpu" -v j=$jobs -v r="$RUNTIME" -v t="$TICKS" 'BEGIN{printf "%d", c/100*j*r*t}')
+	window_close "$pid" "$client"
+	perf_finish "$w-$run"
 	value=$ops_s
 	[[ $w == *-4k ]] || { unit=MB/s value=$(awk -v b="$bw" 'BEGIN{print b/1e6}'); }
-	record "$run" "$server" "$w" "$unit" "$value" "$bytes" "$ops" $((t1 - t0)) "$p99" "$fcpu"
+	RESULT=("$unit" "$value" "$bytes" "$ops" "$p99" "$(awk -v c="$client" -v t="$TICKS" -v r="$RUNTIME" 'BEGIN{printf "%.2f", c/t/r}')")
 }
 
-# run_nbdcopy RUN SERVER: copy the whole export to null: over 4 connections.
-run_nbdcopy() {
-	local run=$1 server=$2 pid=${SERVER_PIDS[$2]} t0 t1 s e mbs
-	alive "$server"
-	sync
-	t0=$(cpu_ticks "$pid")
-	s=$(date +%s.%N)
-	nbdcopy --connections=4 "${SERVER_URIS[$server]}" null: 2>"$WORK/nbdcopy.log" ||
-		die "nbdcopy from $server failed: $(cat "$WORK/nbdcopy.log")"
-	e=$(date +%s.%N)
-	t1=$(cpu_ticks "$pid")
-	mbs=$(awk -v b="$SIZE" -v s="$s" -v e="$e" 'BEGIN{print b/(e-s)/1e6}')
-	record "$run" "$server" nbdcopy MB/s "$mbs" "$SIZE" 0 $((t1 - t0)) 0 0
+# nbdcopy_once RUN SERVER: copy the whole export to null: over 4 connections.
+nbdcopy_once() {
+	local pid=${SERVER_PIDS[$2]} times real user sys client
+	window_open "$pid"
+	times=$( { TIMEFORMAT='%R %U %S'; time nbdcopy --connections=4 "${SERVER_URIS[$2]}" null: 2>"$WORK/nbdcopy.log"; } 2>&1) ||
+		die "nbdcopy from $2 failed: $(cat "$WORK/nbdcopy.log")"
+	read -r real user sys <<<"$times"
+	client=$(awk -v u="$user" -v s="$sys" -v t="$TICKS" 'BEGIN{printf "%d", (u+s)*t}')
+	window_close "$pid" "$client"
+	RESULT=(MB/s "$(awk -v b="$SIZE" -v r="$real" 'BEGIN{print b/r/1e6}')" "$SIZE" 0 0
+		"$(awk -v u="$user" -v s="$sys" -v r="$real" 'BEGIN{printf "%.2f", (u+s)/r}')")
+}
+
+# measure RUN SERVER WORKLOAD: wait for a quiet machine, run the job, and
+# repeat it (up to RETRIES times, default 3) while other work spoiled it.
+measure() {
+	local try
+	for ((try = 1; ; try++)); do
+		alive "$2"
+		sync
+		wait_quiet
+		if [ "$3" = nbdcopy ]; then nbdcopy_once "$1" "$2"; else fio_once "$1" "$2" "$3"; fi
+		spoiled && ((try < ${RETRIES:-3})) || break
+		log "run $1 $3 $2: other work used $FOREIGN cores during the job; repeating it"
+	done
+	record "$1" "$2" "$3" "${RESULT[@]}"
 }
 
 mkdir -p "$OUT/fio"
-printf 'run\tserver\tworkload\tunit\tvalue\tbytes\tops\tcpu_ticks\tp99_us\tfio_cpu_pct\tload1\n' >"$OUT/raw.tsv"
+printf 'run\tserver\tworkload\tunit\tvalue\tbytes\tops\tcpu_ticks\tp99_us\tclient_cores\tforeign_cores\tload1\n' >"$OUT/raw.tsv"
 make_image "$IMAGE" "$SIZE"
 {
 	system_info
@@ -161,7 +204,7 @@ for ((run = 1; run <= RUNS; run++)); do
 	for w in "${WORKLOADS[@]}"; do
 		for ((k = 0; k < n; k++)); do
 			s=${SERVERS[$(((k + run - 1) % n))]}
-			if [ "$w" = nbdcopy ]; then run_nbdcopy "$run" "$s"; else run_fio "$run" "$s" "$w"; fi
+			measure "$run" "$s" "$w"
 		done
 	done
 done

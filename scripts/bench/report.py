@@ -72,11 +72,12 @@ def main():
     unit = {w: next(r["unit"] for r in rows if r["workload"] == w) for w in workloads}
     ratio = lambda a, b: f"{a / b:.2f}" if a and b else "–"
 
-    loads = [float(r["load1"]) for r in rows if r.get("load1")]
-    if loads:
-        print(f"1-minute load average at the end of the jobs: {min(loads):.1f}–{max(loads):.1f}, median {statistics.median(loads):.1f} "
-              "(the benchmark itself adds about 2 on this machine; more means other work competed for the cores).")
-        print()
+    foreign = [float(r["foreign_cores"]) for r in rows]
+    loads = [float(r["load1"]) for r in rows]
+    print(f"Other work on the machine during the jobs (cores used by anything but the server, the client and kernel threads): "
+          f"median {statistics.median(foreign):.2f}, max {max(foreign):.2f}; 1-minute load average {min(loads):.1f}–{max(loads):.1f}. "
+          "A job during which other work used more than MAX_FOREIGN cores was repeated (up to RETRIES times).")
+    print()
     print(f"Throughput, median of {runs} run(s) (IOPS for 4 KiB workloads, MB/s = 10^6 bytes/s otherwise; min–max in brackets):")
     print()
     print("| workload | " + " | ".join(servers) + " | " + " | ".join(f"cairnd/{p}" for p in peers) + " |")
@@ -102,13 +103,13 @@ def main():
 
     lat = [w for w in workloads if any(float(r["p99_us"]) for r in rows if r["workload"] == w)]
     if lat:
-        print("fio p99 completion latency in µs (medians; the slower of read and write), and fio's own CPU use (usr+sys %, as fio reports it):")
+        print("fio p99 completion latency in µs (medians; the slower of read and write), and the client's CPU use in cores (fio's own report):")
         print()
-        print("| workload | " + " | ".join(f"{s} p99" for s in servers) + " | " + " | ".join(f"fio CPU % vs {s}" for s in servers) + " |")
+        print("| workload | " + " | ".join(f"{s} p99" for s in servers) + " | " + " | ".join(f"client cores vs {s}" for s in servers) + " |")
         print("|---" * (1 + 2 * len(servers)) + "|")
         for w in lat:
             p = [fmt(med(w, s, p99)) for s in servers]
-            c = [fmt(med(w, s, lambda r: float(r["fio_cpu_pct"]))) for s in servers]
+            c = [fmt(med(w, s, lambda r: float(r["client_cores"]))) for s in servers]
             print(f"| {w} | " + " | ".join(p) + " | " + " | ".join(c) + " |")
 
 
