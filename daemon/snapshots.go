@@ -385,3 +385,24 @@ func (d *Daemon) Verify(ctx context.Context, req api.VerifyRequest) (api.Task, e
 		return res, err
 	}), nil
 }
+
+// SnapshotsCopying counts the snapshots of every disk still copying out.
+func (d *Daemon) SnapshotsCopying() int {
+	d.mu.Lock()
+	var vols []*cow.Volume
+	for _, k := range d.disks {
+		if k.vol != nil {
+			vols = append(vols, k.vol)
+		}
+	}
+	d.mu.Unlock()
+	n := 0
+	for _, v := range vols {
+		for _, s := range v.Snapshots() {
+			if s.State == cow.StateCopying {
+				n++
+			}
+		}
+	}
+	return n
+}

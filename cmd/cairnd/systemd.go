@@ -159,6 +159,9 @@ func (s *service) statusText() string {
 		}
 	}
 	text := fmt.Sprintf("serving %d %s, %d NBD %s", len(disks), plural(len(disks), "disk"), clients, plural(clients, "client"))
+	if copying := d.SnapshotsCopying(); copying > 0 {
+		text += fmt.Sprintf(", %d %s copying", copying, plural(copying, "snapshot"))
+	}
 	if broken > 0 {
 		text += fmt.Sprintf(", %d %s in error", broken, plural(broken, "disk"))
 	}
