@@ -22,16 +22,21 @@ func TestMain(m *testing.M) {
 }
 
 func serve(dir string) int {
-	backing, err := os.Create(filepath.Join(filepath.Dir(dir), "helper-backing.raw"))
+	image := filepath.Join(filepath.Dir(dir), "helper-backing.raw")
+	err := os.WriteFile(image, nil, 0o600)
 	if err == nil {
-		err = backing.Truncate(diskSize)
+		err = os.Truncate(image, diskSize)
+	}
+	var backing *testFile
+	if err == nil {
+		backing, err = openTestFile(image)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	src := newTestSource()
-	src.addDisk("d", &testFile{f: backing, size: diskSize})
+	src.addDisk("d", backing)
 	if _, err := fusefs.Mount(dir, src, fusefs.Options{}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

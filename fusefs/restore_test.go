@@ -3,65 +3,20 @@ package fusefs_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/fusefs"
+	"github.com/cairn-storage/cairn/fusefs/internal/fstest"
 	"github.com/cairn-storage/cairn/fusefs/loop"
 	"github.com/cairn-storage/cairn/fusefs/restore"
 )
 
-func requireTools(t *testing.T, tools ...string) {
-	t.Helper()
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skipf("no loop devices in this kernel: %v", err)
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 func scratchPath(tree *fusefs.Tree, disk, snap string) string {
 	return filepath.Join(tree.Dir(), disk, "scratch", snap+".raw")
-}
-
-// writeFiles writes files of random content under dir and returns their
-// checksums by name.
-func writeFiles(t *testing.T, dir string, seed uint64, sizes ...int) map[string][32]byte {
-	t.Helper()
-	sums := map[string][32]byte{}
-	r := rand.New(rand.NewPCG(seed, seed))
-	for i, n := range sizes {
-		p := make([]byte, n)
-		for j := range p {
-			p[j] = byte(r.Uint32())
-		}
-		name := filepath.Join("files", strings.Repeat("f", i+1))
-		os.MkdirAll(filepath.Join(dir, "files"), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, name), p, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		sums[name] = sha256.Sum256(p)
-	}
-	return sums
 }
 
 // TestLoopExt4Restore: ext4 made through a loop device on the live
@@ -71,7 +26,7 @@ func writeFiles(t *testing.T, dir string, seed uint64, sizes ...int) map[string]
 // the throwaway overlay). e2fsck -fn finds the replayed snapshot clean.
 func TestLoopExt4Restore(t *testing.T) {
 	requireRoot(t)
-	requireTools(t, "mkfs.ext4", "e2fsck", "blkid")
+	fstest.RequireLoop(t, "mkfs.ext4", "e2fsck", "blkid")
 	src := newTestSource()
 	tmp := t.TempDir()
 	live := newTestFile(t, tmp, 128<<20)
@@ -83,7 +38,7 @@ func TestLoopExt4Restore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Detach() })
-	run(t, "mkfs.ext4", "-q", dev.Path)
+	fstest.Run(t, "mkfs.ext4", "-q", dev.Path)
 	if len(live.trimmed()) == 0 {
 		t.Error("mkfs.ext4's discard did not reach Trim through the loop device")
 	}
@@ -93,27 +48,27 @@ func TestLoopExt4Restore(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, 0) })
-	old := writeFiles(t, mnt, 1, 0, 10, 4096, 1<<20, 5<<20+3)
-	run(t, "sync", "-f", mnt)
+	old := fstest.WriteFiles(t, mnt, 1, 0, 10, 4096, 1<<20, 5<<20+3)
+	fstest.Run(t, "sync", "-f", mnt)
 
 	// The "snapshot": a copy of the live image taken while mounted, its
 	// journal dirty, as a crash-consistent snapshot's is.
 	snapFile := filepath.Join(tmp, "s1.raw")
-	run(t, "cp", "--sparse=always", live.f.Name(), snapFile)
-	f, err := os.Open(snapFile)
+	fstest.Run(t, "cp", "--sparse=always", live.f.Name(), snapFile)
+	snap, err := openTestFile(snapFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.addSnapshot("vm", "s1", &testFile{f: f, size: live.size})
+	src.addSnapshot("vm", "s1", snap)
 	tree.Invalidate("vm")
-	snapSum := sha256OfFile(t, snapFile)
+	snapSum := fstest.FileSum(t, snapFile)
 
 	// Change the live filesystem: the snapshot must not follow.
-	writeFiles(t, mnt, 2, 100, 200) // overwrites files/f and files/ff
+	fstest.WriteFiles(t, mnt, 2, 100, 200) // overwrites files/f and files/ff
 	if err := os.Remove(filepath.Join(mnt, "files", "fff")); err != nil {
 		t.Fatal(err)
 	}
-	run(t, "sync", "-f", mnt)
+	fstest.Run(t, "sync", "-f", mnt)
 
 	dir := filepath.Join(tmp, "restore")
 	opts := restore.Options{ReadOnly: true, Scratch: true, StateDir: filepath.Join(tmp, "state")}
@@ -125,12 +80,7 @@ func TestLoopExt4Restore(t *testing.T) {
 	if info.FSType != "ext4" || info.Options != "" {
 		t.Errorf("restore mounted %s with %q; want ext4 with journal replay", info.FSType, info.Options)
 	}
-	for name, sum := range old {
-		p, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil || sha256.Sum256(p) != sum {
-			t.Errorf("restored %s: %v, old checksum %v", name, err, err == nil && sha256.Sum256(p) == sum)
-		}
-	}
+	fstest.CheckFiles(t, dir, old)
 	if _, err := restore.Umount(context.Background(), dir, opts.StateDir); err != nil {
 		t.Fatal(err)
 	}
@@ -141,20 +91,11 @@ func TestLoopExt4Restore(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer scratch.Detach()
-	run(t, "e2fsck", "-E", "journal_only", "-y", scratch.Path)
-	run(t, "e2fsck", "-fn", scratch.Path)
-	if sha256OfFile(t, snapFile) != snapSum {
+	fstest.Run(t, "e2fsck", "-E", "journal_only", "-y", scratch.Path)
+	fstest.Run(t, "e2fsck", "-fn", scratch.Path)
+	if fstest.FileSum(t, snapFile) != snapSum {
 		t.Error("restoring through the scratch file changed the snapshot")
 	}
-}
-
-func sha256OfFile(t *testing.T, path string) [32]byte {
-	t.Helper()
-	p, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(p)
 }
 
 // TestScratchPrivate: each open of a scratch file has its own overlay:

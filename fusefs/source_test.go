@@ -1,13 +1,12 @@
 package fusefs_test
 
-// The test Source: disks and snapshots backed by temporary files, so the
-// tree can be tested without the daemon. The test through cairnd (cow
-// volumes, NBD next to FUSE) comes with the daemon integration
-// (scripts/test/test-fuse.sh).
+// The test Source: disks and snapshots are cow volumes over temporary
+// files (memory-only change tracking, no store), so the tree is tested
+// against the real volume without the daemon. The test through cairnd
+// (NBD next to FUSE, real snapshots) is scripts/test/test-fuse.sh.
 
 import (
 	"context"
-	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -17,19 +16,19 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/fusefs"
 	"github.com/cairn-storage/cairn/nbd"
 )
 
-// testFile is a File over a plain file, recording what the tree asked of
-// it. onWrite plays cow.Volume's write hook.
+// testFile is a cow.Volume that records what the tree asked of it.
+// onWrite plays the daemon's write hook (Tree.Changed).
 type testFile struct {
-	f        *os.File
+	*cow.Volume
+	f        *os.File // the image itself, for the test's own reads and Backing
 	size     int64
 	readOnly bool
-	backed   bool // offer the backing file for reads (Backed)
+	backed   bool // offer the image for reads (Backed)
 
 	flushes  atomic.Int64
 	maxRead  atomic.Int64  // largest ReadAt
@@ -44,27 +43,50 @@ type testFile struct {
 var (
 	_ fusefs.File   = (*testFile)(nil)
 	_ fusefs.Zeroer = (*testFile)(nil)
+	_ fusefs.Backed = (*testFile)(nil)
 )
 
-// newTestFile creates a sparse file of size bytes in dir. A testSource
+// newTestFile creates a sparse image of size bytes in dir. A testSource
 // closes the files it serves once the tree is unmounted: the kernel may
 // still read ahead after the test closed its FUSE file.
 func newTestFile(t testing.TB, dir string, size int64) *testFile {
 	t.Helper()
 	f, err := os.CreateTemp(dir, "backing-*.raw")
+	if err == nil {
+		err = f.Truncate(size)
+		f.Close()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.Truncate(size); err != nil {
+	tf, err := openTestFile(f.Name())
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &testFile{f: f, size: size}
+	return tf
 }
 
-func (tf *testFile) Size() int64 { return tf.size }
+// openTestFile opens the image at path as a volume.
+func openTestFile(path string) (*testFile, error) {
+	vol, err := cow.Open(path, cow.Options{})
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		vol.Close()
+		return nil, err
+	}
+	return &testFile{Volume: vol, f: f, size: vol.Size()}, nil
+}
 
-// Backing offers the backing file for reads when tf.backed, as a live
-// disk's volume can.
+func (tf *testFile) close() {
+	tf.Volume.Close()
+	tf.f.Close()
+}
+
+// Backing offers the image for reads when tf.backed, as a live disk's
+// volume can.
 func (tf *testFile) Backing(off, length int64) (uintptr, int64, bool) {
 	return tf.f.Fd(), off, tf.backed
 }
@@ -77,12 +99,7 @@ func noteMax(m *atomic.Int64, n int) {
 
 func (tf *testFile) ReadAt(ctx context.Context, p []byte, off int64) error {
 	noteMax(&tf.maxRead, len(p))
-	n, err := tf.f.ReadAt(p, off)
-	if err == io.EOF {
-		clear(p[n:])
-		err = nil
-	}
-	return err
+	return tf.Volume.ReadAt(ctx, p, off)
 }
 
 func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
@@ -90,7 +107,7 @@ func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 		return nbd.ErrReadOnly
 	}
 	noteMax(&tf.maxWrite, len(p))
-	_, err := tf.f.WriteAt(p, off)
+	err := tf.Volume.WriteAt(ctx, p, off, fua)
 	tf.changed(ctx, off, int64(len(p)))
 	return err
 }
@@ -103,20 +120,20 @@ func (tf *testFile) changed(ctx context.Context, off, length int64) {
 
 func (tf *testFile) Flush(ctx context.Context) error {
 	tf.flushes.Add(1)
-	return tf.f.Sync()
+	return tf.Volume.Flush(ctx)
 }
 
 func (tf *testFile) Trim(ctx context.Context, off, length int64, fua bool) error {
 	tf.mu.Lock()
 	tf.trims = append(tf.trims, [2]int64{off, length})
 	tf.mu.Unlock()
-	err := unix.Fallocate(int(tf.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	err := tf.Volume.Trim(ctx, off, length, fua)
 	tf.changed(ctx, off, length)
 	return err
 }
 
 func (tf *testFile) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
-	err := unix.Fallocate(int(tf.f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	err := tf.Volume.Zero(ctx, off, length, flags)
 	tf.changed(ctx, off, length)
 	return err
 }
@@ -125,37 +142,6 @@ func (tf *testFile) trimmed() [][2]int64 {
 	tf.mu.Lock()
 	defer tf.mu.Unlock()
 	return append([][2]int64(nil), tf.trims...)
-}
-
-// Extents walks SEEK_DATA/SEEK_HOLE of the backing file; it answers at
-// most a few extents at a time, as a File may, to exercise the tree's
-// continuation.
-func (tf *testFile) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	fd := int(tf.f.Fd())
-	end := min(off+length, tf.size)
-	var out []nbd.Extent
-	for off < end && len(out) < 3 {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			data = end
-		} else if err != nil {
-			return nil, err
-		}
-		if data > off {
-			n := min(data, end) - off
-			out = append(out, nbd.Extent{Length: n, Flags: nbd.StateHole | nbd.StateZero})
-			off += n
-			continue
-		}
-		hole, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, err
-		}
-		n := min(hole, end) - off
-		out = append(out, nbd.Extent{Length: n})
-		off += n
-	}
-	return out, nil
 }
 
 // backing reads the backing file directly.
@@ -191,7 +177,7 @@ func (s *testSource) closeFiles() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range s.files {
-		f.f.Close()
+		f.close()
 	}
 }
 

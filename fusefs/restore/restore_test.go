@@ -2,10 +2,8 @@ package restore_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,31 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-storage/cairn/fusefs/internal/fstest"
 	"github.com/cairn-storage/cairn/fusefs/loop"
 	"github.com/cairn-storage/cairn/fusefs/restore"
 )
-
-func requireLoop(t *testing.T, tools ...string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("loop devices and mounts need root")
-	}
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skipf("no loop devices in this kernel: %v", err)
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed (scripts/deps.sh installs it)", tool)
-		}
-	}
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-}
 
 // partStart is where the test images' one partition starts.
 const partStart = 1 << 20
@@ -103,53 +80,20 @@ func makeImage(t *testing.T, mkfs string, size int64, partitioned bool) fixture 
 	}
 	defer dev.Detach()
 	target := dev.Path
-	run(t, mkfs, "-q", target)
+	fstest.Run(t, mkfs, "-q", target)
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
-	run(t, "mount", target, mnt)
-	defer run(t, "umount", mnt)
-	fx := fixture{snapshot: filepath.Join(dir, "snapshot.raw"), files: map[string][32]byte{}}
-	r := rand.New(rand.NewPCG(1, 2))
-	for i, n := range []int{0, 1, 4096, 100000, 3 << 20} {
-		p := make([]byte, n)
-		for j := range p {
-			p[j] = byte(r.Uint32())
-		}
-		name := filepath.Join("dir", strings.Repeat("f", i+1))
-		os.MkdirAll(filepath.Join(mnt, "dir"), 0o755)
-		if err := os.WriteFile(filepath.Join(mnt, name), p, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		fx.files[name] = sha256.Sum256(p)
-	}
-	run(t, "sync", "-f", mnt)
-	run(t, "cp", "--sparse=always", image, fx.snapshot)
+	fstest.Run(t, "mount", target, mnt)
+	defer fstest.Run(t, "umount", mnt)
+	fx := fixture{snapshot: filepath.Join(dir, "snapshot.raw")}
+	fx.files = fstest.WriteFiles(t, mnt, 1, 0, 1, 4096, 100000, 3<<20)
+	fstest.Run(t, "sync", "-f", mnt)
+	fstest.Run(t, "cp", "--sparse=always", image, fx.snapshot)
 	return fx
 }
 
-func checkFiles(t *testing.T, dir string, files map[string][32]byte) {
-	t.Helper()
-	for name, sum := range files {
-		p, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Errorf("%s: %v", name, err)
-		} else if sha256.Sum256(p) != sum {
-			t.Errorf("%s: checksum differs", name)
-		}
-	}
-}
-
-func fileSum(t *testing.T, path string) [32]byte {
-	t.Helper()
-	p, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sha256.Sum256(p)
-}
-
 func TestMountUmount(t *testing.T) {
-	requireLoop(t, "mkfs.ext4", "blkid")
+	fstest.RequireLoop(t, "mkfs.ext4", "blkid")
 	for _, c := range []struct {
 		name        string
 		mkfs        string
@@ -169,14 +113,14 @@ func TestMountUmount(t *testing.T) {
 		{"xfs scratch", "mkfs.xfs", 320 << 20, false, true, "xfs", "nouuid", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			requireLoop(t, c.mkfs)
+			fstest.RequireLoop(t, c.mkfs)
 			fx := makeImage(t, c.mkfs, c.size, c.partitioned)
 			image := fx.snapshot
 			if c.scratch {
 				image = filepath.Join(t.TempDir(), "scratch.raw")
-				run(t, "cp", "--sparse=always", fx.snapshot, image)
+				fstest.Run(t, "cp", "--sparse=always", fx.snapshot, image)
 			}
-			before := fileSum(t, image)
+			before := fstest.FileSum(t, image)
 			state := t.TempDir()
 			dir := filepath.Join(t.TempDir(), "restore")
 			opts := restore.Options{ReadOnly: true, Scratch: c.scratch, StateDir: state}
@@ -193,7 +137,7 @@ func TestMountUmount(t *testing.T) {
 				t.Errorf("info %+v; want %s, %q, partition %d", info, c.fstype, c.options, wantVolume)
 			}
 			if c.complete {
-				checkFiles(t, dir, fx.files)
+				fstest.CheckFiles(t, dir, fx.files)
 			}
 			if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
 				t.Errorf("write to a read-only restore: %v, want EROFS", err)
@@ -225,7 +169,7 @@ func TestMountUmount(t *testing.T) {
 			if _, err := restore.Umount(context.Background(), dir, state); !errors.Is(err, restore.ErrNotMounted) {
 				t.Errorf("second umount: %v, want ErrNotMounted", err)
 			}
-			if !c.scratch && fileSum(t, image) != before {
+			if !c.scratch && fstest.FileSum(t, image) != before {
 				t.Error("a read-only restore changed the image")
 			}
 		})
@@ -233,7 +177,7 @@ func TestMountUmount(t *testing.T) {
 }
 
 func TestMountRefuses(t *testing.T) {
-	requireLoop(t, "blkid")
+	fstest.RequireLoop(t, "blkid")
 	blank := makeImage(t, "", 8<<20, false)
 	partitionedBlank := makeImage(t, "", 8<<20, true)
 	for _, c := range []struct {
