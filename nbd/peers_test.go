@@ -267,7 +267,7 @@ func TestFio(t *testing.T) {
 	f := newFixture(t)
 	out := run(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+f.uri("disk"),
 		"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=32", "--size=8M",
-		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json")
+		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
 	var res struct {
 		Jobs []struct {
 			Error int
