@@ -98,8 +98,8 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 			AllowOther:   opts.AllowOther,
 			MaxWrite:     MaxIO,
 			MaxReadAhead: MaxIO,
-			// Readahead and asynchronous direct I/O count as background
-			// requests; the default of 12 throttles a loop device.
+			// Readahead and asynchronous direct I/O (libaio) count as
+			// background requests; go-fuse's default allows 12.
 			MaxBackground: 64,
 			// Root mounts without fusermount; others fall back to it.
 			DirectMount: true,
