@@ -17,14 +17,14 @@ func (v *Volume) Changes(ctx context.Context, from, to string) (*Bitmap, error) 
 	fs, ok := v.findLocked(from)
 	if !ok {
 		v.mu.Unlock()
-		return nil, fmt.Errorf("%w: %q", ErrSnapNotFound, from)
+		return nil, notFound(from)
 	}
 	upto := uint64(math.MaxUint64)
 	if to != "" {
 		ts, ok := v.findLocked(to)
 		if !ok {
 			v.mu.Unlock()
-			return nil, fmt.Errorf("%w: %q", ErrSnapNotFound, to)
+			return nil, notFound(to)
 		}
 		upto = ts.seq()
 	}

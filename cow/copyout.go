@@ -225,7 +225,7 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 
 func failReason(err error) string {
 	if errors.Is(err, store.ErrNoSpace) {
-		return "the snapshot store is full: " + err.Error() + " — free space on the store's filesystem or delete snapshots, then take a new snapshot"
+		return "the snapshot store is full: " + err.Error()
 	}
 	return err.Error() + " — the disk and other snapshots are intact; take a new snapshot"
 }

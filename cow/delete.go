@@ -19,10 +19,10 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 	defer v.sealMu.Unlock()
 	s, ok := v.find(name)
 	if !ok {
-		return 0, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+		return 0, notFound(name)
 	}
 	if n := s.views.Load(); n > 0 {
-		return 0, fmt.Errorf("%w: %q has %d reader(s); disconnect them or force", ErrSnapInUse, name, n)
+		return 0, snapErr(ErrSnapInUse, "snapshot %q has %d reader(s)", name, n)
 	}
 	v.stopWorker(s)
 	return v.finishDelete(ctx, s)
@@ -110,7 +110,7 @@ func (v *Volume) UniqueBytes(ctx context.Context, name string) (stored, logical 
 	s, ok := v.findLocked(name)
 	if !ok {
 		v.mu.Unlock()
-		return 0, 0, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+		return 0, 0, notFound(name)
 	}
 	prevSeq, nextSeq, overridden := v.mergeBounds(s)
 	v.mu.Unlock()

@@ -23,11 +23,11 @@ func (v *Volume) Rollback(ctx context.Context, name string, progress func(done, 
 	s, ok := v.findLocked(name)
 	if ok && !s.readable() {
 		v.mu.Unlock()
-		return fmt.Errorf("%w: %q is %s and cannot be rolled back to: %s", ErrSnapFailed, name, s.rec.State, s.rec.Reason)
+		return snapErr(ErrSnapFailed, "snapshot %q is %s and cannot be rolled back to: %s", name, s.rec.State, s.rec.Reason)
 	}
 	v.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+		return notFound(name)
 	}
 	changed, err := v.changedBetween(ctx, s.seq(), math.MaxUint64)
 	if err != nil {

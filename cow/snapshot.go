@@ -63,6 +63,22 @@ var (
 	ErrSnapFailed   = errors.New("snapshot failed")
 )
 
+// snapError is a message of its own that matches a sentinel with
+// errors.Is without repeating the sentinel's text.
+type snapError struct {
+	kind error
+	msg  string
+}
+
+func (e *snapError) Error() string { return e.msg }
+func (e *snapError) Unwrap() error { return e.kind }
+
+func snapErr(kind error, format string, args ...any) error {
+	return &snapError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+func notFound(name string) error { return snapErr(ErrSnapNotFound, "snapshot %q not found", name) }
+
 // SnapshotMeta is what the caller says about a new snapshot.
 type SnapshotMeta struct {
 	Name        string
@@ -375,7 +391,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	if _, ok := v.find(meta.Name); ok {
-		return SnapshotInfo{}, fmt.Errorf("%w: %q", ErrSnapExists, meta.Name)
+		return SnapshotInfo{}, snapErr(ErrSnapExists, "snapshot %q already exists", meta.Name)
 	}
 	seq := v.nextSeq
 	v.nextSeq++ // never reused, even if this seal fails
@@ -572,7 +588,7 @@ func (v *Volume) Snapshot(name string) (SnapshotInfo, error) {
 	defer v.mu.Unlock()
 	s, ok := v.findLocked(name)
 	if !ok {
-		return SnapshotInfo{}, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+		return SnapshotInfo{}, notFound(name)
 	}
 	return v.info(s), nil
 }
@@ -589,7 +605,7 @@ func (v *Volume) WaitReady(ctx context.Context, name string) error {
 		case StateReady:
 			return nil
 		case StateFailed, StateDeleting:
-			return fmt.Errorf("%w: %s %s", ErrSnapFailed, in.State, in.Reason)
+			return snapErr(ErrSnapFailed, "snapshot %q is %s: %s", name, in.State, in.Reason)
 		}
 		select {
 		case <-ctx.Done():

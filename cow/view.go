@@ -34,10 +34,10 @@ func (v *Volume) OpenView(name string) (*View, error) {
 	defer v.mu.Unlock()
 	s, ok := v.findLocked(name)
 	if !ok {
-		return nil, fmt.Errorf("%w: %q", ErrSnapNotFound, name)
+		return nil, notFound(name)
 	}
 	if !s.readable() {
-		return nil, fmt.Errorf("%w: %q is %s: %s", ErrSnapFailed, name, s.rec.State, s.rec.Reason)
+		return nil, snapErr(ErrSnapFailed, "snapshot %q is %s: %s", name, s.rec.State, s.rec.Reason)
 	}
 	s.views.Add(1)
 	return &View{v: v, s: s, seq: s.seq(), size: s.rec.Size}, nil

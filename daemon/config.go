@@ -44,6 +44,11 @@ type Config struct {
 	// ShutdownTimeout bounds a graceful shutdown (default 5s): after it NBD
 	// connections are cut.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// FUSE mounts disks and snapshots as files on FUSEDir (docs/fuse.md).
+	// Nil is off for an embedded daemon; cairnd sets it (default on).
+	FUSE *bool `toml:"fuse"`
+	// FUSEDir is where; "" means $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse.
+	FUSEDir string `toml:"fuse_dir"`
 	// SnapshotQuota is the most snapshots one disk's chain may hold
 	// (default 64, as public clouds allow). A manual snapshot beyond it is
 	// refused with 409 quota_exceeded.
@@ -97,6 +102,9 @@ func (c Config) storeReserve() (uint64, error) {
 	}
 	return uint64(n), nil
 }
+
+// fuseOn reports whether the FUSE view is wanted.
+func (c Config) fuseOn() bool { return c.FUSE != nil && *c.FUSE }
 
 // DefaultShutdownTimeout bounds a graceful shutdown unless configured.
 const DefaultShutdownTimeout = 5 * time.Second
@@ -159,7 +167,10 @@ func (c Config) withDefaults() (Config, error) {
 	if c.NBDSocket == "" {
 		c.NBDSocket = filepath.Join(sockDir, "nbd.sock")
 	}
-	for _, p := range []*string{&c.APISocket, &c.NBDSocket} {
+	if c.FUSEDir == "" {
+		c.FUSEDir = filepath.Join(sockDir, "fuse")
+	}
+	for _, p := range []*string{&c.APISocket, &c.NBDSocket, &c.FUSEDir} {
 		if *p, err = filepath.Abs(*p); err != nil {
 			return c, err
 		}

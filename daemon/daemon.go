@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-storage/cairn/fusefs"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/store"
 )
@@ -35,6 +36,7 @@ type Daemon struct {
 	store *store.Store
 	nbd   *nbd.Server
 	api   *http.Server
+	fuse  *fusefs.Tree // nil without the FUSE view
 
 	apiListener, nbdListener, tcpListener net.Listener // tcpListener may be nil
 
@@ -97,6 +99,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	if err := d.loadDisks(); err != nil {
+		return nil, err
+	}
+	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}
 	d.nbd = nbd.NewServer(nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd")})
@@ -281,6 +286,7 @@ func (d *Daemon) release(ctx context.Context) error {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
 		d.tasks.wait()
 	}
+	d.unmountFUSE() // before the volumes close; FUSE requests take d.mu
 	d.mu.Lock()
 	for _, disk := range d.disks {
 		if err := disk.close(); err != nil {

@@ -73,13 +73,25 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 func TestOpenAPISchemasMatchTypes(t *testing.T) {
 	doc, raw := loadOpenAPI(t)
 	for name, typ := range map[string]any{
-		"Disk":              api.Disk{},
-		"Export":            api.Export{},
-		"NBDClient":         api.NBDClient{},
-		"Info":              api.Info{},
-		"Health":            api.Health{},
-		"CreateDiskRequest": api.CreateDiskRequest{},
-		"GrowDiskRequest":   api.GrowDiskRequest{},
+		"Disk":                  api.Disk{},
+		"Export":                api.Export{},
+		"NBDClient":             api.NBDClient{},
+		"Info":                  api.Info{},
+		"Health":                api.Health{},
+		"CreateDiskRequest":     api.CreateDiskRequest{},
+		"GrowDiskRequest":       api.GrowDiskRequest{},
+		"Snapshot":              api.Snapshot{},
+		"CreateSnapshotRequest": api.CreateSnapshotRequest{},
+		"DeleteSnapshotResult":  api.DeleteSnapshotResult{},
+		"Changes":               api.Changes{},
+		"Extent":                api.Extent{},
+		"ChainCapacity":         api.ChainCapacity{},
+		"SnapshotCapacity":      api.SnapshotCapacity{},
+		"Capacity":              api.Capacity{},
+		"StoreStats":            api.StoreStats{},
+		"Task":                  api.Task{},
+		"VerifyRequest":         api.VerifyRequest{},
+		"VerifyResult":          api.VerifyResult{},
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {
@@ -101,7 +113,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		}
 	}
 	for _, code := range []string{api.CodeInvalidArgument, api.CodeNotFound, api.CodeMethodNotAllowed, api.CodeAlreadyExists,
-		api.CodeInUse, api.CodeFailedPrecondition, api.CodePayloadTooLarge, api.CodeUnsupportedMediaType, api.CodeInternal,
+		api.CodeInUse, api.CodeFailedPrecondition, api.CodeQuotaExceeded, api.CodePayloadTooLarge, api.CodeUnsupportedMediaType, api.CodeInternal,
 		api.CodeInsufficientStorage, api.CodeUnavailable} {
 		if !strings.Contains(string(raw), "- "+code+"\n") {
 			t.Errorf("error code %s is not in the Error schema's enum", code)

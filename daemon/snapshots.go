@@ -106,7 +106,7 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	}
 	info, err := vol.CreateSnapshot(ctx, cow.SnapshotMeta{Name: req.Name, Description: req.Description, Kind: kind})
 	if err != nil {
-		return api.Snapshot{}, fmt.Errorf("snapshot %s@%s: %w", disk, req.Name, err)
+		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
 	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
 	return d.snapToAPI(k, info, 0, 0), nil
@@ -142,7 +142,7 @@ func (d *Daemon) ListSnapshots(ctx context.Context, disk string) ([]api.Snapshot
 	infos := vol.Snapshots()
 	out := make([]api.Snapshot, 0, len(infos))
 	for _, in := range infos {
-		unique, _, err := vol.UniqueBytes(ctx, in.Name)
+		_, unique, err := vol.UniqueBytes(ctx, in.Name)
 		if err != nil && !errors.Is(err, cow.ErrSnapNotFound) {
 			return nil, err
 		}
@@ -161,7 +161,7 @@ func (d *Daemon) GetSnapshot(ctx context.Context, disk, snap string) (api.Snapsh
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
-	unique, _, err := vol.UniqueBytes(ctx, snap)
+	_, unique, err := vol.UniqueBytes(ctx, snap)
 	if err != nil {
 		return api.Snapshot{}, err
 	}
@@ -184,7 +184,7 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed", freed)
 			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
 		case errors.Is(err, cow.ErrSnapInUse) && !force:
-			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read by NBD clients (export %s): disconnect them, or delete with force to disconnect them", export, export)
+			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read by NBD clients (export %s): disconnect them, or delete with --force (force=true) to disconnect them", export, export)
 		case errors.Is(err, cow.ErrSnapInUse) && time.Now().Before(deadline):
 			d.nbd.Disconnect(ctx, export)
 			select {
@@ -208,7 +208,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 		err = errorf(ErrInUse, "disk %q is already being rolled back", disk)
 	}
 	if err == nil && k.liveConns > 0 && !force {
-		err = errorf(ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with force to disconnect them", disk, k.liveConns)
+		err = errorf(ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with --force (force=true) to disconnect them", disk, k.liveConns)
 	}
 	if err != nil {
 		d.mu.Unlock()
@@ -321,7 +321,7 @@ func (d *Daemon) ChainCapacity(ctx context.Context, disk string) (api.ChainCapac
 	}
 	out := api.ChainCapacity{Disk: disk, Quota: d.cfg.SnapshotQuota, StoredBytes: stored, Entries: entries, PerSnapshot: []api.SnapshotCapacity{}}
 	for _, in := range vol.Snapshots() {
-		unique, _, err := vol.UniqueBytes(ctx, in.Name)
+		_, unique, err := vol.UniqueBytes(ctx, in.Name)
 		if err != nil && !errors.Is(err, cow.ErrSnapNotFound) {
 			return api.ChainCapacity{}, err
 		}

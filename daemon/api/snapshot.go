@@ -23,7 +23,8 @@ type Snapshot struct {
 	Size     int64   `json:"size"` // the disk's size when it was taken
 	// WrittenBytes: bytes changed in the epoch it sealed (the blocks it stores).
 	WrittenBytes uint64 `json:"written_bytes"`
-	// UniqueBytes: stored bytes only it references: what deleting it frees.
+	// UniqueBytes: bytes (uncompressed) of the chunks only it references:
+	// what deleting it frees, as DeleteSnapshotResult.FreedBytes counts.
 	UniqueBytes uint64 `json:"unique_bytes"`
 	// HoldMicros: how long guest writes were held to take it.
 	HoldMicros float64 `json:"hold_us"`

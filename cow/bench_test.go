@@ -1,0 +1,155 @@
+package cow
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cairn-storage/cairn/store"
+)
+
+// Benchmarks of the write path and snapshot mechanics. Results and the
+// commands that made them are in docs/performance.md:
+//
+//	go test -run XXX -bench . -benchtime 2s ./cow
+
+func benchDisk(b *testing.B, size int64, withStore bool) *Volume {
+	b.Helper()
+	dir := b.TempDir()
+	path := filepath.Join(dir, "live.raw")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		b.Fatal(err)
+	}
+	opts := Options{BlockSize: testBS}
+	if withStore {
+		st, err := store.Open(store.Options{Dir: filepath.Join(dir, "store")})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		opts.Store, opts.DiskID, opts.TrackPrefix = st, 1, filepath.Join(dir, "track")
+	}
+	v, err := Open(path, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { v.Close() })
+	return v
+}
+
+// BenchmarkWrite4K: 4 KiB random writes through the volume, with durable
+// change tracking (store) and with in-memory tracking only, on 4
+// goroutines. The first write to each block of an epoch pays a tracker sync.
+func BenchmarkWrite4K(b *testing.B) {
+	for _, tracked := range []bool{false, true} {
+		b.Run(fmt.Sprintf("durable-tracking=%v", tracked), func(b *testing.B) {
+			const size = 1 << 30
+			v := benchDisk(b, size, tracked)
+			ctx := context.Background()
+			b.SetBytes(4096)
+			b.SetParallelism(4)
+			var seed atomic.Uint64
+			b.RunParallel(func(pb *testing.PB) {
+				rng := rand.New(rand.NewPCG(seed.Add(1), 1))
+				buf := make([]byte, 4096)
+				for pb.Next() {
+					off := rng.Int64N(size/4096) * 4096
+					if err := v.WriteAt(ctx, buf, off, false); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkSnapshotHold: how long writes are held while a snapshot seals,
+// with 4 writers running; reports the p50 and p99 hold.
+func BenchmarkSnapshotHold(b *testing.B) {
+	const size = 256 << 20
+	v := benchDisk(b, size, true)
+	ctx := context.Background()
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 2))
+			buf := make([]byte, 4096)
+			for !stop.Load() {
+				if err := v.WriteAt(ctx, buf, rng.Int64N(size/4096)*4096, false); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	var holds []time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		in, err := v.CreateSnapshot(ctx, SnapshotMeta{Name: fmt.Sprintf("h%d", i)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		holds = append(holds, in.Hold)
+		if len(v.Snapshots()) > 8 {
+			first := v.Snapshots()[0].Name
+			if err := v.WaitReady(ctx, first); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := v.DeleteSnapshot(ctx, first); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.StopTimer()
+	stop.Store(true)
+	wg.Wait()
+	slices.Sort(holds)
+	b.ReportMetric(float64(holds[len(holds)/2].Microseconds()), "p50-hold-µs")
+	b.ReportMetric(float64(holds[len(holds)*99/100].Microseconds()), "p99-hold-µs")
+}
+
+// BenchmarkCopyOut: copy-out throughput of a snapshot of 256 MiB of
+// freshly written data (random, so nothing dedups or compresses).
+func BenchmarkCopyOut(b *testing.B) {
+	const size = 256 << 20
+	ctx := context.Background()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		v := benchDisk(b, size, true)
+		buf := make([]byte, 1<<20)
+		rng := rand.New(rand.NewPCG(uint64(i), 3))
+		for off := int64(0); off < size; off += int64(len(buf)) {
+			for j := 0; j < len(buf); j += 8 {
+				v := rng.Uint64()
+				for k := 0; k < 8; k++ {
+					buf[j+k] = byte(v >> (8 * k))
+				}
+			}
+			if err := v.WriteAt(ctx, buf, off, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.SetBytes(size)
+		b.StartTimer()
+		if _, err := v.CreateSnapshot(ctx, SnapshotMeta{Name: "full"}); err != nil {
+			b.Fatal(err)
+		}
+		if err := v.WaitReady(ctx, "full"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+
+	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/fusefs"
+)
+
+// fuseSource shows the daemon's disks and their readable snapshots in the
+// FUSE tree (docs/fuse.md). Files open through the same path as NBD
+// exports, so a FUSE handle counts as a client: a disk with one open is
+// not deleted or rolled back under it.
+type fuseSource struct{ d *Daemon }
+
+var _ fusefs.Source = fuseSource{}
+
+func (s fuseSource) Disks() []fusefs.DiskEntry {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]fusefs.DiskEntry, 0, len(d.disks))
+	for _, k := range d.disks {
+		if k.vol == nil || k.deleting {
+			continue
+		}
+		out = append(out, fusefs.DiskEntry{Name: k.rec.Name, Size: k.vol.Size(), Created: k.rec.Created})
+	}
+	return out
+}
+
+func (s fuseSource) Snapshots(disk string) []fusefs.SnapEntry {
+	d := s.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := d.disks[disk]
+	if k == nil || k.vol == nil || k.deleting {
+		return nil
+	}
+	var out []fusefs.SnapEntry
+	for _, sn := range k.vol.Snapshots() {
+		if sn.State == cow.StateReady || sn.State == cow.StateCopying {
+			out = append(out, fusefs.SnapEntry{Name: sn.Name, Size: sn.Size, Created: sn.Created})
+		}
+	}
+	return out
+}
+
+func (s fuseSource) OpenDisk(ctx context.Context, disk string) (fusefs.File, func(), error) {
+	return s.open(ctx, disk)
+}
+
+func (s fuseSource) OpenSnapshot(ctx context.Context, disk, snap string) (fusefs.File, func(), error) {
+	return s.open(ctx, disk+"@"+snap)
+}
+
+// open opens an export by name, as an NBD client would.
+func (s fuseSource) open(ctx context.Context, export string) (fusefs.File, func(), error) {
+	exp, release, err := exporter{s.d}.Open(ctx, export)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", fs.ErrNotExist, err)
+	}
+	return exp.Backend, release, nil
+}
+
+// mountFUSE mounts the FUSE tree when the config asks for it, detaching a
+// dead one a killed cairnd left behind.
+func (d *Daemon) mountFUSE() error {
+	if !d.cfg.fuseOn() {
+		return nil
+	}
+	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{Logger: d.log.With("component", "fuse")})
+	if err != nil {
+		return fmt.Errorf("--fuse-dir %s: %w (run with --fuse=false to do without the FUSE view)", d.cfg.FUSEDir, err)
+	}
+	d.fuse = tree
+	d.log.Info("FUSE view mounted", "dir", tree.Dir())
+	return nil
+}
+
+// unmountFUSE unmounts the tree; files still open keep it until cairnd
+// exits (it is detached lazily).
+func (d *Daemon) unmountFUSE() {
+	if d.fuse == nil {
+		return
+	}
+	if err := d.fuse.Unmount(); err != nil {
+		d.log.Warn("FUSE view", "err", err)
+	}
+	d.fuse = nil
+}
