@@ -84,6 +84,8 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		version    = fs.Bool("version", false, "print the version and exit")
 		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
 		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
+		fuse       = fs.Bool("fuse", true, "mount disks and snapshots as files on --fuse-dir (docs/fuse.md)")
+		fuseDir    = fs.String("fuse-dir", "", "where the FUSE view is mounted (default $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse)")
 	)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: cairnd [flags]\n\nServes Cairn's disks over NBD and the control API. Flags:\n")
@@ -121,11 +123,18 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 			cfg.LogFormat = *logFormat
 		case "shutdown-timeout":
 			cfg.ShutdownTimeout = daemon.Duration(*timeout)
+		case "fuse":
+			cfg.FUSE = fuse
+		case "fuse-dir":
+			cfg.FUSEDir = *fuseDir
 		case "snapshot-quota":
 			cfg.SnapshotQuota = *quota
 		case "store-reserve":
 			cfg.StoreReserve = *reserve
 		}
 	})
+	if cfg.FUSE == nil {
+		cfg.FUSE = fuse // on unless the config file or --fuse says otherwise
+	}
 	return cfg, cfg.Validate()
 }
