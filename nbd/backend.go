@@ -64,6 +64,17 @@ type Cacher interface {
 	Cache(ctx context.Context, off, length int64) error
 }
 
+// TryReader is implemented by backends that can serve a read without
+// waiting for I/O when the data is already in memory, such as a file whose
+// pages are cached (preadv2 with RWF_NOWAIT). The server answers small
+// reads that succeed this way on the connection's reader goroutine, which
+// saves handing each one to a worker; the others go to ReadAt as usual.
+type TryReader interface {
+	// TryReadAt fills all of p from off and returns true, or returns false
+	// (leaving p undefined) when that would wait for I/O or fail.
+	TryReadAt(p []byte, off int64) bool
+}
+
 // MetaContext answers block status for one named context other than
 // base:allocation (for example qemu:dirty-bitmap:SNAP).
 type MetaContext interface {

@@ -22,6 +22,13 @@ func (c *conn) read(r *request) {
 	}
 	w := &c.tx.replies
 	w.lock()
+	c.appendRead(r, p)
+	w.unlock()
+}
+
+// appendRead queues a successful read's reply; the caller holds replies.
+func (c *conn) appendRead(r *request, p []byte) {
+	w := &c.tx.replies
 	switch {
 	case c.structured && len(p) == 0:
 		// A data chunk must carry at least one byte; nothing to cover.
@@ -34,7 +41,6 @@ func (c *conn) read(r *request) {
 	}
 	w.data(p)
 	r.replied = true
-	w.unlock()
 }
 
 func (c *conn) write(r *request) {

@@ -54,6 +54,7 @@ type conn struct {
 	// transmission phase starts.
 	structured bool
 	exp        *Export
+	tryReader  TryReader // exp.Backend's, if it has one
 	release    func()
 	lim        limits
 	contexts   []selectedContext

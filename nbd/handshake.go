@@ -386,6 +386,7 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 func (h *handshake) enter(name string, exp *Export, release func(), lim limits) {
 	c := h.c
 	c.exp, c.release, c.lim, c.structured = exp, release, lim, h.structured
+	c.tryReader, _ = exp.Backend.(TryReader)
 	if h.metaExport == name {
 		c.contexts = h.meta
 	}

@@ -74,6 +74,9 @@ func (c *conn) transmit() {
 	t.init(c)
 	defer t.wait()
 	for !c.stopping.Load() {
+		if c.br.Buffered() < requestLen {
+			t.replies.flushIdle() // about to wait for the client
+		}
 		hb, err := c.br.Peek(requestLen)
 		if err != nil {
 			c.readEnded(err)
@@ -120,7 +123,14 @@ func (c *conn) accept(h header) bool {
 	case cmdRead, cmdWrite:
 		t.acquire(r, int(h.length))
 		r.buf = getBuffer(int(h.length))
+		if h.typ == cmdRead && c.readInline(r) {
+			c.recycle(r)
+			return true
+		}
 		if h.typ == cmdWrite {
+			if c.br.Buffered() < int(h.length) {
+				t.replies.flushIdle()
+			}
 			if _, err := io.ReadFull(c.br, r.buf.b[:h.length]); err != nil {
 				c.recycle(r)
 				c.readEnded(err)
@@ -133,6 +143,36 @@ func (c *conn) accept(h header) bool {
 		r.writing.Store(true)
 	}
 	c.dispatch(r)
+	return true
+}
+
+// inlineReadMax is the largest read the reader answers itself when the
+// backend can serve it without waiting (TryReader); larger ones are
+// copied on workers, in parallel.
+const inlineReadMax = sparseReadMin - 1
+
+// readInline answers a small read on the reader goroutine if the backend
+// can serve it from memory, and reports whether it did. The reply waits
+// in the queue until the reader runs out of requests (or a worker writes).
+func (c *conn) readInline(r *request) (ok bool) {
+	if c.tryReader == nil || r.length > inlineReadMax {
+		return false
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			// Let the worker path call ReadAt and answer.
+			c.logBackendError("nbd: panic in TryReadAt", "export", c.exp.Name, "panic", p)
+			ok = false
+		}
+	}()
+	p := r.buf.b[:r.length]
+	if !c.tryReader.TryReadAt(p, int64(r.off)) {
+		return false
+	}
+	w := &c.tx.replies
+	w.lock()
+	c.appendRead(r, p)
+	w.mu.Unlock()
 	return true
 }
 
@@ -198,9 +238,7 @@ func (c *conn) worker(r *request) {
 func (t *transmission) wait() {
 	close(t.work)
 	t.wg.Wait()
-	t.replies.lock()
-	t.replies.flush()
-	t.replies.mu.Unlock()
+	t.replies.flushIdle()
 }
 
 // handle runs one request on a worker.

@@ -512,3 +512,59 @@ func TestCommandsReachBackend(t *testing.T) {
 		t.Fatal("backend content differs from the commands' effect")
 	}
 }
+
+// tryBackend is a Memory whose TryReadAt answers as try says.
+type tryBackend struct {
+	*nbdtest.Memory
+	try func(off int64) bool
+}
+
+func (b tryBackend) TryReadAt(p []byte, off int64) bool {
+	if !b.try(off) {
+		return false
+	}
+	return b.Memory.TryReadAt(p, off)
+}
+
+func TestInlineReads(t *testing.T) {
+	mem := nbdtest.NewMemory(1 << 20)
+	for off := 0; off < 1<<20; off += 4096 {
+		mem.WriteAt(context.Background(), bytes.Repeat([]byte{byte(off >> 12)}, 4096), int64(off), false)
+	}
+	var mu sync.Mutex
+	tried := map[int64]int{}
+	b := tryBackend{mem, func(off int64) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		tried[off]++
+		switch off {
+		case 8192:
+			return false // not cached: the worker reads it
+		case 12288:
+			panic("TryReadAt bug")
+		}
+		return true
+	}}
+	sock, _ := nbdtest.Serve(t, nbdtest.NewExports(&nbd.Export{Name: "t", Backend: b}), nbd.Options{})
+	for _, structured := range []bool{true, false} {
+		c := open(t, sock, "t", structured)
+		for _, tt := range []struct {
+			off    int64
+			length uint32
+			tries  int
+		}{
+			{0, 4096, 1}, {8192, 4096, 1}, {12288, 4096, 1}, {16384, 60 << 10, 1}, {128 << 10, 64 << 10, 0},
+		} {
+			before := tried[tt.off]
+			r := c.do(cCmdRead, 0, uint64(tt.off), tt.length, nil)
+			if r.errno != 0 || !bytes.Equal(r.data, mem.Bytes()[tt.off:tt.off+int64(tt.length)]) {
+				t.Fatalf("read %d at %d: %v", tt.length, tt.off, r)
+			}
+			mu.Lock()
+			if got := tried[tt.off] - before; got != tt.tries {
+				t.Errorf("read %d at %d: TryReadAt called %d times, want %d", tt.length, tt.off, got, tt.tries)
+			}
+			mu.Unlock()
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -22,8 +23,9 @@ type File struct {
 }
 
 var (
-	_ nbd.Backend = (*File)(nil)
-	_ nbd.Cacher  = (*File)(nil)
+	_ nbd.Backend   = (*File)(nil)
+	_ nbd.Cacher    = (*File)(nil)
+	_ nbd.TryReader = (*File)(nil)
 )
 
 // CreateFile creates (or truncates) a sparse file of size bytes at path.
@@ -71,6 +73,19 @@ func (b *File) ReadAt(_ context.Context, p []byte, off int64) error {
 		return nil
 	}
 	return err
+}
+
+// TryReadAt reads with preadv2(RWF_NOWAIT): it succeeds only when every
+// byte is in the page cache.
+func (b *File) TryReadAt(p []byte, off int64) bool {
+	if len(p) == 0 {
+		return false
+	}
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, uintptr(b.fd), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
+	return errno == 0 && int(n) == len(p)
 }
 
 // WriteAt writes with pwrite, then fdatasync when fua.

@@ -19,7 +19,10 @@ type Memory struct {
 	alloc []bool // per page: holds data (guarded by mu)
 }
 
-var _ nbd.Backend = (*Memory)(nil)
+var (
+	_ nbd.Backend   = (*Memory)(nil)
+	_ nbd.TryReader = (*Memory)(nil)
+)
 
 // NewMemory returns a zeroed disk of size bytes.
 func NewMemory(size int64) *Memory {
@@ -39,6 +42,12 @@ func (m *Memory) ReadAt(_ context.Context, p []byte, off int64) error {
 	copy(p, m.data[off:])
 	m.mu.RUnlock()
 	return nil
+}
+
+// TryReadAt is ReadAt: memory never waits.
+func (m *Memory) TryReadAt(p []byte, off int64) bool {
+	m.ReadAt(context.Background(), p, off)
+	return true
 }
 
 // WriteAt copies in and marks the pages allocated.
