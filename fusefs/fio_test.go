@@ -30,7 +30,7 @@ func TestFioVerify(t *testing.T) {
 			args := append([]string{
 				"--name=verify", "--filename=" + livePath(tree, "d"), "--size=32m",
 				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--fallocate=none",
-				"--randrepeat=0", "--norandommap=0", "--group_reporting",
+				"--randrepeat=0", "--norandommap=0", "--group_reporting", "--verify_state_save=0",
 			}, c.args...)
 			out, err := exec.Command("fio", args...).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "err= 0") {

@@ -47,12 +47,15 @@ type Options struct {
 	Debug bool
 }
 
-// Timeouts of the kernel's name and attribute caches. Lookups and listings
-// always ask the Source; Tree.Invalidate drops cached names at once, so one
-// second only bounds how long an uninvalidated change can go unseen.
+// How long the kernel may cache names and attributes. Names that come and
+// go with the Source (disks, snapshots) are not cached: every path walk
+// asks the Source, so a deleted disk or snapshot is gone at once. The
+// fixed names inside a disk's directory are cached for staticEntryTimeout.
+// Attributes (a disk's size after a grow) are cached for attrTimeout unless
+// Tree.Invalidate drops them.
 const (
-	entryTimeout = time.Second
-	attrTimeout  = time.Second
+	staticEntryTimeout = time.Second
+	attrTimeout        = time.Second
 )
 
 // Tree is a mounted FUSE view of a Source.
@@ -90,7 +93,7 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 	}
 	t.cache.init()
 	t.root = &rootNode{node: node{t: t}}
-	entry, attr := entryTimeout, attrTimeout
+	attr := attrTimeout
 	fsopts := &gofs.Options{
 		MountOptions: fuse.MountOptions{
 			FsName:       "cairn",
@@ -109,10 +112,10 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 			Debug:         opts.Debug,
 			Logger:        log.New(logWriter{t.log, opts.Debug}, "", 0),
 		},
-		EntryTimeout: &entry,
-		AttrTimeout:  &attr,
-		UID:          uint32(os.Getuid()),
-		GID:          uint32(os.Getgid()),
+		// No default entry timeout: Lookup sets one for fixed names only.
+		AttrTimeout: &attr,
+		UID:         uint32(os.Getuid()),
+		GID:         uint32(os.Getgid()),
 	}
 	server, err := gofs.Mount(abs, t.root, fsopts)
 	if err != nil {

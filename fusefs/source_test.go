@@ -192,6 +192,13 @@ func (s *testSource) addDisk(name string, f *testFile) {
 	s.files = append(s.files, f)
 }
 
+// setSize changes the size the Source reports for a disk (a grow).
+func (s *testSource) setSize(name string, size int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.disks[name].entry.Size = size
+}
+
 func (s *testSource) removeDisk(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

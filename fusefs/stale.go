@@ -109,14 +109,34 @@ type mountInfo struct {
 	source     string
 }
 
-// mountAt returns the topmost mount on dir.
-func mountAt(dir string) (mountInfo, bool, error) {
+// MountPoints lists where trees (of any cairnd) are mounted, from this
+// process's mount table.
+func MountPoints() ([]string, error) {
+	mounts, err := readMountInfo()
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range mounts {
+		if m.fstype == FSType {
+			out = append(out, m.mountPoint)
+		}
+	}
+	return out, nil
+}
+
+func readMountInfo() ([]mountInfo, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
-		return mountInfo{}, false, fmt.Errorf("read mount table: %w", err)
+		return nil, fmt.Errorf("read mount table: %w", err)
 	}
 	defer f.Close()
-	mounts, err := parseMountInfo(f)
+	return parseMountInfo(f)
+}
+
+// mountAt returns the topmost mount on dir.
+func mountAt(dir string) (mountInfo, bool, error) {
+	mounts, err := readMountInfo()
 	if err != nil {
 		return mountInfo{}, false, err
 	}

@@ -24,6 +24,7 @@ func TestStaleMountAfterKill(t *testing.T) {
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) }) // if the test fails midway
 	helper := exec.Command(os.Args[0], "-test.run=^$")
 	helper.Env = append(os.Environ(), helperEnv+"="+dir)
 	helper.Stderr = os.Stderr

@@ -15,9 +15,10 @@
 // changing the snapshot; they are what `cairn mount DISK@SNAP` uses.
 //
 // It is a view of a Source (the daemon): every lookup and listing asks the
-// Source, so disks and snapshots appear and disappear as the Source changes.
-// The kernel caches names and attributes for at most a second;
-// Tree.Invalidate drops them at once. Data goes through the File the Source
+// Source, and the kernel does not cache the names of disks and snapshots,
+// so they appear and disappear as the Source changes. Attributes (a size
+// after a grow) are cached for a second; Tree.Invalidate drops them at
+// once. Data goes through the File the Source
 // opens (for a live disk the same cow.Volume as NBD, so change tracking and
 // copy-on-write see FUSE writes exactly as NBD writes).
 //
@@ -181,6 +182,7 @@ func (d *diskNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	if !ok {
 		return nil, syscall.ENOENT
 	}
+	out.SetEntryTimeout(staticEntryTimeout) // these names live as long as the disk
 	switch name {
 	case liveName:
 		liveAttr(&out.Attr, e, 0, e.Size)
