@@ -1,0 +1,30 @@
+# Sourced by the Python-driven end-to-end tests (test-snapshots.sh,
+# test-crash.sh, test-store-full.sh). After `e2e_setup NAME TOOL...`:
+# $CAIRND is the daemon binary ($CAIRND from the environment, else
+# bin/cairnd), $T a scratch directory that the EXIT trap removes after
+# killing the cairnd whose pid is in $T/cairnd.pid, and $PY the Python
+# that imports Debian's python3-libnbd. Exits 77 (skip) when something is
+# missing. Extra cleanup: define e2e_cleanup_extra before the trap runs.
+e2e_setup() {
+	local name=$1 tool
+	shift
+	cd "$(dirname "${BASH_SOURCE[0]}")/../../.." || exit 1
+	CAIRND=${CAIRND:-$PWD/bin/cairnd}
+	PY=/usr/bin/python3
+	[ -x "$CAIRND" ] || { echo "$name: $CAIRND is missing: run 'make build' first"; exit 77; }
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || { echo "$name: $tool is missing (scripts/deps.sh installs it)"; exit 77; }
+	done
+	"$PY" -c 'import nbd' 2>/dev/null || { echo "$name: $PY cannot import nbd (install python3-libnbd)"; exit 77; }
+	T=$(mktemp -d "/tmp/cairn-$name.XXXXXX")
+	export T CAIRND PYTHONPATH=$PWD/scripts/test/lib
+	trap e2e_cleanup EXIT
+}
+
+e2e_cleanup() {
+	local pid
+	pid=$(cat "$T/cairnd.pid" 2>/dev/null)
+	[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+	declare -F e2e_cleanup_extra >/dev/null && e2e_cleanup_extra
+	if [ -n "${KEEP:-}" ]; then echo "kept $T"; else rm -rf "$T"; fi
+}
