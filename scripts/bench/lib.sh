@@ -1,9 +1,8 @@
 # Shared helpers of the benchmark scripts (sourced by nbd.sh and snapshot.sh).
 #
-# A script that sources this file sets WORK (its scratch directory) and OUT
-# (its result directory) first, then calls bench_init. Servers started with
-# start_* are recorded in SERVER_PIDS and stopped by bench_cleanup, which
-# bench_init installs as the EXIT trap.
+# A script that sources this file calls bench_setup first. Servers started
+# with start_* are recorded in SERVER_PIDS and stopped by bench_cleanup,
+# which bench_setup installs as the EXIT trap.
 
 # CAIRND and CAIRN: the binaries under test (make bench builds them).
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -34,8 +33,18 @@ need() {
 	[ -n "$PY" ] || die "python3 is missing: apt-get install python3"
 }
 
-bench_init() {
-	mkdir -p "$WORK" "$OUT" || die "cannot create $WORK or $OUT"
+# bench_setup NAME: the common parameters (RUNS, RUNTIME, RAMP, SIZE from
+# the environment), OUT (scripts/bench/out/NAME-DATE), WORK (a scratch
+# directory on a real disk) and the EXIT trap that cleans up.
+bench_setup() {
+	RUNS=${RUNS:-3}
+	RUNTIME=${RUNTIME:-15}
+	RAMP=${RAMP:-3}
+	SIZE=$(bytes "${SIZE:-4G}")
+	((SIZE % (1 << 20) == 0 && SIZE > 0)) || die "SIZE must be a positive whole number of MiB"
+	OUT=$ROOT/scripts/bench/out/$1-$(date +%Y%m%d-%H%M%S)
+	WORK=$(mktemp -d "$(tmp_base)/cairn-$1.XXXXXX") || die "cannot create a scratch directory"
+	mkdir -p "$OUT" || die "cannot create $OUT"
 	trap bench_cleanup EXIT
 	trap 'exit 130' INT TERM
 }
@@ -165,22 +174,35 @@ wait_nbd() {
 	die "$1 did not serve $2 within 30 s: $(tail -5 "$WORK/$1.log")"
 }
 
-# start_cairnd IMAGE: cairnd on WORK/cairnd, adopting IMAGE as disk "bench".
-start_cairnd() {
-	local data=$WORK/cairnd sock=$WORK/cairnd-nbd.sock i
+# start_cairnd_daemon [FLAG...]: cairnd on WORK/cairnd (its API socket
+# there, NBD on WORK/cairnd-nbd.sock), waiting until its API answers.
+start_cairnd_daemon() {
+	local data=$WORK/cairnd i
 	[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || die "$CAIRND or $CAIRN is missing: run 'make build'"
 	mkdir -p "$data"
-	"$CAIRND" --data-dir "$data" --api-socket "$data/cairn.sock" --nbd-socket "$sock" \
-		--log-level warn >"$WORK/cairnd.log" 2>&1 &
+	"$CAIRND" --data-dir "$data" --api-socket "$data/cairn.sock" --nbd-socket "$WORK/cairnd-nbd.sock" \
+		--log-level warn "$@" >"$WORK/cairnd.log" 2>&1 &
 	SERVER_PIDS[cairnd]=$!
 	for ((i = 0; i < 300; i++)); do
-		[ -S "$data/cairn.sock" ] && "$CAIRN" --socket "$data/cairn.sock" info >/dev/null 2>&1 && break
-		kill -0 "${SERVER_PIDS[cairnd]}" 2>/dev/null || die "cairnd exited at start: $(tail -5 "$WORK/cairnd.log")"
+		[ -S "$data/cairn.sock" ] && cairnc info >/dev/null 2>&1 && return 0
+		alive cairnd
 		sleep 0.1
 	done
-	"$CAIRN" --socket "$data/cairn.sock" disk create bench --adopt "$1" >"$WORK/cairn-create.log" 2>&1 ||
+	die "cairnd's API did not answer within 30 s: $(tail -5 "$WORK/cairnd.log")"
+}
+
+# cairnc ARG...: the cairn CLI against the cairnd of start_cairnd_daemon.
+cairnc() { "$CAIRN" --socket "$WORK/cairnd/cairn.sock" "$@"; }
+
+# cairnd_uri EXPORT: the NBD URI of one of cairnd's exports (DISK or DISK@SNAPSHOT).
+cairnd_uri() { echo "nbd+unix:///$1?socket=$WORK/cairnd-nbd.sock"; }
+
+# start_cairnd IMAGE: cairnd adopting IMAGE as disk "bench".
+start_cairnd() {
+	start_cairnd_daemon
+	cairnc disk create bench --adopt "$1" >"$WORK/cairn-create.log" 2>&1 ||
 		die "cairn disk create --adopt $1 failed: $(cat "$WORK/cairn-create.log")"
-	SERVER_URIS[cairnd]="nbd+unix:///bench?socket=$sock"
+	SERVER_URIS[cairnd]=$(cairnd_uri bench)
 	wait_nbd cairnd "${SERVER_URIS[cairnd]}" "${SERVER_PIDS[cairnd]}"
 }
 

@@ -44,21 +44,12 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
-RUNS=${RUNS:-3}
-RUNTIME=${RUNTIME:-15}
-RAMP=${RAMP:-3}
-SIZE=$(bytes "${SIZE:-4G}")
 SERVERS=(${SERVERS:-cairnd nbdkit qemu-nbd})
 WORKLOADS=(${WORKLOADS:-randread-4k randwrite-4k seqread-1m seqwrite-1m randrw-4k nbdcopy})
-STAMP=$(date +%Y%m%d-%H%M%S)
-OUT=$ROOT/scripts/bench/out/nbd-$STAMP
-WORK=$(mktemp -d "$(tmp_base)/cairn-bench.XXXXXX")
-IMAGE=${IMAGE:-$WORK/image.raw}
-
 need fio nbdkit qemu-nbd nbdcopy nbdinfo
 [ "${PERF:-}" != 1 ] || need perf
-((SIZE % (1 << 20) == 0 && SIZE > 0)) || die "SIZE must be a positive whole number of MiB"
-bench_init
+bench_setup nbd
+IMAGE=${IMAGE:-$WORK/image.raw}
 
 # fio_args WORKLOAD: the fio options of a workload.
 fio_args() {

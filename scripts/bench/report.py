@@ -91,27 +91,29 @@ def main():
         print(f"| {w} ({unit[w]}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     print()
 
-    print("Server CPU (utime+stime of the server process, medians): seconds per GiB moved, and µs per operation for 4 KiB workloads:")
-    print()
-    print("| workload | " + " | ".join(f"{s} s/GiB" for s in servers) + " | " + " | ".join(f"{s} µs/op" for s in servers) + " |")
-    print("|---" * (1 + 2 * len(servers)) + "|")
-    for w in workloads:
-        gib = [fmt(med(w, s, cpu_per_gib)) for s in servers]
-        ops = [fmt(med(w, s, us_per_op)) if unit[w] == "IOPS" else "–" for s in servers]
-        print(f"| {w} | " + " | ".join(gib) + " | " + " | ".join(ops) + " |")
-    print()
+    table("Server CPU (utime+stime of the server process, medians): seconds per GiB moved, and µs per operation for 4 KiB workloads:",
+          [f"{s} s/GiB" for s in servers] + [f"{s} µs/op" for s in servers],
+          [(w, [fmt(med(w, s, cpu_per_gib)) for s in servers]
+               + [fmt(med(w, s, us_per_op)) if unit[w] == "IOPS" else "–" for s in servers]) for w in workloads])
 
-    lat = [w for w in workloads if any(float(r["p99_us"]) for r in rows if r["workload"] == w)]
-    if lat:
-        print("fio p99 completion latency in µs (medians; the slower of read and write), and the client's CPU use in cores (fio's own report):")
-        print()
-        print("| workload | " + " | ".join(f"{s} p99" for s in servers) + " | " + " | ".join(f"client cores vs {s}" for s in servers) + " |")
-        print("|---" * (1 + 2 * len(servers)) + "|")
-        for w in lat:
-            p = [fmt(med(w, s, p99)) for s in servers]
-            c = [fmt(med(w, s, lambda r: float(r["client_cores"]))) for s in servers]
-            print(f"| {w} | " + " | ".join(p) + " | " + " | ".join(c) + " |")
+    client = lambda r: float(r["client_cores"])
+    table("fio p99 completion latency in µs (medians; the slower of read and write), and the client's CPU use in cores (fio's own report):",
+          [f"{s} p99" for s in servers] + [f"client cores vs {s}" for s in servers],
+          [(w, [fmt(med(w, s, p99)) for s in servers] + [fmt(med(w, s, client)) for s in servers])
+           for w in workloads if any(float(r["p99_us"]) for r in rows if r["workload"] == w)])
 
+
+def table(title, headers, rows):
+    """Prints a markdown table of (workload, cells) rows under a title."""
+    if not rows:
+        return
+    print(title)
+    print()
+    print("| workload | " + " | ".join(headers) + " |")
+    print("|---" * (1 + len(headers)) + "|")
+    for w, cells in rows:
+        print(f"| {w} | " + " | ".join(cells) + " |")
+    print()
 
 if __name__ == "__main__":
     main()
