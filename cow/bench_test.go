@@ -3,6 +3,7 @@ package cow
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ func benchDisk(b *testing.B, size int64, withStore bool) *Volume {
 	if err := os.Truncate(path, size); err != nil {
 		b.Fatal(err)
 	}
-	opts := Options{BlockSize: testBS}
+	opts := Options{BlockSize: testBS, Logger: slog.New(slog.DiscardHandler)}
 	if withStore {
 		st, err := store.Open(store.Options{Dir: filepath.Join(dir, "store")})
 		if err != nil {

@@ -66,7 +66,7 @@ func (v *Volume) addLiveChanges(bm *Bitmap, after, upto uint64) {
 	}
 	if upto == math.MaxUint64 {
 		v.gate.RLock()
-		bm.Or(v.track.bits())
+		bm.Or(v.track.Load().bits())
 		v.gate.RUnlock()
 	}
 }

@@ -42,7 +42,7 @@ func (v *Volume) pendingOwner(b uint64) *snap {
 
 // copyBeforeWrite copies out the old content of every block in
 // first..last that is still pending for a snapshot, durably, before the
-// caller overwrites it. The caller holds the gate shared.
+// caller overwrites it.
 func (v *Volume) copyBeforeWrite(ctx context.Context, first, last uint64) {
 	list := v.copying.Load()
 	if list == nil || len(*list) == 0 {
@@ -259,7 +259,7 @@ func (v *Volume) passPending(s *snap) {
 		if to.rec.State == StateCopying {
 			v.startWorker(to)
 		}
-	} else if err := v.track.setAll(moved); err != nil && !v.trackLost.Swap(true) {
+	} else if err := v.track.Load().setAll(moved); err != nil && !v.trackLost.Swap(true) {
 		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "err", err)
 	}
 	v.removeCopying(s)

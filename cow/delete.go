@@ -94,7 +94,7 @@ func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(
 	}
 	return prevSeq, 0, func(b uint64) bool {
 		v.gate.RLock()
-		bits := v.track.bits()
+		bits := v.track.Load().bits()
 		v.gate.RUnlock()
 		return b < bits.Len() && bits.Test(b)
 	}
@@ -126,5 +126,5 @@ func (v *Volume) markAllocated() error {
 	if err != nil {
 		return err
 	}
-	return v.track.setAll(alloc)
+	return v.track.Load().setAll(alloc)
 }

@@ -179,7 +179,7 @@ func (v *Volume) openChain() error {
 	nblocks := v.blocks(v.size)
 	if v.st == nil || v.readOnly {
 		t, err := createTracker("", 0, nblocks, int(v.blockSize))
-		v.track = t
+		v.track.Store(t)
 		v.nextSeq = 1
 		return err
 	}
@@ -327,7 +327,7 @@ func (v *Volume) recoverTracker(fresh bool, nblocks uint64) error {
 			return err
 		}
 	}
-	v.track = cur
+	v.track.Store(cur)
 	for _, t := range later {
 		if err := cur.setAll(t.bits()); err != nil {
 			return err
@@ -405,19 +405,20 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	// The hold: writes wait at the gate; those in flight finish first.
 	t0 := time.Now()
 	v.gate.Lock()
-	old := v.track
-	v.track = next
+	// mu too: a failing snapshot hands its pending blocks to its successor
+	// or to the live epoch under mu, so the chain and the epoch must change
+	// together.
+	v.mu.Lock()
+	old := v.track.Load()
+	v.track.Store(next)
+	v.shape.Add(1)
 	s.pending = old.bits()
 	s.rec.Size = v.size
-	lost := v.trackLost.Swap(false)
-	if lost {
-		if alloc, err := v.allocatedBlocks(); err == nil {
-			s.pending.Or(alloc)
-		} else {
-			s.pending.SetRange(0, s.pending.Len()-1)
-		}
+	if v.trackLost.Swap(false) && s.pending.Len() > 0 {
+		// Tracking failed in this epoch: take every block (holes copy out
+		// as zero entries, cheaply); no scan inside the hold.
+		s.pending.SetRange(0, s.pending.Len()-1)
 	}
-	v.mu.Lock()
 	v.snaps = append(v.snaps, s)
 	v.addCopying(s)
 	v.mu.Unlock()
@@ -468,6 +469,7 @@ func (v *Volume) commitSeal(s *snap) error {
 // names), with the blocks written since the seal folded in, and entries
 // copied on write for the abandoned snapshot are dropped.
 func (v *Volume) abandonSeal(s *snap, old *tracker) {
+	v.gate.Lock()
 	v.mu.Lock()
 	v.removeCopying(s)
 	for i, x := range v.snaps {
@@ -476,15 +478,15 @@ func (v *Volume) abandonSeal(s *snap, old *tracker) {
 			break
 		}
 	}
-	v.mu.Unlock()
-	v.gate.Lock()
-	next := v.track
+	next := v.track.Load()
 	// s.pending is old's bitmap; blocks copied on write were cleared from
 	// it, but the writes marked them in next.
 	if err := old.setAll(next.bits()); err != nil && !v.trackLost.Swap(true) {
 		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "err", err)
 	}
-	v.track = old
+	v.track.Store(old)
+	v.shape.Add(1)
+	v.mu.Unlock()
 	v.gate.Unlock()
 	next.remove()
 	if _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {

@@ -407,7 +407,7 @@ func TestTrackerSurvivesReopen(t *testing.T) {
 	// Simulate a crash: no Close, so nothing is flushed or saved on the way out.
 	d.v.stopWorkers()
 	d.v.f.Close()
-	d.v.track.close()
+	d.v.track.Load().close()
 	d.open()
 	if got := d.v.DirtyBlocks(); fmt.Sprint(got) != "[5]" {
 		t.Fatalf("dirty after crash = %v, want [5]", got)

@@ -46,7 +46,16 @@ type tracker struct {
 
 	wmu  sync.Mutex // serialises pwrites of bitmap words so a stale word never overwrites a newer one
 	sync *groupSync
+
+	// life is held shared by marks in progress and exclusively to retire
+	// the tracker (close its file) once its epoch is sealed.
+	life    sync.RWMutex
+	retired bool // guarded by life
 }
+
+// errRetired: the tracker's epoch ended while a mark was on its way; the
+// writer prepares again for the new epoch.
+var errRetired = errors.New("change-tracking epoch ended")
 
 func trackPath(prefix string, epoch uint64) string { return fmt.Sprintf("%s.%d", prefix, epoch) }
 
@@ -140,6 +149,11 @@ func (t *tracker) mark(first, last uint64) error {
 	if durable.AllSet(first, last) {
 		return nil
 	}
+	t.life.RLock()
+	defer t.life.RUnlock()
+	if t.retired {
+		return errRetired
+	}
 	staged := t.staged.Load()
 	staged.SetRange(first, last)
 	if t.f == nil {
@@ -214,15 +228,26 @@ func (t *tracker) grow(n uint64) error {
 			return fmt.Errorf("grow change-tracking file %s: %w", t.path, err)
 		}
 	}
-	t.staged.Store(t.staged.Load().Grow(n))
-	t.durable.Store(t.durable.Load().Grow(n))
+	// durable first: a bit in the durable copy is then in the staged copy
+	// too (mark sets staged before durable). Marks racing with this are
+	// redone by their writers (the volume's shape changed).
+	durable := t.durable.Load().Grow(n)
+	staged := t.staged.Load().Grow(n)
+	t.staged.Store(staged)
+	t.durable.Store(durable)
 	return nil
 }
 
+// close retires the tracker, waiting for marks in progress, and closes
+// its file.
 func (t *tracker) close() error {
-	if t.f == nil {
+	t.life.Lock()
+	defer t.life.Unlock()
+	if t.retired || t.f == nil {
+		t.retired = true
 		return nil
 	}
+	t.retired = true
 	return t.f.Close()
 }
 

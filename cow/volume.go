@@ -66,7 +66,10 @@ type Volume struct {
 	// size and track are guarded by gate: read under the shared side,
 	// replaced under the exclusive side.
 	size  int64
-	track *tracker
+	track atomic.Pointer[tracker] // replaced under the exclusive side; read anywhere
+	// shape counts changes made under the exclusive side (seals, grows):
+	// a write that prepared under one shape redoes its preparation.
+	shape atomic.Uint64
 	// trackLost is set when a change-tracking write failed: the next
 	// snapshot then treats every allocated block as changed.
 	trackLost atomic.Bool
@@ -167,22 +170,31 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return err
 }
 
-// beforeWrite runs before any change to [off, off+length) reaches the live
-// image: it makes the blocks part of the epoch's durable dirty set and
-// copies out the old content of blocks still pending for a snapshot. The
-// caller holds gate shared. Neither step can fail the guest's write: a
-// tracking failure makes the next snapshot full, a copy-out failure fails
-// that snapshot (DESIGN.md invariant 5).
-func (v *Volume) beforeWrite(ctx context.Context, off, length int64) {
-	if length <= 0 {
-		return
-	}
+// beginWrite runs before any change to [off, off+length) reaches the live
+// image and returns holding the gate shared, for the caller to make the
+// change and release it. It makes the blocks part of the epoch's durable
+// dirty set and copies out the old content of blocks still pending for a
+// snapshot. Both slow steps run before the gate is taken, so a seal never
+// waits for a tracker sync or a copy-out, only for writes already issued
+// to the live image; if a seal slipped in between, the steps are redone for
+// the new epoch. Neither step can fail the guest's write: a tracking
+// failure makes the next snapshot full, a copy-out failure fails that
+// snapshot (DESIGN.md invariant 5).
+func (v *Volume) beginWrite(ctx context.Context, off, length int64) {
 	first := uint64(off >> v.shift)
-	last := uint64((off + length - 1) >> v.shift)
-	if err := v.track.mark(first, last); err != nil && !v.trackLost.Swap(true) {
-		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
+	last := uint64((max(length, 1) + off - 1) >> v.shift)
+	for {
+		shape := v.shape.Load()
+		if err := v.track.Load().mark(first, last); err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
+			v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
+		}
+		v.copyBeforeWrite(ctx, first, last)
+		v.gate.RLock()
+		if v.shape.Load() == shape {
+			return
+		}
+		v.gate.RUnlock() // sealed or grown meanwhile: prepare again for the new epoch
 	}
-	v.copyBeforeWrite(ctx, first, last)
 }
 
 func (v *Volume) afterWrite(off, length int64) {
@@ -196,10 +208,9 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if v.readOnly {
 		return nbd.ErrReadOnly
 	}
-	v.gate.RLock()
-	defer v.gate.RUnlock()
-	v.beforeWrite(ctx, off, int64(len(p)))
+	v.beginWrite(ctx, off, int64(len(p)))
 	_, err := v.f.WriteAt(p, off)
+	v.gate.RUnlock()
 	v.afterWrite(off, int64(len(p)))
 	if err != nil {
 		return mapErr(err)
@@ -245,10 +256,9 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	if length == 0 {
 		return nil
 	}
-	v.gate.RLock()
-	defer v.gate.RUnlock()
-	v.beforeWrite(ctx, off, length)
+	v.beginWrite(ctx, off, length)
 	err := v.zero(off, length, flags)
+	v.gate.RUnlock()
 	v.afterWrite(off, length)
 	if err != nil {
 		return err
@@ -350,7 +360,8 @@ func (v *Volume) Grow(size int64) error {
 	if v.isDevice {
 		return fmt.Errorf("grow: the live image is a block device; grow the device itself")
 	}
-	if err := v.track.grow(v.blocks(size)); err != nil {
+	v.shape.Add(1)
+	if err := v.track.Load().grow(v.blocks(size)); err != nil {
 		return err
 	}
 	if err := v.f.Truncate(size); err != nil {
@@ -364,7 +375,7 @@ func (v *Volume) Grow(size int64) error {
 func (v *Volume) DirtyBlocks() []uint64 {
 	v.gate.RLock()
 	defer v.gate.RUnlock()
-	return v.track.bits().Members()
+	return v.track.Load().bits().Members()
 }
 
 // Close stops copy-out workers (their work resumes at the next Open),
@@ -378,7 +389,7 @@ func (v *Volume) Close() error {
 	if cerr := v.f.Close(); err == nil {
 		err = cerr
 	}
-	if cerr := v.track.close(); err == nil {
+	if cerr := v.track.Load().close(); err == nil {
 		err = cerr
 	}
 	return err
