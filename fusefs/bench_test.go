@@ -82,7 +82,7 @@ func BenchmarkIO(b *testing.B) {
 func benchFile(b *testing.B, fuse, backed bool, opts fusefs.Options) (*os.File, *fusefs.Tree) {
 	b.Helper()
 	backing := newTestFile(b, b.TempDir(), benchSize)
-	backing.backed = backed
+	backing.backed.Store(backed)
 	chunk := randomBytes(1<<20, 8)
 	for off := int64(0); off < benchSize; off += int64(len(chunk)) {
 		if _, err := backing.f.WriteAt(chunk, off); err != nil {

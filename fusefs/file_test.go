@@ -52,7 +52,7 @@ func TestLiveReadWrite(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			tree, _, backing := oneDisk(t, mode.opts)
-			backing.backed = mode.backed
+			backing.backed.Store(mode.backed)
 			f, err := os.OpenFile(livePath(tree, "d"), os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
@@ -316,7 +316,7 @@ func TestODirect(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			tree, _, backing := oneDisk(t, mode.opts)
-			backing.backed = mode.backed
+			backing.backed.Store(mode.backed)
 			f, err := os.OpenFile(livePath(tree, "d"), os.O_RDWR|syscall.O_DIRECT, 0)
 			if err != nil {
 				t.Fatal(err)

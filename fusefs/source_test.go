@@ -22,22 +22,24 @@ import (
 )
 
 // testFile is a cow.Volume that records what the tree asked of it.
-// onWrite plays the daemon's write hook (Tree.Changed).
+// onWrite plays the daemon's write hook (Tree.Changed). The fields a test
+// sets while the tree serves are atomic: the kernel between them gives the
+// race detector no order.
 type testFile struct {
 	*cow.Volume
 	f        *os.File // the image itself, for the test's own reads and Backing
 	size     int64
 	readOnly bool
-	backed   bool // offer the image for reads (Backed)
+	backed   atomic.Bool // offer the image for reads (Backed)
 
 	flushes  atomic.Int64
 	maxRead  atomic.Int64  // largest ReadAt
 	maxWrite atomic.Int64  // largest WriteAt
 	opens    atomic.Int64  // handles open on it
-	released chan struct{} // a send per release when not nil
+	released chan struct{} // a value per release (extra ones are dropped)
 	mu       sync.Mutex
 	trims    [][2]int64 // guarded by mu
-	onWrite  func(ctx context.Context, off, length int64)
+	onWrite  atomic.Pointer[func(ctx context.Context, off, length int64)]
 }
 
 var (
@@ -77,7 +79,7 @@ func openTestFile(path string) (*testFile, error) {
 		vol.Close()
 		return nil, err
 	}
-	return &testFile{Volume: vol, f: f, size: vol.Size()}, nil
+	return &testFile{Volume: vol, f: f, size: vol.Size(), released: make(chan struct{}, 1)}, nil
 }
 
 func (tf *testFile) close() {
@@ -88,7 +90,7 @@ func (tf *testFile) close() {
 // Backing offers the image for reads when tf.backed, as a live disk's
 // volume can.
 func (tf *testFile) Backing(off, length int64) (uintptr, int64, bool) {
-	return tf.f.Fd(), off, tf.backed
+	return tf.f.Fd(), off, tf.backed.Load()
 }
 
 // noteMax raises m to n.
@@ -113,8 +115,8 @@ func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 }
 
 func (tf *testFile) changed(ctx context.Context, off, length int64) {
-	if tf.onWrite != nil {
-		tf.onWrite(ctx, off, length)
+	if hook := tf.onWrite.Load(); hook != nil {
+		(*hook)(ctx, off, length)
 	}
 }
 
@@ -280,8 +282,9 @@ func opened(f *testFile) func() {
 	return func() {
 		once.Do(func() {
 			f.opens.Add(-1)
-			if f.released != nil {
-				f.released <- struct{}{}
+			select {
+			case f.released <- struct{}{}:
+			default:
 			}
 		})
 	}

@@ -105,7 +105,6 @@ func TestDeletedWhileOpen(t *testing.T) {
 	if _, err := backing.f.WriteAt(old, 0); err != nil {
 		t.Fatal(err)
 	}
-	backing.released = make(chan struct{}, 1)
 	f, err := os.Open(livePath(tree, "d"))
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +162,7 @@ func TestChanged(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
 			tree, _, backing := oneDisk(t, mode.opts)
-			backing.backed = mode.backed
+			backing.backed.Store(mode.backed)
 			old, fresh := randomBytes(8192, 30), randomBytes(8192, 31)
 			if _, err := backing.f.WriteAt(old, 64<<10); err != nil {
 				t.Fatal(err)
@@ -200,7 +199,8 @@ func TestChanged(t *testing.T) {
 // FUSE reads show the last write of each block.
 func TestHookCoherent(t *testing.T) {
 	tree, _, backing := oneDisk(t, fusefs.Options{LiveCache: true})
-	backing.onWrite = tree.Hook("d")
+	hook := tree.Hook("d")
+	backing.onWrite.Store(&hook)
 	f, err := os.OpenFile(livePath(tree, "d"), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
