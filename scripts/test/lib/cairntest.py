@@ -215,6 +215,19 @@ class API:
         path = f"/v1/disks/{self.q(disk)}/snapshots/{self.q(name)}/rollback" + ("?force=true" if force else "")
         return self.req("POST", path)
 
+    def rollback_idle(self, disk, name, timeout=5):
+        """Starts a rollback once cairnd no longer counts the live export's
+        clients: one that has just disconnected is counted until its
+        connection's goroutine ends, so a 409 in_use is retried briefly."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.rollback(disk, name)
+            except APIError as e:
+                if e.status != 409 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.02)
+
     def changes(self, disk, frm, to=""):
         return self.req("GET", f"/v1/disks/{self.q(disk)}/changes?from={self.q(frm)}&to={self.q(to)}")
 
