@@ -401,3 +401,11 @@ func mapErr(err error) error {
 	}
 	return err
 }
+
+// Backing returns the live image's descriptor for reads of [off,
+// off+length): the live disk's content is exactly the image's, so a
+// frontend may splice from it without a copy (fusefs.Backed). The
+// descriptor stays valid until Close.
+func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
+	return v.f.Fd(), off, true
+}

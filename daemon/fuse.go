@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"os"
 
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/fusefs"
@@ -77,7 +78,26 @@ func (d *Daemon) mountFUSE() error {
 	}
 	d.fuse = tree
 	d.log.Info("FUSE view mounted", "dir", tree.Dir())
+	if private, _ := privateMountNamespace(); private {
+		d.log.Warn("cairnd runs in a mount namespace of its own (systemd's ProtectSystem= and similar): "+
+			"the FUSE view and `cairn mount` are not visible on the host; see docs/install.md for the drop-in that makes them visible",
+			"dir", tree.Dir())
+	}
 	return nil
+}
+
+// privateMountNamespace reports whether cairnd's mount namespace differs
+// from PID 1's (false when that cannot be told).
+func privateMountNamespace() (bool, error) {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return false, err
+	}
+	init, err := os.Readlink("/proc/1/ns/mnt")
+	if err != nil {
+		return false, err
+	}
+	return self != init, nil
 }
 
 // unmountFUSE unmounts the tree; files still open keep it until cairnd

@@ -9,7 +9,7 @@
 #               no systemctl/sysusers/tmpfiles command runs
 #   PREFIX      /usr/local by default; /usr for a distribution package
 #   SYSCONFDIR  /etc by default (the config is SYSCONFDIR/cairn/cairnd.conf)
-#   BINDIR, DOCDIR, UNITDIR, SYSUSERSDIR, TMPFILESDIR, COMPLETIONDIR
+#   BINDIR, DOCDIR, UNITDIR, SYSUSERSDIR, TMPFILESDIR, SYSCTLDIR, COMPLETIONDIR
 #               override single locations
 #   BIN         where the built binaries are (the Makefile's BIN, ./bin)
 # Without DESTDIR, on a host where systemd runs, it also creates group
@@ -49,6 +49,7 @@ esac
 UNITDIR=${UNITDIR:-$libdir/systemd/system}
 SYSUSERSDIR=${SYSUSERSDIR:-$libdir/sysusers.d}
 TMPFILESDIR=${TMPFILESDIR:-$libdir/tmpfiles.d}
+SYSCTLDIR=${SYSCTLDIR:-$libdir/sysctl.d}
 CONFDIR=$SYSCONFDIR/cairn
 
 units=(cairnd.service cairnd.socket cairnd-nbd.socket)
@@ -85,6 +86,7 @@ do_install() {
 	done
 	install -m 0644 systemd/sysusers.d/cairn.conf "$DESTDIR$SYSUSERSDIR/cairn.conf"
 	install -m 0644 systemd/tmpfiles.d/cairn.conf "$DESTDIR$TMPFILESDIR/cairn.conf"
+	install -D -m 0644 systemd/sysctl.d/60-cairn.conf "$DESTDIR$SYSCTLDIR/60-cairn.conf"
 	install -m 0644 systemd/cairnd.conf.example "$DESTDIR$DOCDIR/cairnd.conf.example"
 	install -m 0644 docs/install.md "$DESTDIR$DOCDIR/install.md"
 	"$BIN/cairn" completion bash >"$DESTDIR$COMPLETIONDIR/cairn"
@@ -98,6 +100,7 @@ do_install() {
 	if $live; then
 		systemd-sysusers "$SYSUSERSDIR/cairn.conf"
 		systemd-tmpfiles --create "$TMPFILESDIR/cairn.conf"
+		sysctl -q -p "$SYSCTLDIR/60-cairn.conf" 2>/dev/null || say "could not apply $SYSCTLDIR/60-cairn.conf now (read-only /proc/sys?); it applies at the next boot"
 		systemctl daemon-reload
 		say "start it with: systemctl enable --now cairnd.socket cairnd-nbd.socket"
 		say "let a user (or libvirt-qemu) use the sockets: usermod -aG cairn USER"
@@ -110,7 +113,7 @@ do_uninstall() {
 	fi
 	rm -f "$DESTDIR$BINDIR/cairnd" "$DESTDIR$BINDIR/cairn"
 	for u in "${units[@]}"; do rm -f "$DESTDIR$UNITDIR/$u"; done
-	rm -f "$DESTDIR$SYSUSERSDIR/cairn.conf" "$DESTDIR$TMPFILESDIR/cairn.conf" \
+	rm -f "$DESTDIR$SYSUSERSDIR/cairn.conf" "$DESTDIR$TMPFILESDIR/cairn.conf" "$DESTDIR$SYSCTLDIR/60-cairn.conf" \
 		"$DESTDIR$DOCDIR/cairnd.conf.example" "$DESTDIR$DOCDIR/install.md" \
 		"$DESTDIR$COMPLETIONDIR/cairn"
 	rmdir "$DESTDIR$DOCDIR" 2>/dev/null || true

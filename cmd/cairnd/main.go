@@ -16,6 +16,7 @@ import (
 )
 
 func main() {
+	raisePipeSize(os.Args[1:])
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
 
