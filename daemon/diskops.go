@@ -304,6 +304,7 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 	if err != nil {
 		return api.Disk{}, err
 	}
+	defer d.fuseChanged(name) // after d.mu is released: the tree calls back into the daemon
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.checkChange(); err != nil {

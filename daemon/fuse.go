@@ -111,3 +111,11 @@ func (d *Daemon) unmountFUSE() {
 	}
 	d.fuse = nil
 }
+
+// fuseChanged tells the FUSE tree a disk changed outside it (grown, rolled
+// back, snapshots added or removed), so sizes and listings show at once.
+func (d *Daemon) fuseChanged(disk string) {
+	if d.fuse != nil {
+		d.fuse.Invalidate(disk)
+	}
+}

@@ -184,7 +184,7 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed", freed)
 			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
 		case errors.Is(err, cow.ErrSnapInUse) && !force:
-			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read by NBD clients (export %s): disconnect them, or delete with --force (force=true) to disconnect them", export, export)
+			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
 		case errors.Is(err, cow.ErrSnapInUse) && time.Now().Before(deadline):
 			d.nbd.Disconnect(ctx, export)
 			select {
@@ -236,6 +236,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
 	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
 		defer done()
+		defer d.fuseChanged(disk)
 		err := vol.Rollback(ctx, snap, progress)
 		if err != nil {
 			d.log.Error("rollback failed", "disk", disk, "snapshot", snap, "err", err)
