@@ -39,8 +39,8 @@ import time
 
 import nbd
 
-from cairntest import (BLOCK, Daemon, Fatal, Writer, compare_export, export_to_file, main, qemu_compare,
-                       rng_from_env, verify_clean)
+from cairntest import (Daemon, Fatal, Writer, compare_export, export_to_file, main, qemu_compare, rng_from_env,
+                       verify_clean)
 
 MiB = 1024 * 1024
 DISK = "crash"

@@ -26,12 +26,11 @@ Environment: T (scratch dir), CAIRND (binary), SEED, OPS, SNAPS, FIO_SIZE.
 import os
 import struct
 import subprocess
-import threading
 import time
 
 import nbd
 
-from cairntest import (BLOCK, API, APIError, Daemon, Fatal, Writer, blocks_from_changes, compare_export,
+from cairntest import (APIError, Daemon, Writer, blocks_from_changes, compare_export,
                        describe_set_diff, dirty_blocks_nbdinfo, dirty_blocks_qemu_img, export_to_file, main,
                        qemu_compare, rng_from_env, verify_clean)
 
