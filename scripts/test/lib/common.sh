@@ -5,6 +5,8 @@
 # killing the cairnd whose pid is in $T/cairnd.pid, and $PY the Python
 # that imports Debian's python3-libnbd. Exits 77 (skip) when something is
 # missing. Extra cleanup: define e2e_cleanup_extra before the trap runs.
+# The trap also unmounts whatever is still mounted under $T (cairnd's FUSE
+# tree, DATA/fuse, stays mounted, disconnected, after a SIGKILL).
 e2e_setup() {
 	local name=$1 tool
 	shift
@@ -22,9 +24,16 @@ e2e_setup() {
 }
 
 e2e_cleanup() {
-	local pid
+	local pid i m
 	pid=$(cat "$T/cairnd.pid" 2>/dev/null)
-	[ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null
+	if [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null; then
+		# Not our child (the Python driver started it): poll until it is gone.
+		for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+	fi
+	# Deepest first, so a FUSE tree inside a mounted store goes before it.
+	for m in $(awk -v t="$T/" 'index($2, t) == 1 { print $2 }' /proc/self/mounts | sort -r); do
+		umount "$m" 2>/dev/null || umount -l "$m"
+	done
 	declare -F e2e_cleanup_extra >/dev/null && e2e_cleanup_extra
 	if [ -n "${KEEP:-}" ]; then echo "kept $T"; else rm -rf "$T"; fi
 }
