@@ -23,7 +23,7 @@ func (c *conn) read(r *request) {
 	w := &c.tx.replies
 	w.lock()
 	c.appendRead(r, p)
-	w.unlock()
+	w.unlock(r.inline)
 }
 
 // appendRead queues a successful read's reply; the caller holds replies.
@@ -114,7 +114,7 @@ func (c *conn) replyOK(r *request) {
 	w.lock()
 	w.simple(r.cookie, 0)
 	r.replied = true
-	w.unlock()
+	w.unlock(r.inline)
 }
 
 // replyError answers r with errno: an error chunk with a message when
@@ -128,7 +128,7 @@ func (c *conn) replyError(r *request, errno uint32, msg string) {
 		w.simple(r.cookie, errno)
 	}
 	r.replied = true
-	w.unlock()
+	w.unlock(r.inline)
 }
 
 // replyBackendError answers a failed backend call, logging the ones that
@@ -175,7 +175,7 @@ func (c *conn) blockStatus(r *request) {
 		start = end
 	}
 	r.replied = true
-	w.unlock()
+	w.unlock(r.inline)
 	r.keepScratch(out, ends)
 }
 

@@ -51,9 +51,10 @@ func (w *replies) lock() {
 // it (that worker, or the last in its line, will write it). While other
 // requests are being worked on it first yields, so that those about to
 // finish join the same write: fewer system calls for the server and fewer
-// wake-ups for the client.
-func (w *replies) unlock() {
-	if len(w.buf) == 0 || w.waiting.Load() > 0 && len(w.buf) < replyBufSize {
+// wake-ups for the client. The reader (inline) leaves the queue for its own
+// flushIdle, which it calls before it can block.
+func (w *replies) unlock(inline bool) {
+	if inline || len(w.buf) == 0 || w.waiting.Load() > 0 && len(w.buf) < replyBufSize {
 		w.mu.Unlock()
 		return
 	}

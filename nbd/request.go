@@ -20,7 +20,8 @@ type request struct {
 	writing atomic.Bool   // a write command in flight (FLUSH waits for it)
 	buf     *buffer       // payload: WRITE data in, READ data out
 	budget  int           // bytes of the connection's payload budget held
-	replied bool          // a reply has been queued (set by the worker)
+	replied bool          // a reply has been queued
+	inline  bool          // run by the reader goroutine, not a worker
 	// Scratch kept with the slot for reuse by its next request.
 	segments  []segment // sparse reads
 	status    []byte    // block-status descriptors

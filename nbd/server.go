@@ -28,6 +28,10 @@ type Options struct {
 	// connection holds at a time (a single request may always proceed
 	// alone). Zero means 64 MiB.
 	MaxInFlightBytes int
+	// WritesOnWorkers turns off running small writes on the connection's
+	// reader while the backend answers them quickly (see transmission.go),
+	// so that no write can delay the requests behind it.
+	WritesOnWorkers bool
 }
 
 const (

@@ -56,7 +56,7 @@ func (c *conn) readSparse(r *request, p []byte) bool {
 		}
 	}
 	r.replied = true
-	w.unlock()
+	w.unlock(r.inline)
 	return true
 }
 

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The transmission phase ("Transmission"). The goroutine that ran the
@@ -37,6 +38,10 @@ type transmission struct {
 	workers int           // workers started; owned by the reader
 	wg      sync.WaitGroup
 	seq     uint64 // requests received; owned by the reader
+
+	// Inline write policy (writeInline); owned by the reader.
+	slowUntil time.Time     // writes go to workers until then
+	writeAvg  time.Duration // moving average of inline write times
 
 	bmu      sync.Mutex
 	bcond    sync.Cond
@@ -106,7 +111,7 @@ func (c *conn) accept(h header) bool {
 	t.seq++
 	r.flags, r.typ, r.cookie, r.off, r.length = h.flags, h.typ, h.cookie, h.off, h.length
 	r.seq.Store(t.seq)
-	r.replied = false
+	r.replied, r.inline = false, true
 	errno, msg := c.lim.check(h, c.structured, len(c.contexts))
 	if errno != 0 {
 		ok := true
@@ -142,6 +147,10 @@ func (c *conn) accept(h header) bool {
 	case cmdWrite, cmdTrim, cmdWriteZeroes:
 		r.writing.Store(true)
 	}
+	if h.typ == cmdWrite && c.writeInline(r) {
+		return true
+	}
+	r.inline = false
 	c.dispatch(r)
 	return true
 }
@@ -172,7 +181,40 @@ func (c *conn) readInline(r *request) (ok bool) {
 	w := &c.tx.replies
 	w.lock()
 	c.appendRead(r, p)
-	w.mu.Unlock()
+	w.unlock(true)
+	return true
+}
+
+// Small writes without FUA usually land in the page cache in microseconds,
+// less than handing them to a worker costs; but nothing tells beforehand
+// when one will wait (dirty-page throttling, copy-on-write). So the reader
+// runs them itself while they are fast: once their moving average exceeds
+// slowInlineWrite, or one takes ten times that, writes go to workers for
+// inlineWriteBackoff. (A single slow one is often the machine, not the
+// backend: the reader was preempted.)
+const (
+	inlineWriteMax     = 64 << 10
+	slowInlineWrite    = 500 * time.Microsecond
+	inlineWriteBackoff = 100 * time.Millisecond
+)
+
+// writeInline runs a write on the reader goroutine if the policy above
+// allows, and reports whether it did.
+func (c *conn) writeInline(r *request) bool {
+	t := &c.tx
+	if r.flags&cmdFlagFUA != 0 || r.length > inlineWriteMax || c.srv.opts.WritesOnWorkers {
+		return false
+	}
+	start := time.Now()
+	if start.Before(t.slowUntil) {
+		return false
+	}
+	c.handle(r) // recycles r
+	d := time.Since(start)
+	t.writeAvg += (d - t.writeAvg) / 8
+	if t.writeAvg > slowInlineWrite || d > 10*slowInlineWrite {
+		t.slowUntil = start.Add(d + inlineWriteBackoff)
+	}
 	return true
 }
 

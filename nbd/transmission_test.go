@@ -269,7 +269,7 @@ func TestFlushWaitsForEarlierWrites(t *testing.T) {
 		events = append(events, e)
 		mu.Unlock()
 	}
-	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+	sock, _, _ := hookedFixture(t, nbd.Options{WritesOnWorkers: true}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
 		switch op {
 		case nbdtest.OpWrite:
 			g.hold(off)
@@ -566,5 +566,37 @@ func TestInlineReads(t *testing.T) {
 			}
 			mu.Unlock()
 		}
+	}
+}
+
+// TestSlowWriteMovesWritesToWorkers: writes run on the reader only while
+// they are fast; after a slow one, a held write no longer holds up the
+// requests behind it.
+func TestSlowWriteMovesWritesToWorkers(t *testing.T) {
+	g := newGate()
+	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+		switch {
+		case op == nbdtest.OpWrite && off == 0:
+			time.Sleep(20 * time.Millisecond) // slow, not held: the reader waits it out
+		case op == nbdtest.OpWrite && off == 4096:
+			g.hold(off)
+		}
+		return nil
+	})
+	c := open(t, sock, "h", true)
+	if r := c.do(cCmdWrite, 0, 0, 4096, make([]byte, 4096)); r.errno != 0 {
+		t.Fatal(r)
+	}
+	c.send(cCmdWrite, 0, 1, 4096, 4096, make([]byte, 4096))
+	c.flush()
+	<-g.arrived
+	c.send(cCmdRead, 0, 2, 0, 4096, nil)
+	c.flush()
+	if r := c.reply(); r.cookie != 2 {
+		t.Fatalf("reply for cookie %d; the held write blocked the read", r.cookie)
+	}
+	close(g.open)
+	if r := c.reply(); r.cookie != 1 || r.errno != 0 {
+		t.Fatalf("write reply: cookie %d errno %d", r.cookie, r.errno)
 	}
 }
