@@ -395,7 +395,9 @@ class Writer:
         self.size = size
         self.rng = rng
         self.block = block
-        self.oracle = open(oracle, "r+b")
+        # Unbuffered: every acknowledged operation is in the file at once,
+        # for other readers of the path (checks, copies) too.
+        self.oracle = open(oracle, "r+b", buffering=0)
         self.touched = set()
         self.unflushed = []
         self.pending = None
@@ -413,6 +415,7 @@ class Writer:
             raise Fatal(f"{self.uri}: size {self.h.get_size()}, want {self.size}")
 
     def close(self):
+        self.oracle.close()
         if self.h is not None:
             try:
                 self.h.shutdown()

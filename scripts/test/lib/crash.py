@@ -390,6 +390,8 @@ class Crash:
             self.w = self.last_w = None
             start = self.d.start()
             res = self.after_restart(r, killed)
+            if killed is not None:
+                killed.close()
             ok = rep.failed == failed_before
             rep.check(ok, f"round {r}/{rounds} {sc}: {what}; restart {start:.2f}s; {self.checked} snapshots intact, "
                       f"live disk as acknowledged, verify {res.get('chunks_checked')} chunks clean, "
