@@ -459,33 +459,28 @@ class Writer:
             return (pat * (n // len(pat) + 1))[:n]
         return bytes([self.rng.randrange(1, 256)]) * n
 
-    def write(self, off, data):
-        self.pending = ("write", off, data)
-        self.h.pwrite(data, off)
+    def _op(self, kind, off, data, send):
+        """Sends one operation; once acknowledged, the oracle gets data."""
+        self.pending = (kind, off, data)
+        send()
         self.pending = None
-        self.ops["write"] += 1
-        self._apply(off, data)
+        self.ops[kind] += 1
+        if kind == "flush":
+            self.unflushed = []
+        else:
+            self._apply(off, data)
+
+    def write(self, off, data):
+        self._op("write", off, data, lambda: self.h.pwrite(data, off))
 
     def zero(self, off, n):
-        self.pending = ("zero", off, bytes(n))
-        self.h.zero(n, off)
-        self.pending = None
-        self.ops["zero"] += 1
-        self._apply(off, bytes(n))
+        self._op("zero", off, bytes(n), lambda: self.h.zero(n, off))
 
     def trim(self, off, n):
-        self.pending = ("trim", off, bytes(n))
-        self.h.trim(n, off)
-        self.pending = None
-        self.ops["trim"] += 1
-        self._apply(off, bytes(n))
+        self._op("trim", off, bytes(n), lambda: self.h.trim(n, off))
 
     def flush(self):
-        self.pending = ("flush", 0, b"")
-        self.h.flush()
-        self.pending = None
-        self.ops["flush"] += 1
-        self.unflushed = []
+        self._op("flush", 0, b"", self.h.flush)
 
     def dedup_write(self):
         """A library block at a block-aligned offset."""
