@@ -75,6 +75,18 @@ type TryReader interface {
 	TryReadAt(p []byte, off int64) bool
 }
 
+// Backed is implemented by backends whose content in a range is an
+// ordinary file's (a live disk's image). The server sends large reads of
+// such ranges with sendfile(2), so the data never passes through its
+// memory. (The method is the one fusefs splices from.)
+type Backed interface {
+	// Backing returns the descriptor and offset that hold [off,
+	// off+length), or ok false (then ReadAt serves the read). The
+	// descriptor must stay open while the export is open. Bytes past the
+	// end of the file read as zeros.
+	Backing(off, length int64) (fd uintptr, fdOff int64, ok bool)
+}
+
 // MetaContext answers block status for one named context other than
 // base:allocation (for example qemu:dirty-bitmap:SNAP).
 type MetaContext interface {

@@ -3,9 +3,11 @@ package nbd_test
 import (
 	"bufio"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 )
@@ -155,6 +157,14 @@ func (c *client) closed() bool {
 	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	_, err := c.br.ReadByte()
 	return err != nil
+}
+
+// drainedToClose reads whatever the server still sends and reports
+// whether it then closed the connection (rather than going quiet).
+func (c *client) drainedToClose() bool {
+	c.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.Copy(io.Discard, c.br)
+	return err == nil || !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // opt sends an option.

@@ -9,40 +9,6 @@ import (
 // reader has validated the request (limits.check), and queues exactly one
 // reply.
 
-func (c *conn) read(r *request) {
-	p := r.buf.b[:r.length]
-	if c.structured && r.flags&cmdFlagDF == 0 && len(p) >= sparseReadMin {
-		if c.readSparse(r, p) {
-			return
-		}
-	}
-	if err := c.exp.Backend.ReadAt(c.ctx, p, int64(r.off)); err != nil {
-		c.replyBackendError(r, "read", err)
-		return
-	}
-	w := &c.tx.replies
-	w.lock()
-	c.appendRead(r, p)
-	w.unlock(r.inline)
-}
-
-// appendRead queues a successful read's reply; the caller holds replies.
-func (c *conn) appendRead(r *request, p []byte) {
-	w := &c.tx.replies
-	switch {
-	case c.structured && len(p) == 0:
-		// A data chunk must carry at least one byte; nothing to cover.
-		w.chunk(replyFlagDone, replyTypeNone, r.cookie, 0)
-	case c.structured:
-		w.chunk(replyFlagDone, replyTypeOffsetData, r.cookie, 8+len(p))
-		w.u64(r.off)
-	default:
-		w.simple(r.cookie, 0)
-	}
-	w.data(p)
-	r.replied = true
-}
-
 func (c *conn) write(r *request) {
 	err := c.exp.Backend.WriteAt(c.ctx, r.buf.b[:r.length], int64(r.off), r.flags&cmdFlagFUA != 0)
 	c.replyWrite(r, "write", err)

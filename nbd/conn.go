@@ -55,6 +55,7 @@ type conn struct {
 	structured bool
 	exp        *Export
 	tryReader  TryReader // exp.Backend's, if it has one
+	backed     Backed    // exp.Backend's, if it has one
 	release    func()
 	lim        limits
 	contexts   []selectedContext

@@ -387,6 +387,7 @@ func (h *handshake) enter(name string, exp *Export, release func(), lim limits) 
 	c := h.c
 	c.exp, c.release, c.lim, c.structured = exp, release, lim, h.structured
 	c.tryReader, _ = exp.Backend.(TryReader)
+	c.backed, _ = exp.Backend.(Backed)
 	if h.metaExport == name {
 		c.contexts = h.meta
 	}

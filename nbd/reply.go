@@ -34,11 +34,13 @@ type replies struct {
 	iov    net.Buffers // guarded by mu: what writev has left to send
 	iovArr [2][]byte   // guarded by mu: backing array of iov
 	err    error       // guarded by mu: the first write error; later output is dropped
+	sf     sendfileState
 }
 
 func (w *replies) init(nc net.Conn) {
 	w.nc = nc
 	w.buf = make([]byte, 0, replyBufSize+copyMax+64)
+	w.initSendfile(nc)
 }
 
 func (w *replies) lock() {

@@ -127,12 +127,12 @@ func (c *conn) accept(h header) bool {
 	switch h.typ {
 	case cmdRead, cmdWrite:
 		t.acquire(r, int(h.length))
-		r.buf = getBuffer(int(h.length))
 		if h.typ == cmdRead && c.readInline(r) {
 			c.recycle(r)
 			return true
 		}
 		if h.typ == cmdWrite {
+			r.buf = getBuffer(int(h.length))
 			if c.br.Buffered() < int(h.length) {
 				t.replies.flushIdle()
 			}
@@ -174,6 +174,7 @@ func (c *conn) readInline(r *request) (ok bool) {
 			ok = false
 		}
 	}()
+	r.buf = getBuffer(int(r.length)) // kept for the worker if this fails
 	p := r.buf.b[:r.length]
 	if !c.tryReader.TryReadAt(p, int64(r.off)) {
 		return false

@@ -26,6 +26,7 @@ var (
 	_ nbd.Backend   = (*File)(nil)
 	_ nbd.Cacher    = (*File)(nil)
 	_ nbd.TryReader = (*File)(nil)
+	_ nbd.Backed    = (*File)(nil)
 )
 
 // CreateFile creates (or truncates) a sparse file of size bytes at path.
@@ -87,6 +88,9 @@ func (b *File) TryReadAt(p []byte, off int64) bool {
 		uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
 	return errno == 0 && int(n) == len(p)
 }
+
+// Backing is the file itself: the server may sendfile from it.
+func (b *File) Backing(off, _ int64) (uintptr, int64, bool) { return uintptr(b.fd), off, true }
 
 // WriteAt writes with pwrite, then fdatasync when fua.
 func (b *File) WriteAt(_ context.Context, p []byte, off int64, fua bool) error {
