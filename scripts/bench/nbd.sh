@@ -34,6 +34,8 @@
 #   MAX_FOREIGN [0.25] cores: a job starts only when other work on the machine
 #     uses less (waiting at most QUIET_WAIT [300] s), and is repeated (at most
 #     RETRIES [3] tries) when other work used more during it
+#   BENCH_NICE [unset]: run servers and clients at this niceness (-15 puts
+#     them ahead of other work on a shared machine; needs root)
 #   KEEP [0]: "1" keeps the scratch directory (server logs, image)
 #   CAIRND, CAIRN [bin/cairnd, bin/cairn]
 # Quick smoke test: RUNS=1 RUNTIME=3 RAMP=1 SIZE=512M scripts/bench/nbd.sh
@@ -203,7 +205,7 @@ done
 {
 	echo "# NBD servers: cairnd against nbdkit and qemu-nbd"
 	echo
-	echo "Command: \`RUNS=$RUNS RUNTIME=$RUNTIME RAMP=$RAMP SIZE=$((SIZE >> 20))M scripts/bench/nbd.sh\`"
+	echo "Command: \`RUNS=$RUNS RUNTIME=$RUNTIME RAMP=$RAMP SIZE=$((SIZE >> 20))M${BENCH_NICE:+ BENCH_NICE=$BENCH_NICE} MAX_FOREIGN=${MAX_FOREIGN:-0.25} scripts/bench/nbd.sh\`"
 	echo
 	cat "$OUT/system.md"
 	echo "- load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
