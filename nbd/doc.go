@@ -54,7 +54,10 @@
 // READ answers with structured replies when negotiated: one OFFSET_DATA
 // chunk, or, for reads of 64 KiB and more, OFFSET_DATA and OFFSET_HOLE
 // chunks following Backend.Extents so zeros are not sent (NBD_CMD_FLAG_DF
-// forces a single data chunk); simple replies otherwise. WRITE, TRIM and
+// forces a single data chunk); simple replies otherwise. Reads of 64 KiB
+// and more from a backend that implements Backed (a range held by an
+// ordinary file, as cow.Volume's live image) are sent with sendfile(2),
+// never copied through the server. WRITE, TRIM and
 // WRITE_ZEROES pass FUA, NO_HOLE and FAST_ZERO to the backend. CACHE calls
 // the backend's Cacher if it has one, else succeeds. BLOCK_STATUS returns
 // one chunk per selected context, clipped to the request (one extent with
@@ -82,6 +85,14 @@
 // requests and Options.MaxInFlightBytes of large payloads are held per
 // connection; beyond that the reader waits. Replies that complete together
 // leave in one write.
+//
+// Handing a request to a worker costs more than a cached 4 KiB read, so
+// the reader answers small reads itself when the backend implements
+// TryReader and has the data in memory (preadv2 with RWF_NOWAIT), and runs
+// small non-FUA writes itself while the backend answers them within
+// microseconds (after a slow one, writes go to workers for a while; see
+// Options.WritesOnWorkers). Their replies leave in one write when the
+// reader runs out of buffered requests.
 //
 // A FLUSH waits until every write command received before it on the same
 // connection has completed, then calls Backend.Flush: so a client that

@@ -18,6 +18,12 @@ import (
 // call the backend and queue replies (reply.go), in whatever order their
 // requests complete ("Ordering of messages and writes" allows it).
 //
+// Two kinds of request skip the hand-over, which costs more than they do:
+// small reads the backend can serve from memory (TryReader) and small
+// writes while the backend answers writes quickly (writeInline). The
+// reader runs those itself and writes the replies they queue before it
+// next waits for the client.
+//
 // Bounds: at most MaxInFlight requests per connection (the reader waits for
 // a free request slot), at most MaxWorkers goroutines calling the backend,
 // and at most MaxInFlightBytes of large payload buffers.
@@ -284,7 +290,7 @@ func (t *transmission) wait() {
 	t.replies.flushIdle()
 }
 
-// handle runs one request on a worker.
+// handle runs one request, on a worker or (inline) on the reader.
 func (c *conn) handle(r *request) {
 	defer c.finish(r)
 	switch r.typ {

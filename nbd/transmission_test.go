@@ -248,15 +248,23 @@ func TestRepliesOutOfOrder(t *testing.T) {
 	c := open(t, sock, "h", true)
 	c.send(cCmdRead, 0, 1, 0, 4096, nil)
 	c.flush()
+	readOvertakes(t, c, g)
+}
+
+// readOvertakes checks that while the request with cookie 1 is held in
+// the backend by g, a read (cookie 2) is answered; then it releases g and
+// expects request 1's reply.
+func readOvertakes(t *testing.T, c *client, g *gate) {
+	t.Helper()
 	<-g.arrived
 	c.send(cCmdRead, 0, 2, 4096, 4096, nil)
 	c.flush()
 	if r := c.reply(); r.cookie != 2 {
-		t.Fatalf("first reply is for cookie %d; the blocked read held up the second", r.cookie)
+		t.Fatalf("first reply is for cookie %d; the held request blocked the read", r.cookie)
 	}
 	close(g.open)
 	if r := c.reply(); r.cookie != 1 || r.errno != 0 {
-		t.Fatalf("second reply: cookie %d errno %d", r.cookie, r.errno)
+		t.Fatalf("held request's reply: cookie %d errno %d", r.cookie, r.errno)
 	}
 }
 
@@ -589,14 +597,5 @@ func TestSlowWriteMovesWritesToWorkers(t *testing.T) {
 	}
 	c.send(cCmdWrite, 0, 1, 4096, 4096, make([]byte, 4096))
 	c.flush()
-	<-g.arrived
-	c.send(cCmdRead, 0, 2, 0, 4096, nil)
-	c.flush()
-	if r := c.reply(); r.cookie != 2 {
-		t.Fatalf("reply for cookie %d; the held write blocked the read", r.cookie)
-	}
-	close(g.open)
-	if r := c.reply(); r.cookie != 1 || r.errno != 0 {
-		t.Fatalf("write reply: cookie %d errno %d", r.cookie, r.errno)
-	}
+	readOvertakes(t, c, g)
 }
