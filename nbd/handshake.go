@@ -54,6 +54,9 @@ const (
 // phase starts.
 func (c *conn) negotiate() bool {
 	c.nc.SetDeadline(time.Now().Add(c.srv.opts.HandshakeTimeout))
+	if c.stopping.Load() { // stopped before the deadline above replaced stop's
+		return false
+	}
 	h := &handshake{c: c, bw: bufio.NewWriterSize(c.nc, 4096)}
 	ok, err := h.run()
 	if err != nil {

@@ -404,6 +404,7 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 		return nil
 	})
 	c := open(t, sock, "h", true)
+	negotiating := dial(t, sock)
 	c.send(cCmdWrite, 0, 1, 8192, 4096, bytes.Repeat([]byte{9}, 4096))
 	c.flush()
 	<-g.arrived
@@ -419,6 +420,9 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+	if !negotiating.closed() {
+		t.Fatal("a negotiating connection survived shutdown")
 	}
 	select {
 	case <-flushed:
