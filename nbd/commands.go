@@ -5,9 +5,9 @@ import (
 	"fmt"
 )
 
-// Command handlers ("Request types"). Each runs on a worker after the
-// reader has validated the request (limits.check), and queues exactly one
-// reply.
+// Command handlers ("Request types"); READ is in read.go. Each runs on a
+// worker, or inline on the reader (transmission.go), after the reader has
+// validated the request (limits.check), and queues exactly one reply.
 
 func (c *conn) write(r *request) {
 	err := c.exp.Backend.WriteAt(c.ctx, r.buf.b[:r.length], int64(r.off), r.flags&cmdFlagFUA != 0)
