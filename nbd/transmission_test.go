@@ -603,3 +603,31 @@ func TestSlowWriteMovesWritesToWorkers(t *testing.T) {
 	c.flush()
 	readOvertakes(t, c, g)
 }
+
+func TestInFlightBytesBound(t *testing.T) {
+	g := newGate()
+	sock, _, _ := hookedFixture(t, nbd.Options{MaxInFlightBytes: 300 << 10}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+		if op == nbdtest.OpRead {
+			g.hold(off)
+		}
+		return nil
+	})
+	c := open(t, sock, "h", false)
+	for i := range 4 {
+		c.send(cCmdRead, 0, uint64(i), uint64(i)<<20, 128<<10, nil) // 128 KiB each: two fit
+	}
+	c.flush()
+	<-g.arrived
+	<-g.arrived
+	select {
+	case off := <-g.arrived:
+		t.Fatalf("read at %d reached the backend beyond the 300 KiB payload budget", off)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(g.open)
+	for range 4 {
+		if r := c.reply(); r.errno != 0 || len(r.data) != 128<<10 {
+			t.Fatalf("reply %v", r)
+		}
+	}
+}
