@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-storage/cairn/fusefs"
@@ -45,10 +46,12 @@ type Daemon struct {
 	disks map[string]*Disk
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
-	tasks    taskList
-	snapMu   sync.Mutex // serialises snapshot creation so the quota holds
-	bg       context.Context
-	bgCancel context.CancelFunc
+	tasks  taskList
+	snapMu sync.Mutex // serialises snapshot creation so the quota holds
+	// gcRunning is set while a GC kicked by a delete runs.
+	gcRunning atomic.Bool
+	bg        context.Context
+	bgCancel  context.CancelFunc
 	// closing is set when shutdown begins: no new exports, no changes.
 	closing bool
 	// nbdErr is why an NBD listener stopped serving (health); guarded by mu.

@@ -182,6 +182,9 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 		switch {
 		case err == nil:
 			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed", freed)
+			if freed > 0 {
+				d.kickGC()
+			}
 			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
 		case errors.Is(err, cow.ErrSnapInUse) && !force:
 			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
@@ -406,4 +409,19 @@ func (d *Daemon) SnapshotsCopying() int {
 		}
 	}
 	return n
+}
+
+// kickGC gives freed chunks' space back to the filesystem soon, instead of
+// at the store's next periodic GC: one collection at a time, in the
+// background (the store's Close waits for it).
+func (d *Daemon) kickGC() {
+	if !d.gcRunning.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer d.gcRunning.Store(false)
+		if err := d.store.RunGC(); err != nil {
+			d.log.Warn("store garbage collection", "err", err)
+		}
+	}()
 }

@@ -31,9 +31,12 @@ func badgerOptions(opts Options) badger.Options {
 		WithNumMemtables(3).
 		WithBlockCacheSize(64 << 20).
 		WithNumCompactors(2).
-		// Value-log GC rewrites one file at a time: smaller files give
-		// space back sooner. 256 MiB keeps a TiB under 4096 files.
-		WithValueLogFileSize(256 << 20).
+		// Value-log GC rewrites one file at a time and never the file
+		// being written: smaller files give space back sooner, and a
+		// nearly full filesystem has room to rewrite one. 64 MiB makes a
+		// TiB of chunks 16384 files (mmapped: well within the default
+		// vm.max_map_count of 65530 and the unit's LimitNOFILE).
+		WithValueLogFileSize(64 << 20).
 		WithNumVersionsToKeep(1).
 		WithCompression(options.Snappy).
 		WithMetricsEnabled(false).
