@@ -39,8 +39,9 @@
 // colon lists every context under it ("base:", "qemu:",
 // "qemu:dirty-bitmap:"); other queries match one name exactly; listing
 // with no query lists all; a query without a namespace is
-// NBD_REP_ERR_INVALID. Contexts are captured when selected, so a client
-// keeps asking the MetaContext object it selected.
+// NBD_REP_ERR_INVALID. The contexts are looked up again in the export the
+// client finally opens; one that has vanished since it was selected keeps
+// answering through the MetaContext object that was selected.
 //
 // Transmission flags follow the spec exactly: HAS_FLAGS always; for a
 // writable export SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES and

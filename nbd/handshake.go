@@ -392,11 +392,24 @@ func (h *handshake) enter(name string, exp *Export, release func(), lim limits) 
 	c.tryReader, _ = exp.Backend.(TryReader)
 	c.backed, _ = exp.Backend.(Backed)
 	if h.metaExport == name {
-		c.contexts = h.meta
+		c.contexts = rebind(h.meta, exp)
 	}
 	c.mu.Lock()
 	c.exportName, c.readOnly = exp.Name, exp.ReadOnly
 	c.mu.Unlock()
+}
+
+// rebind points the contexts selected on an earlier open of the export at
+// the one the client now uses (the export may have been opened afresh);
+// a context the export no longer offers keeps the object selected.
+func rebind(selected []selectedContext, exp *Export) []selectedContext {
+	_, byName := availableContexts(exp)
+	for i, sc := range selected {
+		if mc, ok := byName[sc.name]; ok {
+			selected[i].src = mc
+		}
+	}
+	return selected
 }
 
 // reply queues one option reply ("Fixed newstyle negotiation").

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,4 +367,35 @@ func TestExporterPanicClosesOneConnection(t *testing.T) {
 		t.Fatalf("other connection: %v", r)
 	}
 	open(t, sock, "m", true)
+}
+
+// freshExporter returns a new Export on every Open, whose context
+// x-test:open reports (as its flags) which open created it.
+type freshExporter struct {
+	mem   *nbdtest.Memory
+	opens atomic.Uint32
+}
+
+func (e *freshExporter) Open(context.Context, string) (*nbd.Export, func(), error) {
+	n := e.opens.Add(1)
+	ctx := &nbdtest.Ranges{Size: e.mem.Size(), Flags: n, Ranges: [][2]int64{{0, e.mem.Size()}}}
+	return &nbd.Export{Name: "f", Backend: e.mem, Contexts: func() map[string]nbd.MetaContext {
+		return map[string]nbd.MetaContext{"x-test:open": ctx}
+	}}, func() {}, nil
+}
+
+func (e *freshExporter) List(context.Context) []nbd.ExportInfo { return nil }
+
+func TestContextsFollowTheOpenedExport(t *testing.T) {
+	sock, _ := nbdtest.Serve(t, &freshExporter{mem: nbdtest.NewMemory(1 << 20)}, nbd.Options{})
+	c := dial(t, sock)
+	c.structuredReplies()
+	ids := c.setMeta("f", "x-test:open") // open 1
+	c.goExport("f")                      // open 2
+	r := c.do(cCmdBlockStatus, 0, 0, 4096, nil)
+	for id := range ids {
+		if got := r.status[id]; len(got) != 1 || got[0][1] != 2 {
+			t.Fatalf("x-test:open answered %v, want flags 2 (the export GO opened)", got)
+		}
+	}
 }
