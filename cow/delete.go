@@ -3,6 +3,7 @@ package cow
 import (
 	"context"
 	"fmt"
+	"math"
 )
 
 // DeleteSnapshot deletes the named snapshot, first, middle or last, by
@@ -58,7 +59,12 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	if err := v.storeSync.Wait(); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
-	freed, err = v.st.Merge(ctx, v.opts.DiskID, prevSeq, s.seq(), nextSeq, overridden)
+	seq := s.seq()
+	if last {
+		// Also the entries kept from newer snapshots deleted earlier.
+		seq, nextSeq = math.MaxUint64, 0
+	}
+	freed, err = v.st.Merge(ctx, v.opts.DiskID, prevSeq, seq, nextSeq, overridden)
 	if err != nil {
 		return 0, fmt.Errorf("delete snapshot %q (it stays 'deleting'; delete it again to finish): %w", name, err)
 	}
@@ -80,7 +86,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 }
 
 // mergeBounds gives Merge's arguments for deleting s: the previous
-// snapshot's sequence, the successor's (0: the live epoch) and which
+// snapshot's sequence, the successor's (MaxUint64: the live epoch) and which
 // blocks the successor overrides without an entry yet (pending for it, or
 // dirty in the live epoch). Caller holds mu.
 func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(uint64) bool) {
@@ -92,7 +98,9 @@ func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(
 		pend := next.pending
 		return prevSeq, next.seq(), func(b uint64) bool { return b < pend.Len() && pend.Test(b) }
 	}
-	return prevSeq, 0, func(b uint64) bool {
+	// The newest snapshot merges into the live epoch: entries of newer
+	// snapshots deleted earlier (kept for the next snapshot) override too.
+	return prevSeq, math.MaxUint64, func(b uint64) bool {
 		v.gate.RLock()
 		bits := v.track.Load().bits()
 		v.gate.RUnlock()

@@ -413,3 +413,48 @@ func TestTrackerSurvivesReopen(t *testing.T) {
 		t.Fatalf("dirty after crash = %v, want [5]", got)
 	}
 }
+
+// TestDeleteNewestFirstFreesEverything: deleting the newest snapshot keeps
+// its entries for the next snapshot; once the chain is empty nothing may
+// stay behind, and while it is not, entries shadowed by newer kept entries
+// are released.
+func TestDeleteNewestFirstFreesEverything(t *testing.T) {
+	ctx := context.Background()
+	d := newTestDisk(t, 8*testBS)
+	for i, name := range []string{"a", "b", "c"} {
+		if err := d.v.WriteAt(ctx, fill(byte('A'+i), testBS), 0, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.v.WriteAt(ctx, fill(byte('a'+i), testBS), int64(i+1)*testBS, false); err != nil {
+			t.Fatal(err)
+		}
+		d.snapshot(name)
+		d.wait(name)
+	}
+	for _, name := range []string{"c", "b"} {
+		if _, err := d.v.DeleteSnapshot(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Only "a" is left: block 0 has a's, b's and c's versions stored; b's is
+	// shadowed by c's kept entry and must be gone.
+	st, _ := d.st.Stats(ctx)
+	if st.DataEntries != 5 {
+		t.Errorf("with a left: %d data entries, want 5 (a: blocks 0,1; kept from b: block 2; kept from c: blocks 0,3)", st.DataEntries)
+	}
+	d.snapshot("d")
+	d.wait("d")
+	if got := d.readSnap("d"); !bytes.Equal(got, d.readLive()) {
+		t.Fatal("a snapshot after deleting the newest ones differs from the live disk")
+	}
+	for _, name := range []string{"d", "a"} {
+		if _, err := d.v.DeleteSnapshot(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, _ = d.st.Stats(ctx)
+	if st.Chunks != 0 || st.DataEntries != 0 || st.ZeroEntries != 0 {
+		t.Fatalf("after deleting every snapshot: %+v", st)
+	}
+	d.verify()
+}
