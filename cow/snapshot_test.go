@@ -458,3 +458,18 @@ func TestDeleteNewestFirstFreesEverything(t *testing.T) {
 	}
 	d.verify()
 }
+
+// TestTryReadAt: cached reads succeed and read the live content.
+func TestTryReadAt(t *testing.T) {
+	d := newTestDisk(t, 4*testBS)
+	if err := d.v.WriteAt(context.Background(), fill(9, 4096), testBS, false); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 4096)
+	if !d.v.TryReadAt(got, testBS) || !bytes.Equal(got, fill(9, 4096)) {
+		t.Fatal("TryReadAt of just-written (cached) data failed or read wrong bytes")
+	}
+	if d.v.TryReadAt(nil, 0) {
+		t.Fatal("TryReadAt of nothing claimed success")
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -409,3 +410,22 @@ func mapErr(err error) error {
 func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
 	return v.f.Fd(), off, true
 }
+
+// TryReadAt reads the live image only if every byte is in the page cache
+// (preadv2 with RWF_NOWAIT), so the NBD server can answer cached small
+// reads without handing them to a worker (nbd.TryReader).
+func (v *Volume) TryReadAt(p []byte, off int64) bool {
+	if len(p) == 0 {
+		return false
+	}
+	iov := unix.Iovec{Base: &p[0]}
+	iov.SetLen(len(p))
+	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, v.f.Fd(), uintptr(unsafe.Pointer(&iov)), 1,
+		uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
+	return errno == 0 && int(n) == len(p)
+}
+
+var (
+	_ nbd.TryReader = (*Volume)(nil)
+	_ nbd.Backed    = (*Volume)(nil)
+)
