@@ -82,7 +82,7 @@ func (s *Store) gcPass() (rewrites int, err error) {
 		}
 		// A rewrite copies the live part of one value-log file (at most
 		// half of it at this ratio) before deleting the file.
-		release, err := s.space.reserve(writeMeta, uint64(s.db.Opts().ValueLogFileSize)/2)
+		release, err := s.space.reserve(writeGC, uint64(s.db.Opts().ValueLogFileSize)/2)
 		if err != nil {
 			return rewrites, s.wrapErr("value-log GC", err)
 		}
@@ -103,7 +103,9 @@ func (s *Store) gcPass() (rewrites int, err error) {
 // prefix that holds data, hence the marker key) and flattens the tree, so
 // that compaction records which value-log entries are garbage.
 func (s *Store) compactForGC() error {
-	release, err := s.space.reserve(writeMeta, 2*uint64(s.db.Opts().MemTableSize))
+	// The tree holds keys and value pointers only: a flush and compaction
+	// write far less than a memtable's size.
+	release, err := s.space.reserve(writeGC, uint64(s.db.Opts().MemTableSize)/2)
 	if err != nil {
 		return s.wrapErr("compact for GC", err)
 	}

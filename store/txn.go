@@ -71,10 +71,13 @@ func (s *Store) wrapErr(op string, err error) error {
 
 // Write classes for spaceGuard: chunk data must leave the full headroom;
 // metadata (records, merges, deletes) may use half of it, so that a full
-// store can still mark a snapshot failed and delete snapshots.
+// store can still mark a snapshot failed and delete snapshots; value-log
+// GC may use three quarters, so that space freed by deletes can be given
+// back even when chunk writes have filled the store up to its reserve.
 const (
 	writeData = iota
 	writeMeta
+	writeGC
 )
 
 // spaceGuard refuses writes that would leave less than minFree bytes on the
@@ -105,8 +108,11 @@ func (g *spaceGuard) reserve(class int, n uint64) (release func(), err error) {
 	}
 	free := st.Bavail * uint64(st.Bsize)
 	keep := g.minFree
-	if class == writeMeta {
+	switch class {
+	case writeMeta:
 		keep /= 2
+	case writeGC:
+		keep /= 4
 	}
 	if free < keep+uint64(held) {
 		release()
