@@ -205,6 +205,7 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 // the live disk must be gone (force disconnects them); no new ones connect
 // until the rollback ends.
 func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (api.Task, error) {
+	d.settleLiveClients(disk)
 	d.mu.Lock()
 	k, err := d.liveDisk(disk)
 	if err == nil && k.rollingBack {
@@ -424,4 +425,22 @@ func (d *Daemon) kickGC() {
 			d.log.Warn("store garbage collection", "err", err)
 		}
 	}()
+}
+
+// settleLiveClients waits a moment for clients of a disk's live export
+// that have just disconnected to be released (their handlers finish after
+// the client sees the disconnect), so a rollback right after a VM stops is
+// not refused for a connection that is already gone.
+func (d *Daemon) settleLiveClients(disk string) {
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		d.mu.Lock()
+		k := d.disks[disk]
+		busy := k != nil && k.liveConns > 0
+		d.mu.Unlock()
+		if !busy {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
