@@ -154,7 +154,7 @@ print(busy, kt)
 PYEOF
 }
 
-# wait_quiet: wait (at most QUIET_WAIT seconds, default 300) until the rest
+# wait_quiet: wait (at most QUIET_WAIT seconds, default 60) until the rest
 # of the machine uses less than MAX_FOREIGN cores (default 0.25) over one
 # second, so that a job does not start while other work competes for the
 # cores. Returns 0 either way; logs when it gave up waiting.
@@ -165,8 +165,8 @@ wait_quiet() {
 		sleep 1
 		read -r b1 k1 <<<"$(cpu_sample)"
 		awk -v b=$((b1 - b0 - (k1 - k0))) -v t="$TICKS" -v m="${MAX_FOREIGN:-0.25}" 'BEGIN{exit !(b/t < m)}' && return 0
-		if ((SECONDS - start >= ${QUIET_WAIT:-300})); then
-			log "the machine is still busy after ${QUIET_WAIT:-300} s (load $(cut -d' ' -f1 /proc/loadavg)): measuring anyway"
+		if ((SECONDS - start >= ${QUIET_WAIT:-60})); then
+			log "the machine is still busy after ${QUIET_WAIT:-60} s (load $(cut -d' ' -f1 /proc/loadavg)): measuring anyway"
 			return 0
 		fi
 		sleep 2

@@ -32,8 +32,14 @@
 #     those runs' figures) and prints the top symbols into OUT/perf.txt
 #   BENCH_TMP [/var/tmp]: where the scratch directory goes (not a tmpfs)
 #   MAX_FOREIGN [0.25] cores: a job starts only when other work on the machine
-#     uses less (waiting at most QUIET_WAIT [300] s), and is repeated (at most
-#     RETRIES [3] tries) when other work used more during it
+#     uses less (waiting at most QUIET_WAIT [60] s), and is repeated (at most
+#     RETRIES [2] tries) when other work used more during it
+#   TRACK_FRESH [0]: "1" takes a snapshot of cairnd's disk (and waits until
+#     it is copied out, deleting the previous one) before each of cairnd's
+#     write jobs, so that its writes land in a fresh epoch and pay for
+#     marking their blocks in the crash-safe dirty set. Without it, every
+#     block of the adopted image is dirty from the start (a first snapshot
+#     must be complete) and a write pays one atomic load for tracking.
 #   BENCH_NICE [unset]: run servers and clients at this niceness (-15 puts
 #     them ahead of other work on a shared machine; needs root)
 #   KEEP [0]: "1" keeps the scratch directory (server logs, image)
@@ -160,16 +166,32 @@ nbdcopy_once() {
 		"$(awk -v u="$user" -v s="$sys" -v r="$real" 'BEGIN{printf "%.2f", (u+s)/r}')")
 }
 
+# fresh_epoch: snapshot cairnd's disk and wait until it is copied out, so
+# the epoch after it starts with no block marked; drop the snapshot before.
+EPOCHS=0
+LAST_EPOCH=
+fresh_epoch() {
+	local name=epoch-$((++EPOCHS))
+	cairnc snapshot create bench "$name" --wait >"$WORK/snapshot.log" 2>&1 ||
+		die "cairn snapshot create bench $name failed: $(tail -3 "$WORK/snapshot.log")"
+	if [ -n "$LAST_EPOCH" ]; then
+		cairnc snapshot delete bench "$LAST_EPOCH" >"$WORK/snapshot.log" 2>&1 ||
+			die "cairn snapshot delete bench $LAST_EPOCH failed: $(tail -3 "$WORK/snapshot.log")"
+	fi
+	LAST_EPOCH=$name
+}
+
 # measure RUN SERVER WORKLOAD: wait for a quiet machine, run the job, and
-# repeat it (up to RETRIES times, default 3) while other work spoiled it.
+# repeat it (up to RETRIES times, default 2) while other work spoiled it.
 measure() {
 	local try
 	for ((try = 1; ; try++)); do
 		alive "$2"
+		[ "${TRACK_FRESH:-0}" = 1 ] && [ "$2" = cairnd ] && [[ $3 == *write* || $3 == randrw* ]] && fresh_epoch
 		sync
 		wait_quiet
 		if [ "$3" = nbdcopy ]; then nbdcopy_once "$1" "$2"; else fio_once "$1" "$2" "$3"; fi
-		spoiled && ((try < ${RETRIES:-3})) || break
+		spoiled && ((try < ${RETRIES:-2})) || break
 		log "run $1 $3 $2: other work used $FOREIGN cores during the job; repeating it"
 	done
 	record "$1" "$2" "$3" "${RESULT[@]}"
@@ -205,7 +227,7 @@ done
 {
 	echo "# NBD servers: cairnd against nbdkit and qemu-nbd"
 	echo
-	echo "Command: \`RUNS=$RUNS RUNTIME=$RUNTIME RAMP=$RAMP SIZE=$((SIZE >> 20))M${BENCH_NICE:+ BENCH_NICE=$BENCH_NICE} MAX_FOREIGN=${MAX_FOREIGN:-0.25} scripts/bench/nbd.sh\`"
+	echo "Command: \`RUNS=$RUNS RUNTIME=$RUNTIME RAMP=$RAMP SIZE=$((SIZE >> 20))M${BENCH_NICE:+ BENCH_NICE=$BENCH_NICE} MAX_FOREIGN=${MAX_FOREIGN:-0.25}${TRACK_FRESH:+ TRACK_FRESH=$TRACK_FRESH} SERVERS='${SERVERS[*]}' WORKLOADS='${WORKLOADS[*]}' scripts/bench/nbd.sh\`"
 	echo
 	cat "$OUT/system.md"
 	echo "- load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
