@@ -18,6 +18,9 @@
 #                          /sys/fs/cgroup (a child cgroup of ours, made the
 #                          namespace's root) so systemd manages only itself
 #   everything else        the host's (the repository, the Go toolchain)
+# A host path under /tmp or /run that the namespace must still see (the
+# repository, when a CI job clones it into /tmp) is named in NS_KEEP
+# (colon-separated) and bind-mounted into the private tmpfs at the same path.
 # systemd boots to cairn-test.target, which wants nothing: only what a test
 # starts runs, plus journald. Units that would touch the host kernel or
 # clock (sysctl, binfmt, modules, udev, timesyncd, pstore...) are masked.
@@ -85,7 +88,7 @@ ns_boot() {
 	(
 		echo "$BASHPID" >"$NS_CGROUP/cgroup.procs"
 		exec unshare --cgroup --pid --fork --mount --mount-proc --propagation private \
-			bash -c "$(declare -f ns_inside); ns_inside \"\$@\"" ns_inside "$NS_DIR" "${NS_MASKED[@]}"
+			env NS_KEEP="${NS_KEEP:-}" bash -c "$(declare -f ns_inside); ns_inside \"\$@\"" ns_inside "$NS_DIR" "${NS_MASKED[@]}"
 	) </dev/null >"$NS_DIR/console.log" 2>&1 &
 	NS_UNSHARE=$!
 	local deadline=$((SECONDS + 30))
@@ -136,8 +139,28 @@ ns_inside() {
 		mount -t overlay overlay -o "lowerdir=/$d,upperdir=$dir/upper/$d,workdir=$dir/work/$d" "/$d"
 	done
 	mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$dir/upper/usrlocal,workdir=$dir/work/usrlocal" /usr/local
-	mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+	# The private /run and /tmp are built aside (in the state directory,
+	# still reachable), the kept host paths bound into them, and then
+	# moved into place with their submounts.
+	local top keep rel
+	for top in run tmp; do
+		mkdir -p "$dir/new$top"
+		if [ $top = run ]; then
+			mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$dir/new$top"
+		else
+			mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$dir/new$top"
+		fi
+		local IFS=:
+		for keep in ${NS_KEEP:-}; do
+			case "$keep" in /$top/?*) ;; *) continue ;; esac
+			rel=${keep#/$top/}
+			mkdir -p "$dir/new$top/$rel"
+			mount --bind "$keep" "$dir/new$top/$rel"
+		done
+		unset IFS
+	done
+	mount -n --move "$dir/newrun" /run
+	mount -n --move "$dir/newtmp" /tmp
 	mount --bind /sys /sys
 	mount -o remount,bind,ro /sys
 	mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup

@@ -76,7 +76,7 @@ systemd-analyze verify "$stage"/usr/local/lib/systemd/system/cairnd{.service,.so
 	fail "systemd-analyze verify"
 
 step "boot systemd in a namespace"
-ns_boot
+NS_KEEP=$repo ns_boot # the repository, even when it is cloned under /tmp
 
 step "make install inside it (a cairn_testfaults build, so the watchdog test can wedge cairnd)"
 ns make -s -C "$repo" install PREFIX=/usr/local BIN=/tmp/cairn-bin GOFLAGS=-tags=cairn_testfaults
