@@ -42,8 +42,10 @@ type Options struct {
 	// Logger receives copy-out and recovery messages. Nil: slog.Default().
 	Logger *slog.Logger
 	// OnWrite, if set, is called after every completed write, trim or zero
-	// with its range (the FUSE view uses it to drop stale page cache).
-	OnWrite func(off, length int64)
+	// with the request's context and range, after the write gate is
+	// released and before the write returns (the FUSE view uses it to drop
+	// stale page cache; the context tells it which frontend wrote).
+	OnWrite func(ctx context.Context, off, length int64)
 }
 
 // Volume is an open live image. Its methods are safe for concurrent use.
@@ -198,9 +200,9 @@ func (v *Volume) beginWrite(ctx context.Context, off, length int64) {
 	}
 }
 
-func (v *Volume) afterWrite(off, length int64) {
+func (v *Volume) afterWrite(ctx context.Context, off, length int64) {
 	if v.opts.OnWrite != nil {
-		v.opts.OnWrite(off, length)
+		v.opts.OnWrite(ctx, off, length)
 	}
 }
 
@@ -212,7 +214,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	v.beginWrite(ctx, off, int64(len(p)))
 	_, err := v.f.WriteAt(p, off)
 	v.gate.RUnlock()
-	v.afterWrite(off, int64(len(p)))
+	v.afterWrite(ctx, off, int64(len(p)))
 	if err != nil {
 		return mapErr(err)
 	}
@@ -260,7 +262,7 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	v.beginWrite(ctx, off, length)
 	err := v.zero(off, length, flags)
 	v.gate.RUnlock()
-	v.afterWrite(off, length)
+	v.afterWrite(ctx, off, length)
 	if err != nil {
 		return err
 	}
