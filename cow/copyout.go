@@ -6,9 +6,14 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cairn-storage/cairn/store"
 )
+
+// testCopyOutHook, set only by tests, runs when a copy-out worker starts
+// (to hold it while a test writes over pending blocks).
+var testCopyOutHook atomic.Pointer[func(ctx context.Context)]
 
 // copyBatch is how many blocks the copy-out worker stores per store sync.
 const copyBatch = 32
@@ -52,9 +57,163 @@ func (v *Volume) copyBeforeWrite(ctx context.Context, first, last uint64) {
 		// A failed copy passes the block to another snapshot (or to the
 		// live epoch), so look again until no snapshot has it pending.
 		for s := v.pendingOwner(b); s != nil; s = v.pendingOwner(b) {
-			v.copyBlocks(ctx, s, []uint64{b})
+			v.copyOnWrite(ctx, s, b)
 		}
 	}
+}
+
+// copyOnWrite saves block b's old content for s before a write: into the
+// journal (raw, one shared fdatasync) when there is one, else into the
+// store. It returns with b no longer pending for s.
+func (v *Volume) copyOnWrite(ctx context.Context, s *snap, b uint64) {
+	<-s.drained // the old epoch's writes in flight are part of this content
+	if v.jr == nil {
+		v.copyBlocks(ctx, s, []uint64{b})
+		return
+	}
+	mu := &v.stripes[b%stripeCount]
+	mu.Lock()
+	if !s.pending.Test(b) {
+		mu.Unlock()
+		return
+	}
+	p := v.getBlock()
+	defer putBlock(p)
+	if err := v.readLive(*p, int64(b)<<v.shift); err != nil {
+		mu.Unlock()
+		v.failSnapshot(s, fmt.Errorf("read live image for copy-on-write: %w", err))
+		return
+	}
+	off, err := v.jr.append(s.seq(), s.nonce(), b, *p)
+	if err != nil {
+		mu.Unlock()
+		if !errors.Is(err, errJournalFull) && !errors.Is(err, errJournalBroken) {
+			v.log.Warn("copy-before-write journal write failed; copying to the store directly", "live", v.path, "err", err)
+		}
+		v.copyBlocks(ctx, s, []uint64{b})
+		return
+	}
+	// journaled before pending is cleared: whoever sees b not pending
+	// finds it journaled (or, later, stored).
+	s.jmu.Lock()
+	s.journaled[b] = off
+	s.jmu.Unlock()
+	s.pending.TestAndClear(b)
+	mu.Unlock()
+	if err := v.jr.wait(); err == nil {
+		return
+	}
+	// The slot may not be durable: put b back to pending (the live image
+	// still holds it: the caller has not written yet) unless the worker
+	// stored it meanwhile, and copy it to the store instead.
+	mu.Lock()
+	s.jmu.Lock()
+	cur, ok := s.journaled[b]
+	if ok && cur == off {
+		delete(s.journaled, b)
+	}
+	s.jmu.Unlock()
+	if ok && cur == off {
+		s.pending.Set(b)
+	}
+	mu.Unlock()
+	if ok && cur == off {
+		v.jr.release(1)
+		v.log.Warn("copy-before-write journal sync failed; copying to the store directly", "live", v.path)
+		v.copyBlocks(ctx, s, []uint64{b})
+	}
+}
+
+// ingestJournaled stores s's journaled blocks, a batch at a time, and
+// releases their journal slots.
+func (v *Volume) ingestJournaled(ctx context.Context, s *snap) error {
+	type slot struct {
+		b   uint64
+		off int64
+	}
+	for {
+		var batch []slot
+		s.jmu.Lock()
+		for b, off := range s.journaled {
+			batch = append(batch, slot{b, off})
+			if len(batch) == copyBatch {
+				break
+			}
+		}
+		s.jmu.Unlock()
+		if len(batch) == 0 {
+			return nil
+		}
+		entries := make([]store.Entry, 0, len(batch))
+		bufs := make([]*[]byte, 0, len(batch))
+		release := func() {
+			for _, p := range bufs {
+				putBlock(p)
+			}
+		}
+		for _, x := range batch {
+			p := v.getBlock()
+			bufs = append(bufs, p)
+			if err := v.jr.read(x.off, *p); err != nil {
+				release()
+				v.failSnapshot(s, err)
+				return err
+			}
+			entries = append(entries, store.Entry{Block: x.b, Data: *p})
+		}
+		err := v.st.PutEntries(ctx, v.opts.DiskID, s.seq(), entries)
+		if err == nil {
+			err = v.storeSync.Wait()
+		}
+		release()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err() // stopping: the journal keeps the blocks for the next start
+			}
+			v.failSnapshot(s, err)
+			return err
+		}
+		n := 0
+		for _, x := range batch {
+			mu := &v.stripes[x.b%stripeCount]
+			mu.Lock() // readers of the slot hold it
+			s.jmu.Lock()
+			if cur, ok := s.journaled[x.b]; ok && cur == x.off {
+				delete(s.journaled, x.b)
+				n++
+			}
+			s.jmu.Unlock()
+			mu.Unlock()
+		}
+		v.jr.release(n)
+	}
+}
+
+// dropJournaled forgets s's journaled blocks (s failed or is deleted,
+// durably: no later start adopts them) and releases their slots.
+func (v *Volume) dropJournaled(s *snap) {
+	if v.jr == nil {
+		return
+	}
+	s.jmu.Lock()
+	blocks := make([]uint64, 0, len(s.journaled))
+	for b := range s.journaled {
+		blocks = append(blocks, b)
+	}
+	s.jmu.Unlock()
+	n := 0
+	for _, b := range blocks {
+		mu := &v.stripes[b%stripeCount]
+		mu.Lock()
+		s.jmu.Lock()
+		if _, ok := s.journaled[b]; ok {
+			delete(s.journaled, b)
+			n++
+		}
+		s.jmu.Unlock()
+		mu.Unlock()
+	}
+	v.jr.release(n)
 }
 
 // copyBlocks stores the live content of blocks pending for s as s's
@@ -146,11 +305,23 @@ func (v *Volume) stopWorker(s *snap) {
 func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 	defer v.workers.Done()
 	defer close(done)
+	<-s.drained
+	if h := testCopyOutHook.Load(); h != nil {
+		(*h)(ctx)
+	}
+	stop := func() {
+		v.mu.Lock()
+		s.working = false
+		v.mu.Unlock()
+	}
 	for {
 		if ctx.Err() != nil {
-			v.mu.Lock()
-			s.working = false
-			v.mu.Unlock()
+			stop()
+			return
+		}
+		// Journaled blocks first: they hold journal space.
+		if err := v.ingestJournaled(ctx, s); err != nil {
+			stop()
 			return
 		}
 		blocks := s.pending.Members()
@@ -163,10 +334,14 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 		for i := 0; i < len(blocks); i += copyBatch {
 			batch := blocks[i:min(i+copyBatch, len(blocks))]
 			if err := v.copyBlocks(ctx, s, batch); err != nil {
-				v.mu.Lock()
-				s.working = false
-				v.mu.Unlock()
+				stop()
 				return
+			}
+			if i%(16*copyBatch) == 0 && s.journaledCount() > 0 {
+				if err := v.ingestJournaled(ctx, s); err != nil {
+					stop()
+					return
+				}
 			}
 		}
 	}
@@ -176,7 +351,9 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 // worker is done.
 func (v *Volume) finishCopy(s *snap) bool {
 	v.mu.Lock()
-	if s.pending.Count() != 0 {
+	// pending before journaled: a copy-on-write journals a block before it
+	// clears it from pending.
+	if s.pending.Count() != 0 || s.journaledCount() != 0 {
 		v.mu.Unlock()
 		return false
 	}
@@ -214,13 +391,23 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 	s.rec.State = StateFailed
 	s.rec.Reason = failReason(cause)
 	v.log.Error("snapshot failed; guest writes go on", "snapshot", s.rec.Name, "reason", s.rec.Reason)
-	v.passPending(s)
-	rec := s.rec
-	rec.Pending = nil
+	to := v.passPending(s)
 	v.mu.Unlock()
-	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
-		v.log.Warn("could not record snapshot failure (it is re-derived at the next start)", "snapshot", rec.Name, "err", err)
+	// The successor's record names the blocks it took over before this
+	// one says failed: after a crash in between both claim them, which is
+	// harmless (both versions are the live content).
+	if to != nil {
+		if err := v.persistRecord(to); err != nil {
+			v.log.Warn("could not record the blocks a failed snapshot passed on", "snapshot", to.rec.Name, "err", err)
+		}
 	}
+	if err := v.persistRecord(s); err != nil {
+		// Its journaled blocks stay in the journal: if the failure is not
+		// recorded, the next start still finds the snapshot copying.
+		v.log.Warn("could not record snapshot failure", "snapshot", s.rec.Name, "err", err)
+		return
+	}
+	v.dropJournaled(s)
 }
 
 func failReason(err error) string {
@@ -232,9 +419,10 @@ func failReason(err error) string {
 
 // passPending moves s's pending blocks to the next snapshot in the chain
 // that is not failed (making it copying again if needed), or to the live
-// epoch's dirty set. Caller holds mu.
-func (v *Volume) passPending(s *snap) {
-	var to *snap
+// epoch's dirty set (durably). Caller holds mu. It returns the snapshot
+// that took the blocks, whose record the caller must persist (unless it
+// is not committed yet: then its commit does).
+func (v *Volume) passPending(s *snap) (to *snap) {
 	found := false
 	for _, x := range v.snaps {
 		if x == s {
@@ -266,6 +454,11 @@ func (v *Volume) passPending(s *snap) {
 	for _, b := range moved.Members() {
 		s.pending.TestAndClear(b)
 	}
+	if to != nil && !to.committed {
+		to.repersist = true
+		return nil
+	}
+	return to
 }
 
 // stopWorkers stops every copy-out worker and waits for them.

@@ -36,8 +36,9 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err error) {
 	name := s.rec.Name
 	v.mu.Lock()
+	var to *snap
 	if s.rec.State == StateCopying {
-		v.passPending(s)
+		to = v.passPending(s)
 	}
 	s.rec.State = StateDeleting
 	rec := s.rec
@@ -45,6 +46,14 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	prevSeq, nextSeq, overridden := v.mergeBounds(s)
 	last := len(v.snaps) == 1
 	v.mu.Unlock()
+	if to != nil {
+		// The successor's record names the blocks it took over before
+		// this one says deleting (a crash between leaves both claiming
+		// them, which is harmless).
+		if err := v.persistRecord(to); err != nil {
+			return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
+		}
+	}
 	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
@@ -59,6 +68,9 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	if err := v.storeSync.Wait(); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
+	// Deleting is durable: its journaled blocks (its own versions, which
+	// every later snapshot overrides) are no longer needed.
+	v.dropJournaled(s)
 	seq := s.seq()
 	if last {
 		// Also the entries kept from newer snapshots deleted earlier.
@@ -96,7 +108,13 @@ func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(
 	}
 	if next != nil {
 		pend := next.pending
-		return prevSeq, next.seq(), func(b uint64) bool { return b < pend.Len() && pend.Test(b) }
+		return prevSeq, next.seq(), func(b uint64) bool {
+			if b < pend.Len() && pend.Test(b) {
+				return true
+			}
+			_, journaled := next.journalSlot(b)
+			return journaled
+		}
 	}
 	// The newest snapshot merges into the live epoch: entries of newer
 	// snapshots deleted earlier (kept for the next snapshot) override too.

@@ -98,7 +98,8 @@ type SnapshotInfo struct {
 	Reason       string        `json:"reason,omitempty"`
 	Size         int64         `json:"size"`
 	WrittenBytes uint64        `json:"written_bytes"` // bytes changed in the epoch it sealed
-	Hold         time.Duration `json:"hold_ns"`       // how long writes were held to take it
+	Hold         time.Duration `json:"hold_ns"`       // how long the epoch was sealed (writes arriving then wait at most this)
+	Drain        time.Duration `json:"drain_ns"`      // from the seal until the old epoch's writes in flight had finished
 }
 
 // snapRecord is a snapshot's record in the store ("snap/<disk>/<seq>").
@@ -112,6 +113,7 @@ type snapRecord struct {
 	Reason      string    `json:"reason,omitempty"`
 	Size        int64     `json:"size"`
 	HoldNS      int64     `json:"hold_ns"`
+	DrainNS     int64     `json:"drain_ns,omitempty"`
 	Written     uint64    `json:"written_blocks"`
 	Pending     []byte    `json:"pending,omitempty"` // roaring64 of blocks to copy out, while copying
 }
@@ -147,6 +149,7 @@ type chain struct {
 
 	stripes   [stripeCount]sync.Mutex // per-block copy locks: a block is copied out at most once at a time
 	storeSync *groupSync
+	jr        *journal // copy-before-write journal; nil: old blocks go to the store inside the write
 
 	stopCtx context.Context
 	stop    context.CancelFunc
@@ -162,9 +165,56 @@ type snap struct {
 	working bool               // a copy-out worker runs (guarded by chain.mu)
 	cancel  context.CancelFunc // stops the worker (guarded by chain.mu)
 	done    chan struct{}      // closed when the worker ends (guarded by chain.mu)
+
+	// drained is closed once the writes of the epoch this snapshot sealed
+	// have all finished: nothing reads its pending blocks from the live
+	// image before.
+	drained <-chan struct{}
+	// committed: the record is durable (guarded by chain.mu); repersist:
+	// pending grew before that and the record must be written again.
+	committed, repersist bool
+
+	jmu       sync.Mutex
+	journaled map[uint64]int64 // block -> journal slot: old content journaled, not yet stored (guarded by jmu)
 }
 
+func newSnap(rec snapRecord) *snap {
+	return &snap{rec: rec, drained: closedChan, journaled: map[uint64]int64{}}
+}
+
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 func (s *snap) seq() uint64 { return s.rec.Seq }
+
+// nonce tells this snapshot from another that reuses its sequence number
+// after an abandoned seal (journal slots carry it).
+func (s *snap) nonce() uint64 { return uint64(s.rec.Created.UnixNano()) }
+
+// journalSlot reports where b's old content is journaled for s.
+func (s *snap) journalSlot(b uint64) (int64, bool) {
+	s.jmu.Lock()
+	off, ok := s.journaled[b]
+	s.jmu.Unlock()
+	return off, ok
+}
+
+// journaledCount is how many of s's blocks wait in the journal.
+func (s *snap) journaledCount() int {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	return len(s.journaled)
+}
+
+// orJournaled adds s's journaled blocks to bm.
+func (s *snap) orJournaled(bm *Bitmap) {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	for b := range s.journaled {
+		if b < bm.Len() {
+			bm.Set(b)
+		}
+	}
+}
 
 // readable: the snapshot can be read (copying or ready). Caller holds mu.
 func (s *snap) readable() bool {
@@ -206,6 +256,11 @@ func (v *Volume) openChain() error {
 	if err := v.loadSnaps(ctx); err != nil {
 		return err
 	}
+	if v.opts.TrackPrefix != "" {
+		if err := v.replayJournal(); err != nil {
+			return err
+		}
+	}
 	if err := v.recoverTracker(fresh, nblocks); err != nil {
 		return err
 	}
@@ -240,7 +295,8 @@ func (v *Volume) loadSnaps(ctx context.Context) error {
 	disk := v.opts.DiskID
 	var copying []*snap
 	err := v.st.ListRecords(snapPrefix(disk), func(key string, raw []byte) error {
-		s := &snap{}
+		s := newSnap(snapRecord{})
+		s.committed = true
 		if err := jsonUnmarshal(raw, &s.rec); err != nil {
 			return fmt.Errorf("snapshot record %s: %w", key, err)
 		}
@@ -275,6 +331,39 @@ func (v *Volume) loadSnaps(ctx context.Context) error {
 	}
 	sort.Slice(v.snaps, func(i, j int) bool { return v.snaps[i].seq() < v.snaps[j].seq() })
 	v.copying.Store(&copying)
+	return nil
+}
+
+// replayJournal opens the copy-before-write journal and adopts every slot
+// that holds the old content of a block still pending for a copying
+// snapshot (the live image no longer has it): the block leaves pending and
+// is read from the journal until the copy-out worker stores it.
+func (v *Volume) replayJournal() error {
+	j, recs, err := openJournal(v.opts.TrackPrefix+".cbw", int(v.blockSize), v.opts.JournalMax)
+	if err != nil {
+		return err
+	}
+	bySeq := map[uint64]*snap{}
+	for _, s := range v.snaps {
+		if s.rec.State == StateCopying {
+			bySeq[s.seq()] = s
+		}
+	}
+	adopted := 0
+	for _, r := range recs {
+		s := bySeq[r.seq]
+		if s == nil || s.nonce() != r.nonce || r.block >= s.pending.Len() || !s.pending.Test(r.block) {
+			continue // stale: stored already, or its snapshot is gone or failed
+		}
+		s.journaled[r.block] = r.off
+		s.pending.Clear(r.block)
+		adopted++
+	}
+	j.start(adopted)
+	if adopted > 0 {
+		v.log.Info("copy-before-write journal replayed", "live", v.path, "blocks", adopted)
+	}
+	v.jr = j
 	return nil
 }
 
@@ -399,19 +488,21 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
-	s := &snap{rec: snapRecord{Seq: seq, Name: meta.Name, Description: meta.Description, Kind: meta.Kind,
-		Created: time.Now().UTC(), State: StateCopying}}
+	s := newSnap(snapRecord{Seq: seq, Name: meta.Name, Description: meta.Description, Kind: meta.Kind,
+		Created: time.Now().UTC(), State: StateCopying})
 
-	// The hold: writes wait at the gate; those in flight finish first.
+	// The hold: the epoch's tracker is swapped under mu (a failing
+	// snapshot hands its pending blocks to its successor or to the live
+	// epoch under mu, so the chain and the epoch change together). No
+	// write waits for it: a write that prepared in the old epoch either
+	// entered it before the swap (it finishes in the old epoch, which the
+	// snapshot then holds) or sees the new shape and prepares again.
 	t0 := time.Now()
-	v.gate.Lock()
-	// mu too: a failing snapshot hands its pending blocks to its successor
-	// or to the live epoch under mu, so the chain and the epoch must change
-	// together.
 	v.mu.Lock()
 	old := v.track.Load()
 	v.track.Store(next)
 	v.shape.Add(1)
+	s.drained = old.seal()
 	s.pending = old.bits()
 	s.rec.Size = v.size
 	if v.trackLost.Swap(false) && s.pending.Len() > 0 {
@@ -422,12 +513,19 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	v.snaps = append(v.snaps, s)
 	v.addCopying(s)
 	v.mu.Unlock()
-	v.gate.Unlock()
 	hold := time.Since(t0)
+	// Writes of the old epoch still in flight finish before the live
+	// image is synced for the snapshot; only writes that must copy a
+	// block of this snapshot out first wait for them too.
+	<-s.drained
+	drain := time.Since(t0)
 
+	v.mu.Lock()
 	s.total = s.pending.Count()
 	s.rec.HoldNS = int64(hold)
+	s.rec.DrainNS = int64(drain)
 	s.rec.Written = s.total
+	v.mu.Unlock()
 	if err := v.commitSeal(s); err != nil {
 		v.abandonSeal(s, old)
 		return SnapshotInfo{}, err
@@ -435,10 +533,45 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	old.remove()
 	v.mu.Lock()
 	v.epoch = seq
+	s.committed = true
+	again := s.repersist && s.rec.State == StateCopying
+	v.mu.Unlock()
+	if again {
+		// A failing older snapshot passed blocks to this one before its
+		// record was durable.
+		if err := v.persistRecord(s); err != nil {
+			v.failSnapshot(s, err)
+		}
+	}
+	v.mu.Lock()
 	v.startWorker(s)
 	info := v.info(s)
 	v.mu.Unlock()
 	return info, nil
+}
+
+// persistRecord writes s's record (with its pending set while copying)
+// durably.
+func (v *Volume) persistRecord(s *snap) error {
+	v.mu.Lock()
+	rec := s.rec
+	var err error
+	if rec.State == StateCopying {
+		rec.Pending, err = toRoaring(s.pending).ToBytes()
+	} else {
+		rec.Pending = nil
+	}
+	v.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
+		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+	}
+	if err := v.storeSync.Wait(); err != nil {
+		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+	}
+	return nil
 }
 
 // commitSeal makes everything the new snapshot depends on durable: the
@@ -484,6 +617,7 @@ func (v *Volume) abandonSeal(s *snap, old *tracker) {
 	if err := old.setAll(next.bits()); err != nil && !v.trackLost.Swap(true) {
 		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "err", err)
 	}
+	old.unseal()
 	v.track.Store(old)
 	v.shape.Add(1)
 	v.mu.Unlock()
@@ -565,7 +699,7 @@ func (v *Volume) info(s *snap) SnapshotInfo {
 	r := s.rec
 	in := SnapshotInfo{Seq: r.Seq, Name: r.Name, Description: r.Description, Kind: r.Kind, Created: r.Created,
 		State: r.State, Reason: r.Reason, Size: r.Size, WrittenBytes: r.Written * uint64(v.blockSize),
-		Hold: time.Duration(r.HoldNS), Progress: 100}
+		Hold: time.Duration(r.HoldNS), Drain: time.Duration(r.DrainNS), Progress: 100}
 	if r.State == StateCopying && s.total > 0 {
 		left := s.pending.Count()
 		in.Progress = 100 * float64(s.total-min(left, s.total)) / float64(s.total)

@@ -51,6 +51,15 @@ type tracker struct {
 	// the tracker (close its file) once its epoch is sealed.
 	life    sync.RWMutex
 	retired bool // guarded by life
+
+	// inflight counts the epoch's writes issued to the live image and not
+	// yet finished; drained is closed once the epoch is sealed and the
+	// count is zero (the seal does not wait for it, only readers of the
+	// sealed content do).
+	inflight  atomic.Int64
+	sealed    atomic.Bool
+	drained   chan struct{}
+	drainOnce sync.Once
 }
 
 // errRetired: the tracker's epoch ended while a mark was on its way; the
@@ -62,7 +71,7 @@ func trackPath(prefix string, epoch uint64) string { return fmt.Sprintf("%s.%d",
 // createTracker makes an empty tracker file for epoch (replacing any) and
 // makes it and its directory entry durable.
 func createTracker(prefix string, epoch, nblocks uint64, blockSize int) (*tracker, error) {
-	t := &tracker{epoch: epoch}
+	t := &tracker{epoch: epoch, drained: make(chan struct{})}
 	t.staged.Store(NewBitmap(nblocks))
 	t.durable.Store(NewBitmap(nblocks))
 	if prefix == "" {
@@ -129,11 +138,45 @@ func openTracker(path string, blockSize int) (*tracker, error) {
 	for i := range bm.words {
 		bm.words[i] = binary.LittleEndian.Uint64(raw[i*8:])
 	}
-	t := &tracker{path: path, f: f, epoch: binary.LittleEndian.Uint64(hdr[16:])}
+	t := &tracker{path: path, f: f, epoch: binary.LittleEndian.Uint64(hdr[16:]), drained: make(chan struct{})}
 	t.staged.Store(bm)
 	t.durable.Store(bm.Grow(nblocks))
 	t.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
 	return t, nil
+}
+
+// enter counts a write of this epoch as in flight; exit ends it.
+func (t *tracker) enter() { t.inflight.Add(1) }
+
+func (t *tracker) exit() {
+	if t.inflight.Add(-1) == 0 && t.sealed.Load() {
+		t.drainOnce.Do(func() { close(t.drained) })
+	}
+}
+
+// seal ends the epoch for new writes (the caller has already published
+// the next tracker and changed the volume's shape, so a writer that
+// entered after this cannot pass its shape check and leaves again) and
+// returns a channel closed once the epoch's writes in flight have finished.
+//
+// Why no write is missed: a writer enters (inflight+1) before it checks
+// the shape; the seal changes the shape before it sets sealed and reads
+// inflight. If the writer saw the old shape, its increment came first, so
+// either the seal sees it or the writer sees sealed when it leaves.
+func (t *tracker) seal() <-chan struct{} {
+	t.sealed.Store(true)
+	if t.inflight.Load() == 0 {
+		t.drainOnce.Do(func() { close(t.drained) })
+	}
+	return t.drained
+}
+
+// unseal makes a sealed tracker current again (an abandoned seal). The
+// caller holds the volume's gate exclusively: no write is in flight.
+func (t *tracker) unseal() {
+	t.sealed.Store(false)
+	t.drained = make(chan struct{})
+	t.drainOnce = sync.Once{}
 }
 
 func wordsFor(n uint64) uint64 { return (n + 63) / 64 }

@@ -81,17 +81,45 @@ func (w *View) ReadAt(ctx context.Context, p []byte, off int64) error {
 	return nil
 }
 
-// readAt fills buf (one block) with block b as of snapshot seq.
+// readAt fills buf (one block) with block b as of snapshot seq: the newest
+// version at or before seq, which is in the live image (pending), in the
+// copy-before-write journal (journaled) or in the store.
 func (v *Volume) readAt(ctx context.Context, seq, b uint64, buf []byte) error {
 	if list := v.copying.Load(); list != nil && len(*list) > 0 {
 		mu := &v.stripes[b%stripeCount]
 		mu.Lock()
 		if s := v.pendingOwner(b); s != nil && s.seq() <= seq {
 			// Unchanged since a snapshot at or before seq and not yet
-			// copied out: the live image still holds this version.
+			// copied out: the live image still holds this version (once
+			// the writes of the epoch it sealed have finished).
+			<-s.drained
 			err := v.readLive(buf, int64(b)<<v.shift)
 			mu.Unlock()
 			return err
+		}
+		var best *snap
+		var slot int64
+		for _, s := range *list {
+			if s.seq() > seq || (best != nil && s.seq() < best.seq()) {
+				continue
+			}
+			if off, ok := s.journalSlot(b); ok {
+				best, slot = s, off
+			}
+		}
+		if best != nil {
+			// A later snapshot (still at or before seq) may have stored
+			// its own version already.
+			ref, found, err := v.st.Lookup(ctx, v.opts.DiskID, b, seq)
+			if err == nil && (!found || ref.Seq < best.seq()) {
+				err = v.jr.read(slot, buf)
+				mu.Unlock()
+				return err
+			}
+			if err != nil {
+				mu.Unlock()
+				return fmt.Errorf("read block %d of snapshot: %w", b, err)
+			}
 		}
 		mu.Unlock()
 	}
@@ -141,6 +169,7 @@ func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*Bitm
 		for _, s := range *list {
 			if s.seq() <= seq {
 				bm.Or(s.pending)
+				s.orJournaled(bm)
 			}
 		}
 	}

@@ -41,12 +41,20 @@ type Options struct {
 	TrackPrefix string
 	// Logger receives copy-out and recovery messages. Nil: slog.Default().
 	Logger *slog.Logger
+	// JournalMax bounds the copy-before-write journal ("<TrackPrefix>.cbw")
+	// in bytes; 0 means DefaultJournalMax. Without a TrackPrefix there is
+	// no journal and old blocks go to the store inside the write.
+	JournalMax int64
 	// OnWrite, if set, is called after every completed write, trim or zero
 	// with the request's context and range, after the write gate is
 	// released and before the write returns (the FUSE view uses it to drop
 	// stale page cache; the context tells it which frontend wrote).
 	OnWrite func(ctx context.Context, off, length int64)
 }
+
+// testWriteHook, set only by tests, runs inside every WriteAt while the
+// write is in flight (begun, not yet issued to the live image).
+var testWriteHook atomic.Pointer[func(off int64)]
 
 // Volume is an open live image. Its methods are safe for concurrent use.
 type Volume struct {
@@ -183,21 +191,34 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // the new epoch. Neither step can fail the guest's write: a tracking
 // failure makes the next snapshot full, a copy-out failure fails that
 // snapshot (DESIGN.md invariant 5).
-func (v *Volume) beginWrite(ctx context.Context, off, length int64) {
+//
+// The write counts as in flight in its epoch (the returned tracker) until
+// endWrite; a seal does not wait for it, but nothing reads a sealed
+// epoch's blocks from the live image before its writes have drained.
+func (v *Volume) beginWrite(ctx context.Context, off, length int64) *tracker {
 	first := uint64(off >> v.shift)
 	last := uint64((max(length, 1) + off - 1) >> v.shift)
 	for {
 		shape := v.shape.Load()
-		if err := v.track.Load().mark(first, last); err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
+		t := v.track.Load()
+		if err := t.mark(first, last); err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
 			v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
 		}
 		v.copyBeforeWrite(ctx, first, last)
 		v.gate.RLock()
+		t.enter()
 		if v.shape.Load() == shape {
-			return
+			return t
 		}
+		t.exit()
 		v.gate.RUnlock() // sealed or grown meanwhile: prepare again for the new epoch
 	}
+}
+
+// endWrite ends a write begun with beginWrite.
+func (v *Volume) endWrite(t *tracker) {
+	t.exit()
+	v.gate.RUnlock()
 }
 
 func (v *Volume) afterWrite(ctx context.Context, off, length int64) {
@@ -211,9 +232,12 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if v.readOnly {
 		return nbd.ErrReadOnly
 	}
-	v.beginWrite(ctx, off, int64(len(p)))
+	t := v.beginWrite(ctx, off, int64(len(p)))
+	if h := testWriteHook.Load(); h != nil {
+		(*h)(off)
+	}
 	_, err := v.f.WriteAt(p, off)
-	v.gate.RUnlock()
+	v.endWrite(t)
 	v.afterWrite(ctx, off, int64(len(p)))
 	if err != nil {
 		return mapErr(err)
@@ -259,9 +283,9 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	if length == 0 {
 		return nil
 	}
-	v.beginWrite(ctx, off, length)
+	t := v.beginWrite(ctx, off, length)
 	err := v.zero(off, length, flags)
-	v.gate.RUnlock()
+	v.endWrite(t)
 	v.afterWrite(ctx, off, length)
 	if err != nil {
 		return err
@@ -394,6 +418,11 @@ func (v *Volume) Close() error {
 	}
 	if cerr := v.track.Load().close(); err == nil {
 		err = cerr
+	}
+	if v.jr != nil {
+		if cerr := v.jr.close(); err == nil {
+			err = cerr
+		}
 	}
 	return err
 }

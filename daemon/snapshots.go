@@ -108,7 +108,7 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
-	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
+	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
 	return d.snapToAPI(k, info, 0, 0), nil
 }
 
@@ -118,7 +118,8 @@ func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, unique uint64, clients 
 		Disk: k.rec.Name, Name: in.Name, Seq: in.Seq, Description: in.Description, Kind: in.Kind,
 		Created: in.Created, State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
 		WrittenBytes: in.WrittenBytes, UniqueBytes: unique, HoldMicros: float64(in.Hold) / float64(time.Microsecond),
-		Export: k.rec.Name + "@" + in.Name, Clients: clients,
+		DrainMicros: float64(in.Drain) / float64(time.Microsecond),
+		Export:      k.rec.Name + "@" + in.Name, Clients: clients,
 	}
 }
 

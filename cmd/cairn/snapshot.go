@@ -183,6 +183,7 @@ func (a *app) printSnapshot(s api.Snapshot) error {
 	t.row("Written:", formatBytes(s.WrittenBytes)+" (changed in its epoch)")
 	t.row("Unique:", formatBytes(s.UniqueBytes)+" (freed by deleting it)")
 	t.row("Write hold:", formatHold(s.HoldMicros))
+	t.row("Drain:", formatHold(s.DrainMicros)+" (writes in flight at the seal finishing)")
 	t.row("Export:", s.Export+" (read-only)")
 	t.row("Clients:", strconv.Itoa(s.Clients))
 	return t.flush()

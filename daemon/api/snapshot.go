@@ -28,8 +28,12 @@ type Snapshot struct {
 	UniqueBytes uint64 `json:"unique_bytes"`
 	// HoldMicros: how long guest writes were held to take it.
 	HoldMicros float64 `json:"hold_us"`
-	Export     string  `json:"export"` // its read-only NBD export, DISK@SNAPSHOT
-	Clients    int     `json:"clients"`
+	// DrainMicros: from the seal until the writes already in flight in
+	// the sealed epoch had finished (only writes that had to copy one of
+	// the snapshot's blocks out first waited that long).
+	DrainMicros float64 `json:"drain_us"`
+	Export      string  `json:"export"` // its read-only NBD export, DISK@SNAPSHOT
+	Clients     int     `json:"clients"`
 }
 
 // Snapshot kinds and states.
