@@ -1,0 +1,331 @@
+package cow
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cairn-storage/cairn/store"
+)
+
+// holdCopyOut keeps every copy-out worker from starting its work until
+// the returned release is called (or the volume closes).
+func holdCopyOut(t *testing.T) (release func()) {
+	t.Helper()
+	ch := make(chan struct{})
+	h := func(ctx context.Context) {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+	testCopyOutHook.Store(&h)
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			testCopyOutHook.Store(nil)
+			close(ch)
+		}
+	}
+	t.Cleanup(release)
+	return release
+}
+
+func randBlock(r *rand.Rand) []byte {
+	b := make([]byte, testBS)
+	for i := 0; i < len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	return b
+}
+
+// journalDisk is a 64-block disk filled with random data whose first
+// snapshot "s1" is copying with its worker held.
+func journalDisk(t *testing.T) (*testDisk, []byte, func()) {
+	d := newTestDisk(t, 64*testBS)
+	r := rand.New(rand.NewPCG(1, 2))
+	img := make([]byte, 0, 64*testBS)
+	for range 64 {
+		img = append(img, randBlock(r)...)
+	}
+	if err := d.v.WriteAt(context.Background(), img, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	release := holdCopyOut(t)
+	d.snapshot("s1")
+	return d, img, release
+}
+
+func (d *testDisk) writeBlock(b uint64, p []byte) {
+	d.t.Helper()
+	if err := d.v.WriteAt(context.Background(), p, int64(b)*testBS, false); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *testDisk) journalSize() int64 {
+	fi, err := os.Stat(filepath.Join(d.dir, "track.cbw"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// TestJournalCopyOnWrite: writes over blocks pending for a copying
+// snapshot put the old content in the journal, not the store; the snapshot
+// reads it from there, survives a reopen (the journal is replayed), and
+// once the worker stores the blocks the journal is emptied.
+func TestJournalCopyOnWrite(t *testing.T) {
+	d, img, release := journalDisk(t)
+	live := bytes.Clone(img)
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, b := range []uint64{3, 10, 20, 63} {
+		p := randBlock(r)
+		d.writeBlock(b, p)
+		copy(live[b*testBS:], p)
+	}
+	if st := d.stats(); st.Chunks != 0 {
+		t.Fatalf("copy-on-write stored %d chunks with the worker held; want 0 (the journal takes them)", st.Chunks)
+	}
+	if got, want := d.journalSize(), int64(4*(journalHdr+testBS)); got != want {
+		t.Fatalf("journal is %d bytes, want %d (4 slots)", got, want)
+	}
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("s1 does not read as the disk at the snapshot (journal + live)")
+	}
+	if !bytes.Equal(d.readLive(), live) {
+		t.Fatal("live disk lost a write")
+	}
+	in, _ := d.v.Snapshot("s1")
+	if in.State != StateCopying {
+		t.Fatalf("s1 is %s with its worker held", in.State)
+	}
+
+	// Reopen with the worker still held: the journal is replayed.
+	d.reopen()
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("after reopen s1 does not read as the disk at the snapshot")
+	}
+	// A second overwrite of a journaled block must not journal again.
+	p := randBlock(r)
+	d.writeBlock(3, p)
+	copy(live[3*testBS:], p)
+	if got, want := d.journalSize(), int64(4*(journalHdr+testBS)); got != want {
+		t.Fatalf("journal is %d bytes after rewriting a journaled block, want %d", got, want)
+	}
+
+	release()
+	d.wait("s1")
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("ready s1 does not read as the disk at the snapshot")
+	}
+	if got := d.journalSize(); got != 0 {
+		t.Fatalf("journal is %d bytes after the copy-out, want 0", got)
+	}
+	if !bytes.Equal(d.readLive(), live) {
+		t.Fatal("live disk lost a write")
+	}
+	d.verify()
+}
+
+// TestJournalReplayIgnoresStaleSlots: slots with a bad checksum, another
+// snapshot's nonce, or a block that is not pending are not believed.
+func TestJournalReplayIgnoresStaleSlots(t *testing.T) {
+	d, img, _ := journalDisk(t)
+	r := rand.New(rand.NewPCG(5, 6))
+	d.writeBlock(7, randBlock(r)) // one genuine slot
+	s1, _ := d.find("s1")
+	seq, nonce := s1.seq(), s1.nonce()
+	if err := d.v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d.v = nil
+
+	j, recs, err := openJournal(filepath.Join(d.dir, "track.cbw"), testBS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].block != 7 || recs[0].seq != seq || recs[0].nonce != nonce {
+		t.Fatalf("journal holds %+v, want one slot for block 7 of seq %d", recs, seq)
+	}
+	garbage := randBlock(r)
+	if _, err := j.append(seq, nonce+1, 8, garbage); err != nil { // another snapshot that reused the sequence
+		t.Fatal(err)
+	}
+	if _, err := j.append(seq+5, nonce, 9, garbage); err != nil { // a snapshot that does not exist
+		t.Fatal(err)
+	}
+	off, err := j.append(seq, nonce, 11, garbage) // right snapshot, torn below
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := j.f.WriteAt([]byte{0xff ^ garbage[100]}, off+journalHdr+100); err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+
+	d.open()
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("a stale or torn journal slot was believed")
+	}
+}
+
+func (d *testDisk) stats() store.Stats {
+	d.t.Helper()
+	st, err := d.st.Stats(context.Background())
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return st
+}
+
+func (d *testDisk) find(name string) (*snap, bool) { return d.v.find(name) }
+
+// TestJournalFullFallsBackToStore: past JournalMax, copy-on-write stores
+// the block directly and the snapshot is still right.
+func TestJournalFullFallsBackToStore(t *testing.T) {
+	d, img, release := journalDisk(t)
+	d.v.Close()
+	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
+		TrackPrefix: filepath.Join(d.dir, "track"), JournalMax: 2 * (journalHdr + testBS)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.v = v
+	r := rand.New(rand.NewPCG(7, 8))
+	for b := uint64(0); b < 5; b++ {
+		d.writeBlock(b, randBlock(r))
+	}
+	if got, want := d.journalSize(), int64(2*(journalHdr+testBS)); got != want {
+		t.Fatalf("journal is %d bytes, want %d (full at 2 slots)", got, want)
+	}
+	if st := d.stats(); st.Chunks != 3 {
+		t.Fatalf("%d chunks stored, want 3 (the writes past the full journal)", st.Chunks)
+	}
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("s1 wrong with a full journal")
+	}
+	release()
+	d.wait("s1")
+	if !bytes.Equal(d.readSnap("s1"), img) {
+		t.Fatal("ready s1 wrong")
+	}
+	d.verify()
+}
+
+// TestSealDoesNotWaitForWritesInFlight: a write stuck in flight does not
+// hold the seal nor other writes; the snapshot includes it (it began in
+// the sealed epoch) and CreateSnapshot returns only after it finished.
+func TestSealDoesNotWaitForWritesInFlight(t *testing.T) {
+	d := newTestDisk(t, 16*testBS)
+	ctx := context.Background()
+	d.writeBlock(1, fill(1, testBS))
+	d.writeBlock(2, fill(2, testBS))
+	d.snapshot("base")
+	d.wait("base")
+
+	stuck, unstick := make(chan struct{}), make(chan struct{})
+	h := func(off int64) {
+		if off == 1*testBS {
+			close(stuck)
+			<-unstick
+		}
+	}
+	testWriteHook.Store(&h)
+	defer testWriteHook.Store(nil)
+
+	wdone := make(chan error, 1)
+	go func() { wdone <- d.v.WriteAt(ctx, fill(0xaa, testBS), 1*testBS, false) }()
+	<-stuck
+	type result struct {
+		in  SnapshotInfo
+		err error
+	}
+	sdone := make(chan result, 1)
+	go func() {
+		in, err := d.v.CreateSnapshot(ctx, SnapshotMeta{Name: "s", Kind: "manual"})
+		sdone <- result{in, err}
+	}()
+	// The epoch is sealed without waiting: a write to another block of the
+	// new epoch completes while the old write is still stuck.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if s, ok := d.find("s"); ok && s != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the seal waited for a write in flight")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := d.v.WriteAt(ctx, fill(0xbb, testBS), 5*testBS, false); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-sdone:
+		t.Fatalf("CreateSnapshot returned (%+v, %v) before the old epoch's write finished", r.in, r.err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(unstick)
+	if err := <-wdone; err != nil {
+		t.Fatal(err)
+	}
+	r := <-sdone
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.in.Hold > time.Second || r.in.Drain < 50*time.Millisecond {
+		t.Fatalf("hold %v, drain %v: want a short hold and a drain covering the stuck write", r.in.Hold, r.in.Drain)
+	}
+	d.wait("s")
+	got := d.readSnap("s")
+	if !bytes.Equal(got[1*testBS:2*testBS], fill(0xaa, testBS)) {
+		t.Fatal("the write in flight at the seal is missing from the snapshot")
+	}
+	if !bytes.Equal(got[5*testBS:6*testBS], make([]byte, testBS)) {
+		t.Fatal("a write of the new epoch leaked into the snapshot")
+	}
+	if !bytes.Equal(got[2*testBS:3*testBS], fill(2, testBS)) {
+		t.Fatal("an unchanged block reads wrong")
+	}
+}
+
+// TestDeleteCopyingPassesPendingDurably: deleting a copying snapshot hands
+// its pending blocks to its successor; that must be in the successor's
+// record, or after a restart the successor reads old versions of them.
+func TestDeleteCopyingPassesPendingDurably(t *testing.T) {
+	d := newTestDisk(t, 16*testBS)
+	ctx := context.Background()
+	d.writeBlock(0, fill(1, testBS))
+	d.snapshot("base")
+	d.wait("base")
+	release := holdCopyOut(t)
+	d.writeBlock(0, fill(2, testBS)) // pending for s1
+	d.writeBlock(1, fill(3, testBS)) // pending for s1
+	d.snapshot("s1")
+	d.writeBlock(2, fill(4, testBS)) // pending for s2
+	d.snapshot("s2")
+	want := d.readSnap("s2")
+	if _, err := d.v.DeleteSnapshot(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.readSnap("s2"), want) {
+		t.Fatal("s2 changed when s1 was deleted")
+	}
+	d.reopen()
+	if !bytes.Equal(d.readSnap("s2"), want) {
+		t.Fatal("after a restart s2 lost the blocks s1 passed on")
+	}
+	release()
+	d.wait("s2")
+	if !bytes.Equal(d.readSnap("s2"), want) {
+		t.Fatal("ready s2 wrong")
+	}
+	d.verify()
+}
