@@ -33,17 +33,89 @@ func isZero(b []byte) bool {
 // hashBlock names a chunk: BLAKE3 of its uncompressed content.
 func hashBlock(b []byte) [32]byte { return blake3.Sum256(b) }
 
+// encodeBufs recycles encodeChunk's output buffers (*[]byte). A fresh one
+// per chunk (1+s2.MaxEncodedLen: ~75 KB for a 64 KiB block) cost more CPU
+// than S2 itself: the allocation is zeroed, cold in the cache, and keeps
+// the garbage collector busy.
+var encodeBufs sync.Pool
+
 // encodeChunk builds a c<hash> value: S2-compressed when that saves at
-// least an eighth, raw otherwise (random data costs one fast attempt).
-func encodeChunk(raw []byte) []byte {
-	buf := make([]byte, 1+s2.MaxEncodedLen(len(raw)))
-	enc := s2.Encode(buf[1:], raw)
-	if len(enc) <= len(raw)-len(raw)/8 {
-		buf[0] = codecS2
-		return buf[:1+len(enc)]
+// least an eighth, raw otherwise. The value lives in buf, a buffer of
+// encodeBufs: give it back with releaseChunkBuf once nothing refers to the
+// value any more. Badger keeps a reference to a value passed to txn.Set
+// until that transaction has committed or been discarded.
+func encodeChunk(raw []byte) (enc []byte, buf *[]byte) {
+	size := 1 + s2.MaxEncodedLen(len(raw))
+	buf, _ = encodeBufs.Get().(*[]byte)
+	if buf == nil || cap(*buf) < size {
+		b := make([]byte, size)
+		buf = &b
 	}
-	buf[0] = codecRaw
-	return buf[:1+copy(buf[1:], raw)]
+	out := (*buf)[:size]
+	if mayCompress(raw, out) {
+		if enc := s2.Encode(out[1:], raw); len(enc) <= len(raw)-len(raw)/8 {
+			out[0] = codecS2
+			return out[:1+len(enc)], buf
+		}
+	}
+	out[0] = codecRaw
+	return out[:1+copy(out[1:], raw)], buf
+}
+
+// releaseChunkBuf returns a buffer of encodeChunk to encodeBufs (nil is
+// ignored).
+func releaseChunkBuf(buf *[]byte) {
+	if buf != nil {
+		encodeBufs.Put(buf)
+	}
+}
+
+// Sampling before S2 (mayCompress): blocks of at least sampleMinBlock
+// bytes are looked at in pages of samplePage bytes (the guest filesystem's
+// usual cluster), taking samplePiece bytes from the start and the end of
+// every page and from one more place that moves from page to page (a
+// stride of 7 slots, prime to the 30 slots, so pages differ).
+const (
+	sampleMinBlock = 16 << 10
+	samplePage     = 4 << 10
+	samplePiece    = 128
+)
+
+// mayCompress says whether S2 is worth trying on raw: false only when a
+// sample of it (3/32 of the block) does not shrink by even 1/64 under S2,
+// which is what random, encrypted or already compressed data looks like;
+// such a block is then stored raw without the full S2 pass (on random
+// 64 KiB blocks, encodeChunk costs 3 µs instead of 8). Every page
+// contributes to the sample, so it sees a block that is only partly
+// compressible: zero or text pages, pages zero-padded at their end, a page
+// repeated (identical pages give identical pieces). The bar is low because
+// the sample compresses worse than its block (short pieces, and S2 skips
+// ahead faster the longer it finds no match). On 600 MiB of /usr laid out
+// as in a filesystem image, plus random blocks, it skipped S2 on 2,868 of
+// 11,600 blocks and stored raw 7 of the 8,577 blocks S2 shrinks by an
+// eighth: 0.08 MiB more out of 417 MiB. scratch is encodeChunk's output
+// buffer, 1+s2.MaxEncodedLen(len(raw)) bytes: the sample is gathered at its
+// end and compressed into its start.
+func mayCompress(raw, scratch []byte) bool {
+	if len(raw) < sampleMinBlock {
+		return true // the sample would cost about as much as S2 itself
+	}
+	pages := len(raw) / samplePage
+	n := pages * 3 * samplePiece
+	free := len(scratch) - n
+	sample := scratch[free:]
+	const slots = samplePage/samplePiece - 2 // pieces between the first and the last
+	for p := range pages {
+		page := raw[p*samplePage : (p+1)*samplePage]
+		mid := (1 + (p*7)%slots) * samplePiece
+		k := p * 3 * samplePiece
+		copy(sample[k:], page[:samplePiece])
+		copy(sample[k+samplePiece:], page[mid:mid+samplePiece])
+		copy(sample[k+2*samplePiece:], page[samplePage-samplePiece:])
+	}
+	// Capped: s2.Encode uses dst up to its capacity.
+	enc := s2.Encode(scratch[:free:free], sample)
+	return len(enc) < n-n/64
 }
 
 // decodeChunk fills buf from a c<hash> value and checks it against the

@@ -25,7 +25,8 @@ type prepared struct {
 	zero  bool
 	hash  [32]byte
 	raw   []byte
-	enc   []byte // encoded chunk; nil until needed (absent from the store)
+	enc   []byte  // encoded chunk; nil until needed (absent from the store)
+	buf   *[]byte // enc's buffer, back to encodeBufs when putEntries returns
 }
 
 func (s *Store) putEntries(ctx context.Context, disk, seq uint64, entries []Entry) error {
@@ -36,19 +37,26 @@ func (s *Store) putEntries(ctx context.Context, disk, seq uint64, entries []Entr
 		return errors.New("store: PutEntries with sequence 0 (sequences start at 1)")
 	}
 	preps := prepare(entries)
+	// Every transaction that could refer to an encoded chunk has
+	// committed or been discarded by then.
+	defer func() {
+		for _, p := range preps {
+			releaseChunkBuf(p.buf)
+		}
+	}()
 	if err := s.encodeMissing(preps); err != nil {
 		return s.wrapErr("put entries", err)
 	}
-	for len(preps) > 0 {
+	for rest := preps; len(rest) > 0; {
 		n, bytes := 0, 0
-		for n < len(preps) && n < putGroupEntries && bytes < putGroupBytes {
-			bytes += len(preps[n].enc)
+		for n < len(rest) && n < putGroupEntries && bytes < putGroupBytes {
+			bytes += len(rest[n].enc)
 			n++
 		}
-		if err := s.putGroup(ctx, disk, seq, preps[:n]); err != nil {
+		if err := s.putGroup(ctx, disk, seq, rest[:n]); err != nil {
 			return s.wrapErr(fmt.Sprintf("put entries of disk %d seq %d", disk, seq), err)
 		}
-		preps = preps[n:]
+		rest = rest[n:]
 	}
 	return nil
 }
@@ -96,7 +104,7 @@ func (s *Store) encodeMissing(preps []*prepared) error {
 		}
 		return nil
 	})
-	parallel(len(missing), func(i int) { missing[i].enc = encodeChunk(missing[i].raw) })
+	parallel(len(missing), func(i int) { missing[i].enc, missing[i].buf = encodeChunk(missing[i].raw) })
 	return err
 }
 
@@ -115,7 +123,7 @@ func (s *Store) putGroup(ctx context.Context, disk, seq uint64, group []*prepare
 	payload := func(h [32]byte) ([]byte, uint64) {
 		p := byHash[h]
 		if p.enc == nil { // freed by a concurrent merge since encodeMissing looked
-			p.enc = encodeChunk(p.raw)
+			p.enc, p.buf = encodeChunk(p.raw)
 		}
 		return p.enc, uint64(len(p.raw))
 	}

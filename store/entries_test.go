@@ -1,13 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
@@ -143,6 +143,9 @@ func TestCompressionOnlyWhenItHelps(t *testing.T) {
 		{"half", append(randomBlock(rng, 32<<10), filled(0, 32<<10)...), codecS2},
 		// An eighth of zeros does not save an eighth once framing is paid.
 		{"mostly random", append(randomBlock(rng, 60<<10), filled(0, 4<<10)...), codecRaw},
+		// Random pages, but one page repeated: the sample before S2 must
+		// see through it.
+		{"one random page repeated", bytes.Repeat(randomBlock(rng, 4<<10), 16), codecS2},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -260,35 +263,24 @@ func TestReadBlockCorruptChunk(t *testing.T) {
 func TestConcurrentDedup(t *testing.T) {
 	s := openTest(t, "")
 	const disks, rounds, blocks = 4, 8, 64
-	var wg sync.WaitGroup
-	errs := make(chan error, disks)
-	for d := uint64(1); d <= disks; d++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := uint64(1); r <= rounds; r++ {
-				entries := make([]Entry, blocks)
-				for b := range entries {
-					entries[b] = Entry{uint64(b), textBlock(int(r)*1000+b, testBlock)}
-				}
-				if err := s.PutEntries(context.Background(), d, r, entries); err != nil {
-					errs <- err
-					return
-				}
-				if r > 1 { // delete the previous snapshot: it is overridden
-					if _, err := s.Merge(context.Background(), d, 0, r-1, r, nil); err != nil {
-						errs <- err
-						return
-					}
+	concurrently(t, disks, func(i int) error {
+		d := uint64(i + 1)
+		for r := uint64(1); r <= rounds; r++ {
+			entries := make([]Entry, blocks)
+			for b := range entries {
+				entries[b] = Entry{uint64(b), textBlock(int(r)*1000+b, testBlock)}
+			}
+			if err := s.PutEntries(context.Background(), d, r, entries); err != nil {
+				return err
+			}
+			if r > 1 { // delete the previous snapshot: it is overridden
+				if _, err := s.Merge(context.Background(), d, 0, r-1, r, nil); err != nil {
+					return err
 				}
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
+		}
+		return nil
+	})
 	refs := storedRefs(t, s)
 	if len(refs) != blocks {
 		t.Errorf("%d chunks referenced, want %d (the last round's)", len(refs), blocks)

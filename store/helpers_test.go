@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
@@ -36,6 +37,28 @@ func textBlock(seed, size int) []byte {
 
 // filled is a block of one repeated byte (0 makes a zero block).
 func filled(c byte, size int) []byte { return bytes.Repeat([]byte{c}, size) }
+
+// concurrently runs fn(0..n-1) on n goroutines and fails t with the
+// first error any of them returned.
+func concurrently(t testing.TB, n int, fn func(i int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(i); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
 
 func put(t testing.TB, s *Store, disk, seq uint64, entries ...Entry) {
 	t.Helper()
