@@ -61,7 +61,6 @@ func (v *Volume) addLiveChanges(bm *Bitmap, after, upto uint64) {
 		for _, s := range *list {
 			if s.seq() > after && s.seq() <= upto {
 				bm.Or(s.pending)
-				s.orJournaled(bm)
 			}
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -30,174 +31,195 @@ func (v *Volume) getBlock() *[]byte {
 
 func putBlock(p *[]byte) { blockPool.Put(p) }
 
-// pendingOwner returns the copying snapshot for which block b is pending,
-// or nil. At most one snapshot has a given block pending.
-func (v *Volume) pendingOwner(b uint64) *snap {
+// pendingOwners lists the copying snapshots for which block b is pending,
+// oldest first. A block is pending for several snapshots when it was
+// written in a later snapshot's epoch while an earlier one still had it
+// pending (copy-on-write journals pages and leaves the block pending).
+func (v *Volume) pendingOwners(b uint64, buf []*snap) []*snap {
+	list := v.copying.Load()
+	if list == nil {
+		return buf[:0]
+	}
+	out := buf[:0]
+	for _, s := range *list {
+		if b < s.pending.Len() && s.pending.Test(b) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// newestOwner returns the newest copying snapshot at or before seq for
+// which b is pending, or nil.
+func (v *Volume) newestOwner(b, seq uint64) *snap {
 	list := v.copying.Load()
 	if list == nil {
 		return nil
 	}
+	var best *snap
 	for _, s := range *list {
-		if b < s.pending.Len() && s.pending.Test(b) {
-			return s
+		if s.seq() <= seq && (best == nil || s.seq() > best.seq()) && b < s.pending.Len() && s.pending.Test(b) {
+			best = s
+		}
+	}
+	return best
+}
+
+// copyBeforeWrite saves the old content of [off, off+length) wherever it
+// lies in a block still pending for a snapshot, durably, before the
+// caller overwrites it.
+func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) {
+	list := v.copying.Load()
+	if list == nil || len(*list) == 0 {
+		return
+	}
+	end := off + max(length, 1)
+	for b := uint64(off >> v.shift); int64(b)<<v.shift < end; b++ {
+		start := int64(b) << v.shift
+		first := uint32((max(off, start) - start) / journalPage)
+		last := uint32((min(end, start+v.blockSize) - 1 - start) / journalPage)
+		v.saveBlock(ctx, b, first, last)
+	}
+}
+
+func (v *Volume) pagesPerBlock() int { return int(v.blockSize / journalPage) }
+
+// saveBlock makes pages first..last of block b safe to overwrite for
+// every snapshot that has b pending: the pages not saved yet go to the
+// journal for each (raw, one shared fdatasync); without a journal, or
+// when it cannot take them, the snapshot's whole version of the block
+// goes to the store. It repeats until a pass finds nothing to do, since a
+// failing snapshot may hand the block to another meanwhile.
+func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) {
+	var ownersBuf [4]*snap
+	mu := &v.stripes[b%stripeCount]
+	for {
+		owners := v.pendingOwners(b, ownersBuf[:0])
+		if len(owners) == 0 {
+			return
+		}
+		for _, s := range owners {
+			<-s.drained // the old epoch's writes in flight are part of this content
+		}
+		if v.jr == nil {
+			for _, s := range owners {
+				v.copyBlocks(ctx, s, []uint64{b})
+			}
+			continue
+		}
+		var direct []*snap
+		var failed []error
+		wrote := false
+		mu.Lock()
+		for _, s := range owners {
+			if !s.pending.Test(b) {
+				continue
+			}
+			w, err := v.journalPages(s, b, first, last)
+			wrote = wrote || w
+			if errors.Is(err, errReadLive) {
+				direct = append(direct, s)
+				failed = append(failed, err)
+			} else if err != nil {
+				direct = append(direct, s)
+				failed = append(failed, nil)
+			}
+		}
+		mu.Unlock()
+		for i, s := range direct {
+			if failed[i] != nil {
+				v.failSnapshot(s, failed[i])
+			} else {
+				// What is journaled already is composed into the stored block.
+				v.copyBlocks(ctx, s, []uint64{b})
+			}
+		}
+		if wrote {
+			if err := v.jr.wait(); err != nil {
+				// The records may not be durable. The caller has not
+				// written yet, so composing the block now still gives each
+				// snapshot's version: store it directly.
+				v.log.Warn("copy-before-write journal sync failed; copying to the store directly", "live", v.path, "err", err)
+				for _, s := range owners {
+					v.copyBlocks(ctx, s, []uint64{b})
+				}
+			}
+		}
+		if !wrote && len(direct) == 0 {
+			return
+		}
+	}
+}
+
+var errReadLive = errors.New("read live image for copy-on-write")
+
+// journalPages journals the pages of first..last of pending block b that
+// s has not saved yet. Caller holds b's stripe lock. It reports whether it
+// wrote anything; an error wrapping errReadLive fails s, another tells
+// the caller to store the block directly.
+func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool, err error) {
+	jb := s.jblock(b, true, v.pagesPerBlock())
+	p := v.getBlock()
+	defer putBlock(p)
+	for pg := first; pg <= last; {
+		if jb.isSaved(pg) {
+			pg++
+			continue
+		}
+		run := pg
+		for run+1 <= last && !jb.isSaved(run+1) {
+			run++
+		}
+		n := run - pg + 1
+		buf := (*p)[:int64(n)*journalPage]
+		if err := v.readLive(buf, int64(b)<<v.shift+int64(pg)*journalPage); err != nil {
+			return wrote, fmt.Errorf("%w: %v", errReadLive, err)
+		}
+		off, err := v.jr.append(s.seq(), s.nonce(), b, pg, buf)
+		if err != nil {
+			if !errors.Is(err, errJournalFull) && !errors.Is(err, errJournalBroken) {
+				v.log.Warn("copy-before-write journal write failed; copying to the store directly", "live", v.path, "err", err)
+			}
+			return wrote, err
+		}
+		jb.add(jrecord{off: off, first: pg, n: n})
+		s.jmu.Lock()
+		s.jrecords++
+		s.jmu.Unlock()
+		wrote = true
+		pg = run + 1
+	}
+	return wrote, nil
+}
+
+// compose fills buf with s's version of pending block b: the live image,
+// with the pages overwritten since the seal taken from the journal.
+// Caller holds b's stripe lock.
+func (v *Volume) compose(s *snap, b uint64, buf []byte) error {
+	if err := v.readLive(buf, int64(b)<<v.shift); err != nil {
+		return fmt.Errorf("read live image: %w", err)
+	}
+	jb := s.jblock(b, false, 0)
+	if jb == nil {
+		return nil
+	}
+	for _, r := range jb.records {
+		if err := v.jr.readPages(r.off, r.n, buf[int64(r.first)*journalPage:]); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
-// copyBeforeWrite copies out the old content of every block in
-// first..last that is still pending for a snapshot, durably, before the
-// caller overwrites it.
-func (v *Volume) copyBeforeWrite(ctx context.Context, first, last uint64) {
-	list := v.copying.Load()
-	if list == nil || len(*list) == 0 {
-		return
-	}
-	for b := first; b <= last; b++ {
-		// A failed copy passes the block to another snapshot (or to the
-		// live epoch), so look again until no snapshot has it pending.
-		for s := v.pendingOwner(b); s != nil; s = v.pendingOwner(b) {
-			v.copyOnWrite(ctx, s, b)
-		}
-	}
-}
-
-// copyOnWrite saves block b's old content for s before a write: into the
-// journal (raw, one shared fdatasync) when there is one, else into the
-// store. It returns with b no longer pending for s.
-func (v *Volume) copyOnWrite(ctx context.Context, s *snap, b uint64) {
-	<-s.drained // the old epoch's writes in flight are part of this content
-	if v.jr == nil {
-		v.copyBlocks(ctx, s, []uint64{b})
-		return
-	}
-	mu := &v.stripes[b%stripeCount]
-	mu.Lock()
-	if !s.pending.Test(b) {
-		mu.Unlock()
-		return
-	}
-	p := v.getBlock()
-	defer putBlock(p)
-	if err := v.readLive(*p, int64(b)<<v.shift); err != nil {
-		mu.Unlock()
-		v.failSnapshot(s, fmt.Errorf("read live image for copy-on-write: %w", err))
-		return
-	}
-	off, err := v.jr.append(s.seq(), s.nonce(), b, *p)
-	if err != nil {
-		mu.Unlock()
-		if !errors.Is(err, errJournalFull) && !errors.Is(err, errJournalBroken) {
-			v.log.Warn("copy-before-write journal write failed; copying to the store directly", "live", v.path, "err", err)
-		}
-		v.copyBlocks(ctx, s, []uint64{b})
-		return
-	}
-	// journaled before pending is cleared: whoever sees b not pending
-	// finds it journaled (or, later, stored).
-	s.jmu.Lock()
-	s.journaled[b] = off
-	s.jmu.Unlock()
-	s.pending.TestAndClear(b)
-	mu.Unlock()
-	if err := v.jr.wait(); err == nil {
-		return
-	}
-	// The slot may not be durable: put b back to pending (the live image
-	// still holds it: the caller has not written yet) unless the worker
-	// stored it meanwhile, and copy it to the store instead.
-	mu.Lock()
-	s.jmu.Lock()
-	cur, ok := s.journaled[b]
-	if ok && cur == off {
-		delete(s.journaled, b)
-	}
-	s.jmu.Unlock()
-	if ok && cur == off {
-		s.pending.Set(b)
-	}
-	mu.Unlock()
-	if ok && cur == off {
-		v.jr.release(1)
-		v.log.Warn("copy-before-write journal sync failed; copying to the store directly", "live", v.path)
-		v.copyBlocks(ctx, s, []uint64{b})
-	}
-}
-
-// ingestJournaled stores s's journaled blocks, a batch at a time, and
-// releases their journal slots.
-func (v *Volume) ingestJournaled(ctx context.Context, s *snap) error {
-	type slot struct {
-		b   uint64
-		off int64
-	}
-	for {
-		var batch []slot
-		s.jmu.Lock()
-		for b, off := range s.journaled {
-			batch = append(batch, slot{b, off})
-			if len(batch) == copyBatch {
-				break
-			}
-		}
-		s.jmu.Unlock()
-		if len(batch) == 0 {
-			return nil
-		}
-		entries := make([]store.Entry, 0, len(batch))
-		bufs := make([]*[]byte, 0, len(batch))
-		release := func() {
-			for _, p := range bufs {
-				putBlock(p)
-			}
-		}
-		for _, x := range batch {
-			p := v.getBlock()
-			bufs = append(bufs, p)
-			if err := v.jr.read(x.off, *p); err != nil {
-				release()
-				v.failSnapshot(s, err)
-				return err
-			}
-			entries = append(entries, store.Entry{Block: x.b, Data: *p})
-		}
-		err := v.st.PutEntries(ctx, v.opts.DiskID, s.seq(), entries)
-		if err == nil {
-			err = v.storeSync.Wait()
-		}
-		release()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err() // stopping: the journal keeps the blocks for the next start
-			}
-			v.failSnapshot(s, err)
-			return err
-		}
-		n := 0
-		for _, x := range batch {
-			mu := &v.stripes[x.b%stripeCount]
-			mu.Lock() // readers of the slot hold it
-			s.jmu.Lock()
-			if cur, ok := s.journaled[x.b]; ok && cur == x.off {
-				delete(s.journaled, x.b)
-				n++
-			}
-			s.jmu.Unlock()
-			mu.Unlock()
-		}
-		v.jr.release(n)
-	}
-}
-
-// dropJournaled forgets s's journaled blocks (s failed or is deleted,
-// durably: no later start adopts them) and releases their slots.
-func (v *Volume) dropJournaled(s *snap) {
+// dropJournal forgets s's journal records (s failed or is deleted,
+// durably: no later start adopts them) and releases them.
+func (v *Volume) dropJournal(s *snap) {
 	if v.jr == nil {
 		return
 	}
 	s.jmu.Lock()
-	blocks := make([]uint64, 0, len(s.journaled))
-	for b := range s.journaled {
+	blocks := make([]uint64, 0, len(s.jblocks))
+	for b := range s.jblocks {
 		blocks = append(blocks, b)
 	}
 	s.jmu.Unlock()
@@ -205,20 +227,16 @@ func (v *Volume) dropJournaled(s *snap) {
 	for _, b := range blocks {
 		mu := &v.stripes[b%stripeCount]
 		mu.Lock()
-		s.jmu.Lock()
-		if _, ok := s.journaled[b]; ok {
-			delete(s.journaled, b)
-			n++
-		}
-		s.jmu.Unlock()
+		n += s.forget(b)
 		mu.Unlock()
 	}
 	v.jr.release(n)
 }
 
-// copyBlocks stores the live content of blocks pending for s as s's
-// entries, durably, then clears them from pending. On a store error s
-// fails (its pending blocks pass on) and the error is returned.
+// copyBlocks stores s's version of blocks pending for s (composed from
+// the live image and the journal) as s's entries, durably, then clears
+// them from pending and releases their journal records. On a store error
+// s fails (its pending blocks pass on) and the error is returned.
 func (v *Volume) copyBlocks(ctx context.Context, s *snap, blocks []uint64) error {
 	entries := make([]store.Entry, 0, len(blocks))
 	bufs := make([]*[]byte, 0, len(blocks))
@@ -232,10 +250,10 @@ func (v *Volume) copyBlocks(ctx context.Context, s *snap, blocks []uint64) error
 		mu.Lock()
 		if s.pending.Test(b) {
 			p := v.getBlock()
-			err := v.readLive(*p, int64(b)<<v.shift)
-			if err != nil {
+			if err := v.compose(s, b, *p); err != nil {
 				mu.Unlock()
-				v.failSnapshot(s, fmt.Errorf("read live image for copy-out: %w", err))
+				putBlock(p)
+				v.failSnapshot(s, fmt.Errorf("copy-out: %w", err))
 				return err
 			}
 			bufs = append(bufs, p)
@@ -246,8 +264,8 @@ func (v *Volume) copyBlocks(ctx context.Context, s *snap, blocks []uint64) error
 	if len(entries) == 0 {
 		return nil
 	}
-	// Writes to these blocks meanwhile copy the same content themselves
-	// (they still see the blocks pending): storing an entry twice is safe.
+	// Writes to these blocks meanwhile journal their pages and store the
+	// same version themselves if they must: storing an entry twice is safe.
 	err := v.st.PutEntries(ctx, v.opts.DiskID, s.seq(), entries)
 	if err == nil {
 		err = v.storeSync.Wait()
@@ -259,8 +277,17 @@ func (v *Volume) copyBlocks(ctx context.Context, s *snap, blocks []uint64) error
 		v.failSnapshot(s, err)
 		return err
 	}
+	released := 0
 	for _, e := range entries {
-		s.pending.TestAndClear(e.Block)
+		mu := &v.stripes[e.Block%stripeCount]
+		mu.Lock()
+		if s.pending.TestAndClear(e.Block) {
+			released += s.forget(e.Block)
+		}
+		mu.Unlock()
+	}
+	if v.jr != nil {
+		v.jr.release(released)
 	}
 	return nil
 }
@@ -319,8 +346,8 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 			stop()
 			return
 		}
-		// Journaled blocks first: they hold journal space.
-		if err := v.ingestJournaled(ctx, s); err != nil {
+		// Blocks with journal records first: they hold journal space.
+		if err := v.copyJournaled(ctx, s); err != nil {
 			stop()
 			return
 		}
@@ -337,8 +364,8 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 				stop()
 				return
 			}
-			if i%(16*copyBatch) == 0 && s.journaledCount() > 0 {
-				if err := v.ingestJournaled(ctx, s); err != nil {
+			if i%(8*copyBatch) == 0 {
+				if err := v.copyJournaled(ctx, s); err != nil {
 					stop()
 					return
 				}
@@ -347,13 +374,33 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 	}
 }
 
+// copyJournaled stores the blocks of s that have journal records.
+func (v *Volume) copyJournaled(ctx context.Context, s *snap) error {
+	for {
+		s.jmu.Lock()
+		batch := make([]uint64, 0, copyBatch)
+		for b := range s.jblocks {
+			batch = append(batch, b)
+			if len(batch) == copyBatch {
+				break
+			}
+		}
+		s.jmu.Unlock()
+		if len(batch) == 0 {
+			return nil
+		}
+		slices.Sort(batch)
+		if err := v.copyBlocks(ctx, s, batch); err != nil {
+			return err
+		}
+	}
+}
+
 // finishCopy marks s ready if nothing is pending; it reports whether the
 // worker is done.
 func (v *Volume) finishCopy(s *snap) bool {
 	v.mu.Lock()
-	// pending before journaled: a copy-on-write journals a block before it
-	// clears it from pending.
-	if s.pending.Count() != 0 || s.journaledCount() != 0 {
+	if s.pending.Count() != 0 {
 		v.mu.Unlock()
 		return false
 	}
@@ -391,23 +438,32 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 	s.rec.State = StateFailed
 	s.rec.Reason = failReason(cause)
 	v.log.Error("snapshot failed; guest writes go on", "snapshot", s.rec.Name, "reason", s.rec.Reason)
-	to := v.passPending(s)
+	to, release, broken := v.passPending(s)
 	v.mu.Unlock()
-	// The successor's record names the blocks it took over before this
-	// one says failed: after a crash in between both claim them, which is
-	// harmless (both versions are the live content).
-	if to != nil {
-		if err := v.persistRecord(to); err != nil {
-			v.log.Warn("could not record the blocks a failed snapshot passed on", "snapshot", to.rec.Name, "err", err)
-		}
-	}
+	v.afterPass(to, broken)
 	if err := v.persistRecord(s); err != nil {
-		// Its journaled blocks stay in the journal: if the failure is not
-		// recorded, the next start still finds the snapshot copying.
+		// Its journal records stay: if the failure is not recorded, the
+		// next start still finds the snapshot copying and needs them.
 		v.log.Warn("could not record snapshot failure", "snapshot", s.rec.Name, "err", err)
 		return
 	}
-	v.dropJournaled(s)
+	if v.jr != nil {
+		v.jr.release(release)
+	}
+}
+
+// afterPass persists the record of the snapshot that took over blocks
+// (before the giver's new state is recorded: after a crash in between
+// both claim them, which is harmless) or fails it if it could not.
+func (v *Volume) afterPass(to *snap, broken error) {
+	if to != nil && broken == nil {
+		if err := v.persistRecord(to); err != nil {
+			broken = err
+		}
+	}
+	if broken != nil && to != nil {
+		v.failSnapshot(to, broken)
+	}
 }
 
 func failReason(err error) string {
@@ -419,10 +475,20 @@ func failReason(err error) string {
 
 // passPending moves s's pending blocks to the next snapshot in the chain
 // that is not failed (making it copying again if needed), or to the live
-// epoch's dirty set (durably). Caller holds mu. It returns the snapshot
-// that took the blocks, whose record the caller must persist (unless it
-// is not committed yet: then its commit does).
-func (v *Volume) passPending(s *snap) (to *snap) {
+// epoch's dirty set (durably). Caller holds mu.
+//
+// A block the successor has pending too already has its own version
+// there. One it does not have was unchanged between the two seals, so its
+// version is s's: the pages s saved in the journal are journaled again
+// for the successor (under the block's stripe lock, so no write slips in
+// between). If that fails the successor cannot be complete and is
+// returned as broken; the caller fails it.
+//
+// It returns the snapshot that took the blocks, whose record the caller
+// must persist (nil when it is not committed yet: its commit does), and
+// how many of s's journal records the caller must release once s's new
+// state is durable.
+func (v *Volume) passPending(s *snap) (to *snap, release int, broken error) {
 	found := false
 	for _, x := range v.snaps {
 		if x == s {
@@ -434,31 +500,74 @@ func (v *Volume) passPending(s *snap) (to *snap) {
 			break
 		}
 	}
-	moved := s.pending.Clone()
+	moved := s.pending.Members()
 	if to != nil {
-		// Disks only grow, so a later snapshot's bitmap covers every block
-		// of an earlier one.
-		to.pending.Or(moved)
-		to.total += moved.Count()
 		if to.rec.State == StateReady {
 			to.rec.State = StateCopying
 			v.addCopying(to)
 		}
-		if to.rec.State == StateCopying {
-			v.startWorker(to)
-		}
-	} else if err := v.track.Load().setAll(moved); err != nil && !v.trackLost.Swap(true) {
+	} else if err := v.track.Load().setAll(s.pending); err != nil && !v.trackLost.Swap(true) {
 		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "err", err)
 	}
-	v.removeCopying(s)
-	for _, b := range moved.Members() {
+	relabeled := false
+	buf := v.getBlock()
+	defer putBlock(buf)
+	for _, b := range moved {
+		mu := &v.stripes[b%stripeCount]
+		mu.Lock()
+		// Disks only grow, so a later snapshot's bitmap covers every
+		// block of an earlier one.
+		if to != nil && !to.pending.Test(b) {
+			if jb := s.jblock(b, false, 0); jb != nil && broken == nil {
+				w, err := v.relabel(s, to, b, jb, *buf)
+				relabeled = relabeled || w
+				if err != nil {
+					broken = fmt.Errorf("take over block %d from snapshot %q: %w", b, s.rec.Name, err)
+				}
+			}
+			to.pending.Set(b)
+			to.total++
+		}
 		s.pending.TestAndClear(b)
+		release += s.forget(b)
+		mu.Unlock()
+	}
+	if relabeled && broken == nil {
+		if err := v.jr.wait(); err != nil {
+			broken = fmt.Errorf("take over blocks from snapshot %q: %w", s.rec.Name, err)
+		}
+	}
+	v.removeCopying(s)
+	if to != nil && to.rec.State == StateCopying {
+		v.startWorker(to)
 	}
 	if to != nil && !to.committed {
 		to.repersist = true
-		return nil
+		return nil, release, broken
 	}
-	return to
+	return to, release, broken
+}
+
+// relabel journals s's saved pages of block b again as to's. Caller holds
+// b's stripe lock.
+func (v *Volume) relabel(s, to *snap, b uint64, jb *jblock, buf []byte) (wrote bool, err error) {
+	tb := to.jblock(b, true, v.pagesPerBlock())
+	for _, r := range jb.records {
+		data := buf[:int64(r.n)*journalPage]
+		if err := v.jr.readPages(r.off, r.n, data); err != nil {
+			return wrote, err
+		}
+		off, err := v.jr.append(to.seq(), to.nonce(), b, r.first, data)
+		if err != nil {
+			return wrote, err
+		}
+		tb.add(jrecord{off: off, first: r.first, n: r.n})
+		to.jmu.Lock()
+		to.jrecords++
+		to.jmu.Unlock()
+		wrote = true
+	}
+	return wrote, nil
 }
 
 // stopWorkers stops every copy-out worker and waits for them.

@@ -37,8 +37,10 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	name := s.rec.Name
 	v.mu.Lock()
 	var to *snap
+	var release int
+	var broken error
 	if s.rec.State == StateCopying {
-		to = v.passPending(s)
+		to, release, broken = v.passPending(s)
 	}
 	s.rec.State = StateDeleting
 	rec := s.rec
@@ -46,14 +48,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	prevSeq, nextSeq, overridden := v.mergeBounds(s)
 	last := len(v.snaps) == 1
 	v.mu.Unlock()
-	if to != nil {
-		// The successor's record names the blocks it took over before
-		// this one says deleting (a crash between leaves both claiming
-		// them, which is harmless).
-		if err := v.persistRecord(to); err != nil {
-			return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
-		}
-	}
+	v.afterPass(to, broken)
 	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
@@ -68,9 +63,10 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	if err := v.storeSync.Wait(); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
-	// Deleting is durable: its journaled blocks (its own versions, which
-	// every later snapshot overrides) are no longer needed.
-	v.dropJournaled(s)
+	// Deleting is durable: its journal records are no longer needed.
+	if v.jr != nil {
+		v.jr.release(release)
+	}
 	seq := s.seq()
 	if last {
 		// Also the entries kept from newer snapshots deleted earlier.
@@ -108,13 +104,7 @@ func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(
 	}
 	if next != nil {
 		pend := next.pending
-		return prevSeq, next.seq(), func(b uint64) bool {
-			if b < pend.Len() && pend.Test(b) {
-				return true
-			}
-			_, journaled := next.journalSlot(b)
-			return journaled
-		}
+		return prevSeq, next.seq(), func(b uint64) bool { return b < pend.Len() && pend.Test(b) }
 	}
 	// The newest snapshot merges into the live epoch: entries of newer
 	// snapshots deleted earlier (kept for the next snapshot) override too.

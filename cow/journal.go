@@ -9,44 +9,57 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // The copy-before-write journal takes the store out of the guest's write
 // path. When a write reaches a block still pending for a copying snapshot,
-// the block's old content is appended here raw and made durable with one
-// fdatasync shared by every concurrent writer; only then does the write
-// proceed (DESIGN.md invariant 1). The snapshot's copy-out worker later
-// hashes, compresses and stores the journaled blocks and releases their
-// slots; once no slot is live the file is truncated to zero. Until a block
-// is stored, snapshot reads take it from the journal.
+// the old content of the pages it overwrites (4 KiB units, not the whole
+// block) is appended here raw and made durable with one fdatasync shared
+// by every concurrent writer; only then does the write proceed (DESIGN.md
+// invariant 1). The block stays pending: its snapshot version is the live
+// image's pages that were never overwritten plus the journaled ones, and
+// the copy-out worker (or a snapshot read) composes it from both. Once the
+// worker has stored the block its journal records are released; when none
+// is live the journal starts over.
 //
-// File format ("<track prefix>.cbw"): fixed-size slots, so every slot is
-// checked on its own after a crash (a torn slot does not hide later ones):
+// File format ("<track prefix>.cbw"), little endian:
 //
-//	slot = 4096-byte header, then one block of data
-//	header: magic "CAIRNCBW", u32 version, u32 block size, u64 snapshot
-//	        sequence, u64 snapshot nonce, u64 block, u32 CRC-32C of the
-//	        header's first 44 bytes and the data (little endian)
+//	page 0:  file header: magic "CAIRNCBJ", u32 version, u32 block size,
+//	         u64 generation, u32 CRC-32C of the first 24 bytes
+//	then records, packed: a 4 KiB header page (magic "CAIRNCBW", u32
+//	         version, u32 block size, u64 generation, u64 snapshot
+//	         sequence, u64 snapshot nonce, u64 block, u32 first page, u32
+//	         page count, u32 CRC-32C of the data and then those 56
+//	         bytes), then the pages.
 //
-// A slot is believed at recovery only if its CRC matches and it names a
-// snapshot that is still copying (sequence and nonce: a sequence number
-// reused after an abandoned seal has another nonce) with the block still
-// pending (not yet in the store). Any such slot holds that snapshot's
-// version of the block: slots are written only while the block is pending,
-// and a pending block is unchanged in the live image since the seal.
-// Stale slots (already stored, or of deleted or failed snapshots) fail one
-// of those checks, so the truncation need not be durable.
+// Records are written in file order under a mutex, so a sync that covers
+// one covers every record before it: recovery reads records from the
+// start and stops at the first that is torn or of another generation.
+// Starting over bumps the generation in the file header, durably, before
+// any new record is written, so records of earlier rounds are never read
+// as current ones. A record is believed at recovery only if it names a
+// snapshot that is still copying (sequence and nonce: a sequence reused
+// after an abandoned seal has another nonce) and a block still pending
+// (not yet in the store). Such a record holds that snapshot's version of
+// its pages: pages are journaled only while their block is pending and
+// before anything overwrites them.
 const (
-	journalMagic   = "CAIRNCBW"
-	journalVersion = 1
-	journalHdr     = 4096
-	journalHdrUsed = 48
+	journalMagic     = "CAIRNCBW"
+	journalFileMagic = "CAIRNCBJ"
+	journalVersion   = 2
+	journalPage      = 4096
+	journalRecUsed   = 60
 
 	// DefaultJournalMax bounds the journal's size; writes that would grow
 	// it further copy their block to the store directly (the slower path).
 	DefaultJournalMax = 1 << 30
+	// journalKeep is how much of the file stays allocated when it starts
+	// over (rewriting inside the file's size is cheaper to sync than
+	// growing it).
+	journalKeep = 64 << 20
 )
 
 var (
@@ -58,173 +71,233 @@ var (
 
 // journal is the copy-before-write journal of one volume.
 type journal struct {
-	path   string
-	f      *os.File
-	bs     int64
-	stride int64
-	max    int64
-	sync   *groupSync
+	path string
+	f    *os.File
+	bs   int64
+	max  int64
+	sync *groupSync
 
 	mu     sync.Mutex
-	tail   int64 // next free slot offset (guarded by mu)
-	live   int64 // slots reserved and not yet released (guarded by mu)
-	broken error // set after a sync failed: no more appends (guarded by mu)
+	gen    uint64 // current generation (guarded by mu)
+	size   int64  // file size (guarded by mu)
+	tail   int64  // where the next record goes (guarded by mu)
+	live   int64  // records written and not yet released (guarded by mu)
+	broken error  // set after a sync failed: no more appends (guarded by mu)
 }
 
-// journalRec is a slot read back at recovery.
+// journalRec is a record read back at recovery; its pages are at
+// off+journalPage.
 type journalRec struct {
 	seq, nonce, block uint64
+	first, n          uint32
 	off               int64
 }
 
 // openJournal opens (creating if needed) the journal at path and returns
-// the slots whose header and CRC are intact. The caller adopts the ones it
+// the current generation's intact records. The caller adopts the ones it
 // believes and then calls start.
 func openJournal(path string, blockSize int, max int64) (*journal, []journalRec, error) {
 	if max <= 0 {
 		max = DefaultJournalMax
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	created := false
 	if errors.Is(err, os.ErrNotExist) {
-		// Created once, its directory entry durable before any slot is
-		// trusted to it.
 		f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-		if err == nil {
-			if err = syncDir(filepath.Dir(path)); err != nil {
-				f.Close()
-			}
-		}
+		created = true
 	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("open copy-before-write journal: %w", err)
 	}
-	j := &journal{path: path, f: f, bs: int64(blockSize), stride: journalHdr + int64(blockSize), max: max}
+	j := &journal{path: path, f: f, bs: int64(blockSize), max: max}
 	j.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
+	fail := func(err error) (*journal, []journalRec, error) {
+		f.Close()
+		return nil, nil, fmt.Errorf("copy-before-write journal %s: %w", path, err)
+	}
 	fi, err := f.Stat()
 	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("stat copy-before-write journal %s: %w", path, err)
+		return fail(err)
 	}
+	j.size = fi.Size()
+	var hdr [journalPage]byte
+	if _, err := f.ReadAt(hdr[:28], 0); err != nil || string(hdr[:8]) != journalFileMagic ||
+		binary.LittleEndian.Uint32(hdr[8:]) != journalVersion ||
+		crc32.Checksum(hdr[:24], crcTable) != binary.LittleEndian.Uint32(hdr[24:]) {
+		// New, or a header never made durable: no record was relied on.
+		// A generation from the clock, so records of an earlier life of
+		// the file cannot pass for this one's.
+		if err := j.writeHeader(uint64(time.Now().UnixNano())); err != nil {
+			return fail(err)
+		}
+		if created {
+			if err := syncDir(filepath.Dir(path)); err != nil {
+				return fail(err)
+			}
+		}
+		j.tail = journalPage
+		return j, nil, nil
+	}
+	if int64(binary.LittleEndian.Uint32(hdr[12:])) != j.bs {
+		return fail(fmt.Errorf("written for block size %d, the disk's is %d", binary.LittleEndian.Uint32(hdr[12:]), j.bs))
+	}
+	j.gen = binary.LittleEndian.Uint64(hdr[16:])
 	var recs []journalRec
-	hdr := make([]byte, journalHdrUsed)
-	data := make([]byte, blockSize)
-	for off := int64(0); off+j.stride <= fi.Size(); off += j.stride {
-		if _, err := f.ReadAt(hdr, off); err != nil {
-			break
-		}
-		seq, nonce, block, ok := j.parseHeader(hdr)
+	data := make([]byte, j.bs)
+	off := int64(journalPage)
+	for off+journalPage <= j.size {
+		r, ok := j.readRecord(off, hdr[:journalRecUsed], data)
 		if !ok {
-			continue
-		}
-		if _, err := f.ReadAt(data, off+journalHdr); err != nil {
 			break
 		}
-		if slotCRC(hdr, data) != binary.LittleEndian.Uint32(hdr[44:]) {
-			continue
-		}
-		recs = append(recs, journalRec{seq: seq, nonce: nonce, block: block, off: off})
+		recs = append(recs, r)
+		off += journalPage + int64(r.n)*journalPage
 	}
-	j.tail = (fi.Size() + j.stride - 1) / j.stride * j.stride
+	j.tail = off
 	return j, recs, nil
 }
 
-func (j *journal) parseHeader(hdr []byte) (seq, nonce, block uint64, ok bool) {
-	if string(hdr[:8]) != journalMagic || binary.LittleEndian.Uint32(hdr[8:]) != journalVersion ||
-		int64(binary.LittleEndian.Uint32(hdr[12:])) != j.bs {
-		return 0, 0, 0, false
+// readRecord reads and checks the record at off (hdr and data are
+// scratch space).
+func (j *journal) readRecord(off int64, hdr, data []byte) (journalRec, bool) {
+	if _, err := j.f.ReadAt(hdr, off); err != nil {
+		return journalRec{}, false
 	}
-	return binary.LittleEndian.Uint64(hdr[16:]), binary.LittleEndian.Uint64(hdr[24:]),
-		binary.LittleEndian.Uint64(hdr[32:]), true
+	if string(hdr[:8]) != journalMagic || binary.LittleEndian.Uint32(hdr[8:]) != journalVersion ||
+		int64(binary.LittleEndian.Uint32(hdr[12:])) != j.bs || binary.LittleEndian.Uint64(hdr[16:]) != j.gen {
+		return journalRec{}, false
+	}
+	r := journalRec{seq: binary.LittleEndian.Uint64(hdr[24:]), nonce: binary.LittleEndian.Uint64(hdr[32:]),
+		block: binary.LittleEndian.Uint64(hdr[40:]), first: binary.LittleEndian.Uint32(hdr[48:]),
+		n: binary.LittleEndian.Uint32(hdr[52:]), off: off}
+	if r.n == 0 || int64(r.first+r.n)*journalPage > j.bs {
+		return journalRec{}, false
+	}
+	p := data[:int64(r.n)*journalPage]
+	if _, err := j.f.ReadAt(p, off+journalPage); err != nil {
+		return journalRec{}, false
+	}
+	if recCRC(hdr, p) != binary.LittleEndian.Uint32(hdr[56:]) {
+		return journalRec{}, false
+	}
+	return r, true
 }
 
-func slotCRC(hdr, data []byte) uint32 {
-	return crc32.Update(crc32.Checksum(hdr[:44], crcTable), crcTable, data)
+// recCRC is the CRC-32C of the data, then the header's first 56 bytes
+// (data first, so a writer hashes the data outside the lock).
+func recCRC(hdr, data []byte) uint32 {
+	return crc32.Update(crc32.Checksum(data, crcTable), crcTable, hdr[:56])
 }
 
-// start begins appending after recovery: adopted slots stay live; with
-// none, the file is emptied.
-func (j *journal) start(adopted int) {
+// writeHeader starts generation gen: the file header, durably.
+func (j *journal) writeHeader(gen uint64) error {
+	var hdr [28]byte
+	copy(hdr[:], journalFileMagic)
+	binary.LittleEndian.PutUint32(hdr[8:], journalVersion)
+	binary.LittleEndian.PutUint32(hdr[12:], uint32(j.bs))
+	binary.LittleEndian.PutUint64(hdr[16:], gen)
+	binary.LittleEndian.PutUint32(hdr[24:], crc32.Checksum(hdr[:24], crcTable))
+	if _, err := j.f.WriteAt(hdr[:], 0); err != nil {
+		return err
+	}
+	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
+		return err
+	}
+	j.gen = gen
+	j.size = max(j.size, 28)
+	return nil
+}
+
+// start begins appending after recovery: adopted records stay live; with
+// none, the journal starts over.
+func (j *journal) start(adopted int) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	j.live = int64(adopted)
 	if adopted == 0 {
-		j.truncateLocked()
+		return j.resetLocked()
 	}
+	return nil
 }
 
-// append writes one block's old content for snapshot (seq, nonce) and
-// returns its slot. It is not durable until wait returns. errJournalFull
-// and errJournalBroken tell the caller to use the store directly.
-func (j *journal) append(seq, nonce, block uint64, data []byte) (int64, error) {
-	j.mu.Lock()
-	if j.broken != nil {
-		j.mu.Unlock()
-		return 0, errJournalBroken
-	}
-	if j.tail+j.stride > j.max {
-		j.mu.Unlock()
-		return 0, errJournalFull
-	}
-	off := j.tail
-	j.tail += j.stride
-	j.live++
-	j.mu.Unlock()
-
-	var hdr [journalHdrUsed]byte
+// append writes the old content of pages first..first+n-1 of block for
+// snapshot (seq, nonce) and returns the record's offset. It is not
+// durable until wait returns. errJournalFull and errJournalBroken tell
+// the caller to use the store directly.
+func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (int64, error) {
+	n := uint32(len(data) / journalPage)
+	var hdr [journalPage]byte
 	copy(hdr[:], journalMagic)
 	binary.LittleEndian.PutUint32(hdr[8:], journalVersion)
 	binary.LittleEndian.PutUint32(hdr[12:], uint32(j.bs))
-	binary.LittleEndian.PutUint64(hdr[16:], seq)
-	binary.LittleEndian.PutUint64(hdr[24:], nonce)
-	binary.LittleEndian.PutUint64(hdr[32:], block)
-	binary.LittleEndian.PutUint32(hdr[44:], slotCRC(hdr[:], data))
-	iov := [][]byte{hdr[:], make([]byte, journalHdr-journalHdrUsed), data}
-	n, err := unix.Pwritev(int(j.f.Fd()), iov, off)
-	if err == nil && int64(n) != j.stride {
+	binary.LittleEndian.PutUint64(hdr[24:], seq)
+	binary.LittleEndian.PutUint64(hdr[32:], nonce)
+	binary.LittleEndian.PutUint64(hdr[40:], block)
+	binary.LittleEndian.PutUint32(hdr[48:], first)
+	binary.LittleEndian.PutUint32(hdr[52:], n)
+	dataCRC := crc32.Checksum(data, crcTable)
+	need := int64(journalPage) + int64(len(data))
+
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.broken != nil {
+		return 0, errJournalBroken
+	}
+	if j.tail+need > j.max {
+		return 0, errJournalFull
+	}
+	binary.LittleEndian.PutUint64(hdr[16:], j.gen)
+	binary.LittleEndian.PutUint32(hdr[56:], crc32.Update(dataCRC, crcTable, hdr[:56]))
+	off := j.tail
+	// Written in file order under mu: see the format comment.
+	w, err := unix.Pwritev(int(j.f.Fd()), [][]byte{hdr[:], data}, off)
+	if err == nil && int64(w) != need {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		// The slot stays dead (its CRC cannot match); only a failed sync
-		// breaks the journal, since it may have dropped earlier slots.
-		j.release(1)
+		// The space stays dead (its record cannot pass its CRC); only a
+		// failed sync breaks the journal, since it may have dropped
+		// earlier records.
+		j.tail += need
 		return 0, fmt.Errorf("write copy-before-write journal %s: %w", j.path, err)
 	}
+	j.tail += need
+	j.size = max(j.size, j.tail)
+	j.live++
 	return off, nil
 }
 
-// wait makes every slot appended before the call durable.
+// wait makes every record appended before the call durable.
 func (j *journal) wait() error {
 	if err := j.sync.Wait(); err != nil {
-		j.fail(err)
+		j.mu.Lock()
+		if j.broken == nil {
+			j.broken = err
+		}
+		j.mu.Unlock()
 		return fmt.Errorf("sync copy-before-write journal %s: %w", j.path, err)
 	}
 	return nil
 }
 
-func (j *journal) fail(err error) {
-	j.mu.Lock()
-	if j.broken == nil {
-		j.broken = err
-	}
-	j.mu.Unlock()
-}
-
-// read fills buf with the block in slot off, checking the slot's CRC.
-func (j *journal) read(off int64, buf []byte) error {
-	var hdr [journalHdrUsed]byte
+// readPages fills buf with the n pages of the record at off, checking
+// the record's CRC.
+func (j *journal) readPages(off int64, n uint32, buf []byte) error {
+	var hdr [journalRecUsed]byte
 	if _, err := j.f.ReadAt(hdr[:], off); err != nil {
 		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, off, err)
 	}
-	if _, err := j.f.ReadAt(buf, off+journalHdr); err != nil {
+	p := buf[:int64(n)*journalPage]
+	if _, err := j.f.ReadAt(p, off+journalPage); err != nil {
 		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, off, err)
 	}
-	if slotCRC(hdr[:], buf) != binary.LittleEndian.Uint32(hdr[44:]) {
-		return fmt.Errorf("copy-before-write journal %s: slot at %d fails its checksum", j.path, off)
+	if recCRC(hdr[:], p) != binary.LittleEndian.Uint32(hdr[56:]) {
+		return fmt.Errorf("copy-before-write journal %s: record at %d fails its checksum", j.path, off)
 	}
 	return nil
 }
 
-// release frees n slots; when none is live the file is emptied.
+// release frees n records; when none is live the journal starts over.
 func (j *journal) release(n int) {
 	if n == 0 {
 		return
@@ -233,25 +306,34 @@ func (j *journal) release(n int) {
 	defer j.mu.Unlock()
 	j.live -= int64(n)
 	if j.live == 0 {
-		j.truncateLocked()
+		if err := j.resetLocked(); err != nil && j.broken == nil {
+			j.broken = err
+		}
 	}
 }
 
-func (j *journal) truncateLocked() {
-	if j.tail == 0 {
-		return
+// resetLocked starts a new generation at the beginning of the file.
+func (j *journal) resetLocked() error {
+	if j.tail <= journalPage && j.gen != 0 {
+		return nil
 	}
-	if err := j.f.Truncate(0); err != nil {
-		return // slots stay dead; appends go on at the tail
+	if err := j.writeHeader(j.gen + 1); err != nil {
+		return fmt.Errorf("start over copy-before-write journal %s: %w", j.path, err)
 	}
-	j.tail = 0
+	j.tail = journalPage
+	if j.size > journalKeep {
+		if err := j.f.Truncate(journalKeep); err == nil {
+			j.size = journalKeep
+		}
+	}
+	return nil
 }
 
-// size is the journal's current length in bytes.
-func (j *journal) size() int64 {
+// used is how many bytes of the journal hold records since it last started over.
+func (j *journal) used() int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return j.tail
+	return j.tail - journalPage
 }
 
 func (j *journal) close() error { return j.f.Close() }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -69,13 +68,11 @@ func (d *testDisk) writeBlock(b uint64, p []byte) {
 	}
 }
 
-func (d *testDisk) journalSize() int64 {
-	fi, err := os.Stat(filepath.Join(d.dir, "track.cbw"))
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	return fi.Size()
-}
+// journalUsed is how many bytes of journal records are written since the
+// journal last started over.
+func (d *testDisk) journalUsed() int64 { return d.v.jr.used() }
+
+const wholeRec = journalPage + testBS // a record of a whole block
 
 // TestJournalCopyOnWrite: writes over blocks pending for a copying
 // snapshot put the old content in the journal, not the store; the snapshot
@@ -93,8 +90,8 @@ func TestJournalCopyOnWrite(t *testing.T) {
 	if st := d.stats(); st.Chunks != 0 {
 		t.Fatalf("copy-on-write stored %d chunks with the worker held; want 0 (the journal takes them)", st.Chunks)
 	}
-	if got, want := d.journalSize(), int64(4*(journalHdr+testBS)); got != want {
-		t.Fatalf("journal is %d bytes, want %d (4 slots)", got, want)
+	if got, want := d.journalUsed(), int64(4*wholeRec); got != want {
+		t.Fatalf("journal holds %d bytes, want %d (4 whole blocks)", got, want)
 	}
 	if !bytes.Equal(d.readSnap("s1"), img) {
 		t.Fatal("s1 does not read as the disk at the snapshot (journal + live)")
@@ -116,8 +113,8 @@ func TestJournalCopyOnWrite(t *testing.T) {
 	p := randBlock(r)
 	d.writeBlock(3, p)
 	copy(live[3*testBS:], p)
-	if got, want := d.journalSize(), int64(4*(journalHdr+testBS)); got != want {
-		t.Fatalf("journal is %d bytes after rewriting a journaled block, want %d", got, want)
+	if got, want := d.journalUsed(), int64(4*wholeRec); got != want {
+		t.Fatalf("journal holds %d bytes after rewriting a journaled block, want %d", got, want)
 	}
 
 	release()
@@ -125,8 +122,8 @@ func TestJournalCopyOnWrite(t *testing.T) {
 	if !bytes.Equal(d.readSnap("s1"), img) {
 		t.Fatal("ready s1 does not read as the disk at the snapshot")
 	}
-	if got := d.journalSize(); got != 0 {
-		t.Fatalf("journal is %d bytes after the copy-out, want 0", got)
+	if got := d.journalUsed(); got != 0 {
+		t.Fatalf("journal holds %d bytes after the copy-out, want 0 (started over)", got)
 	}
 	if !bytes.Equal(d.readLive(), live) {
 		t.Fatal("live disk lost a write")
@@ -134,12 +131,13 @@ func TestJournalCopyOnWrite(t *testing.T) {
 	d.verify()
 }
 
-// TestJournalReplayIgnoresStaleSlots: slots with a bad checksum, another
-// snapshot's nonce, or a block that is not pending are not believed.
-func TestJournalReplayIgnoresStaleSlots(t *testing.T) {
+// TestJournalReplayIgnoresStaleRecords: records with a bad checksum,
+// another snapshot's nonce, or a block that is not pending are not
+// believed.
+func TestJournalReplayIgnoresStaleRecords(t *testing.T) {
 	d, img, _ := journalDisk(t)
 	r := rand.New(rand.NewPCG(5, 6))
-	d.writeBlock(7, randBlock(r)) // one genuine slot
+	d.writeBlock(7, randBlock(r)) // one genuine record
 	s1, _ := d.find("s1")
 	seq, nonce := s1.seq(), s1.nonce()
 	if err := d.v.Close(); err != nil {
@@ -151,28 +149,36 @@ func TestJournalReplayIgnoresStaleSlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs) != 1 || recs[0].block != 7 || recs[0].seq != seq || recs[0].nonce != nonce {
-		t.Fatalf("journal holds %+v, want one slot for block 7 of seq %d", recs, seq)
+	if len(recs) != 1 || recs[0].block != 7 || recs[0].seq != seq || recs[0].nonce != nonce || recs[0].first != 0 || recs[0].n != testBS/journalPage {
+		t.Fatalf("journal holds %+v, want one record of block 7 of seq %d", recs, seq)
 	}
 	garbage := randBlock(r)
-	if _, err := j.append(seq, nonce+1, 8, garbage); err != nil { // another snapshot that reused the sequence
+	if _, err := j.append(seq, nonce+1, 8, 0, garbage); err != nil { // another snapshot that reused the sequence
 		t.Fatal(err)
 	}
-	if _, err := j.append(seq+5, nonce, 9, garbage); err != nil { // a snapshot that does not exist
+	if _, err := j.append(seq+5, nonce, 9, 0, garbage); err != nil { // a snapshot that does not exist
 		t.Fatal(err)
 	}
-	off, err := j.append(seq, nonce, 11, garbage) // right snapshot, torn below
+	if _, err := j.append(seq, nonce, 10, 0, garbage[:journalPage]); err != nil { // not pending after the store check below
+		t.Fatal(err)
+	}
+	off, err := j.append(seq, nonce, 11, 2, garbage[:2*journalPage]) // right snapshot, torn below
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := j.f.WriteAt([]byte{0xff ^ garbage[100]}, off+journalHdr+100); err != nil {
+	if _, err := j.f.WriteAt([]byte{0xff ^ garbage[100]}, off+journalPage+100); err != nil {
 		t.Fatal(err)
 	}
 	j.close()
+	// Block 10's version is in the store already (as if copied out before
+	// a crash): its record is stale.
+	if err := d.st.PutEntries(context.Background(), d.diskID, seq, []store.Entry{{Block: 10, Data: img[10*testBS : 11*testBS]}}); err != nil {
+		t.Fatal(err)
+	}
 
 	d.open()
 	if !bytes.Equal(d.readSnap("s1"), img) {
-		t.Fatal("a stale or torn journal slot was believed")
+		t.Fatal("a stale or torn journal record was believed")
 	}
 }
 
@@ -193,7 +199,7 @@ func TestJournalFullFallsBackToStore(t *testing.T) {
 	d, img, release := journalDisk(t)
 	d.v.Close()
 	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
-		TrackPrefix: filepath.Join(d.dir, "track"), JournalMax: 2 * (journalHdr + testBS)})
+		TrackPrefix: filepath.Join(d.dir, "track"), JournalMax: journalPage + 2*wholeRec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +208,8 @@ func TestJournalFullFallsBackToStore(t *testing.T) {
 	for b := uint64(0); b < 5; b++ {
 		d.writeBlock(b, randBlock(r))
 	}
-	if got, want := d.journalSize(), int64(2*(journalHdr+testBS)); got != want {
-		t.Fatalf("journal is %d bytes, want %d (full at 2 slots)", got, want)
+	if got, want := d.journalUsed(), int64(2*wholeRec); got != want {
+		t.Fatalf("journal holds %d bytes, want %d (full at 2 records)", got, want)
 	}
 	if st := d.stats(); st.Chunks != 3 {
 		t.Fatalf("%d chunks stored, want 3 (the writes past the full journal)", st.Chunks)
@@ -326,6 +332,93 @@ func TestDeleteCopyingPassesPendingDurably(t *testing.T) {
 	d.wait("s2")
 	if !bytes.Equal(d.readSnap("s2"), want) {
 		t.Fatal("ready s2 wrong")
+	}
+	d.verify()
+}
+
+// TestJournalPages: 4 KiB writes journal only the pages they overwrite;
+// a block written in a later epoch while still pending for an earlier
+// snapshot is pending for both, each composing its own version; deleting
+// the earlier snapshot hands its journaled pages to the later one where
+// that one has no version of its own. Checked against an oracle before and
+// after a reopen and after the copy-out.
+func TestJournalPages(t *testing.T) {
+	d, img, release := journalDisk(t)
+	r := rand.New(rand.NewPCG(9, 10))
+	live := bytes.Clone(img)
+	write := func(off int64, n int) {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(r.Uint32())
+		}
+		if err := d.v.WriteAt(context.Background(), p, off, false); err != nil {
+			t.Fatal(err)
+		}
+		copy(live[off:], p)
+	}
+	const pg = journalPage
+	write(5*testBS+3*pg, pg) // block 5, page 3
+	if got := d.journalUsed(); got != 2*pg {
+		t.Fatalf("a 4 KiB write journaled %d bytes, want %d (header + one page)", got, 2*pg)
+	}
+	write(5*testBS+2*pg, 3*pg) // pages 2-4: only 2 and 4 are new
+	write(6*testBS-100, 200)   // unaligned, across blocks 5 and 6
+	write(9*testBS+pg+7, 2*pg) // block 9, pages 1-3
+	if got, want := d.journalUsed(), int64(2*pg+2*2*pg+2*pg+2*pg+4*pg); got != want {
+		t.Fatalf("journal holds %d bytes, want %d", got, want)
+	}
+	s1 := img // the disk at s1's seal
+	d.snapshot("s2")
+	s2 := bytes.Clone(live)
+	write(5*testBS+3*pg, pg) // pending for s1 (saved) and s2 (not)
+	write(5*testBS+8*pg, pg) // pending for both, saved for neither
+	write(9*testBS, pg)      // pending for both
+	write(20*testBS, pg)     // pending for s1 only (not written in s2's epoch)
+	check := func(when string) {
+		t.Helper()
+		if !bytes.Equal(d.readSnap("s1"), s1) {
+			t.Fatalf("%s: s1 wrong", when)
+		}
+		if !bytes.Equal(d.readSnap("s2"), s2) {
+			t.Fatalf("%s: s2 wrong", when)
+		}
+		if !bytes.Equal(d.readLive(), live) {
+			t.Fatalf("%s: live disk wrong", when)
+		}
+	}
+	check("journaled")
+	d.reopen()
+	check("after reopen")
+	// s2 stores its version of block 9 while s1 still has it pending:
+	// reads of s2 must take the stored one.
+	s2snap, _ := d.find("s2")
+	if err := d.v.copyBlocks(context.Background(), s2snap, []uint64{9}); err != nil {
+		t.Fatal(err)
+	}
+	check("s2 stored block 9")
+
+	// Delete s1 while it copies: block 20's pages move to s2 (whose version
+	// of block 20 is s1's).
+	if _, err := d.v.DeleteSnapshot(context.Background(), "s1"); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.readSnap("s2"), s2) {
+		t.Fatal("s2 wrong after deleting s1")
+	}
+	d.reopen()
+	if !bytes.Equal(d.readSnap("s2"), s2) {
+		t.Fatal("s2 wrong after deleting s1 and a reopen")
+	}
+	release()
+	d.wait("s2")
+	if !bytes.Equal(d.readSnap("s2"), s2) {
+		t.Fatal("ready s2 wrong")
+	}
+	if !bytes.Equal(d.readLive(), live) {
+		t.Fatal("live disk wrong")
+	}
+	if got := d.journalUsed(); got != 0 {
+		t.Fatalf("journal holds %d bytes after the copy-out, want 0", got)
 	}
 	d.verify()
 }

@@ -174,12 +174,63 @@ type snap struct {
 	// pending grew before that and the record must be written again.
 	committed, repersist bool
 
-	jmu       sync.Mutex
-	journaled map[uint64]int64 // block -> journal slot: old content journaled, not yet stored (guarded by jmu)
+	jmu      sync.Mutex
+	jblocks  map[uint64]*jblock // pending blocks with pages in the journal (the map guarded by jmu)
+	jrecords int                // journal records of s not yet released (guarded by jmu)
+}
+
+// jblock is what the journal holds of one pending block: the pages
+// overwritten since the seal. Guarded by the block's stripe lock.
+type jblock struct {
+	saved   []uint64 // page bitmap
+	records []jrecord
+}
+
+// jrecord is one journal record of a block: pages first..first+n-1 at
+// off+journalPage.
+type jrecord struct {
+	off      int64
+	first, n uint32
+}
+
+func (jb *jblock) isSaved(p uint32) bool { return jb.saved[p/64]&(1<<(p%64)) != 0 }
+
+func (jb *jblock) add(r jrecord) {
+	jb.records = append(jb.records, r)
+	for p := r.first; p < r.first+r.n; p++ {
+		jb.saved[p/64] |= 1 << (p % 64)
+	}
 }
 
 func newSnap(rec snapRecord) *snap {
-	return &snap{rec: rec, drained: closedChan, journaled: map[uint64]int64{}}
+	return &snap{rec: rec, drained: closedChan, jblocks: map[uint64]*jblock{}}
+}
+
+// jblock returns b's journal state for s, creating it if create. Caller
+// holds b's stripe lock.
+func (s *snap) jblock(b uint64, create bool, pages int) *jblock {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	jb := s.jblocks[b]
+	if jb == nil && create {
+		jb = &jblock{saved: make([]uint64, (pages+63)/64)}
+		s.jblocks[b] = jb
+	}
+	return jb
+}
+
+// forget drops b's journal state and returns how many records it had.
+// Caller holds b's stripe lock.
+func (s *snap) forget(b uint64) int {
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
+	jb := s.jblocks[b]
+	if jb == nil {
+		return 0
+	}
+	delete(s.jblocks, b)
+	s.jrecords -= len(jb.records)
+	return len(jb.records)
 }
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -190,31 +241,6 @@ func (s *snap) seq() uint64 { return s.rec.Seq }
 // after an abandoned seal (journal slots carry it).
 func (s *snap) nonce() uint64 { return uint64(s.rec.Created.UnixNano()) }
 
-// journalSlot reports where b's old content is journaled for s.
-func (s *snap) journalSlot(b uint64) (int64, bool) {
-	s.jmu.Lock()
-	off, ok := s.journaled[b]
-	s.jmu.Unlock()
-	return off, ok
-}
-
-// journaledCount is how many of s's blocks wait in the journal.
-func (s *snap) journaledCount() int {
-	s.jmu.Lock()
-	defer s.jmu.Unlock()
-	return len(s.journaled)
-}
-
-// orJournaled adds s's journaled blocks to bm.
-func (s *snap) orJournaled(bm *Bitmap) {
-	s.jmu.Lock()
-	defer s.jmu.Unlock()
-	for b := range s.journaled {
-		if b < bm.Len() {
-			bm.Set(b)
-		}
-	}
-}
 
 // readable: the snapshot can be read (copying or ready). Caller holds mu.
 func (s *snap) readable() bool {
@@ -334,10 +360,10 @@ func (v *Volume) loadSnaps(ctx context.Context) error {
 	return nil
 }
 
-// replayJournal opens the copy-before-write journal and adopts every slot
-// that holds the old content of a block still pending for a copying
-// snapshot (the live image no longer has it): the block leaves pending and
-// is read from the journal until the copy-out worker stores it.
+// replayJournal opens the copy-before-write journal and adopts every
+// record that holds old pages of a block still pending for a copying
+// snapshot (the live image may no longer have them): the snapshot's
+// version of the block is composed from them and the live image.
 func (v *Volume) replayJournal() error {
 	j, recs, err := openJournal(v.opts.TrackPrefix+".cbw", int(v.blockSize), v.opts.JournalMax)
 	if err != nil {
@@ -355,13 +381,16 @@ func (v *Volume) replayJournal() error {
 		if s == nil || s.nonce() != r.nonce || r.block >= s.pending.Len() || !s.pending.Test(r.block) {
 			continue // stale: stored already, or its snapshot is gone or failed
 		}
-		s.journaled[r.block] = r.off
-		s.pending.Clear(r.block)
+		s.jblock(r.block, true, v.pagesPerBlock()).add(jrecord{off: r.off, first: r.first, n: r.n})
+		s.jrecords++
 		adopted++
 	}
-	j.start(adopted)
+	if err := j.start(adopted); err != nil {
+		j.close()
+		return err
+	}
 	if adopted > 0 {
-		v.log.Info("copy-before-write journal replayed", "live", v.path, "blocks", adopted)
+		v.log.Info("copy-before-write journal replayed", "live", v.path, "records", adopted)
 	}
 	v.jr = j
 	return nil
@@ -623,6 +652,9 @@ func (v *Volume) abandonSeal(s *snap, old *tracker) {
 	v.mu.Unlock()
 	v.gate.Unlock()
 	next.remove()
+	// Pages journaled for the abandoned snapshot: its blocks are dirty in
+	// the epoch again (above), so nothing needs them.
+	v.dropJournal(s)
 	if _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {
 		v.log.Warn("could not drop the entries of an abandoned snapshot; they are dropped at the next start", "snapshot", s.rec.Name, "err", err)
 	}

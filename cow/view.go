@@ -82,46 +82,29 @@ func (w *View) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // readAt fills buf (one block) with block b as of snapshot seq: the newest
-// version at or before seq, which is in the live image (pending), in the
-// copy-before-write journal (journaled) or in the store.
+// version at or before seq, which is either a pending snapshot's (composed
+// from the live image and the copy-before-write journal) or in the store.
 func (v *Volume) readAt(ctx context.Context, seq, b uint64, buf []byte) error {
 	if list := v.copying.Load(); list != nil && len(*list) > 0 {
 		mu := &v.stripes[b%stripeCount]
 		mu.Lock()
-		if s := v.pendingOwner(b); s != nil && s.seq() <= seq {
-			// Unchanged since a snapshot at or before seq and not yet
-			// copied out: the live image still holds this version (once
-			// the writes of the epoch it sealed have finished).
+		if s := v.newestOwner(b, seq); s != nil {
+			// Pending for a snapshot at or before seq. A later one (still
+			// at or before seq) may have stored its own version already.
 			<-s.drained
-			err := v.readLive(buf, int64(b)<<v.shift)
-			mu.Unlock()
-			return err
-		}
-		var best *snap
-		var slot int64
-		for _, s := range *list {
-			if s.seq() > seq || (best != nil && s.seq() < best.seq()) {
-				continue
-			}
-			if off, ok := s.journalSlot(b); ok {
-				best, slot = s, off
-			}
-		}
-		if best != nil {
-			// A later snapshot (still at or before seq) may have stored
-			// its own version already.
 			ref, found, err := v.st.Lookup(ctx, v.opts.DiskID, b, seq)
-			if err == nil && (!found || ref.Seq < best.seq()) {
-				err = v.jr.read(slot, buf)
+			if err == nil && (!found || ref.Seq < s.seq()) {
+				err = v.compose(s, b, buf)
 				mu.Unlock()
 				return err
 			}
+			mu.Unlock()
 			if err != nil {
-				mu.Unlock()
 				return fmt.Errorf("read block %d of snapshot: %w", b, err)
 			}
+		} else {
+			mu.Unlock()
 		}
-		mu.Unlock()
 	}
 	_, err := v.st.ReadBlock(ctx, v.opts.DiskID, b, seq, buf)
 	if err != nil {
@@ -169,7 +152,6 @@ func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*Bitm
 		for _, s := range *list {
 			if s.seq() <= seq {
 				bm.Or(s.pending)
-				s.orJournaled(bm)
 			}
 		}
 	}

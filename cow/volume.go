@@ -204,7 +204,7 @@ func (v *Volume) beginWrite(ctx context.Context, off, length int64) *tracker {
 		if err := t.mark(first, last); err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
 			v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
 		}
-		v.copyBeforeWrite(ctx, first, last)
+		v.copyBeforeWrite(ctx, off, length)
 		v.gate.RLock()
 		t.enter()
 		if v.shape.Load() == shape {
