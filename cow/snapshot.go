@@ -241,7 +241,6 @@ func (s *snap) seq() uint64 { return s.rec.Seq }
 // after an abandoned seal (journal slots carry it).
 func (s *snap) nonce() uint64 { return uint64(s.rec.Created.UnixNano()) }
 
-
 // readable: the snapshot can be read (copying or ready). Caller holds mu.
 func (s *snap) readable() bool {
 	return s.rec.State == StateCopying || s.rec.State == StateReady
