@@ -55,6 +55,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		DiskID:      rec.ID,
 		TrackPrefix: filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
 		Logger:      d.log.With("disk", rec.Name),
+		OnWrite:     d.fuseWriteHook(rec.Name),
 	}
 }
 

@@ -27,7 +27,9 @@ func (s fuseSource) Disks() []fusefs.DiskEntry {
 		if k.vol == nil || k.deleting {
 			continue
 		}
-		out = append(out, fusefs.DiskEntry{Name: k.rec.Name, Size: k.vol.Size(), Created: k.rec.Created})
+		// Created is kept to the second: the id tells a disk created again
+		// under its name (a new inode, no stale pages) from the old one.
+		out = append(out, fusefs.DiskEntry{Name: k.rec.Name, Size: k.vol.Size(), Created: k.rec.Created, ID: k.rec.ID})
 	}
 	return out
 }
@@ -72,7 +74,9 @@ func (d *Daemon) mountFUSE() error {
 	if !d.cfg.fuseOn() {
 		return nil
 	}
-	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{Logger: d.log.With("component", "fuse")})
+	// The live disks' files keep the page cache: every volume reports its
+	// writes to the tree (fuseWriteHook), which drops what changed.
+	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{LiveCache: true, Logger: d.log.With("component", "fuse")})
 	if err != nil {
 		return fmt.Errorf("--fuse-dir %s: %w (run with --fuse=false to do without the FUSE view)", d.cfg.FUSEDir, err)
 	}
@@ -101,7 +105,8 @@ func privateMountNamespace() (bool, error) {
 }
 
 // unmountFUSE unmounts the tree; files still open keep it until cairnd
-// exits (it is detached lazily).
+// exits (it is detached lazily). d.fuse stays set (the write hooks read it
+// without a lock); an unmounted tree ignores Changed and Invalidate.
 func (d *Daemon) unmountFUSE() {
 	if d.fuse == nil {
 		return
@@ -109,7 +114,6 @@ func (d *Daemon) unmountFUSE() {
 	if err := d.fuse.Unmount(); err != nil {
 		d.log.Warn("FUSE view", "err", err)
 	}
-	d.fuse = nil
 }
 
 // fuseChanged tells the FUSE tree a disk changed outside it (grown, rolled
@@ -117,5 +121,21 @@ func (d *Daemon) unmountFUSE() {
 func (d *Daemon) fuseChanged(disk string) {
 	if d.fuse != nil {
 		d.fuse.Invalidate(disk)
+	}
+}
+
+// fuseWriteHook is a live volume's cow.Options.OnWrite: it tells the FUSE
+// tree which range of disk changed, so the kernel drops those cached pages
+// of disk.raw before the write is acknowledged (NBD, rollback; the tree
+// ignores writes that came through it). Nil without the FUSE view. d.fuse
+// is set before any volume is written and never changes afterwards.
+func (d *Daemon) fuseWriteHook(disk string) func(ctx context.Context, off, length int64) {
+	if !d.cfg.fuseOn() {
+		return nil
+	}
+	return func(ctx context.Context, off, length int64) {
+		if t := d.fuse; t != nil {
+			t.Changed(ctx, disk, off, length)
+		}
 	}
 }

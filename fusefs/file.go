@@ -29,6 +29,7 @@ type fileNode struct {
 	disk    string
 	snap    string // "" for liveFile
 	created time.Time
+	diskID  uint64 // liveFile: DiskEntry.ID
 	// lastWrite is when this tree last wrote the file (unix nanoseconds),
 	// so mtime moves with FUSE writes even before the Source knows.
 	lastWrite atomic.Int64
@@ -47,7 +48,7 @@ func (n *fileNode) live() bool { return n.kind == liveFile }
 func (n *fileNode) attr(out *fuse.Attr, size int64) syscall.Errno {
 	if n.live() {
 		e, ok := n.t.disk(n.disk)
-		if !ok || !e.Created.Equal(n.created) {
+		if !ok || !e.is(n.created, n.diskID) {
 			return syscall.ENOENT
 		}
 		if size < 0 {
@@ -136,9 +137,11 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if !n.t.opts.LiveCache {
 		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
 	}
+	// The pages stay cached across opens: Changed drops what changes
+	// other than through the tree (invalidate.go).
 	h.cached = true
 	n.t.cache.opened(n)
-	return h, 0, 0
+	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
 // openScratch opens a snapshot through a private overlay. Every handle

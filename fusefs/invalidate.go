@@ -5,18 +5,24 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 )
 
 // Invalidate makes the kernel drop what it cached about disk's part of the
 // tree: its snapshot list, the attributes of disk.raw (a resize) and, with
-// LiveCache, disk.raw's pages (a rollback). disk == "" does so for the disk
-// list and every disk. Call it after creating, deleting, resizing or rolling
-// back a disk and after creating or deleting a snapshot. Never call it from
-// inside a Source method or while holding a lock a Source method takes: the
-// kernel waits for lookups in flight before it drops a name.
+// LiveCache, disk.raw's pages (a rollback: every write of it also went
+// through Changed; dropping them all once more costs one reread). disk ==
+// "" does so for the disk list and every disk. Call it after creating,
+// deleting, resizing or rolling back a disk and after creating or deleting
+// a snapshot. Never call it from inside a Source method or while holding a
+// lock a Source method takes: the kernel waits for lookups in flight
+// before it drops a name.
 func (t *Tree) Invalidate(disk string) {
+	if t.unmounted.Load() {
+		return
+	}
 	if disk != "" {
 		t.invalidateDisk(disk)
 		return
@@ -37,13 +43,16 @@ func (t *Tree) invalidateDisk(disk string) {
 	}
 	if _, ok := dn.current(); !ok {
 		forget(t.root.EmbeddedInode(), disk)
+		// Nothing writes a deleted disk any more: stop watching its
+		// file unless a handle still reads it.
+		t.cache.unwatchIdle(disk, dn.created, dn.id)
 		return
 	}
 	if live := ch.GetChild(liveName); live != nil {
 		live.NotifyContent(-1, 0) // attributes only
 	}
-	for _, n := range t.cache.nodes(disk) {
-		n.NotifyContent(0, 0) // every page
+	for _, w := range t.cache.watching(disk) {
+		t.dropPages(w, 0, 0)
 	}
 	for _, dir := range []string{snapDirName, scratchDirName} {
 		sd := ch.GetChild(dir)
@@ -68,24 +77,86 @@ func forget(parent *fs.Inode, name string) {
 	parent.RmChild(name)
 }
 
+// Live disk files in the page cache (Options.LiveCache).
+//
+// The kernel keeps disk.raw's pages across opens (FOPEN_KEEP_CACHE) and
+// never drops them on its own (the mount asks for explicit data cache
+// control: no invalidation when mtime moves). The tree keeps them
+// coherent: Changed drops every range that changes other than through the
+// tree. Writes through the tree need nothing: without a writeback cache
+// the kernel writes them through its own pages, and drops the pages of a
+// fallocate'd range itself.
+//
+// Why no stale page survives a change X (a write, trim or zero that
+// reaches the File other than through the tree, such as an NBD write):
+//
+//  1. Changed runs after X is in the File and before X is acknowledged
+//     (cow.Options.OnWrite's contract).
+//  2. The kernel fills a page of disk.raw only by a READ request, and the
+//     page sits in the page cache, locked, from before that request is
+//     sent until the reply is copied in; readahead, single-page reads and
+//     mmap faults all work this way. So a READ that the File served
+//     before X landed belongs to a page that was in the cache before
+//     Changed began.
+//  3. NOTIFY_INVAL_INODE (the kernel's invalidate_inode_pages2_range)
+//     takes the lock of every cached page in the range, so it waits for a
+//     fill in flight, then removes the page, unmapping it from every mmap
+//     first (the next access faults in the new data).
+//
+// Hence when Changed returns, every page that could hold data from before
+// X is gone, and every page filled later was read after X landed. A read
+// that begins after X is acknowledged sees X; one that overlaps X sees the
+// old or the new data, as on a disk. Dirty pages of a shared writable
+// mmap are written back (a FUSE write) before they are dropped: that
+// write happens then, like any writeback.
+//
+// Changed must skip writes made through the tree. They need no drop (the
+// kernel wrote its pages first), and a drop would wait for itself: a
+// buffered FUSE write keeps a page that it fills only in part and that
+// was not cached locked until the tree answers the write (the kernel
+// unlocks the other pages before sending it). fromTree marks their
+// contexts; TestFUSEWritesDoNotWaitForThemselves hangs without it.
+//
+// A file nobody has open keeps its pages until the next change: the first
+// Changed after the last close drops all of them and stops watching the
+// file, so a disk not open through FUSE costs its writers a map lookup.
+
 // Changed reports that [off, off+length) of disk's live content changed
-// other than through this tree (an NBD write, a rollback), so the kernel
-// drops those pages. Call it after the change reached the File and before
-// acknowledging it, outside any lock a FUSE write may wait for (the kernel
-// waits for page locks that in-flight FUSE reads and writes hold). Writes
-// made through the tree pass a ctx that marks them; Changed ignores those
-// (the kernel keeps its own pages coherent), so a File may call Changed for
-// every write with the ctx it was given. Without Options.LiveCache, and
-// while no live file is open with the page cache, Changed costs a map
-// lookup.
+// other than through this tree (an NBD write, trim or zero, a rollback),
+// so the kernel drops those pages. Call it after the change reached the
+// File and before acknowledging it, for every change while the tree is
+// mounted (the page cache outlives opens), outside any lock a FUSE request
+// may wait for (it waits for the page locks of FUSE reads and writes in
+// flight). Writes made through the tree pass a ctx that marks them;
+// Changed ignores those, so a File may call Changed for every write with
+// the ctx it was given. Without Options.LiveCache, and while the kernel
+// holds no pages of the disk, Changed costs a map lookup.
 func (t *Tree) Changed(ctx context.Context, disk string, off, length int64) {
-	if length <= 0 || (ctx != nil && ctx.Value(originKey{}) == t) {
+	if length <= 0 || t.unmounted.Load() {
 		return
 	}
-	for _, n := range t.cache.nodes(disk) {
-		if errno := n.NotifyContent(off, length); errno != 0 && errno != syscall.ENOENT {
-			t.log.Debug("dropping FUSE page cache failed", "disk", disk, "err", errno)
-		}
+	files := t.cache.watching(disk)
+	if len(files) == 0 || (ctx != nil && ctx.Value(originKey{}) == t) {
+		return
+	}
+	for _, w := range files {
+		t.dropPages(w, off, length)
+	}
+}
+
+// dropPages drops [off, off+length) of a watched file's pages (length 0:
+// all of them). A file with no handle open loses all its pages and is no
+// longer watched.
+func (t *Tree) dropPages(w watched, off, length int64) {
+	if !w.open {
+		off, length = 0, 0
+	}
+	errno := w.n.NotifyContent(off, length)
+	if errno != 0 && errno != syscall.ENOENT { // ENOENT: the kernel forgot the inode and its pages
+		t.log.Debug("dropping FUSE page cache failed", "disk", w.n.disk, "err", errno)
+	}
+	if !w.open || errno == syscall.ENOENT {
+		t.cache.unwatch(w)
 	}
 }
 
@@ -105,51 +176,83 @@ func (t *Tree) fromTree(ctx context.Context) context.Context {
 	return context.WithValue(ctx, originKey{}, t)
 }
 
-// pageCache knows which live disk files the kernel may hold pages of: those
-// with a cached handle open. When the last one closes, their pages are
-// dropped, so Changed has nothing to do until the next cached open.
+// pageCache knows which live disk files the kernel may hold pages of.
 type pageCache struct {
-	mu   sync.RWMutex
-	open map[*fileNode]int // guarded by mu: cached handles open per file
+	mu    sync.RWMutex
+	files map[*fileNode]*cacheState // guarded by mu
+	opens uint64                    // guarded by mu: cached opens ever, of any file
 }
 
-func (c *pageCache) init() { c.open = make(map[*fileNode]int) }
+// cacheState is what pageCache knows of one file.
+type cacheState struct {
+	open     int    // cached handles open now
+	lastOpen uint64 // pageCache.opens at the latest open
+}
+
+// watched is one file as Changed saw it.
+type watched struct {
+	n        *fileNode
+	open     bool   // a handle was open
+	lastOpen uint64 // cacheState.lastOpen then
+}
+
+func (c *pageCache) init() { c.files = make(map[*fileNode]*cacheState) }
 
 // opened is called before a cached handle of n can read anything.
 func (c *pageCache) opened(n *fileNode) {
 	c.mu.Lock()
-	c.open[n]++
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	s := c.files[n]
+	if s == nil {
+		s = &cacheState{}
+		c.files[n] = s
+	}
+	c.opens++
+	s.open++
+	s.lastOpen = c.opens
 }
 
-// closed is called when a cached handle of n is released.
+// closed is called when a cached handle of n is released. The pages stay
+// (and n stays watched) for the next open.
 func (c *pageCache) closed(n *fileNode) {
 	c.mu.Lock()
-	c.open[n]--
-	last := c.open[n] == 0
-	c.mu.Unlock()
-	if !last {
-		return
+	defer c.mu.Unlock()
+	if s := c.files[n]; s != nil {
+		s.open--
 	}
-	// While n stays in the map, Changed keeps dropping pages; after the
-	// last close the pages go at once and Changed may stop looking at n.
-	n.NotifyContent(0, 0)
-	c.mu.Lock()
-	if c.open[n] == 0 {
-		delete(c.open, n)
-	}
-	c.mu.Unlock()
 }
 
-// nodes returns the live files of disk the kernel may hold pages of.
-func (c *pageCache) nodes(disk string) []*fileNode {
+// watching returns the live files of disk the kernel may hold pages of.
+func (c *pageCache) watching(disk string) []watched {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	var out []*fileNode
-	for n := range c.open {
+	var out []watched
+	for n, s := range c.files {
 		if n.disk == disk {
-			out = append(out, n)
+			out = append(out, watched{n: n, open: s.open > 0, lastOpen: s.lastOpen})
 		}
 	}
 	return out
+}
+
+// unwatch stops watching w.n after all its pages were dropped, unless a
+// handle opened since w was taken (it may have read pages since).
+func (c *pageCache) unwatch(w watched) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.files[w.n]; s != nil && s.open == 0 && s.lastOpen == w.lastOpen {
+		delete(c.files, w.n)
+	}
+}
+
+// unwatchIdle stops watching the files of a deleted disk (the one created
+// at created with id) that no handle has open.
+func (c *pageCache) unwatchIdle(disk string, created time.Time, id uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for n, s := range c.files {
+		if n.disk == disk && n.created.Equal(created) && n.diskID == id && s.open == 0 {
+			delete(c.files, n)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,11 +30,13 @@ const MaxIO = 1 << 20
 
 // Options configure Mount.
 type Options struct {
-	// LiveCache lets the kernel page cache hold live disk pages (reads of
-	// small blocks get readahead). Without it the live disk is opened with
-	// direct I/O: every read asks the File, nothing can be stale. With it,
-	// every change made other than through the tree must reach
-	// Tree.Changed before it is acknowledged.
+	// LiveCache lets the kernel page cache hold live disk pages, across
+	// opens: repeated reads run at memory speed, cold ones get readahead.
+	// Without it the live disk is opened with direct I/O: every read asks
+	// the File, nothing can be stale. With it, every change made other
+	// than through the tree, while the tree is mounted, must reach
+	// Tree.Changed before it is acknowledged (invalidate.go says why that
+	// suffices).
 	LiveCache bool
 	// ScratchDir holds the overlays of open scratch files (unlinked
 	// files, gone when closed). Empty: os.TempDir().
@@ -68,6 +71,9 @@ type Tree struct {
 	root    *rootNode
 	server  *fuse.Server
 	cache   pageCache
+	// unmounted is set once the kernel has let go of the tree: Changed
+	// and Invalidate have nothing left to tell it.
+	unmounted atomic.Bool
 }
 
 // Mount mounts the tree of src on dir (created if missing) and serves it
@@ -109,8 +115,12 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 			// Without xattrs the kernel stops asking for
 			// security.capability before every write.
 			DisableXAttrs: true,
-			Debug:         opts.Debug,
-			Logger:        log.New(logWriter{t.log, opts.Debug}, "", 0),
+			// The kernel must not drop cached pages when a file's mtime
+			// moves (a FUSE write makes it move): snapshots never change,
+			// and the live disk's pages are dropped by Changed, exactly.
+			ExplicitDataCacheControl: true,
+			Debug:                    opts.Debug,
+			Logger:                   log.New(logWriter{t.log, opts.Debug}, "", 0),
 		},
 		// No default entry timeout: Lookup sets one for fixed names only.
 		AttrTimeout: &attr,
@@ -169,8 +179,12 @@ func (t *Tree) Dir() string { return t.dir }
 // returns an error saying so; open files keep working until the process
 // exits.
 func (t *Tree) Unmount() error {
+	if t.unmounted.Load() {
+		return nil
+	}
 	err := t.server.Unmount()
 	if err == nil {
+		t.unmounted.Store(true)
 		return nil
 	}
 	if derr := unix.Unmount(t.dir, unix.MNT_DETACH); derr != nil && !errors.Is(derr, unix.EINVAL) {

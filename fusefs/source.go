@@ -40,12 +40,20 @@ type DiskEntry struct {
 	Name string
 	// Size of the live disk in bytes (the open File's Size wins for fstat).
 	Size int64
-	// Created identifies this disk among disks that had the same name: a
+	// Created and ID tell this disk from others that had the same name: a
 	// disk deleted and created again gets a new inode (and page cache).
+	// Created is the directory's time; ID may be 0 if Created suffices
+	// (a Source that stores Created to the second needs it).
 	Created time.Time
+	ID      uint64
 	// Modified is when the live content last changed other than through
 	// this tree (writes through FUSE are tracked here); zero means Created.
 	Modified time.Time
+}
+
+// is reports whether e is the disk that was created at created with id.
+func (e DiskEntry) is(created time.Time, id uint64) bool {
+	return e.Created.Equal(created) && e.ID == id
 }
 
 // SnapEntry is one snapshot as the tree shows it:

@@ -22,7 +22,8 @@ import (
 )
 
 // testFile is a cow.Volume that records what the tree asked of it.
-// onWrite plays the daemon's write hook (Tree.Changed). The fields a test
+// onWrite is the volume's write hook (cow.Options.OnWrite), which the
+// daemon points at Tree.Changed. The fields a test
 // sets while the tree serves are atomic: the kernel between them gives the
 // race detector no order.
 type testFile struct {
@@ -70,7 +71,8 @@ func newTestFile(t testing.TB, dir string, size int64) *testFile {
 
 // openTestFile opens the image at path as a volume.
 func openTestFile(path string) (*testFile, error) {
-	vol, err := cow.Open(path, cow.Options{})
+	tf := &testFile{released: make(chan struct{}, 1)}
+	vol, err := cow.Open(path, cow.Options{OnWrite: tf.changed})
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +81,8 @@ func openTestFile(path string) (*testFile, error) {
 		vol.Close()
 		return nil, err
 	}
-	return &testFile{Volume: vol, f: f, size: vol.Size(), released: make(chan struct{}, 1)}, nil
+	tf.Volume, tf.f, tf.size = vol, f, vol.Size()
+	return tf, nil
 }
 
 func (tf *testFile) close() {
@@ -109,9 +112,7 @@ func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) 
 		return nbd.ErrReadOnly
 	}
 	noteMax(&tf.maxWrite, len(p))
-	err := tf.Volume.WriteAt(ctx, p, off, fua)
-	tf.changed(ctx, off, int64(len(p)))
-	return err
+	return tf.Volume.WriteAt(ctx, p, off, fua)
 }
 
 func (tf *testFile) changed(ctx context.Context, off, length int64) {
@@ -129,15 +130,7 @@ func (tf *testFile) Trim(ctx context.Context, off, length int64, fua bool) error
 	tf.mu.Lock()
 	tf.trims = append(tf.trims, [2]int64{off, length})
 	tf.mu.Unlock()
-	err := tf.Volume.Trim(ctx, off, length, fua)
-	tf.changed(ctx, off, length)
-	return err
-}
-
-func (tf *testFile) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
-	err := tf.Volume.Zero(ctx, off, length, flags)
-	tf.changed(ctx, off, length)
-	return err
+	return tf.Volume.Trim(ctx, off, length, fua)
 }
 
 func (tf *testFile) trimmed() [][2]int64 {
@@ -188,9 +181,15 @@ var _ fusefs.Source = (*testSource)(nil)
 func newTestSource() *testSource { return &testSource{disks: map[string]*testDisk{}} }
 
 func (s *testSource) addDisk(name string, f *testFile) {
+	s.addDiskEntry(fusefs.DiskEntry{Name: name, Created: time.Now()}, f)
+}
+
+// addDiskEntry adds a disk as e says (its Size is f's).
+func (s *testSource) addDiskEntry(e fusefs.DiskEntry, f *testFile) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.disks[name] = &testDisk{entry: fusefs.DiskEntry{Name: name, Size: f.size, Created: time.Now()}, file: f}
+	e.Size = f.size
+	s.disks[e.Name] = &testDisk{entry: e, file: f}
 	s.files = append(s.files, f)
 }
 

@@ -24,9 +24,11 @@
 //
 // Page cache: snapshot files keep the kernel page cache across opens (their
 // content never changes). The live disk is opened with direct I/O unless
-// Options.LiveCache is set; with LiveCache the daemon must report every
-// change made other than through the tree (NBD writes, rollback) to
-// Tree.Changed before acknowledging it, so readers never see stale pages.
+// Options.LiveCache is set; with LiveCache its pages stay cached across
+// opens too, and the daemon reports every change made other than through
+// the tree (NBD writes, trims, zeroes, rollback) to Tree.Changed before
+// acknowledging it, which drops those pages, so readers never see stale
+// ones (invalidate.go explains why none survives).
 package fusefs
 
 import (
@@ -117,11 +119,11 @@ func (r *rootNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 	}
 	dirAttr(&out.Attr, d.Created)
 	if ch := r.GetChild(name); ch != nil {
-		if dn, ok := ch.Operations().(*diskNode); ok && dn.created.Equal(d.Created) {
+		if dn, ok := ch.Operations().(*diskNode); ok && d.is(dn.created, dn.id) {
 			return ch, 0
 		}
 	}
-	dn := &diskNode{node: node{t: r.t}, disk: name, created: d.Created}
+	dn := &diskNode{node: node{t: r.t}, disk: name, created: d.Created, id: d.ID}
 	return r.NewInode(ctx, dn, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 }
 
@@ -154,7 +156,8 @@ func validName(name string) bool {
 type diskNode struct {
 	node
 	disk    string
-	created time.Time
+	created time.Time // with id, which of the disks named disk
+	id      uint64
 }
 
 var (
@@ -166,7 +169,7 @@ var (
 // current returns the disk's entry if this node still stands for it.
 func (d *diskNode) current() (DiskEntry, bool) {
 	e, ok := d.t.disk(d.disk)
-	return e, ok && e.Created.Equal(d.created)
+	return e, ok && e.is(d.created, d.id)
 }
 
 func (d *diskNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
@@ -189,7 +192,7 @@ func (d *diskNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		if ch := d.GetChild(name); ch != nil {
 			return ch, 0
 		}
-		fn := &fileNode{node: node{t: d.t}, kind: liveFile, disk: d.disk, created: e.Created}
+		fn := &fileNode{node: node{t: d.t}, kind: liveFile, disk: d.disk, created: e.Created, diskID: e.ID}
 		return d.NewInode(ctx, fn, fs.StableAttr{Mode: syscall.S_IFREG}), 0
 	case snapDirName, scratchDirName:
 		dirAttr(&out.Attr, d.created)
@@ -200,7 +203,7 @@ func (d *diskNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) 
 		if name == scratchDirName {
 			kind = scratchFile
 		}
-		sd := &snapDirNode{node: node{t: d.t}, disk: d.disk, created: d.created, kind: kind}
+		sd := &snapDirNode{node: node{t: d.t}, disk: d.disk, created: d.created, id: d.id, kind: kind}
 		return d.NewInode(ctx, sd, fs.StableAttr{Mode: syscall.S_IFDIR}), 0
 	}
 	return nil, syscall.ENOENT
@@ -222,8 +225,9 @@ func (d *diskNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 type snapDirNode struct {
 	node
 	disk    string
-	created time.Time // the disk's
-	kind    fileKind  // of the files inside: snapFile or scratchFile
+	created time.Time // the disk's, with its id
+	id      uint64
+	kind    fileKind // of the files inside: snapFile or scratchFile
 }
 
 var (
@@ -233,7 +237,7 @@ var (
 )
 
 func (s *snapDirNode) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if e, ok := s.t.disk(s.disk); !ok || !e.Created.Equal(s.created) {
+	if e, ok := s.t.disk(s.disk); !ok || !e.is(s.created, s.id) {
 		return syscall.ENOENT
 	}
 	newest := s.created

@@ -7,6 +7,9 @@
 #   e2fsck -fn is clean after journal replay on a throwaway overlay;
 # - the same disk written through NBD and read through FUSE and the
 #   reverse see the same bytes; a snapshot taken after a FUSE write holds it;
+# - disk.raw's page cache: what FUSE read (cached) and NBD then wrote,
+#   discarded or zeroed reads back new through FUSE, with a FUSE handle
+#   held open and with none;
 # - fio through disk.raw with verify=crc32c;
 # - a disk deleted through the API leaves the tree;
 # - a cairnd killed with SIGKILL leaves no stale mount after restart, and
@@ -119,6 +122,23 @@ check "NBD reads the FUSE write" qemu-io -f raw "$NBD" -c "read -P 0xcd 4M 1M"
 check "snapshot after the FUSE write" "$CAIRN" snapshot create raw after --wait
 check "the snapshot's NBD export holds the FUSE write" qemu-io -f raw -r "nbd+unix:///raw@after?socket=$DATA/nbd.sock" -c "read -P 0xcd 4M 1M"
 check "the snapshot's file holds it too" cmp <(head -c 1048576 /dev/zero | tr '\0' '\315') <(dd if="$FUSE/raw/snapshots/after.raw" bs=1M skip=4 count=1 status=none)
+
+# --- disk.raw keeps the page cache; NBD writes, trims and zeroes drop it
+# (once with a FUSE handle open, once with none: the pages outlive opens)
+pattern() { head -c 1048576 /dev/zero | tr '\0' "\\$(printf %03o "$1")"; }
+fuse_mib() { dd if="$FUSE/raw/disk.raw" bs=1M skip="$1" count=1 status=none; }
+for held in open closed; do
+	[ $held = open ] && exec 7<"$FUSE/raw/disk.raw"
+	for change in "write -P 0x5a 1M 1M:0x5a" "discard 1M 1M:0" "write -z 1M 1M:0"; do
+		cmd=${change%:*} want=${change##*:}
+		check "NBD write 0xab at 1M" qemu-io -f raw "$NBD" -c "write -P 0xab 1M 1M"
+		check "FUSE reads it, and caches it (a file $held)" cmp <(pattern 0xab) <(fuse_mib 1)
+		check "NBD $cmd" qemu-io -f raw "$NBD" -c "$cmd"
+		check "FUSE reads what NBD $cmd left, not the cached bytes (a file $held)" cmp <(pattern "$want") <(fuse_mib 1)
+	done
+	[ $held = open ] && exec 7<&-
+done
+check "NBD write 0xab at 1M" qemu-io -f raw "$NBD" -c "write -P 0xab 1M 1M"
 
 # --- fio with verification
 check "fio randwrite 4k qd16 O_DIRECT, verify=crc32c" fio --name=verify --filename="$FUSE/raw/disk.raw" \
