@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/cairn-storage/cairn/store"
 )
@@ -15,6 +16,48 @@ import (
 // testCopyOutHook, set only by tests, runs when a copy-out worker starts
 // (to hold it while a test writes over pending blocks).
 var testCopyOutHook atomic.Pointer[func(ctx context.Context)]
+
+// DefaultCopyOutShare is the share of time a copy-out worker runs while
+// the disk is busy: on a small host the worker's hashing and compression
+// would otherwise take a whole core from the guest's I/O.
+const DefaultCopyOutShare = 0.25
+
+// busyWindow: guest I/O this recent makes the disk busy for pacing.
+const busyWindow = 100 * time.Millisecond
+
+// touch notes guest I/O for the copy-out workers' pacing.
+func (v *Volume) touch() {
+	now := time.Now().UnixNano()
+	if now-v.lastIO.Load() > int64(time.Millisecond) { // one store per ms at most
+		v.lastIO.Store(now)
+	}
+}
+
+// pace sleeps after a copy-out batch that took d while the guest is busy,
+// so the worker runs at most its share of the time; idle, it does not
+// sleep. The sleep ends early if the guest goes idle or ctx ends.
+func (v *Volume) pace(ctx context.Context, d time.Duration) {
+	share := v.opts.CopyOutShare
+	if share <= 0 {
+		share = DefaultCopyOutShare
+	}
+	if share >= 1 {
+		return
+	}
+	rest := min(time.Duration(float64(d)*(1-share)/share), time.Second)
+	for rest > 0 {
+		if time.Now().UnixNano()-v.lastIO.Load() > int64(busyWindow) {
+			return
+		}
+		step := min(rest, 20*time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(step):
+		}
+		rest -= step
+	}
+}
 
 // copyBatch is how many blocks the copy-out worker stores per store sync.
 const copyBatch = 32
@@ -68,18 +111,24 @@ func (v *Volume) newestOwner(b, seq uint64) *snap {
 // copyBeforeWrite saves the old content of [off, off+length) wherever it
 // lies in a block still pending for a snapshot, durably, before the
 // caller overwrites it.
-func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) {
+// It reports whether every block of the range was pending, so that
+// durable journal records prove the write.
+func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) (covered bool) {
 	list := v.copying.Load()
 	if list == nil || len(*list) == 0 {
-		return
+		return false
 	}
+	covered = true
 	end := off + max(length, 1)
 	for b := uint64(off >> v.shift); int64(b)<<v.shift < end; b++ {
 		start := int64(b) << v.shift
 		first := uint32((max(off, start) - start) / journalPage)
 		last := uint32((min(end, start+v.blockSize) - 1 - start) / journalPage)
-		v.saveBlock(ctx, b, first, last)
+		if !v.saveBlock(ctx, b, first, last) {
+			covered = false
+		}
 	}
+	return covered
 }
 
 func (v *Volume) pagesPerBlock() int { return int(v.blockSize / journalPage) }
@@ -89,14 +138,17 @@ func (v *Volume) pagesPerBlock() int { return int(v.blockSize / journalPage) }
 // journal for each (raw, one shared fdatasync); without a journal, or
 // when it cannot take them, the snapshot's whole version of the block
 // goes to the store. It repeats until a pass finds nothing to do, since a
-// failing snapshot may hand the block to another meanwhile.
-func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) {
+// failing snapshot may hand the block to another meanwhile, and returns
+// only when the records covering those pages are durable (another writer
+// may have journaled them and still be waiting for the sync). It reports
+// whether b was pending (so durable journal records prove the write).
+func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bool {
 	var ownersBuf [4]*snap
 	mu := &v.stripes[b%stripeCount]
 	for {
 		owners := v.pendingOwners(b, ownersBuf[:0])
 		if len(owners) == 0 {
-			return
+			return false
 		}
 		for _, s := range owners {
 			<-s.drained // the old epoch's writes in flight are part of this content
@@ -110,13 +162,15 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) {
 		var direct []*snap
 		var failed []error
 		wrote := false
+		var need int64 // end of the furthest record the write relies on
 		mu.Lock()
 		for _, s := range owners {
 			if !s.pending.Test(b) {
 				continue
 			}
-			w, err := v.journalPages(s, b, first, last)
+			w, end, err := v.journalPages(s, b, first, last)
 			wrote = wrote || w
+			need = max(need, end)
 			if errors.Is(err, errReadLive) {
 				direct = append(direct, s)
 				failed = append(failed, err)
@@ -134,7 +188,10 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) {
 				v.copyBlocks(ctx, s, []uint64{b})
 			}
 		}
-		if wrote {
+		if len(direct) > 0 {
+			continue
+		}
+		if need > 0 && !v.jr.durable(need) {
 			if err := v.jr.wait(); err != nil {
 				// The records may not be durable. The caller has not
 				// written yet, so composing the block now still gives each
@@ -143,10 +200,11 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) {
 				for _, s := range owners {
 					v.copyBlocks(ctx, s, []uint64{b})
 				}
+				continue
 			}
 		}
-		if !wrote && len(direct) == 0 {
-			return
+		if !wrote {
+			return true
 		}
 	}
 }
@@ -155,9 +213,10 @@ var errReadLive = errors.New("read live image for copy-on-write")
 
 // journalPages journals the pages of first..last of pending block b that
 // s has not saved yet. Caller holds b's stripe lock. It reports whether it
-// wrote anything; an error wrapping errReadLive fails s, another tells
-// the caller to store the block directly.
-func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool, err error) {
+// wrote anything and the end of the furthest record holding any of those
+// pages; an error wrapping errReadLive fails s, another tells the caller
+// to store the block directly.
+func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool, need int64, err error) {
 	jb := s.jblock(b, true, v.pagesPerBlock())
 	p := v.getBlock()
 	defer putBlock(p)
@@ -173,14 +232,14 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 		n := run - pg + 1
 		buf := (*p)[:int64(n)*journalPage]
 		if err := v.readLive(buf, int64(b)<<v.shift+int64(pg)*journalPage); err != nil {
-			return wrote, fmt.Errorf("%w: %v", errReadLive, err)
+			return wrote, 0, fmt.Errorf("%w: %v", errReadLive, err)
 		}
 		off, err := v.jr.append(s.seq(), s.nonce(), b, pg, buf)
 		if err != nil {
 			if !errors.Is(err, errJournalFull) && !errors.Is(err, errJournalBroken) {
 				v.log.Warn("copy-before-write journal write failed; copying to the store directly", "live", v.path, "err", err)
 			}
-			return wrote, err
+			return wrote, 0, err
 		}
 		jb.add(jrecord{off: off, first: pg, n: n})
 		s.jmu.Lock()
@@ -189,7 +248,12 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 		wrote = true
 		pg = run + 1
 	}
-	return wrote, nil
+	for _, r := range jb.records {
+		if r.first <= last && r.first+r.n > first {
+			need = max(need, r.end())
+		}
+	}
+	return wrote, need, nil
 }
 
 // compose fills buf with s's version of pending block b: the live image,
@@ -360,10 +424,12 @@ func (v *Volume) copyOut(ctx context.Context, s *snap, done chan struct{}) {
 		}
 		for i := 0; i < len(blocks); i += copyBatch {
 			batch := blocks[i:min(i+copyBatch, len(blocks))]
+			t0 := time.Now()
 			if err := v.copyBlocks(ctx, s, batch); err != nil {
 				stop()
 				return
 			}
+			v.pace(ctx, time.Since(t0))
 			if i%(8*copyBatch) == 0 {
 				if err := v.copyJournaled(ctx, s); err != nil {
 					stop()
@@ -390,9 +456,11 @@ func (v *Volume) copyJournaled(ctx context.Context, s *snap) error {
 			return nil
 		}
 		slices.Sort(batch)
+		t0 := time.Now()
 		if err := v.copyBlocks(ctx, s, batch); err != nil {
 			return err
 		}
+		v.pace(ctx, time.Since(t0))
 	}
 }
 

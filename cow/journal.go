@@ -81,6 +81,7 @@ type journal struct {
 	gen    uint64 // current generation (guarded by mu)
 	size   int64  // file size (guarded by mu)
 	tail   int64  // where the next record goes (guarded by mu)
+	synced int64  // records ending at or before this are durable (guarded by mu)
 	live   int64  // records written and not yet released (guarded by mu)
 	broken error  // set after a sync failed: no more appends (guarded by mu)
 }
@@ -110,7 +111,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 		return nil, nil, fmt.Errorf("open copy-before-write journal: %w", err)
 	}
 	j := &journal{path: path, f: f, bs: int64(blockSize), max: max}
-	j.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
+	j.sync = newGroupSync(j.fdatasync)
 	fail := func(err error) (*journal, []journalRec, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("copy-before-write journal %s: %w", path, err)
@@ -135,7 +136,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 				return fail(err)
 			}
 		}
-		j.tail = journalPage
+		j.tail, j.synced = journalPage, journalPage
 		return j, nil, nil
 	}
 	if int64(binary.LittleEndian.Uint32(hdr[12:])) != j.bs {
@@ -154,7 +155,35 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 		off += journalPage + int64(r.n)*journalPage
 	}
 	j.tail = off
+	// What recovery read may so far be in the page cache only (a killed
+	// process): make it durable before anything relies on it.
+	if err := j.fdatasync(); err != nil {
+		return fail(err)
+	}
 	return j, recs, nil
+}
+
+// fdatasync syncs the file and notes how far records are durable.
+func (j *journal) fdatasync() error {
+	j.mu.Lock()
+	gen, end := j.gen, j.tail
+	j.mu.Unlock()
+	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
+		return err
+	}
+	j.mu.Lock()
+	if j.gen == gen && end > j.synced {
+		j.synced = end
+	}
+	j.mu.Unlock()
+	return nil
+}
+
+// durable reports whether records ending at or before end are durable.
+func (j *journal) durable(end int64) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return end <= j.synced
 }
 
 // readRecord reads and checks the record at off (hdr and data are
@@ -320,7 +349,7 @@ func (j *journal) resetLocked() error {
 	if err := j.writeHeader(j.gen + 1); err != nil {
 		return fmt.Errorf("start over copy-before-write journal %s: %w", j.path, err)
 	}
-	j.tail = journalPage
+	j.tail, j.synced = journalPage, journalPage
 	if j.size > journalKeep {
 		if err := j.f.Truncate(journalKeep); err == nil {
 			j.size = journalKeep

@@ -422,3 +422,62 @@ func TestJournalPages(t *testing.T) {
 	}
 	d.verify()
 }
+
+// TestPace: a copy-out batch is followed by a rest in proportion to the
+// worker's share while the guest is busy, and by none while it is idle.
+func TestPace(t *testing.T) {
+	v := &Volume{opts: Options{CopyOutShare: 0.5}}
+	ctx := context.Background()
+	v.lastIO.Store(time.Now().UnixNano())
+	t0 := time.Now()
+	v.pace(ctx, 30*time.Millisecond)
+	if d := time.Since(t0); d < 29*time.Millisecond {
+		t.Fatalf("busy disk: rested %v after a 30ms batch at share 0.5, want 30ms", d)
+	}
+	v.lastIO.Store(time.Now().Add(-time.Second).UnixNano())
+	t0 = time.Now()
+	v.pace(ctx, time.Second)
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		t.Fatalf("idle disk: rested %v, want no rest", d)
+	}
+	v.opts.CopyOutShare = 1
+	v.lastIO.Store(time.Now().UnixNano())
+	t0 = time.Now()
+	v.pace(ctx, time.Second)
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		t.Fatalf("share 1: rested %v, want no rest", d)
+	}
+}
+
+// TestWriteWaitsForOthersJournalRecord: a write to pages another write
+// has just journaled must not reach the live image before that record is
+// durable, even though it journals nothing itself.
+func TestWriteWaitsForOthersJournalRecord(t *testing.T) {
+	d, _, _ := journalDisk(t)
+	ctx := context.Background()
+	gate := make(chan struct{})
+	jr := d.v.jr
+	jr.sync = newGroupSync(func() error { <-gate; return jr.fdatasync() })
+	aDone, bDone := make(chan error, 1), make(chan error, 1)
+	go func() { aDone <- d.v.WriteAt(ctx, fill(0xa, journalPage), 4*testBS, false) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for jr.used() == 0 { // A has journaled and waits for the sync
+		if time.Now().After(deadline) {
+			t.Fatal("the first write journaled nothing")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go func() { bDone <- d.v.WriteAt(ctx, fill(0xb, journalPage), 4*testBS, false) }()
+	select {
+	case err := <-bDone:
+		t.Fatalf("the second write returned (%v) before the first one's journal record was durable", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	if err := <-aDone; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatal(err)
+	}
+}

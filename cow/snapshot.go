@@ -193,6 +193,9 @@ type jrecord struct {
 	first, n uint32
 }
 
+// end is where the record ends in the journal.
+func (r jrecord) end() int64 { return r.off + journalPage + int64(r.n)*journalPage }
+
 func (jb *jblock) isSaved(p uint32) bool { return jb.saved[p/64]&(1<<(p%64)) != 0 }
 
 func (jb *jblock) add(r jrecord) {

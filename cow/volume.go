@@ -45,6 +45,10 @@ type Options struct {
 	// in bytes; 0 means DefaultJournalMax. Without a TrackPrefix there is
 	// no journal and old blocks go to the store inside the write.
 	JournalMax int64
+	// CopyOutShare is the share of time (0 < share <= 1) a copy-out
+	// worker may run while the disk has guest I/O (in the last
+	// busyWindow); when idle it runs flat out. 0 means DefaultCopyOutShare.
+	CopyOutShare float64
 	// OnWrite, if set, is called after every completed write, trim or zero
 	// with the request's context and range, after the write gate is
 	// released and before the write returns (the FUSE view uses it to drop
@@ -81,6 +85,9 @@ type Volume struct {
 	// shape counts changes made under the exclusive side (seals, grows):
 	// a write that prepared under one shape redoes its preparation.
 	shape atomic.Uint64
+	// lastIO is when the last guest read or write arrived (unix ns): the
+	// copy-out workers pace themselves while it is recent.
+	lastIO atomic.Int64
 	// trackLost is set when a change-tracking write failed: the next
 	// snapshot then treats every allocated block as changed.
 	trackLost atomic.Bool
@@ -168,6 +175,7 @@ func (v *Volume) Size() int64 {
 
 // ReadAt reads the live image.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
+	v.touch()
 	n, err := v.f.ReadAt(p, off)
 	if err == io.EOF && n == len(p) {
 		err = nil
@@ -232,6 +240,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if v.readOnly {
 		return nbd.ErrReadOnly
 	}
+	v.touch()
 	t := v.beginWrite(ctx, off, int64(len(p)))
 	if h := testWriteHook.Load(); h != nil {
 		(*h)(off)
@@ -283,6 +292,7 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	if length == 0 {
 		return nil
 	}
+	v.touch()
 	t := v.beginWrite(ctx, off, length)
 	err := v.zero(off, length, flags)
 	v.endWrite(t)
@@ -451,6 +461,7 @@ func (v *Volume) TryReadAt(p []byte, off int64) bool {
 	}
 	iov := unix.Iovec{Base: &p[0]}
 	iov.SetLen(len(p))
+	v.touch()
 	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, v.f.Fd(), uintptr(unsafe.Pointer(&iov)), 1,
 		uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
 	return errno == 0 && int(n) == len(p)

@@ -58,6 +58,10 @@ type Config struct {
 	// writes go on) when less is free, so the store never fills its
 	// filesystem (Badger cannot survive that).
 	StoreReserve string `toml:"store_reserve"`
+	// CopyOutShare is the share of time a snapshot's copy-out may run
+	// while its disk has guest I/O (default 0.25; 1 = flat out always).
+	// Idle disks copy out at full speed.
+	CopyOutShare float64 `toml:"copy_out_share"`
 
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger `toml:"-"`
@@ -198,6 +202,11 @@ func (c Config) Validate() error {
 		return err
 	}
 	var errs []error
+	if c.CopyOutShare < 0 || c.CopyOutShare > 1 {
+		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be from 0.01 to 1 (0 for the default, 0.25)", c.CopyOutShare))
+	} else if c.CopyOutShare > 0 && c.CopyOutShare < 0.01 {
+		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be at least 0.01, or copy-out would never finish on a busy disk", c.CopyOutShare))
+	}
 	if c.SnapshotQuota < 1 || c.SnapshotQuota > 65536 {
 		errs = append(errs, fmt.Errorf("--snapshot-quota / snapshot_quota: %d: must be from 1 to 65536", c.SnapshotQuota))
 	}

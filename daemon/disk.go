@@ -50,12 +50,13 @@ func (d *Daemon) livePath(rec diskRecord) string {
 // change-tracking files beside the live images (named by id).
 func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 	return cow.Options{
-		BlockSize:   rec.BlockSize,
-		Store:       d.store,
-		DiskID:      rec.ID,
-		TrackPrefix: filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
-		Logger:      d.log.With("disk", rec.Name),
-		OnWrite:     d.fuseWriteHook(rec.Name),
+		BlockSize:    rec.BlockSize,
+		Store:        d.store,
+		DiskID:       rec.ID,
+		TrackPrefix:  filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
+		Logger:       d.log.With("disk", rec.Name),
+		OnWrite:      d.fuseWriteHook(rec.Name),
+		CopyOutShare: d.cfg.CopyOutShare,
 	}
 }
 
