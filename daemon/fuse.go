@@ -74,9 +74,13 @@ func (d *Daemon) mountFUSE() error {
 	if !d.cfg.fuseOn() {
 		return nil
 	}
-	// The live disks' files keep the page cache: every volume reports its
-	// writes to the tree (fuseWriteHook), which drops what changed.
-	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{LiveCache: true, Logger: d.log.With("component", "fuse")})
+	// Read-only handles of the live disks' files keep the page cache:
+	// every volume reports its writes to the tree (fuseWriteHook), which
+	// drops what changed.
+	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{
+		LiveCache: true,
+		Logger:    d.log.With("component", "fuse"),
+	})
 	if err != nil {
 		return fmt.Errorf("--fuse-dir %s: %w (run with --fuse=false to do without the FUSE view)", d.cfg.FUSEDir, err)
 	}
@@ -125,17 +129,17 @@ func (d *Daemon) fuseChanged(disk string) {
 }
 
 // fuseWriteHook is a live volume's cow.Options.OnWrite: it tells the FUSE
-// tree which range of disk changed, so the kernel drops those cached pages
-// of disk.raw before the write is acknowledged (NBD, rollback; the tree
-// ignores writes that came through it). Nil without the FUSE view. d.fuse
-// is set before any volume is written and never changes afterwards.
+// tree which range of disk changed (by NBD, a rollback or FUSE itself), so
+// the kernel drops those cached pages of disk.raw before the write is
+// acknowledged. Nil without the FUSE view. d.fuse is set before any volume
+// is written and never changes afterwards.
 func (d *Daemon) fuseWriteHook(disk string) func(ctx context.Context, off, length int64) {
 	if !d.cfg.fuseOn() {
 		return nil
 	}
-	return func(ctx context.Context, off, length int64) {
+	return func(_ context.Context, off, length int64) {
 		if t := d.fuse; t != nil {
-			t.Changed(ctx, disk, off, length)
+			t.Changed(disk, off, length)
 		}
 	}
 }

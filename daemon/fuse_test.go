@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/daemon/daemontest"
@@ -183,8 +184,8 @@ func TestFUSECacheRollbackGrowDelete(t *testing.T) {
 	if got := fuseRead(t, nil, path, 0, 1<<20); !bytes.Equal(got, bytes.Repeat([]byte{0xbb}, 1<<20)) {
 		t.Fatal("FUSE does not read the latest write")
 	}
-	tk, err := c.Rollback(ctx, "d", "s1", false)
-	if err != nil {
+	var tk api.Task
+	if err := untilReleased(func() (err error) { tk, err = c.Rollback(ctx, "d", "s1", false); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if tk = waitTask(t, c, tk.ID); tk.State != api.TaskDone {
@@ -208,11 +209,25 @@ func TestFUSECacheRollbackGrowDelete(t *testing.T) {
 	}
 
 	fuseRead(t, nil, path, 0, 1<<20) // cached: a disk of the same name must not show it
-	if err := c.DeleteDisk(ctx, "d", api.DeleteDiskOptions{}); err != nil {
+	if err := untilReleased(func() error { return c.DeleteDisk(ctx, "d", api.DeleteDiskOptions{}) }); err != nil {
 		t.Fatal(err)
 	}
 	createDisk(t, in, "d", "16M")
 	if got := fuseRead(t, nil, path, 0, 1<<20); !bytes.Equal(got, make([]byte, 1<<20)) {
 		t.Error("a disk created again under the same name shows the old disk's data")
+	}
+}
+
+// untilReleased runs op until it is not refused for a client that is still
+// connected, for up to 10 s: the kernel releases a closed FUSE file, and
+// cairnd a closed NBD connection, a moment after the client has gone.
+func untilReleased(op func() error) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := op()
+		if !isCode(err, api.CodeInUse) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

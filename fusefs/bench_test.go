@@ -1,7 +1,6 @@
 package fusefs_test
 
 import (
-	"context"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -56,7 +55,7 @@ func BenchmarkIO(b *testing.B) {
 					if tree != nil && int64(i)%blocks == 0 {
 						// Each pass starts cold, as one pass over a disk
 						// (a backup) would.
-						tree.Changed(context.Background(), "d", 0, benchSize)
+						tree.Changed("d", 0, benchSize)
 					}
 					off := int64(i) % blocks * int64(w.bs)
 					if w.random {

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -89,10 +90,11 @@ func abortFUSE(conn uint32) {
 	os.WriteFile(abort, []byte("1"), 0)
 }
 
-// openLive opens disk.raw of disk "d" read-write until the test ends.
-func openLive(t *testing.T, tree *fusefs.Tree) *os.File {
+// openLive opens disk.raw of disk "d" until the test ends: read-only
+// handles keep the page cache, writable ones use direct I/O.
+func openLive(t *testing.T, tree *fusefs.Tree, flag int) *os.File {
 	t.Helper()
-	f, err := os.OpenFile(livePath(tree, "d"), os.O_RDWR, 0)
+	f, err := os.OpenFile(livePath(tree, "d"), flag, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,47 +186,49 @@ func TestCacheDroppedOnOtherWrites(t *testing.T) {
 }
 
 // TestCacheKeptAroundChanges: a change drops only its own range while the
-// file is open, and FUSE writes keep the pages they write (and the rest).
+// file is open; a FUSE write (through a writable handle, which uses direct
+// I/O) drops its range from what read-only handles cached, and they read
+// it back new.
 func TestCacheKeptAroundChanges(t *testing.T) {
 	tree, backing := cachedDisk(t)
 	failAfter(t, tree, time.Minute, "FUSE writes")
-	f := openLive(t, tree)
+	r, w := openLive(t, tree, os.O_RDONLY), openLive(t, tree, os.O_RDWR)
 	const span = 4 << 20
-	mustRead(t, f, 0, span)
+	mustRead(t, r, 0, span)
+	if got := cachedPages(t, r, 0, span); got != span/4096 {
+		t.Fatalf("%d of %d pages cached after a read", got, span/4096)
+	}
 	if err := backing.WriteAt(context.Background(), randomBytes(8192, 42), 1<<20, false); err != nil {
 		t.Fatal(err)
 	}
-	if got := cachedPages(t, f, 0, span); got != span/4096-2 {
+	if got := cachedPages(t, r, 0, span); got != span/4096-2 {
 		t.Errorf("%d pages cached after a write of two, want %d", got, span/4096-2)
 	}
 	data := randomBytes(64<<10, 43)
-	if _, err := f.WriteAt(data, 2<<20); err != nil {
+	if _, err := w.WriteAt(data, 2<<20); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Stat(); err != nil { // fetches the attributes (mtime moved)
-		t.Fatal(err)
+	if got := cachedPages(t, r, 0, span); got != span/4096-2-16 {
+		t.Errorf("%d pages cached after a FUSE write of 16, want %d", got, span/4096-2-16)
 	}
-	if got := cachedPages(t, f, 0, span); got != span/4096-2 {
-		t.Errorf("%d pages cached after a FUSE write, want %d", got, span/4096-2)
-	}
-	if !bytes.Equal(mustRead(t, f, 2<<20, len(data)), data) || !bytes.Equal(backing.backing(t, 2<<20, int64(len(data))), data) {
+	if !bytes.Equal(mustRead(t, r, 2<<20, len(data)), data) || !bytes.Equal(backing.backing(t, 2<<20, int64(len(data))), data) {
 		t.Error("FUSE write: read back or image differs")
 	}
 }
 
-// TestFUSEWritesDoNotWaitForThemselves: buffered writes, fallocate and
-// fsync through disk.raw reach the volume, whose hook sees them; they must
-// not drop their own pages (the kernel holds a page that a write fills in
-// part, and that was not cached, locked until the write returns: the drop
-// would wait for itself), and reads afterwards return what was written.
+// TestFUSEWritesDoNotWaitForThemselves: writes, fallocate and fsync
+// through disk.raw reach the volume, whose hook drops the written range
+// from the page cache of read-only handles while the write is in flight;
+// that must not wait for the write itself, and reads afterwards, cached
+// or not, return what was written.
 func TestFUSEWritesDoNotWaitForThemselves(t *testing.T) {
 	tree, backing := cachedDisk(t)
 	failAfter(t, tree, time.Minute, "FUSE writes through a volume with the hook")
-	f := openLive(t, tree)
+	r, w := openLive(t, tree, os.O_RDONLY), openLive(t, tree, os.O_RDWR)
 	for i, c := range []struct {
 		off    int64
 		n      int
-		cached bool // read first
+		cached bool // read first through the read-only handle
 	}{
 		{12<<20 + 100, 1000, false}, // part of a page not cached
 		{16<<20 + 4000, 8 << 10, false},
@@ -234,51 +238,47 @@ func TestFUSEWritesDoNotWaitForThemselves(t *testing.T) {
 		{8 << 20, 1 << 20, false},
 	} {
 		if c.cached {
-			mustRead(t, f, c.off, c.n)
+			mustRead(t, r, c.off, c.n)
 		}
 		data := randomBytes(c.n, uint64(50+i))
-		if _, err := f.WriteAt(data, c.off); err != nil {
+		if _, err := w.WriteAt(data, c.off); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(mustRead(t, f, c.off, c.n), data) || !bytes.Equal(backing.backing(t, c.off, int64(c.n)), data) {
+		if !bytes.Equal(mustRead(t, r, c.off, c.n), data) || !bytes.Equal(mustRead(t, w, c.off, c.n), data) ||
+			!bytes.Equal(backing.backing(t, c.off, int64(c.n)), data) {
 			t.Errorf("write %d at %d: read back or image differs", c.n, c.off)
 		}
 	}
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 8<<20, 64<<10); err != nil {
+	mustRead(t, r, 8<<20, 192<<10)
+	if err := unix.Fallocate(int(w.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 8<<20, 64<<10); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, 8<<20+128<<10, 64<<10); err != nil {
+	if err := unix.Fallocate(int(w.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, 8<<20+128<<10, 64<<10); err != nil {
 		t.Fatal(err)
 	}
-	got := mustRead(t, f, 8<<20, 192<<10)
+	got := mustRead(t, r, 8<<20, 192<<10)
 	if !bytes.Equal(got[:64<<10], make([]byte, 64<<10)) || !bytes.Equal(got[128<<10:], make([]byte, 64<<10)) {
-		t.Error("fallocate'd ranges do not read as zeros")
+		t.Error("fallocate'd ranges do not read as zeros through the read-only handle")
 	}
-	if err := f.Sync(); err != nil {
+	if err := w.Sync(); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// mmapScript maps [off, off+n) of a file shared and read-write and
-// answers commands on stdin: "sum" prints the SHA-256 of the mapping (its
-// pages fault in through FUSE), "store B" fills it with byte B and msyncs.
+// mmapScript maps [off, off+n) of a file, shared and read-only, and
+// answers "sum" on stdin with the SHA-256 of the mapping (its pages fault
+// in through FUSE).
 // It runs in its own process: a page fault of the test process on its own
 // FUSE file can wait for a server goroutine that the Go runtime has
 // stopped to collect garbage, while the collector waits for the faulting
 // thread.
 const mmapScript = `
 import hashlib, mmap, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-m = mmap.mmap(fd, int(sys.argv[3]), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=int(sys.argv[2]))
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, int(sys.argv[3]), mmap.MAP_SHARED, mmap.PROT_READ, offset=int(sys.argv[2]))
 print("ready", flush=True)
 for line in sys.stdin:
-    cmd = line.split()
-    if cmd[0] == "sum":
-        print(hashlib.sha256(m[:]).hexdigest(), flush=True)
-    elif cmd[0] == "store":
-        m[:] = bytes([int(cmd[1])]) * len(m)
-        m.flush()
-        print("stored", flush=True)
+    print(hashlib.sha256(m[:]).hexdigest(), flush=True)
 `
 
 // mapper is a process holding a shared mapping of a FUSE file.
@@ -334,11 +334,13 @@ func sum(p []byte) string {
 }
 
 // TestMmapCoherent: a shared mapping of disk.raw (in another process)
-// sees a change made behind the tree once the change returns (the drop
-// unmaps the pages), and stores through it reach the volume on msync.
+// sees a change made behind the tree, and a FUSE write, once it returns
+// (the drop unmaps the pages). A writable handle uses direct I/O, so the
+// kernel refuses to map it shared (ENODEV): stores through a mapping
+// could not be kept apart from the volume's change tracking otherwise.
 func TestMmapCoherent(t *testing.T) {
 	tree, backing := cachedDisk(t)
-	failAfter(t, tree, time.Minute, "mmap faults and writeback")
+	failAfter(t, tree, time.Minute, "mmap faults")
 	const off, n = 1 << 20, 64 << 10
 	m := startMapper(t, livePath(tree, "d"), off, n)
 	if got := m.ask(t, "sum"); got != sum(make([]byte, n)) { // faults the pages in
@@ -351,17 +353,55 @@ func TestMmapCoherent(t *testing.T) {
 	if m.ask(t, "sum") != sum(fresh) {
 		t.Error("the mapping still shows the old bytes after a write behind the tree")
 	}
-	if got := m.ask(t, "store 171"); got != "stored" {
-		t.Fatalf("mmap helper: %q", got)
+	w := openLive(t, tree, os.O_RDWR)
+	written := randomBytes(n, 61)
+	if _, err := w.WriteAt(written, off); err != nil {
+		t.Fatal(err)
 	}
-	if !bytes.Equal(backing.backing(t, off, n), bytes.Repeat([]byte{171}, n)) {
-		t.Error("stores through the mapping did not reach the image on msync")
+	if m.ask(t, "sum") != sum(written) {
+		t.Error("the mapping still shows the old bytes after a FUSE write")
 	}
 	if err := backing.Trim(context.Background(), off, n, false); err != nil {
 		t.Fatal(err)
 	}
 	if m.ask(t, "sum") != sum(make([]byte, n)) {
 		t.Error("the mapping still shows the old bytes after a trim behind the tree")
+	}
+	if mem, err := unix.Mmap(int(w.Fd()), 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		unix.Munmap(mem)
+		t.Error("a writable handle can be mapped shared")
+	} else if err != unix.ENODEV {
+		t.Errorf("shared mapping of a writable handle: %v, want ENODEV", err)
+	}
+}
+
+// TestPrivateMapOfWritableHandle: a private mapping of a writable handle
+// (direct I/O) reads through the page cache too; those pages must not
+// show after a change, through a read-only handle opened later.
+func TestPrivateMapOfWritableHandle(t *testing.T) {
+	tree, backing := cachedDisk(t)
+	failAfter(t, tree, time.Minute, "mmap faults")
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Skip("python3 is not installed")
+	}
+	const script = `
+import hashlib, mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 65536, mmap.MAP_PRIVATE, mmap.PROT_READ)
+print(hashlib.sha256(m[:]).hexdigest())
+`
+	out, err := exec.Command(py, "-c", script, livePath(tree, "d")).Output()
+	if err != nil || strings.TrimSpace(string(out)) != sum(make([]byte, 64<<10)) {
+		t.Fatalf("private mapping of a fresh disk: %v, %q", err, out)
+	}
+	<-backing.released
+	fresh := randomBytes(64<<10, 62)
+	if err := backing.WriteAt(context.Background(), fresh, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(mustRead(t, openLive(t, tree, os.O_RDONLY), 0, 64<<10), fresh) {
+		t.Error("a read-only handle shows what a private mapping of a writable one read before a write")
 	}
 }
 
@@ -376,8 +416,8 @@ func versioned(block, version uint64, size int) []byte {
 }
 
 // TestCacheConcurrent: writers behind the tree (writes and zeroes) and
-// through FUSE race with FUSE readers (sequential 1 MiB reads, which read
-// ahead, and random 4 KiB ones). A read that starts after a change was
+// through FUSE race with FUSE readers on read-only handles (sequential
+// 1 MiB reads, which read ahead, and random 4 KiB ones). A read that starts after a change was
 // acknowledged must see that change or a later one in every page; at the
 // end, the whole file through FUSE equals the image.
 func TestCacheConcurrent(t *testing.T) {
@@ -391,7 +431,6 @@ func TestCacheConcurrent(t *testing.T) {
 		lastZero [blocks]atomic.Uint64 // newest zeroing begun per block
 	)
 	deadline := time.Now().Add(3 * time.Second)
-	open := func() *os.File { return openLive(t, tree) }
 	var wg sync.WaitGroup
 	run := func(fn func(r uint64) error) {
 		wg.Add(1)
@@ -426,7 +465,7 @@ func TestCacheConcurrent(t *testing.T) {
 	}
 	run(write(0, nil))
 	run(write(1, nil))
-	run(write(2, open()))
+	run(write(2, openLive(t, tree, os.O_RDWR)))
 	// check: every page of p (read at off) holds a change of its block no
 	// older than the one acknowledged before the read began.
 	check := func(p []byte, off int64, before []uint64) error {
@@ -463,10 +502,10 @@ func TestCacheConcurrent(t *testing.T) {
 			return check(p, off, before)
 		}
 	}
-	run(reader(open(), 1<<20, false))
-	run(reader(open(), 4096, true))
+	run(reader(openLive(t, tree, os.O_RDONLY), 1<<20, false))
+	run(reader(openLive(t, tree, os.O_RDONLY), 4096, true))
 	wg.Wait()
-	f := open()
+	f := openLive(t, tree, os.O_RDONLY)
 	for off := int64(0); off < diskSize; off += 1 << 20 {
 		if !bytes.Equal(mustRead(t, f, off, 1<<20), backing.backing(t, off, 1<<20)) {
 			t.Errorf("FUSE and the image differ in the MiB at %d", off)

@@ -137,10 +137,17 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if !n.t.opts.LiveCache {
 		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
 	}
-	// The pages stay cached across opens: Changed drops what changes
-	// other than through the tree (invalidate.go).
-	h.cached = true
+	// Changed keeps the page cache coherent while the file is watched
+	// (invalidate.go). Writable handles are watched too: a private mapping
+	// of one fills the page cache as well.
+	h.watched = true
 	n.t.cache.opened(n)
+	if writable {
+		// Writes reach the File at once, and through it Changed, which
+		// drops what read-only handles cached.
+		return h, fuse.FOPEN_DIRECT_IO | fuse.FOPEN_PARALLEL_DIRECT_WRITES, 0
+	}
+	// Read-only: the page cache stays across opens.
 	return h, fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -173,7 +180,7 @@ type handle struct {
 	f        File
 	release  func()
 	writable bool
-	cached   bool // the kernel page cache holds this live file's pages
+	watched  bool // a live handle with LiveCache: counted in Tree.cache
 }
 
 var (
@@ -231,7 +238,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, syscall.ENOSPC
 	}
 	p := data[:min(int64(len(data)), size-off)]
-	if err := h.f.WriteAt(h.n.t.fromTree(ctx), p, off, false); err != nil {
+	if err := h.f.WriteAt(ctx, p, off, false); err != nil {
 		return 0, h.n.t.errno("write", h.name(), err)
 	}
 	h.n.lastWrite.Store(time.Now().UnixNano())
@@ -253,7 +260,7 @@ func (h *handle) Release(ctx context.Context) syscall.Errno {
 	if h.release != nil {
 		h.release()
 	}
-	if h.cached {
+	if h.watched {
 		h.n.t.cache.closed(h.n)
 	}
 	return 0
@@ -283,7 +290,6 @@ func (h *handle) Allocate(ctx context.Context, off, length uint64, mode uint32) 
 	if length == 0 {
 		return 0
 	}
-	ctx = h.n.t.fromTree(ctx)
 	var err error
 	if mode == unix.FALLOC_FL_PUNCH_HOLE {
 		err = h.f.Trim(ctx, int64(off), int64(length), false)

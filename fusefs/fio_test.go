@@ -23,7 +23,7 @@ func TestFioVerify(t *testing.T) {
 	}{
 		{"direct 4k random libaio qd16", fusefs.Options{}, []string{"--direct=1", "--ioengine=libaio", "--iodepth=16", "--rw=randwrite", "--bs=4k"}},
 		{"direct 1M sequential", fusefs.Options{}, []string{"--direct=1", "--ioengine=psync", "--rw=write", "--bs=1m"}},
-		{"cached 64k random, 2 jobs", fusefs.Options{LiveCache: true}, []string{"--ioengine=psync", "--rw=randwrite", "--bs=64k", "--numjobs=2", "--size=16m", "--offset_increment=16m"}},
+		{"LiveCache (writable handles: direct) 64k random, 2 jobs", fusefs.Options{LiveCache: true}, []string{"--ioengine=psync", "--rw=randwrite", "--bs=64k", "--numjobs=2", "--size=16m", "--offset_increment=16m"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tree, _, _ := oneDisk(t, c.opts)

@@ -79,16 +79,17 @@ func forget(parent *fs.Inode, name string) {
 
 // Live disk files in the page cache (Options.LiveCache).
 //
-// The kernel keeps disk.raw's pages across opens (FOPEN_KEEP_CACHE) and
-// never drops them on its own (the mount asks for explicit data cache
-// control: no invalidation when mtime moves). The tree keeps them
-// coherent: Changed drops every range that changes other than through the
-// tree. Writes through the tree need nothing: without a writeback cache
-// the kernel writes them through its own pages, and drops the pages of a
-// fallocate'd range itself.
+// Read-only handles of disk.raw keep the kernel's page cache, across opens
+// (FOPEN_KEEP_CACHE), and the kernel never drops those pages on its own
+// (the mount asks for explicit data cache control: no invalidation when
+// mtime moves). Writable handles use direct I/O: their writes reach the
+// File at once and hold no page (a private mmap of one still reads through
+// the page cache). The tree keeps the cached pages coherent:
+// Changed drops every range that changes, whoever changed it (NBD, a
+// rollback, a FUSE write through a writable handle: recent kernels drop
+// the range after a direct write themselves, older ones do not).
 //
-// Why no stale page survives a change X (a write, trim or zero that
-// reaches the File other than through the tree, such as an NBD write):
+// Why no stale page survives a change X:
 //
 //  1. Changed runs after X is in the File and before X is acknowledged
 //     (cow.Options.OnWrite's contract).
@@ -106,40 +107,34 @@ func forget(parent *fs.Inode, name string) {
 // Hence when Changed returns, every page that could hold data from before
 // X is gone, and every page filled later was read after X landed. A read
 // that begins after X is acknowledged sees X; one that overlaps X sees the
-// old or the new data, as on a disk. Dirty pages of a shared writable
-// mmap are written back (a FUSE write) before they are dropped: that
-// write happens then, like any writeback.
+// old or the new data, as on a disk.
 //
-// Changed must skip writes made through the tree. They need no drop (the
-// kernel wrote its pages first), and a drop would wait for itself: a
-// buffered FUSE write keeps a page that it fills only in part and that
-// was not cached locked until the tree answers the write (the kernel
-// unlocks the other pages before sending it). fromTree marks their
-// contexts; TestFUSEWritesDoNotWaitForThemselves hangs without it.
+// Changed never waits for itself: the only pages a FUSE request holds
+// locked are those of reads in flight, which other server goroutines
+// answer (go-fuse starts a new reader whenever none is left), and direct
+// I/O writes hold none. A buffered FUSE write would keep a page it fills
+// in part, and that was not cached, locked until the tree answered it, so
+// a drop from inside it would wait for itself: one reason writable
+// handles do not use the cache (the other: write-through costs more than
+// direct I/O, and direct I/O needs no second copy of a loop device's data).
 //
-// A file nobody has open keeps its pages until the next change: the first
-// Changed after the last close drops all of them and stops watching the
-// file, so a disk not open through FUSE costs its writers a map lookup.
+// A file is watched from its first open. One nobody has open keeps its
+// pages until the next change: the first Changed after the last close
+// drops all of them and stops watching the file, so a disk not open
+// through FUSE costs its writers a map lookup.
 
-// Changed reports that [off, off+length) of disk's live content changed
-// other than through this tree (an NBD write, trim or zero, a rollback),
-// so the kernel drops those pages. Call it after the change reached the
-// File and before acknowledging it, for every change while the tree is
-// mounted (the page cache outlives opens), outside any lock a FUSE request
-// may wait for (it waits for the page locks of FUSE reads and writes in
-// flight). Writes made through the tree pass a ctx that marks them;
-// Changed ignores those, so a File may call Changed for every write with
-// the ctx it was given. Without Options.LiveCache, and while the kernel
-// holds no pages of the disk, Changed costs a map lookup.
-func (t *Tree) Changed(ctx context.Context, disk string, off, length int64) {
+// Changed reports that [off, off+length) of disk's live content changed,
+// so the kernel drops those pages. Call it for every change while the tree
+// is mounted (the page cache outlives opens), writes through the tree
+// included, after the change reached the File and before acknowledging it,
+// outside any lock a FUSE request may wait for (it waits for the page
+// locks of FUSE reads in flight). While the kernel holds no pages of the
+// disk (without Options.LiveCache, for one), Changed costs a map lookup.
+func (t *Tree) Changed(disk string, off, length int64) {
 	if length <= 0 || t.unmounted.Load() {
 		return
 	}
-	files := t.cache.watching(disk)
-	if len(files) == 0 || (ctx != nil && ctx.Value(originKey{}) == t) {
-		return
-	}
-	for _, w := range files {
+	for _, w := range t.cache.watching(disk) {
 		t.dropPages(w, off, length)
 	}
 }
@@ -160,32 +155,22 @@ func (t *Tree) dropPages(w watched, off, length int64) {
 	}
 }
 
-// Hook returns Changed bound to disk, for a volume's write hook.
+// Hook returns Changed bound to disk, in the shape of a volume's write
+// hook (cow.Options.OnWrite).
 func (t *Tree) Hook(disk string) func(ctx context.Context, off, length int64) {
-	return func(ctx context.Context, off, length int64) { t.Changed(ctx, disk, off, length) }
-}
-
-// originKey marks the context of writes made through the tree.
-type originKey struct{}
-
-// fromTree marks ctx as a write through t, for Changed.
-func (t *Tree) fromTree(ctx context.Context) context.Context {
-	if !t.opts.LiveCache {
-		return ctx
-	}
-	return context.WithValue(ctx, originKey{}, t)
+	return func(_ context.Context, off, length int64) { t.Changed(disk, off, length) }
 }
 
 // pageCache knows which live disk files the kernel may hold pages of.
 type pageCache struct {
 	mu    sync.RWMutex
 	files map[*fileNode]*cacheState // guarded by mu
-	opens uint64                    // guarded by mu: cached opens ever, of any file
+	opens uint64                    // guarded by mu: watched opens ever, of any file
 }
 
 // cacheState is what pageCache knows of one file.
 type cacheState struct {
-	open     int    // cached handles open now
+	open     int    // watched handles open now
 	lastOpen uint64 // pageCache.opens at the latest open
 }
 
@@ -198,7 +183,7 @@ type watched struct {
 
 func (c *pageCache) init() { c.files = make(map[*fileNode]*cacheState) }
 
-// opened is called before a cached handle of n can read anything.
+// opened is called before a watched handle of n can read anything.
 func (c *pageCache) opened(n *fileNode) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -212,7 +197,7 @@ func (c *pageCache) opened(n *fileNode) {
 	s.lastOpen = c.opens
 }
 
-// closed is called when a cached handle of n is released. The pages stay
+// closed is called when a watched handle of n is released. The pages stay
 // (and n stays watched) for the next open.
 func (c *pageCache) closed(n *fileNode) {
 	c.mu.Lock()

@@ -30,13 +30,13 @@ const MaxIO = 1 << 20
 
 // Options configure Mount.
 type Options struct {
-	// LiveCache lets the kernel page cache hold live disk pages, across
-	// opens: repeated reads run at memory speed, cold ones get readahead.
-	// Without it the live disk is opened with direct I/O: every read asks
-	// the File, nothing can be stale. With it, every change made other
-	// than through the tree, while the tree is mounted, must reach
-	// Tree.Changed before it is acknowledged (invalidate.go says why that
-	// suffices).
+	// LiveCache lets the kernel page cache hold the pages of read-only
+	// handles of live disk files, across opens: repeated reads run at
+	// memory speed. Writable handles use direct I/O all the same. Without
+	// it every live disk handle uses direct I/O: every read asks the File,
+	// nothing can be stale. With it, every change of a live disk while
+	// the tree is mounted must reach Tree.Changed before it is
+	// acknowledged (invalidate.go says why that suffices).
 	LiveCache bool
 	// ScratchDir holds the overlays of open scratch files (unlinked
 	// files, gone when closed). Empty: os.TempDir().

@@ -24,11 +24,12 @@
 //
 // Page cache: snapshot files keep the kernel page cache across opens (their
 // content never changes). The live disk is opened with direct I/O unless
-// Options.LiveCache is set; with LiveCache its pages stay cached across
-// opens too, and the daemon reports every change made other than through
-// the tree (NBD writes, trims, zeroes, rollback) to Tree.Changed before
-// acknowledging it, which drops those pages, so readers never see stale
-// ones (invalidate.go explains why none survives).
+// Options.LiveCache is set; with LiveCache its read-only handles keep the
+// page cache across opens too (writable ones still use direct I/O), and
+// the daemon reports every change of the live disk (NBD writes, trims,
+// zeroes, rollback, FUSE writes) to Tree.Changed before acknowledging it,
+// which drops those pages, so readers never see stale ones (invalidate.go
+// explains why none survives).
 package fusefs
 
 import (
