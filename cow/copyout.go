@@ -161,11 +161,14 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 		}
 		var direct []*snap
 		var failed []error
-		wrote := false
+		wrote, stale := false, false
 		var need int64 // end of the furthest record the write relies on
 		mu.Lock()
 		for _, s := range owners {
 			if !s.pending.Test(b) {
+				// Stored, or handed to another snapshot since the owners
+				// were listed: list them again.
+				stale = true
 				continue
 			}
 			w, end, err := v.journalPages(s, b, first, last)
@@ -203,7 +206,7 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 				continue
 			}
 		}
-		if !wrote {
+		if !wrote && !stale {
 			return true
 		}
 	}
@@ -268,7 +271,7 @@ func (v *Volume) compose(s *snap, b uint64, buf []byte) error {
 		return nil
 	}
 	for _, r := range jb.records {
-		if err := v.jr.readPages(r.off, r.n, buf[int64(r.first)*journalPage:]); err != nil {
+		if err := v.jr.readPages(s.seq(), b, r, buf[int64(r.first)*journalPage:]); err != nil {
 			return err
 		}
 	}
@@ -327,6 +330,11 @@ func (v *Volume) copyBlocks(ctx context.Context, s *snap, blocks []uint64) error
 	}
 	if len(entries) == 0 {
 		return nil
+	}
+	// Once stored, a block's journal records no longer prove the writes
+	// that made them; the tracker must.
+	if err := v.flushTrackers(); err != nil {
+		v.trackErr(err)
 	}
 	// Writes to these blocks meanwhile journal their pages and store the
 	// same version themselves if they must: storing an entry twice is safe.
@@ -585,7 +593,10 @@ func (v *Volume) passPending(s *snap) (to *snap, release int, broken error) {
 		mu.Lock()
 		// Disks only grow, so a later snapshot's bitmap covers every
 		// block of an earlier one.
-		if to != nil && !to.pending.Test(b) {
+		if to != nil && !to.pending.Test(b) && v.ownVersion(to, s, b, &broken) {
+			// The successor (or a failed snapshot between) stored a
+			// version of its own: s's is not its.
+		} else if to != nil && !to.pending.Test(b) {
 			if jb := s.jblock(b, false, 0); jb != nil && broken == nil {
 				w, err := v.relabel(s, to, b, jb, *buf)
 				relabeled = relabeled || w
@@ -616,13 +627,27 @@ func (v *Volume) passPending(s *snap) (to *snap, release int, broken error) {
 	return to, release, broken
 }
 
+// ownVersion reports whether block b has a stored version newer than s
+// at or before to (written after s's seal and copied out for to or for a
+// failed snapshot between them). A lookup error breaks to.
+func (v *Volume) ownVersion(to, s *snap, b uint64, broken *error) bool {
+	ref, found, err := v.st.Lookup(context.Background(), v.opts.DiskID, b, to.seq())
+	if err != nil {
+		if *broken == nil {
+			*broken = fmt.Errorf("take over block %d from snapshot %q: %w", b, s.rec.Name, err)
+		}
+		return false
+	}
+	return found && ref.Seq > s.seq()
+}
+
 // relabel journals s's saved pages of block b again as to's. Caller holds
 // b's stripe lock.
 func (v *Volume) relabel(s, to *snap, b uint64, jb *jblock, buf []byte) (wrote bool, err error) {
 	tb := to.jblock(b, true, v.pagesPerBlock())
 	for _, r := range jb.records {
 		data := buf[:int64(r.n)*journalPage]
-		if err := v.jr.readPages(r.off, r.n, data); err != nil {
+		if err := v.jr.readPages(s.seq(), b, r, data); err != nil {
 			return wrote, err
 		}
 		off, err := v.jr.append(to.seq(), to.nonce(), b, r.first, data)

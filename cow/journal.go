@@ -309,19 +309,21 @@ func (j *journal) wait() error {
 	return nil
 }
 
-// readPages fills buf with the n pages of the record at off, checking
-// the record's CRC.
-func (j *journal) readPages(off int64, n uint32, buf []byte) error {
+// readPages fills buf with the pages of record r of snapshot seq and
+// block, checking that the record is that one and its CRC.
+func (j *journal) readPages(seq, block uint64, r jrecord, buf []byte) error {
 	var hdr [journalRecUsed]byte
-	if _, err := j.f.ReadAt(hdr[:], off); err != nil {
-		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, off, err)
+	if _, err := j.f.ReadAt(hdr[:], r.off); err != nil {
+		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, r.off, err)
 	}
-	p := buf[:int64(n)*journalPage]
-	if _, err := j.f.ReadAt(p, off+journalPage); err != nil {
-		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, off, err)
+	p := buf[:int64(r.n)*journalPage]
+	if _, err := j.f.ReadAt(p, r.off+journalPage); err != nil {
+		return fmt.Errorf("read copy-before-write journal %s at %d: %w", j.path, r.off, err)
 	}
-	if recCRC(hdr[:], p) != binary.LittleEndian.Uint32(hdr[56:]) {
-		return fmt.Errorf("copy-before-write journal %s: record at %d fails its checksum", j.path, off)
+	if string(hdr[:8]) != journalMagic || binary.LittleEndian.Uint64(hdr[24:]) != seq ||
+		binary.LittleEndian.Uint64(hdr[40:]) != block || binary.LittleEndian.Uint32(hdr[48:]) != r.first ||
+		binary.LittleEndian.Uint32(hdr[52:]) != r.n || recCRC(hdr[:], p) != binary.LittleEndian.Uint32(hdr[56:]) {
+		return fmt.Errorf("copy-before-write journal %s: the record at %d is not block %d of snapshot %d or fails its checksum", j.path, r.off, block, seq)
 	}
 	return nil
 }

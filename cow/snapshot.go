@@ -284,13 +284,22 @@ func (v *Volume) openChain() error {
 	if err := v.loadSnaps(ctx); err != nil {
 		return err
 	}
+	var adopted *Bitmap
 	if v.opts.TrackPrefix != "" {
-		if err := v.replayJournal(); err != nil {
+		var err error
+		if adopted, err = v.replayJournal(nblocks); err != nil {
 			return err
 		}
 	}
 	if err := v.recoverTracker(fresh, nblocks); err != nil {
 		return err
+	}
+	if adopted != nil && adopted.Count() > 0 {
+		// Writes over blocks with journal records may not be in the
+		// tracker (beginWrite): count them as changed.
+		if err := v.track.Load().setAll(adopted); err != nil {
+			return err
+		}
 	}
 	for _, s := range append([]*snap(nil), v.snaps...) {
 		if s.rec.State == StateDeleting {
@@ -366,11 +375,12 @@ func (v *Volume) loadSnaps(ctx context.Context) error {
 // record that holds old pages of a block still pending for a copying
 // snapshot (the live image may no longer have them): the snapshot's
 // version of the block is composed from them and the live image.
-func (v *Volume) replayJournal() error {
+func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 	j, recs, err := openJournal(v.opts.TrackPrefix+".cbw", int(v.blockSize), v.opts.JournalMax)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	blocks := NewBitmap(nblocks)
 	bySeq := map[uint64]*snap{}
 	for _, s := range v.snaps {
 		if s.rec.State == StateCopying {
@@ -386,16 +396,19 @@ func (v *Volume) replayJournal() error {
 		s.jblock(r.block, true, v.pagesPerBlock()).add(jrecord{off: r.off, first: r.first, n: r.n})
 		s.jrecords++
 		adopted++
+		if r.block < blocks.Len() {
+			blocks.Set(r.block)
+		}
 	}
 	if err := j.start(adopted); err != nil {
 		j.close()
-		return err
+		return nil, err
 	}
 	if adopted > 0 {
 		v.log.Info("copy-before-write journal replayed", "live", v.path, "records", adopted)
 	}
 	v.jr = j
-	return nil
+	return blocks, nil
 }
 
 // recoverTracker opens the current epoch's tracker, folding in a tracker
@@ -531,9 +544,7 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	t0 := time.Now()
 	v.mu.Lock()
 	old := v.track.Load()
-	v.track.Store(next)
-	v.shape.Add(1)
-	s.drained = old.seal()
+	s.drained = old.drained
 	s.pending = old.bits()
 	s.rec.Size = v.size
 	if v.trackLost.Swap(false) && s.pending.Len() > 0 {
@@ -542,7 +553,14 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 		s.pending.SetRange(0, s.pending.Len()-1)
 	}
 	v.snaps = append(v.snaps, s)
+	// The snapshot is published (with the channel its readers wait on)
+	// before the epoch changes: a writer that sees the new shape then sees
+	// its pending blocks and saves them first.
 	v.addCopying(s)
+	v.sealing.Store(old)
+	v.track.Store(next)
+	v.shape.Add(1)
+	old.seal()
 	v.mu.Unlock()
 	hold := time.Since(t0)
 	// Writes of the old epoch still in flight finish before the live
@@ -559,8 +577,10 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	v.mu.Unlock()
 	if err := v.commitSeal(s); err != nil {
 		v.abandonSeal(s, old)
+		v.sealing.Store(nil)
 		return SnapshotInfo{}, err
 	}
+	v.sealing.Store(nil)
 	old.remove()
 	v.mu.Lock()
 	v.epoch = seq

@@ -56,6 +56,9 @@ type tracker struct {
 	// yet finished; drained is closed once the epoch is sealed and the
 	// count is zero (the seal does not wait for it, only readers of the
 	// sealed content do).
+	// lazy: bits were set by markLazy and may not be durable yet.
+	lazy atomic.Bool
+
 	inflight  atomic.Int64
 	sealed    atomic.Bool
 	drained   chan struct{}
@@ -210,6 +213,58 @@ func (t *tracker) mark(first, last uint64) error {
 		return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
 	}
 	durable.SetRange(first, last)
+	return nil
+}
+
+// markLazy sets blocks first..last in the epoch's dirty set and writes
+// them to the file without waiting for them to be durable. The caller
+// relies on something else to prove the write after a crash (durable
+// copy-before-write journal records of the blocks, see Volume.beginWrite)
+// until flush has run.
+func (t *tracker) markLazy(first, last uint64) error {
+	if t.durable.Load().AllSet(first, last) {
+		return nil
+	}
+	t.life.RLock()
+	defer t.life.RUnlock()
+	if t.retired {
+		return errRetired
+	}
+	staged := t.staged.Load()
+	staged.SetRange(first, last)
+	if t.f == nil {
+		t.durable.Load().SetRange(first, last)
+		return nil
+	}
+	t.lazy.Store(true)
+	return t.writeWords(staged, first/64, last/64)
+}
+
+// flush makes the bits markLazy set durable.
+func (t *tracker) flush() error {
+	if !t.lazy.Swap(false) {
+		return nil
+	}
+	t.life.RLock()
+	defer t.life.RUnlock()
+	if t.retired || t.f == nil {
+		return nil // sealed: its bits are in the snapshot's record
+	}
+	staged := t.staged.Load()
+	words := make([]uint64, len(staged.words))
+	for i := range words {
+		words[i] = atomic.LoadUint64(&staged.words[i])
+	}
+	if err := t.sync.Wait(); err != nil {
+		t.lazy.Store(true)
+		return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
+	}
+	durable := t.durable.Load()
+	for i := range min(len(words), len(durable.words)) {
+		if words[i] != 0 {
+			atomic.OrUint64(&durable.words[i], words[i])
+		}
+	}
 	return nil
 }
 

@@ -85,6 +85,8 @@ type Volume struct {
 	// shape counts changes made under the exclusive side (seals, grows):
 	// a write that prepared under one shape redoes its preparation.
 	shape atomic.Uint64
+	// sealing is the tracker of an epoch sealed but not yet committed.
+	sealing atomic.Pointer[tracker]
 	// lastIO is when the last guest read or write arrived (unix ns): the
 	// copy-out workers pace themselves while it is recent.
 	lastIO atomic.Int64
@@ -203,16 +205,31 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 // The write counts as in flight in its epoch (the returned tracker) until
 // endWrite; a seal does not wait for it, but nothing reads a sealed
 // epoch's blocks from the live image before its writes have drained.
+//
+// A write to blocks that are all pending for a snapshot does not wait for
+// the tracker's sync: the copy-before-write journal records it must wait
+// for anyway prove the write after a crash (a start marks the blocks of
+// the records it adopts as changed), and the copy-out worker flushes the
+// tracker before it stores such a block (after which the records no
+// longer count). One fdatasync per write instead of two.
 func (v *Volume) beginWrite(ctx context.Context, off, length int64) *tracker {
 	first := uint64(off >> v.shift)
 	last := uint64((max(length, 1) + off - 1) >> v.shift)
 	for {
 		shape := v.shape.Load()
 		t := v.track.Load()
-		if err := t.mark(first, last); err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
-			v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
+		lazy := v.jr != nil && v.allPending(first, last)
+		var err error
+		if lazy {
+			err = t.markLazy(first, last)
+		} else {
+			err = t.mark(first, last)
 		}
-		v.copyBeforeWrite(ctx, off, length)
+		v.trackErr(err)
+		if covered := v.copyBeforeWrite(ctx, off, length); lazy && !covered {
+			// Some block was stored meanwhile: no record proves this write.
+			v.trackErr(t.mark(first, last))
+		}
 		v.gate.RLock()
 		t.enter()
 		if v.shape.Load() == shape {
@@ -221,6 +238,47 @@ func (v *Volume) beginWrite(ctx context.Context, off, length int64) *tracker {
 		t.exit()
 		v.gate.RUnlock() // sealed or grown meanwhile: prepare again for the new epoch
 	}
+}
+
+func (v *Volume) trackErr(err error) {
+	if err != nil && !errors.Is(err, errRetired) && !v.trackLost.Swap(true) {
+		v.log.Error("change tracking failed; the next snapshot will copy every allocated block", "live", v.path, "err", err)
+	}
+}
+
+// allPending reports whether every block of first..last is pending for
+// some copying snapshot.
+func (v *Volume) allPending(first, last uint64) bool {
+	list := v.copying.Load()
+	if list == nil || len(*list) == 0 {
+		return false
+	}
+	for b := first; b <= last; b++ {
+		found := false
+		for _, s := range *list {
+			if b < s.pending.Len() && s.pending.Test(b) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// flushTrackers makes lazily marked bits durable in the current tracker
+// and in one still being sealed (the copy-out worker runs it before it
+// stores blocks, whose journal records then stop proving writes).
+func (v *Volume) flushTrackers() error {
+	if err := v.track.Load().flush(); err != nil {
+		return err
+	}
+	if t := v.sealing.Load(); t != nil {
+		return t.flush()
+	}
+	return nil
 }
 
 // endWrite ends a write begun with beginWrite.
@@ -419,9 +477,11 @@ func (v *Volume) DirtyBlocks() []uint64 {
 // flushes the live image and closes it.
 func (v *Volume) Close() error {
 	v.stopWorkers()
-	var err error
+	err := v.flushTrackers()
 	if !v.readOnly {
-		err = v.sync()
+		if serr := v.sync(); err == nil {
+			err = serr
+		}
 	}
 	if cerr := v.f.Close(); err == nil {
 		err = cerr
