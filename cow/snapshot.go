@@ -22,16 +22,18 @@ import (
 
 // Snapshot lifecycle (DESIGN.md "Snapshot mechanics"):
 //
-//   - CreateSnapshot holds new writes at the gate, waits for the ones in
-//     flight, seals the epoch (its dirty set becomes the snapshot's pending
-//     set), opens a new epoch and releases: microseconds, whatever the size
-//     of the disk or of the change. It then makes the live image and the
-//     snapshot's record durable and returns with the snapshot `copying`.
-//   - A background worker copies each pending block out to the store and
-//     clears it; a write to a pending block copies the old content out
-//     first (copy-on-write). Pending sets of different snapshots never
-//     overlap: a block written after a seal was copied out for the earlier
-//     snapshot before the write reached the live image.
+//   - CreateSnapshot seals the epoch (its dirty set becomes the snapshot's
+//     pending set) and opens a new one under mu: microseconds, whatever the
+//     size of the disk or of the change, and without waiting for writes in
+//     flight (they finish in the sealed epoch; see tracker.seal). After they
+//     have drained it makes the live image and the snapshot's record
+//     durable and returns with the snapshot `copying`.
+//   - A background worker composes each pending block (live image plus the
+//     pages the copy-before-write journal saved) and stores it; a write over
+//     a pending block first journals the old content of the pages it
+//     overwrites, for every snapshot that has the block pending (a block
+//     written in a later epoch while still pending for an earlier snapshot
+//     is pending for both).
 //   - With pending empty the snapshot is `ready`. If the store cannot keep
 //     it, it turns `failed`; its pending blocks pass to its successor (or
 //     back to the live epoch) so every other snapshot stays complete.
@@ -39,10 +41,11 @@ import (
 //     (metadata only). Rollback writes the snapshot's version of every
 //     block changed since back through the normal write path.
 //
-// Durability: a copy-on-write copy is durable in the store before the
-// overwrite is issued; the snapshot record is durable before
-// CreateSnapshot returns; the epoch's dirty set is durable (tracker file)
-// before a write reaches the live image.
+// Durability: a copy-on-write copy is durable (journal or store) before
+// the overwrite is issued; the snapshot record is durable before
+// CreateSnapshot returns; a write is provably in the epoch's dirty set
+// (tracker file, or durable journal records) before it reaches the live
+// image.
 
 // Snapshot states.
 const (

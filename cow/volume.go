@@ -74,12 +74,13 @@ type Volume struct {
 	liveSync *groupSync // fdatasync of the live image, batched
 
 	// gate is held shared by every write while it is in flight and
-	// exclusively by operations that must see no write in flight (sealing
-	// an epoch, growing). Taking it exclusively holds new writes at the
-	// frontend boundary and waits for the ones in flight.
+	// exclusively by operations that must see no write in flight (growing,
+	// undoing a seal; a seal itself does not take it, see tracker.seal).
+	// Taking it exclusively holds new writes at the frontend boundary and
+	// waits for the ones in flight.
 	gate sync.RWMutex
-	// size and track are guarded by gate: read under the shared side,
-	// replaced under the exclusive side.
+	// size is guarded by gate; track is replaced under mu by a seal (and
+	// under the gate's exclusive side when a seal is undone).
 	size  int64
 	track atomic.Pointer[tracker] // replaced under the exclusive side; read anywhere
 	// shape counts changes made under the exclusive side (seals, grows):
