@@ -149,6 +149,7 @@ section_hold() {
 	local disk run i fpid
 	make_image "$WORK/hold.raw" "$HOLD_SIZE"
 	: >"$WORK/holds"
+	: >"$WORK/drains"
 	echo -e "run\tfio_iops\tfio_p99_us\tfio_max_us\tload1" >"$OUT/hold.tsv"
 	for ((run = 1; run <= RUNS; run++)); do
 		disk=hold$run
@@ -168,6 +169,9 @@ section_hold() {
 		cairnc -o json snapshot list "$disk" | "$PY" -c 'import json, sys
 for s in json.load(sys.stdin):
     if s["name"].startswith("hold-"): print(s["hold_us"])' >>"$WORK/holds"
+		cairnc -o json snapshot list "$disk" | "$PY" -c 'import json, sys
+for s in json.load(sys.stdin):
+    if s["name"].startswith("hold-"): print(s.get("drain_us", 0))' >>"$WORK/drains"
 		"$PY" - "$WORK/hold-fio-$run.json" "$run" "$(load1)" >>"$OUT/hold.tsv" <<'PYEOF'
 import json, sys
 w = json.load(open(sys.argv[1]))["jobs"][0]["write"]
@@ -177,6 +181,7 @@ PYEOF
 		cairnc disk delete --force "$disk" >/dev/null
 	done
 	cp "$WORK/holds" "$OUT/holds.txt"
+	cp "$WORK/drains" "$OUT/drains.txt"
 	local m
 	read -r -a m <<<"$(medians "$OUT/hold.tsv" fio_iops fio_p99_us fio_max_us)"
 	{
@@ -185,6 +190,8 @@ PYEOF
 		echo "| hold p50 µs | hold p90 µs | hold p95 µs | hold p99 µs | hold max µs | holds > 1 ms | fio IOPS (median) | fio clat p99 µs (median) | fio clat max µs (median) |"
 		echo "|---|---|---|---|---|---|---|---|---|"
 		echo "| $(percentile 50 <"$WORK/holds") | $(percentile 90 <"$WORK/holds") | $(percentile 95 <"$WORK/holds") | $(percentile 99 <"$WORK/holds") | $(percentile 100 <"$WORK/holds") | $(awk '$1 > 1000' "$WORK/holds" | wc -l) | ${m[0]} | ${m[1]} | ${m[2]} |"
+		echo
+		echo "Drain (from the seal until the sealed epoch's writes in flight had finished; create answers after it, and only writes that must save one of the new snapshot's blocks wait for it): p50 $(percentile 50 <"$WORK/drains") µs, p99 $(percentile 99 <"$WORK/drains") µs, max $(percentile 100 <"$WORK/drains") µs."
 		echo
 	} >>"$REPORT"
 }
