@@ -20,7 +20,7 @@ var testCopyOutHook atomic.Pointer[func(ctx context.Context)]
 // DefaultCopyOutShare is the share of time a copy-out worker runs while
 // the disk is busy: on a small host the worker's hashing and compression
 // would otherwise take a whole core from the guest's I/O.
-const DefaultCopyOutShare = 0.25
+const DefaultCopyOutShare = 0.1
 
 // busyWindow: guest I/O this recent makes the disk busy for pacing.
 const busyWindow = 100 * time.Millisecond
@@ -35,8 +35,13 @@ func (v *Volume) touch() {
 
 // pace sleeps after a copy-out batch that took d while the guest is busy,
 // so the worker runs at most its share of the time; idle, it does not
-// sleep. The sleep ends early if the guest goes idle or ctx ends.
+// sleep. The sleep ends early if the guest goes idle or ctx ends. With the
+// copy-before-write journal over half full it does not sleep either: a
+// full journal sends the guest's writes to the slow direct path.
 func (v *Volume) pace(ctx context.Context, d time.Duration) {
+	if v.jr != nil && v.jr.used() > v.jr.max/2 {
+		return
+	}
 	share := v.opts.CopyOutShare
 	if share <= 0 {
 		share = DefaultCopyOutShare

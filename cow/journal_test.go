@@ -449,6 +449,13 @@ func TestPace(t *testing.T) {
 	if d := time.Since(t0); d > 500*time.Millisecond {
 		t.Fatalf("share 1: rested %v, want no rest", d)
 	}
+	v.opts.CopyOutShare = 0.1
+	v.jr = &journal{max: 100 * journalPage, tail: 60 * journalPage} // over half full
+	t0 = time.Now()
+	v.pace(ctx, time.Second)
+	if d := time.Since(t0); d > 500*time.Millisecond {
+		t.Fatalf("busy disk, journal over half full: rested %v, want no rest", d)
+	}
 }
 
 // TestWriteWaitsForOthersJournalRecord: a write to pages another write

@@ -59,7 +59,7 @@ type Config struct {
 	// filesystem (Badger cannot survive that).
 	StoreReserve string `toml:"store_reserve"`
 	// CopyOutShare is the share of time a snapshot's copy-out may run
-	// while its disk has guest I/O (default 0.25; 1 = flat out always).
+	// while its disk has guest I/O (default 0.1; 1 = flat out always).
 	// Idle disks copy out at full speed.
 	CopyOutShare float64 `toml:"copy_out_share"`
 
@@ -203,7 +203,7 @@ func (c Config) Validate() error {
 	}
 	var errs []error
 	if c.CopyOutShare < 0 || c.CopyOutShare > 1 {
-		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be from 0.01 to 1 (0 for the default, 0.25)", c.CopyOutShare))
+		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be from 0.01 to 1 (0 for the default, 0.1)", c.CopyOutShare))
 	} else if c.CopyOutShare > 0 && c.CopyOutShare < 0.01 {
 		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be at least 0.01, or copy-out would never finish on a busy disk", c.CopyOutShare))
 	}

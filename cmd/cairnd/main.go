@@ -85,7 +85,7 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		version    = fs.Bool("version", false, "print the version and exit")
 		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
 		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
-		share      = fs.Float64("copy-out-share", 0, "share of time snapshot copy-out may run while the disk is busy, 0.01-1 (default 0.25)")
+		share      = fs.Float64("copy-out-share", 0, "share of time snapshot copy-out may run while the disk is busy, 0.01-1 (default 0.1)")
 		fuse       = fs.Bool("fuse", true, "mount disks and snapshots as files on --fuse-dir (docs/fuse.md)")
 		fuseDir    = fs.String("fuse-dir", "", "where the FUSE view is mounted (default $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse)")
 	)
