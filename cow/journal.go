@@ -80,6 +80,10 @@ type journal struct {
 	mu     sync.Mutex
 	gen    uint64 // current generation (guarded by mu)
 	size   int64  // file size (guarded by mu)
+	// growing: a goroutine is writing zeros past the end of the file, so
+	// records land in blocks already allocated and written (guarded by mu)
+	growing bool
+	grower  sync.WaitGroup // the preallocating goroutine, waited for by close
 	tail   int64  // where the next record goes (guarded by mu)
 	synced int64  // records ending at or before this are durable (guarded by mu)
 	live   int64  // records written and not yet released (guarded by mu)
@@ -293,7 +297,46 @@ func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (i
 	j.tail += need
 	j.size = max(j.size, j.tail)
 	j.live++
+	if !j.growing && j.size-j.tail < journalAhead/2 && j.size < j.max {
+		j.growing = true
+		j.grower.Add(1)
+		go j.preallocate()
+	}
 	return off, nil
+}
+
+// journalAhead is how far past the last record the file is kept written.
+const journalAhead = 32 << 20
+
+// preallocate writes zeros past the end of the file, 1 MiB at a time
+// under mu (so never over a record: appends past the end move it first),
+// then syncs them: records written there later overwrite allocated
+// blocks, and syncing them flushes data only, not the filesystem's
+// journal, as growing the file would.
+func (j *journal) preallocate() {
+	defer j.grower.Done()
+	zeros := make([]byte, 1<<20)
+	for {
+		j.mu.Lock()
+		if j.size-j.tail >= journalAhead || j.size >= j.max || j.broken != nil {
+			j.growing = false
+			j.mu.Unlock()
+			break
+		}
+		n := min(int64(len(zeros)), j.max-j.size)
+		_, err := j.f.WriteAt(zeros[:n], j.size)
+		if err == nil {
+			j.size += n
+		}
+		j.mu.Unlock()
+		if err != nil {
+			j.mu.Lock()
+			j.growing = false
+			j.mu.Unlock()
+			return // appends just grow the file themselves
+		}
+	}
+	unix.Fdatasync(int(j.f.Fd()))
 }
 
 // wait makes every record appended before the call durable.
@@ -367,4 +410,14 @@ func (j *journal) used() int64 {
 	return j.tail - journalPage
 }
 
-func (j *journal) close() error { return j.f.Close() }
+var errJournalClosed = errors.New("copy-before-write journal closed")
+
+func (j *journal) close() error {
+	j.mu.Lock()
+	if j.broken == nil {
+		j.broken = errJournalClosed // stops the grower
+	}
+	j.mu.Unlock()
+	j.grower.Wait()
+	return j.f.Close()
+}
