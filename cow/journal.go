@@ -77,17 +77,17 @@ type journal struct {
 	max  int64
 	sync *groupSync
 
-	mu     sync.Mutex
-	gen    uint64 // current generation (guarded by mu)
-	size   int64  // file size (guarded by mu)
+	mu   sync.Mutex
+	gen  uint64 // current generation (guarded by mu)
+	size int64  // file size (guarded by mu)
 	// growing: a goroutine is writing zeros past the end of the file, so
 	// records land in blocks already allocated and written (guarded by mu)
 	growing bool
 	grower  sync.WaitGroup // the preallocating goroutine, waited for by close
-	tail   int64  // where the next record goes (guarded by mu)
-	synced int64  // records ending at or before this are durable (guarded by mu)
-	live   int64  // records written and not yet released (guarded by mu)
-	broken error  // set after a sync failed: no more appends (guarded by mu)
+	tail    int64          // where the next record goes (guarded by mu)
+	synced  int64          // records ending at or before this are durable (guarded by mu)
+	live    int64          // records written and not yet released (guarded by mu)
+	broken  error          // set after a sync failed: no more appends (guarded by mu)
 }
 
 // journalRec is a record read back at recovery; its pages are at
