@@ -36,10 +36,10 @@ func (v *Volume) touch() {
 // pace sleeps after a copy-out batch that took d while the guest is busy,
 // so the worker runs at most its share of the time; idle, it does not
 // sleep. The sleep ends early if the guest goes idle or ctx ends. With the
-// copy-before-write journal over half full it does not sleep either: a
-// full journal sends the guest's writes to the slow direct path.
+// copy-before-write journal three quarters full it does not sleep either:
+// a full journal sends the guest's writes to the slow direct path.
 func (v *Volume) pace(ctx context.Context, d time.Duration) {
-	if v.jr != nil && v.jr.used() > v.jr.max/2 {
+	if v.jr != nil && v.jr.used() > v.jr.max/4*3 {
 		return
 	}
 	share := v.opts.CopyOutShare

@@ -310,33 +310,49 @@ const journalAhead = 32 << 20
 
 // preallocate writes zeros past the end of the file, 1 MiB at a time
 // under mu (so never over a record: appends past the end move it first),
-// then syncs them: records written there later overwrite allocated
-// blocks, and syncing them flushes data only, not the filesystem's
-// journal, as growing the file would.
+// with direct I/O on a second descriptor, then syncs the allocation:
+// records written there later overwrite allocated blocks, and syncing them
+// flushes data only, not the filesystem's journal, as growing the file
+// would. Direct I/O keeps the zeros out of the page cache, so the records'
+// own syncs never have to write them back.
 func (j *journal) preallocate() {
 	defer j.grower.Done()
-	zeros := make([]byte, 1<<20)
+	stop := func() {
+		j.mu.Lock()
+		j.growing = false
+		j.mu.Unlock()
+	}
+	df, err := os.OpenFile(j.path, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		stop()
+		return // appends just grow the file themselves
+	}
+	defer df.Close()
+	zeros, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS) // page-aligned
+	if err != nil {
+		stop()
+		return
+	}
+	defer unix.Munmap(zeros)
 	for {
 		j.mu.Lock()
-		if j.size-j.tail >= journalAhead || j.size >= j.max || j.broken != nil {
+		start := (max(j.size, journalPage) + journalPage - 1) / journalPage * journalPage
+		if start-j.tail >= journalAhead || start+int64(len(zeros)) > j.max || j.broken != nil {
 			j.growing = false
 			j.mu.Unlock()
 			break
 		}
-		n := min(int64(len(zeros)), j.max-j.size)
-		_, err := j.f.WriteAt(zeros[:n], j.size)
+		_, err := df.WriteAt(zeros, start)
 		if err == nil {
-			j.size += n
+			j.size = start + int64(len(zeros))
 		}
 		j.mu.Unlock()
 		if err != nil {
-			j.mu.Lock()
-			j.growing = false
-			j.mu.Unlock()
-			return // appends just grow the file themselves
+			stop()
+			return
 		}
 	}
-	unix.Fdatasync(int(j.f.Fd()))
+	unix.Fdatasync(int(df.Fd()))
 }
 
 // wait makes every record appended before the call durable.

@@ -450,11 +450,11 @@ func TestPace(t *testing.T) {
 		t.Fatalf("share 1: rested %v, want no rest", d)
 	}
 	v.opts.CopyOutShare = 0.1
-	v.jr = &journal{max: 100 * journalPage, tail: 60 * journalPage} // over half full
+	v.jr = &journal{max: 100 * journalPage, tail: 80 * journalPage} // three quarters full
 	t0 = time.Now()
 	v.pace(ctx, time.Second)
 	if d := time.Since(t0); d > 500*time.Millisecond {
-		t.Fatalf("busy disk, journal over half full: rested %v, want no rest", d)
+		t.Fatalf("busy disk, journal three quarters full: rested %v, want no rest", d)
 	}
 }
 
