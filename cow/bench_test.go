@@ -179,15 +179,7 @@ func BenchmarkWriteWhileCopying(b *testing.B) {
 			}
 			if mode != "no-snapshot" {
 				if mode != "journal" {
-					ch := make(chan struct{})
-					h := func(ctx context.Context) {
-						select {
-						case <-ch:
-						case <-ctx.Done():
-						}
-					}
-					testCopyOutHook.Store(&h)
-					b.Cleanup(func() { testCopyOutHook.Store(nil); close(ch) })
+					holdCopyOut(b)
 				}
 				if _, err := v.CreateSnapshot(ctx, SnapshotMeta{Name: "s", Kind: "manual"}); err != nil {
 					b.Fatal(err)

@@ -16,7 +16,7 @@ import (
 
 // holdCopyOut keeps every copy-out worker from starting its work until
 // the returned release is called (or the volume closes).
-func holdCopyOut(t *testing.T) (release func()) {
+func holdCopyOut(t testing.TB) (release func()) {
 	t.Helper()
 	ch := make(chan struct{})
 	h := func(ctx context.Context) {

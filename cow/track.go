@@ -190,7 +190,16 @@ func (t *tracker) bits() *Bitmap { return t.staged.Load() }
 // mark makes blocks first..last part of the epoch's dirty set, durably,
 // before it returns. The caller holds the volume's gate shared (so the
 // bitmaps are not swapped underneath).
-func (t *tracker) mark(first, last uint64) error {
+func (t *tracker) mark(first, last uint64) error { return t.set(first, last, true) }
+
+// markLazy sets blocks first..last in the epoch's dirty set and writes
+// them to the file without waiting for them to be durable. The caller
+// relies on something else to prove the write after a crash (durable
+// copy-before-write journal records of the blocks, see Volume.beginWrite)
+// until flush has run.
+func (t *tracker) markLazy(first, last uint64) error { return t.set(first, last, false) }
+
+func (t *tracker) set(first, last uint64, wait bool) error {
 	durable := t.durable.Load()
 	if durable.AllSet(first, last) {
 		return nil
@@ -209,35 +218,19 @@ func (t *tracker) mark(first, last uint64) error {
 	if err := t.writeWords(staged, first/64, last/64); err != nil {
 		return err
 	}
+	if !wait {
+		// Only once the words are written: a flush that sees the flag
+		// then syncs them. (Callers write their journal record after
+		// this returns, and the copy-out worker flushes only after
+		// seeing that record.)
+		t.lazy.Store(true)
+		return nil
+	}
 	if err := t.sync.Wait(); err != nil {
 		return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
 	}
 	durable.SetRange(first, last)
 	return nil
-}
-
-// markLazy sets blocks first..last in the epoch's dirty set and writes
-// them to the file without waiting for them to be durable. The caller
-// relies on something else to prove the write after a crash (durable
-// copy-before-write journal records of the blocks, see Volume.beginWrite)
-// until flush has run.
-func (t *tracker) markLazy(first, last uint64) error {
-	if t.durable.Load().AllSet(first, last) {
-		return nil
-	}
-	t.life.RLock()
-	defer t.life.RUnlock()
-	if t.retired {
-		return errRetired
-	}
-	staged := t.staged.Load()
-	staged.SetRange(first, last)
-	if t.f == nil {
-		t.durable.Load().SetRange(first, last)
-		return nil
-	}
-	t.lazy.Store(true)
-	return t.writeWords(staged, first/64, last/64)
 }
 
 // flush makes the bits markLazy set durable.
