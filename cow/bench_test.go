@@ -48,6 +48,26 @@ func benchDisk(b *testing.B, size int64, withStore bool) *Volume {
 	return v
 }
 
+// randomWrites4K runs b.N writes of 4 KiB at random places of a size-byte
+// volume on parallelism goroutines per core (stream picks the sequence).
+func randomWrites4K(b *testing.B, v *Volume, size int64, parallelism int, stream uint64) {
+	ctx := context.Background()
+	b.SetBytes(4096)
+	b.SetParallelism(parallelism)
+	var seed atomic.Uint64
+	b.RunParallel(func(pb *testing.PB) {
+		rng := rand.New(rand.NewPCG(seed.Add(1), stream))
+		buf := make([]byte, 4096)
+		for pb.Next() {
+			off := rng.Int64N(size/4096) * 4096
+			if err := v.WriteAt(ctx, buf, off, false); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
 // BenchmarkWrite4K: 4 KiB random writes through the volume, with durable
 // change tracking (store) and with in-memory tracking only, on 4
 // goroutines. The first write to each block of an epoch pays a tracker sync.
@@ -56,21 +76,7 @@ func BenchmarkWrite4K(b *testing.B) {
 		b.Run(fmt.Sprintf("durable-tracking=%v", tracked), func(b *testing.B) {
 			const size = 1 << 30
 			v := benchDisk(b, size, tracked)
-			ctx := context.Background()
-			b.SetBytes(4096)
-			b.SetParallelism(4)
-			var seed atomic.Uint64
-			b.RunParallel(func(pb *testing.PB) {
-				rng := rand.New(rand.NewPCG(seed.Add(1), 1))
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					off := rng.Int64N(size/4096) * 4096
-					if err := v.WriteAt(ctx, buf, off, false); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			randomWrites4K(b, v, size, 4, 1)
 		})
 	}
 }
@@ -185,21 +191,8 @@ func BenchmarkWriteWhileCopying(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			b.SetBytes(4096)
-			b.SetParallelism(16) // 32 writers on 2 cores
-			var seed atomic.Uint64
 			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				rng := rand.New(rand.NewPCG(seed.Add(1), 2))
-				buf := make([]byte, 4096)
-				for pb.Next() {
-					off := rng.Int64N(size/4096) * 4096
-					if err := v.WriteAt(ctx, buf, off, false); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
+			randomWrites4K(b, v, size, 16, 2) // 32 writers on 2 cores
 		})
 	}
 }

@@ -164,8 +164,13 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 			}
 			continue
 		}
-		var direct []*snap
-		var failed []error
+		// Owners the journal could not serve: failed (the live image could
+		// not be read) or stored directly (journal full or broken).
+		type miss struct {
+			s   *snap
+			err error // non-nil: fail s
+		}
+		var direct []miss
 		wrote, stale := false, false
 		var need int64 // end of the furthest record the write relies on
 		mu.Lock()
@@ -180,20 +185,18 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 			wrote = wrote || w
 			need = max(need, end)
 			if errors.Is(err, errReadLive) {
-				direct = append(direct, s)
-				failed = append(failed, err)
+				direct = append(direct, miss{s, err})
 			} else if err != nil {
-				direct = append(direct, s)
-				failed = append(failed, nil)
+				direct = append(direct, miss{s, nil})
 			}
 		}
 		mu.Unlock()
-		for i, s := range direct {
-			if failed[i] != nil {
-				v.failSnapshot(s, failed[i])
+		for _, m := range direct {
+			if m.err != nil {
+				v.failSnapshot(m.s, m.err)
 			} else {
 				// What is journaled already is composed into the stored block.
-				v.copyBlocks(ctx, s, []uint64{b})
+				v.copyBlocks(ctx, m.s, []uint64{b})
 			}
 		}
 		if len(direct) > 0 {
@@ -250,9 +253,6 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 			return wrote, 0, err
 		}
 		jb.add(jrecord{off: off, first: pg, n: n})
-		s.jmu.Lock()
-		s.jrecords++
-		s.jmu.Unlock()
 		wrote = true
 		pg = run + 1
 	}
@@ -660,9 +660,6 @@ func (v *Volume) relabel(s, to *snap, b uint64, jb *jblock, buf []byte) (wrote b
 			return wrote, err
 		}
 		tb.add(jrecord{off: off, first: r.first, n: r.n})
-		to.jmu.Lock()
-		to.jrecords++
-		to.jmu.Unlock()
 		wrote = true
 	}
 	return wrote, nil

@@ -177,9 +177,8 @@ type snap struct {
 	// pending grew before that and the record must be written again.
 	committed, repersist bool
 
-	jmu      sync.Mutex
-	jblocks  map[uint64]*jblock // pending blocks with pages in the journal (the map guarded by jmu)
-	jrecords int                // journal records of s not yet released (guarded by jmu)
+	jmu     sync.Mutex
+	jblocks map[uint64]*jblock // pending blocks with pages in the journal (the map guarded by jmu)
 }
 
 // jblock is what the journal holds of one pending block: the pages
@@ -235,7 +234,6 @@ func (s *snap) forget(b uint64) int {
 		return 0
 	}
 	delete(s.jblocks, b)
-	s.jrecords -= len(jb.records)
 	return len(jb.records)
 }
 
@@ -397,7 +395,6 @@ func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 			continue // stale: stored already, or its snapshot is gone or failed
 		}
 		s.jblock(r.block, true, v.pagesPerBlock()).add(jrecord{off: r.off, first: r.first, n: r.n})
-		s.jrecords++
 		adopted++
 		if r.block < blocks.Len() {
 			blocks.Set(r.block)

@@ -219,43 +219,38 @@ PYEOF
 # its end (progress_at_end < 100). Each copying run uses a fresh disk on an
 # empty store, deleted (copy-out cancelled) after the job. The same runs
 # give the copy-out throughput with no load (section copyout).
+# impact_case RUN RW CASE: one fio job on a fresh disk adopted from the
+# image on an empty store, in state CASE: no-snapshot; fresh-epoch (first
+# snapshot taken and copied out before the job: the same change-tracking
+# cost as "copying", but nothing copies out); copying (first snapshot taken
+# just before the job). Appends a row to impact.tsv.
+impact_case() {
+	local run=$1 rw=$2 kind=$3 disk=$3$1$2 r progress=-
+	store_empty
+	sync
+	cairnc disk create "$disk" --adopt "$WORK/impact.raw" >/dev/null
+	if [ "$kind" != no-snapshot ]; then
+		snap_create "$disk" full
+		if [ "$kind" = fresh-epoch ]; then snap_wait "$disk" full >/dev/null; fi
+	fi
+	r=$(fio_impact "$(cairnd_uri "$disk")" "$rw")
+	if [ "$kind" = copying ]; then
+		progress=$(cairnc -o json snapshot show "$disk" full | jfield progress)
+	fi
+	echo -e "$run\t$rw\t$kind\t${r// /\\t}\t$progress\t$(load1)" >>"$OUT/impact.tsv"
+	cairnc disk delete --force "$disk" >/dev/null
+}
+
 section_impact() {
-	local run rw disk r state
+	local run rw kind
 	make_image "$WORK/impact.raw" "$SIZE"
 	echo -e "run\trw\tcase\tiops\tp99_us\tmean_us\tprogress_at_end\tload1" >"$OUT/impact.tsv"
 	for ((run = 1; run <= RUNS; run++)); do
 		for rw in randwrite randread; do
-			disk=base$run$rw
-			store_empty
-			sync
-			cairnc disk create "$disk" --adopt "$WORK/impact.raw" >/dev/null
-			r=$(fio_impact "$(cairnd_uri "$disk")" "$rw")
-			echo -e "$run\t$rw\tno-snapshot\t${r// /\\t}\t-\t$(load1)" >>"$OUT/impact.tsv"
-			cairnc disk delete --force "$disk" >/dev/null
-
-			# Same disk state as "copying" for change tracking: a fresh epoch,
-			# so each first write to a 64 KiB block pays the tracker's sync;
-			# but nothing copies out.
-			disk=fresh$run$rw
-			store_empty
-			sync
-			cairnc disk create "$disk" --adopt "$WORK/impact.raw" >/dev/null
-			snap_create "$disk" full
-			snap_wait "$disk" full >/dev/null
-			r=$(fio_impact "$(cairnd_uri "$disk")" "$rw")
-			echo -e "$run\t$rw\tfresh-epoch\t${r// /\\t}\t-\t$(load1)" >>"$OUT/impact.tsv"
-			cairnc disk delete --force "$disk" >/dev/null
-
-			disk=copy$run$rw
-			store_empty
-			sync
-			cairnc disk create "$disk" --adopt "$WORK/impact.raw" >/dev/null
-			snap_create "$disk" full
-			r=$(fio_impact "$(cairnd_uri "$disk")" "$rw")
-			state=$(cairnc -o json snapshot show "$disk" full | jfield progress)
-			echo -e "$run\t$rw\tcopying\t${r// /\\t}\t$state\t$(load1)" >>"$OUT/impact.tsv"
+			for kind in no-snapshot fresh-epoch copying; do
+				impact_case "$run" "$rw" "$kind"
+			done
 			log "impact run $run $rw: $(tail -3 "$OUT/impact.tsv" | cut -f3-5 | tr '\n\t' '; ')"
-			cairnc disk delete --force "$disk" >/dev/null
 		done
 	done
 	{
