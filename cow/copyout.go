@@ -118,14 +118,15 @@ func (v *Volume) newestOwner(b, seq uint64) *snap {
 }
 
 // copyBeforeWrite saves the old content of [off, off+length) wherever it
-// lies in a block still pending for a snapshot, durably, before the
-// caller overwrites it.
-// It reports whether every block of the range was pending, so that
-// durable journal records prove the write.
-func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) (covered bool) {
+// lies in a block still pending for a snapshot before the caller
+// overwrites it. It reports whether every block of the range was pending
+// (so that durable journal records prove the write) and the end of the
+// furthest journal record the write relies on: the write may reach the
+// live image only once that is durable (settle).
+func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) (covered bool, need int64) {
 	list := v.copying.Load()
 	if list == nil || len(*list) == 0 {
-		return false
+		return false, 0
 	}
 	covered = true
 	end := off + max(length, 1)
@@ -133,31 +134,66 @@ func (v *Volume) copyBeforeWrite(ctx context.Context, off, length int64) (covere
 		start := int64(b) << v.shift
 		first := uint32((max(off, start) - start) / journalPage)
 		last := uint32((min(end, start+v.blockSize) - 1 - start) / journalPage)
-		if !v.saveBlock(ctx, b, first, last) {
+		pending, n := v.saveBlock(ctx, b, first, last)
+		if !pending {
 			covered = false
 		}
+		need = max(need, n)
 	}
-	return covered
+	return covered, need
+}
+
+// settle returns once the journal records a write of epoch relies on
+// (those ending at or before need) are durable. If the journal cannot
+// make them so, the write has not reached the live image yet, so
+// composing each affected block now still gives the version of every
+// snapshot the write relies on (sealed at or before epoch; later ones
+// wait for the write): those are stored directly.
+func (v *Volume) settle(ctx context.Context, epoch uint64, off, length, need int64) {
+	if need == 0 || v.jr.durable(need) {
+		return
+	}
+	err := v.jr.waitDurable(need)
+	if err == nil {
+		return
+	}
+	v.log.Warn("copy-before-write journal sync failed; copying to the store directly", "live", v.path, "err", err)
+	v.storeDirect(ctx, epoch, off, length)
+}
+
+// storeDirect stores, for every copying snapshot sealed at or before
+// epoch, its version of the blocks of [off, off+length) still pending.
+func (v *Volume) storeDirect(ctx context.Context, epoch uint64, off, length int64) {
+	var ownersBuf [4]*snap
+	end := off + max(length, 1)
+	for b := uint64(off >> v.shift); int64(b)<<v.shift < end; b++ {
+		for _, s := range v.pendingOwners(b, ownersBuf[:0]) {
+			if s.seq() <= epoch {
+				v.copyBlocks(ctx, s, []uint64{b})
+			}
+		}
+	}
 }
 
 func (v *Volume) pagesPerBlock() int { return int(v.blockSize / journalPage) }
 
 // saveBlock makes pages first..last of block b safe to overwrite for
 // every snapshot that has b pending: the pages not saved yet go to the
-// journal for each (raw, one shared fdatasync); without a journal, or
-// when it cannot take them, the snapshot's whole version of the block
-// goes to the store. It repeats until a pass finds nothing to do, since a
-// failing snapshot may hand the block to another meanwhile, and returns
-// only when the records covering those pages are durable (another writer
-// may have journaled them and still be waiting for the sync). It reports
-// whether b was pending (so durable journal records prove the write).
-func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bool {
+// journal for each (raw); without a journal, or when it cannot take
+// them, the snapshot's whole version of the block goes to the store. It
+// repeats until a pass finds nothing to do, since a failing snapshot may
+// hand the block to another meanwhile. It reports whether b was pending
+// (so durable journal records prove the write) and the end of the
+// furthest record covering those pages (another writer may have
+// journaled them and still be waiting for the sync): the caller must not
+// let the write reach the live image before that is durable.
+func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) (pending bool, need int64) {
 	var ownersBuf [4]*snap
 	mu := &v.stripes[b%stripeCount]
 	for {
 		owners := v.pendingOwners(b, ownersBuf[:0])
 		if len(owners) == 0 {
-			return false
+			return false, 0
 		}
 		for _, s := range owners {
 			<-s.drained // the old epoch's writes in flight are part of this content
@@ -176,7 +212,7 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 		}
 		var direct []miss
 		wrote, stale := false, false
-		var need int64 // end of the furthest record the write relies on
+		need = 0
 		mu.Lock()
 		for _, s := range owners {
 			if !s.pending.Test(b) {
@@ -206,20 +242,8 @@ func (v *Volume) saveBlock(ctx context.Context, b uint64, first, last uint32) bo
 		if len(direct) > 0 {
 			continue
 		}
-		if need > 0 && !v.jr.durable(need) {
-			if err := v.jr.wait(); err != nil {
-				// The records may not be durable. The caller has not
-				// written yet, so composing the block now still gives each
-				// snapshot's version: store it directly.
-				v.log.Warn("copy-before-write journal sync failed; copying to the store directly", "live", v.path, "err", err)
-				for _, s := range owners {
-					v.copyBlocks(ctx, s, []uint64{b})
-				}
-				continue
-			}
-		}
 		if !wrote && !stale {
-			return true
+			return true, need
 		}
 	}
 }
@@ -264,6 +288,9 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 		if r.first <= last && r.first+r.n > first {
 			need = max(need, r.end())
 		}
+	}
+	if need > 0 {
+		need = v.jr.posOf(need)
 	}
 	return wrote, need, nil
 }
@@ -621,7 +648,7 @@ func (v *Volume) passPending(s *snap) (to *snap, release int, broken error) {
 		mu.Unlock()
 	}
 	if relabeled && broken == nil {
-		if err := v.jr.wait(); err != nil {
+		if err := v.jr.waitAll(); err != nil {
 			broken = fmt.Errorf("take over blocks from snapshot %q: %w", s.rec.Name, err)
 		}
 	}

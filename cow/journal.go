@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -35,9 +36,14 @@ import (
 //	         page count, u32 CRC-32C of the data and then those 56
 //	         bytes), then the pages.
 //
-// Records are written in file order under a mutex, so a sync that covers
-// one covers every record before it: recovery reads records from the
-// start and stops at the first that is torn or of another generation.
+// Records get their places in file order under a mutex and are written
+// outside it (concurrent writers' records go down together); a sync
+// counts durable only the prefix of the file whose records were all
+// written when it began, so a record counted durable has every record
+// before it durable too: recovery reads records from the start and stops
+// at the first that is torn or of another generation. A record whose
+// write fails breaks the journal (nothing after it could be recovered);
+// writers then store blocks directly.
 // Starting over bumps the generation in the file header, durably, before
 // any new record is written, so records of earlier rounds are never read
 // as current ones. A record is believed at recovery only if it names a
@@ -84,10 +90,36 @@ type journal struct {
 	// records land in blocks already allocated and written (guarded by mu)
 	growing bool
 	grower  sync.WaitGroup // the preallocating goroutine, waited for by close
-	tail    int64          // where the next record goes (guarded by mu)
-	synced  int64          // records ending at or before this are durable (guarded by mu)
-	live    int64          // records written and not yet released (guarded by mu)
-	broken  error          // set after a sync failed: no more appends (guarded by mu)
+	// zstart..zend: the range the grower is writing zeros to, outside mu
+	// (zend 0: none); an append that would overlap it waits on zdone.
+	zstart, zend int64 // guarded by mu
+	zdone        *sync.Cond
+	tail         int64 // where the next record goes (guarded by mu)
+	// Records are written outside mu, at places reserved in file order;
+	// written is the end of the prefix of the file whose records are all
+	// written (or failed, which breaks the journal), and slots the
+	// reserved records after it (guarded by mu). A sync makes durable
+	// only what was written when it began, so a sync that covers one
+	// record covers every record before it (recovery stops at the first
+	// torn one).
+	written int64
+	slots   []jslot
+	base    int64 // see posOf (guarded by mu)
+	// synced: records ending at or before this position (pos) are
+	// durable (written under mu, read without it)
+	synced atomic.Int64
+	live   int64 // records written and not yet released (guarded by mu)
+	broken error // set after a sync failed: no more appends (guarded by mu)
+}
+
+// testAppendHook, set only by tests, runs in append between reserving a
+// record's place and writing it.
+var testAppendHook atomic.Pointer[func(off int64)]
+
+// jslot is a record reserved and perhaps not yet written.
+type jslot struct {
+	off, end int64
+	done     bool
 }
 
 // journalRec is a record read back at recovery; its pages are at
@@ -115,6 +147,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 		return nil, nil, fmt.Errorf("open copy-before-write journal: %w", err)
 	}
 	j := &journal{path: path, f: f, bs: int64(blockSize), max: max}
+	j.zdone = sync.NewCond(&j.mu)
 	j.sync = newGroupSync(j.fdatasync)
 	fail := func(err error) (*journal, []journalRec, error) {
 		f.Close()
@@ -140,7 +173,8 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 				return fail(err)
 			}
 		}
-		j.tail, j.synced = journalPage, journalPage
+		j.tail, j.written = journalPage, journalPage
+		j.synced.Store(j.base + journalPage)
 		return j, nil, nil
 	}
 	if int64(binary.LittleEndian.Uint32(hdr[12:])) != j.bs {
@@ -158,7 +192,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 		recs = append(recs, r)
 		off += journalPage + int64(r.n)*journalPage
 	}
-	j.tail = off
+	j.tail, j.written = off, off
 	// What recovery read may so far be in the page cache only (a killed
 	// process): make it durable before anything relies on it.
 	if err := j.fdatasync(); err != nil {
@@ -170,24 +204,35 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 // fdatasync syncs the file and notes how far records are durable.
 func (j *journal) fdatasync() error {
 	j.mu.Lock()
-	gen, end := j.gen, j.tail
+	gen, end := j.gen, j.base+j.written
 	j.mu.Unlock()
 	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 		return err
 	}
 	j.mu.Lock()
-	if j.gen == gen && end > j.synced {
-		j.synced = end
+	if j.gen == gen && j.broken == nil && end > j.synced.Load() {
+		j.synced.Store(end)
 	}
 	j.mu.Unlock()
 	return nil
 }
 
-// durable reports whether records ending at or before end are durable.
-func (j *journal) durable(end int64) bool {
+// posOf is the position of offset off in the current generation: base
+// plus off, where base grows by the generation's length when the journal
+// starts over, so positions only grow and a position a writer noted
+// before the journal started over counts as durable (its records were
+// all released first). The caller holds records of this generation (so
+// it cannot start over meanwhile).
+func (j *journal) posOf(off int64) int64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return end <= j.synced
+	return j.base + off
+}
+
+// durable reports whether records ending at or before position end are
+// durable.
+func (j *journal) durable(end int64) bool {
+	return end <= j.synced.Load()
 }
 
 // readRecord reads and checks the record at off (hdr and data are
@@ -272,35 +317,70 @@ func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (i
 	need := int64(journalPage) + int64(len(data))
 
 	j.mu.Lock()
-	defer j.mu.Unlock()
 	if j.broken != nil {
+		j.mu.Unlock()
 		return 0, errJournalBroken
 	}
 	if j.tail+need > j.max {
+		j.mu.Unlock()
 		return 0, errJournalFull
+	}
+	for j.zend != 0 && j.tail < j.zend && j.tail+need > j.zstart {
+		j.zdone.Wait() // the grower is writing zeros where this record goes
+	}
+	if j.broken != nil {
+		j.mu.Unlock()
+		return 0, errJournalBroken
 	}
 	binary.LittleEndian.PutUint64(hdr[16:], j.gen)
 	binary.LittleEndian.PutUint32(hdr[56:], crc32.Update(dataCRC, crcTable, hdr[:56]))
 	off := j.tail
-	// Written in file order under mu: see the format comment.
+	j.tail += need
+	j.size = max(j.size, j.tail)
+	j.live++
+	j.slots = append(j.slots, jslot{off: off, end: off + need})
+	if !j.growing && j.size-j.tail < journalAhead/2 && j.size < j.max {
+		j.growing = true
+		j.grower.Add(1)
+		go j.preallocate()
+	}
+	j.mu.Unlock()
+
+	// Written outside mu, so concurrent writers' records go down
+	// together; see written.
+	if h := testAppendHook.Load(); h != nil {
+		(*h)(off)
+	}
 	w, err := unix.Pwritev(int(j.f.Fd()), [][]byte{hdr[:], data}, off)
 	if err == nil && int64(w) != need {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		// The space stays dead (its record cannot pass its CRC); only a
-		// failed sync breaks the journal, since it may have dropped
-		// earlier records.
-		j.tail += need
-		return 0, fmt.Errorf("write copy-before-write journal %s: %w", j.path, err)
+		err = fmt.Errorf("write copy-before-write journal %s: %w", j.path, err)
 	}
-	j.tail += need
-	j.size = max(j.size, j.tail)
-	j.live++
-	if !j.growing && j.size-j.tail < journalAhead/2 && j.size < j.max {
-		j.growing = true
-		j.grower.Add(1)
-		go j.preallocate()
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := range j.slots {
+		if j.slots[i].off == off {
+			j.slots[i].done = true
+			break
+		}
+	}
+	if err != nil {
+		// A torn record ends what recovery reads: no record after it may
+		// count as durable, so the journal is broken (writers store
+		// blocks directly from now on).
+		j.live--
+		if j.broken == nil {
+			j.broken = err
+		}
+	}
+	for len(j.slots) > 0 && j.slots[0].done {
+		j.written = j.slots[0].end
+		j.slots = j.slots[1:]
+	}
+	if err != nil {
+		return 0, err
 	}
 	return off, nil
 }
@@ -309,7 +389,8 @@ func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (i
 const journalAhead = 32 << 20
 
 // preallocate writes zeros past the end of the file, 1 MiB at a time
-// under mu (so never over a record: appends past the end move it first),
+// (never over a record: the range is claimed under mu, and an append that
+// would reach it waits),
 // with direct I/O on a second descriptor, then syncs the allocation:
 // records written there later overwrite allocated blocks, and syncing them
 // flushes data only, not the filesystem's journal, as growing the file
@@ -342,10 +423,15 @@ func (j *journal) preallocate() {
 			j.mu.Unlock()
 			break
 		}
+		j.zstart, j.zend = start, start+int64(len(zeros))
+		j.mu.Unlock()
 		_, err := df.WriteAt(zeros, start)
+		j.mu.Lock()
 		if err == nil {
-			j.size = start + int64(len(zeros))
+			j.size = max(j.size, start+int64(len(zeros)))
 		}
+		j.zstart, j.zend = 0, 0
+		j.zdone.Broadcast()
 		j.mu.Unlock()
 		if err != nil {
 			stop()
@@ -355,7 +441,8 @@ func (j *journal) preallocate() {
 	unix.Fdatasync(int(df.Fd()))
 }
 
-// wait makes every record appended before the call durable.
+// wait makes durable every record whose write had finished when it was
+// called, and every record before those.
 func (j *journal) wait() error {
 	if err := j.sync.Wait(); err != nil {
 		j.mu.Lock()
@@ -364,6 +451,31 @@ func (j *journal) wait() error {
 		}
 		j.mu.Unlock()
 		return fmt.Errorf("sync copy-before-write journal %s: %w", j.path, err)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.broken != nil {
+		return j.broken
+	}
+	return nil
+}
+
+// waitAll makes every record appended before the call durable.
+func (j *journal) waitAll() error {
+	j.mu.Lock()
+	end := j.base + j.tail
+	j.mu.Unlock()
+	return j.waitDurable(end)
+}
+
+// waitDurable returns once the records ending at or before end are
+// durable (a record before them may still be being written when a sync
+// begins: then another sync is needed).
+func (j *journal) waitDurable(end int64) error {
+	for !j.durable(end) {
+		if err := j.wait(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -410,8 +522,10 @@ func (j *journal) resetLocked() error {
 	if err := j.writeHeader(j.gen + 1); err != nil {
 		return fmt.Errorf("start over copy-before-write journal %s: %w", j.path, err)
 	}
-	j.tail, j.synced = journalPage, journalPage
-	if j.size > journalKeep {
+	j.base += j.tail
+	j.tail, j.written = journalPage, journalPage
+	j.synced.Store(j.base + journalPage)
+	if j.size > journalKeep && j.zend == 0 { // (not under the grower's feet)
 		if err := j.f.Truncate(journalKeep); err == nil {
 			j.size = journalKeep
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -488,6 +489,70 @@ func TestWriteWaitsForOthersJournalRecord(t *testing.T) {
 	}
 	if err := <-bDone; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJournalSyncCoversOnlyWrittenPrefix: records are written outside
+// the journal's lock, so a later record can be written before an earlier
+// one; a sync must then not count the later one durable (recovery stops
+// at the first torn record, so it would be lost with the earlier one).
+func TestJournalSyncCoversOnlyWrittenPrefix(t *testing.T) {
+	dir := t.TempDir()
+	j, _, err := openJournal(filepath.Join(dir, "j.cbw"), testBS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	if err := j.start(0); err != nil {
+		t.Fatal(err)
+	}
+	page := fill(0x5a, journalPage)
+	held, release := make(chan int64, 1), make(chan struct{})
+	var once atomic.Bool
+	h := func(off int64) {
+		if once.CompareAndSwap(false, true) {
+			held <- off
+			<-release
+		}
+	}
+	testAppendHook.Store(&h)
+	defer testAppendHook.Store(nil)
+	first := make(chan error, 1)
+	go func() { _, err := j.append(1, 1, 0, 0, page); first <- err }()
+	offA := <-held // the first record is reserved, not written
+	offB, err := j.append(1, 1, 1, 0, page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if offB <= offA {
+		t.Fatalf("second record at %d, not after the first at %d", offB, offA)
+	}
+	endB := j.posOf(offB + 2*journalPage)
+	if err := j.wait(); err != nil {
+		t.Fatal(err)
+	}
+	if j.durable(endB) {
+		t.Fatal("a sync counted a record durable while an earlier one was still unwritten")
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := j.waitDurable(endB); err != nil {
+		t.Fatal(err)
+	}
+	if !j.durable(endB) {
+		t.Fatal("waitDurable returned before the record was durable")
+	}
+	// Recovery reads both.
+	j.close()
+	j2, recs, err := openJournal(filepath.Join(dir, "j.cbw"), testBS, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j2.close()
+	if len(recs) != 2 || recs[0].block != 0 || recs[1].block != 1 {
+		t.Fatalf("recovered %+v, want the records of blocks 0 and 1", recs)
 	}
 }
 

@@ -227,10 +227,12 @@ func (v *Volume) beginWrite(ctx context.Context, off, length int64) *tracker {
 			err = t.mark(first, last)
 		}
 		v.trackErr(err)
-		if covered := v.copyBeforeWrite(ctx, off, length); lazy && !covered {
+		covered, need := v.copyBeforeWrite(ctx, off, length)
+		if lazy && !covered {
 			// Some block was stored meanwhile: no record proves this write.
 			v.trackErr(t.mark(first, last))
 		}
+		v.settle(ctx, t.epoch, off, length, need)
 		v.gate.RLock()
 		t.enter()
 		if v.shape.Load() == shape {

@@ -41,6 +41,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
 		return exitUsage
 	}
+	defer startProfile(stderr)()
 	logger := newLogger(cfg, stderr) // the journal under systemd (systemd.go)
 	cfg.Logger = logger
 	svc, err := setupService(&cfg, logger) // activated sockets, sd_notify

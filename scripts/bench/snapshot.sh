@@ -25,7 +25,7 @@
 # Environment [default]: RUNS [3], RUNTIME [15] s per fio job, RAMP [3],
 # SIZE [2G] (impact, copyout), HOLD_SNAPS [30], HOLD_SIZE [1G], DEPTHS ["1 16 64"],
 # DEPTH_SIZE [512M], DEPTH_WRITE [2] % per snapshot, REAL_DIR [/usr/share],
-# REAL_SIZE [2G], BENCH_TMP, BENCH_NICE, KEEP, CAIRND, CAIRN (as nbd.sh).
+# REAL_SIZE [2G], WORKLOADS ["randwrite randread"] (impact), BENCH_TMP, BENCH_NICE, KEEP, CAIRND, CAIRN (as nbd.sh).
 # QUICK=1: a smoke run of every section in a few minutes (RUNS=1, small
 # sizes; its numbers are not for the record).
 # Output: scripts/bench/out/snapshot-DATE/ (report.md, TSVs of every run),
@@ -246,7 +246,7 @@ section_impact() {
 	make_image "$WORK/impact.raw" "$SIZE"
 	echo -e "run\trw\tcase\tiops\tp99_us\tmean_us\tprogress_at_end\tload1" >"$OUT/impact.tsv"
 	for ((run = 1; run <= RUNS; run++)); do
-		for rw in randwrite randread; do
+		for rw in ${WORKLOADS:-randwrite randread}; do
 			for kind in no-snapshot fresh-epoch copying; do
 				impact_case "$run" "$rw" "$kind"
 			done
@@ -263,7 +263,7 @@ section_impact() {
 		"$PY" - "$OUT/impact.tsv" <<'PYEOF'
 import csv, statistics as st, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-for rw in ("randwrite", "randread"):
+for rw in [w for w in ("randwrite", "randread") if any(r["rw"] == w for r in rows)]:
     def med(case, col):
         return st.median(float(r[col]) for r in rows if r["rw"] == rw and r["case"] == case)
     b, f, c = med("no-snapshot", "iops"), med("fresh-epoch", "iops"), med("copying", "iops")
