@@ -270,7 +270,7 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 		}
 		n := run - pg + 1
 		buf := (*p)[:int64(n)*journalPage]
-		if err := v.readLive(buf, int64(b)<<v.shift+int64(pg)*journalPage); err != nil {
+		if err := v.readSnapVersion(buf, int64(b)<<v.shift+int64(pg)*journalPage, s.seq()); err != nil {
 			return wrote, 0, fmt.Errorf("%w: %v", errReadLive, err)
 		}
 		off, err := v.jr.append(s.seq(), s.nonce(), b, pg, buf)
@@ -299,8 +299,8 @@ func (v *Volume) journalPages(s *snap, b uint64, first, last uint32) (wrote bool
 // with the pages overwritten since the seal taken from the journal.
 // Caller holds b's stripe lock.
 func (v *Volume) compose(s *snap, b uint64, buf []byte) error {
-	if err := v.readLive(buf, int64(b)<<v.shift); err != nil {
-		return fmt.Errorf("read live image: %w", err)
+	if err := v.readSnapVersion(buf, int64(b)<<v.shift, s.seq()); err != nil {
+		return err
 	}
 	jb := s.jblock(b, false, 0)
 	if jb == nil {

@@ -94,7 +94,8 @@ type journal struct {
 	// (zend 0: none); an append that would overlap it waits on zdone.
 	zstart, zend int64 // guarded by mu
 	zdone        *sync.Cond
-	tail         int64 // where the next record goes (guarded by mu)
+	wdone        *sync.Cond // broadcast when written advances or the journal breaks
+	tail         int64      // where the next record goes (guarded by mu)
 	// Records are written outside mu, at places reserved in file order;
 	// written is the end of the prefix of the file whose records are all
 	// written (or failed, which breaks the journal), and slots the
@@ -148,6 +149,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 	}
 	j := &journal{path: path, f: f, bs: int64(blockSize), max: max}
 	j.zdone = sync.NewCond(&j.mu)
+	j.wdone = sync.NewCond(&j.mu)
 	j.sync = newGroupSync(j.fdatasync)
 	fail := func(err error) (*journal, []journalRec, error) {
 		f.Close()
@@ -379,6 +381,7 @@ func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (i
 		j.written = j.slots[0].end
 		j.slots = j.slots[1:]
 	}
+	j.wdone.Broadcast()
 	if err != nil {
 		return 0, err
 	}
@@ -448,6 +451,7 @@ func (j *journal) wait() error {
 		j.mu.Lock()
 		if j.broken == nil {
 			j.broken = err
+			j.wdone.Broadcast()
 		}
 		j.mu.Unlock()
 		return fmt.Errorf("sync copy-before-write journal %s: %w", j.path, err)
@@ -499,6 +503,69 @@ func (j *journal) readPages(seq, block uint64, r jrecord, buf []byte) error {
 	return nil
 }
 
+// appendRedirect appends a redirect record (the new content of pages
+// first.. of block, written in epoch) and returns once every record
+// before it is written too: recovery reads records up to the first torn
+// one, so a record after one still being written would be lost with it
+// if the process were killed, and the write it holds is answered as soon
+// as this returns. (Not durable before a sync: FLUSH.)
+func (j *journal) appendRedirect(epoch, block uint64, first uint32, data []byte) (int64, error) {
+	off, err := j.append(epoch, rowNonce, block, first, data)
+	if err != nil {
+		return 0, err
+	}
+	end := off + journalPage + int64(len(data))
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.written < end && j.broken == nil {
+		j.wdone.Wait()
+	}
+	if j.written < end {
+		j.live-- // not indexed: the caller fails the write
+		return 0, j.broken
+	}
+	return off, nil
+}
+
+// readRedirected reads page idx of the redirect record at off. The
+// record was written by this process and its place is known from the
+// index, so only the data is read (recovery checked the checksums of
+// records it adopted).
+func (j *journal) readRedirected(off int64, idx uint32, buf []byte) error {
+	if _, err := j.f.ReadAt(buf[:journalPage], off+journalPage+int64(idx)*journalPage); err != nil {
+		return fmt.Errorf("read redirected write from journal %s at %d: %w", j.path, off, err)
+	}
+	return nil
+}
+
+// retire starts the journal over, durably, if its only live records are
+// the n redirect records the caller has merged into the live image (no
+// record is being written: the caller holds writes). Otherwise a
+// copy-before-write record is still to be released and it returns an
+// error to try again later.
+func (j *journal) retire(n int) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.live != int64(n) || len(j.slots) > 0 {
+		return fmt.Errorf("journal %s: %d records live, %d merged redirect records: copy-before-write records still held", j.path, j.live, n)
+	}
+	j.live = 0
+	if err := j.resetLocked(); err != nil {
+		if j.broken == nil {
+			j.broken = err
+			j.wdone.Broadcast()
+		}
+		return err
+	}
+	if errors.Is(j.broken, errJournalClosed) {
+		return nil
+	}
+	// A journal broken by a failed write or sync works again once it
+	// has started over durably: nothing before it is read again.
+	j.broken = nil
+	return nil
+}
+
 // release frees n records; when none is live the journal starts over.
 func (j *journal) release(n int) {
 	if n == 0 {
@@ -510,6 +577,7 @@ func (j *journal) release(n int) {
 	if j.live == 0 {
 		if err := j.resetLocked(); err != nil && j.broken == nil {
 			j.broken = err
+			j.wdone.Broadcast()
 		}
 	}
 }
@@ -546,6 +614,7 @@ func (j *journal) close() error {
 	j.mu.Lock()
 	if j.broken == nil {
 		j.broken = errJournalClosed // stops the grower
+		j.wdone.Broadcast()
 	}
 	j.mu.Unlock()
 	j.grower.Wait()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -48,7 +49,8 @@ func randBlock(r *rand.Rand) []byte {
 }
 
 // journalDisk is a 64-block disk filled with random data whose first
-// snapshot "s1" is copying with its worker held.
+// snapshot "s1" is copying with its worker held; writes take the
+// copy-before-write path.
 func journalDisk(t *testing.T) (*testDisk, []byte, func()) {
 	d := newTestDisk(t, 64*testBS)
 	r := rand.New(rand.NewPCG(1, 2))
@@ -560,11 +562,19 @@ func TestJournalSyncCoversOnlyWrittenPrefix(t *testing.T) {
 // with the copy-out workers racing it, and checks the live disk after
 // every operation and every snapshot every few operations.
 func TestOpStreamOracle(t *testing.T) {
+	for _, redirect := range []bool{false, true} {
+		t.Run(fmt.Sprintf("redirect=%v", redirect), func(t *testing.T) { opStreamOracle(t, redirect) })
+	}
+}
+
+func opStreamOracle(t *testing.T, redirect bool) {
 	n := 3000
 	if testing.Short() {
 		n = 500
 	}
 	d := newTestDisk(t, crashDiskBlocks*testBS)
+	d.redirect = redirect
+	d.reopen()
 	ctx := context.Background()
 	model := &crashModel{live: make([]byte, crashDiskBlocks*testBS), snaps: map[string][]byte{}}
 	seed := uint64(time.Now().UnixNano())

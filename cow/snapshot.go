@@ -152,7 +152,8 @@ type chain struct {
 
 	stripes   [stripeCount]sync.Mutex // per-block copy locks: a block is copied out at most once at a time
 	storeSync *groupSync
-	jr        *journal // copy-before-write journal; nil: old blocks go to the store inside the write
+	jr        *journal   // copy-before-write journal; nil: old blocks go to the store inside the write
+	rd        *redirects // redirected writes in the journal (redirect.go); nil: none (no journal, or Options.Redirect off and none found)
 
 	stopCtx context.Context
 	stop    context.CancelFunc
@@ -324,6 +325,7 @@ func (v *Volume) openChain() error {
 		}
 	}
 	v.mu.Unlock()
+	v.kickRetire()
 	return nil
 }
 
@@ -389,7 +391,25 @@ func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 		}
 	}
 	adopted := 0
+	if v.opts.Redirect {
+		v.rd = newRedirects()
+	}
 	for _, r := range recs {
+		if r.nonce == rowNonce {
+			if v.rd == nil {
+				// Written by a start with redirects on: they are still
+				// the newest content of their pages.
+				v.rd = newRedirects()
+			}
+			v.rd.add(r.block, v.shift, r.first, r.n, r.seq, r.off)
+			adopted++
+			// Written lazily marked: the blocks changed in the epoch
+			// unless an earlier, committed seal took them.
+			if r.seq >= v.epoch && r.block < blocks.Len() {
+				blocks.Set(r.block)
+			}
+			continue
+		}
 		s := bySeq[r.seq]
 		if s == nil || s.nonce() != r.nonce || r.block >= s.pending.Len() || !s.pending.Test(r.block) {
 			continue // stale: stored already, or its snapshot is gone or failed
@@ -405,7 +425,8 @@ func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 		return nil, err
 	}
 	if adopted > 0 {
-		v.log.Info("copy-before-write journal replayed", "live", v.path, "records", adopted)
+		v.log.Info("copy-before-write journal replayed", "live", v.path, "records", adopted,
+			"redirected_pages", v.rd.countOrZero())
 	}
 	v.jr = j
 	return blocks, nil
@@ -714,6 +735,9 @@ func (v *Volume) removeCopying(s *snap) {
 		}
 	}
 	v.copying.Store(&list)
+	if len(list) == 0 {
+		v.kickRetire()
+	}
 }
 
 // find returns the snapshot named name. Takes mu.

@@ -49,6 +49,13 @@ type Options struct {
 	// worker may run while the disk has guest I/O (in the last
 	// busyWindow); when idle it runs flat out. 0 means DefaultCopyOutShare.
 	CopyOutShare float64
+	// Redirect turns redirect-on-write on (redirect.go): a write to a
+	// block a copying snapshot still needs goes to the journal instead of
+	// over the live image. Off, such a write saves the old pages to the
+	// journal, waits for them to be durable and overwrites the image
+	// (copy-before-write). Redirected writes found at start are honoured
+	// either way.
+	Redirect bool
 	// OnWrite, if set, is called after every completed write, trim or zero
 	// with the request's context and range, after the write gate is
 	// released and before the write returns (the FUSE view uses it to drop
@@ -176,9 +183,23 @@ func (v *Volume) Size() int64 {
 	return v.size
 }
 
-// ReadAt reads the live image.
+// ReadAt reads the live disk: the live image, and redirected writes.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	v.touch()
+	if v.rd != nil && v.rd.count.Load() > 0 {
+		// Held across the image read: a retire merging a page between
+		// the two reads must not leave the older content in p.
+		v.rd.mu.RLock()
+		defer v.rd.mu.RUnlock()
+		if err := v.readImage(p, off); err != nil {
+			return err
+		}
+		return v.readOverlay(p, off)
+	}
+	return v.readImage(p, off)
+}
+
+func (v *Volume) readImage(p []byte, off int64) error {
 	n, err := v.f.ReadAt(p, off)
 	if err == io.EOF && n == len(p) {
 		err = nil
@@ -302,12 +323,12 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return nbd.ErrReadOnly
 	}
 	v.touch()
-	t := v.beginWrite(ctx, off, int64(len(p)))
-	if h := testWriteHook.Load(); h != nil {
-		(*h)(off)
-	}
-	_, err := v.f.WriteAt(p, off)
-	v.endWrite(t)
+	err := v.splitWrite(off, int64(len(p)), func(o, n int64, redirect bool) error {
+		if redirect {
+			return v.writeRedirected(ctx, p[o-off:o-off+n], o, n)
+		}
+		return v.writeInPlace(ctx, p[o-off:o-off+n], o, n)
+	})
 	v.afterWrite(ctx, off, int64(len(p)))
 	if err != nil {
 		return mapErr(err)
@@ -321,6 +342,11 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 func (v *Volume) sync() error {
 	if err := v.liveSync.Wait(); err != nil {
 		return mapErr(fmt.Errorf("fdatasync live image: %w", err))
+	}
+	if v.rd != nil && v.rd.count.Load() > 0 {
+		if err := v.jr.waitAll(); err != nil {
+			return mapErr(fmt.Errorf("sync redirected writes: %w", err))
+		}
 	}
 	return nil
 }
@@ -354,9 +380,15 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 		return nil
 	}
 	v.touch()
-	t := v.beginWrite(ctx, off, length)
-	err := v.zero(off, length, flags)
-	v.endWrite(t)
+	err := v.splitWrite(off, length, func(o, n int64, redirect bool) error {
+		if redirect {
+			return v.writeRedirected(ctx, nil, o, n)
+		}
+		t := v.beginWrite(ctx, o, n)
+		err := v.zero(o, n, flags)
+		v.endWrite(t)
+		return err
+	})
 	v.afterWrite(ctx, off, length)
 	if err != nil {
 		return err
@@ -412,7 +444,11 @@ func (v *Volume) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, 
 	if v.isDevice {
 		return []nbd.Extent{{Length: length}}, nil
 	}
-	return fileExtents(int(v.f.Fd()), off, length, v.Size())
+	ext, err := fileExtents(int(v.f.Fd()), off, length, v.Size())
+	if err != nil {
+		return nil, err
+	}
+	return v.overlayExtents(ext, off, length), nil
 }
 
 // fileExtents walks SEEK_DATA/SEEK_HOLE over [off, off+length).
@@ -480,7 +516,19 @@ func (v *Volume) DirtyBlocks() []uint64 {
 // flushes the live image and closes it.
 func (v *Volume) Close() error {
 	v.stopWorkers()
-	err := v.flushTrackers()
+	var err error
+	if v.rd != nil {
+		v.rd.retirer.Wait()
+		if !v.readOnly && v.rd.count.Load() > 0 {
+			// Nothing copying: merge now rather than at the next start.
+			if rerr := v.retire(context.Background(), false); rerr != nil && !errors.Is(rerr, errStillCopying) {
+				v.log.Warn("redirected writes stay in the journal until the next start", "live", v.path, "err", rerr)
+			}
+		}
+	}
+	if ferr := v.flushTrackers(); err == nil {
+		err = ferr
+	}
 	if !v.readOnly {
 		if serr := v.sync(); err == nil {
 			err = serr
@@ -512,6 +560,9 @@ func mapErr(err error) error {
 // frontend may splice from it without a copy (fusefs.Backed). The
 // descriptor stays valid until Close.
 func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
+	if v.overlaps(off, length) {
+		return 0, 0, false // redirected writes are not in the image
+	}
 	return v.f.Fd(), off, true
 }
 
@@ -519,7 +570,7 @@ func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
 // (preadv2 with RWF_NOWAIT), so the NBD server can answer cached small
 // reads without handing them to a worker (nbd.TryReader).
 func (v *Volume) TryReadAt(p []byte, off int64) bool {
-	if len(p) == 0 {
+	if len(p) == 0 || v.overlaps(off, int64(len(p))) {
 		return false
 	}
 	iov := unix.Iovec{Base: &p[0]}

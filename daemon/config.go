@@ -62,6 +62,11 @@ type Config struct {
 	// while its disk has guest I/O (default 0.1; 1 = flat out always).
 	// Idle disks copy out at full speed.
 	CopyOutShare float64 `toml:"copy_out_share"`
+	// RedirectOnWrite sends guest writes to blocks a copying snapshot
+	// still needs to the journal instead of over the live image
+	// (docs/design.md, "Redirect-on-write"): no sync per first write, at
+	// the cost of journal space. Off by default: see the limitation there.
+	RedirectOnWrite bool `toml:"redirect_on_write"`
 
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger `toml:"-"`

@@ -87,6 +87,7 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
 		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
 		share      = fs.Float64("copy-out-share", 0, "share of time snapshot copy-out may run while the disk is busy, 0.01-1 (default 0.1)")
+		redirect   = fs.Bool("redirect-on-write", false, "while a snapshot copies out, redirect writes to blocks it still needs into the journal (docs/design.md)")
 		fuse       = fs.Bool("fuse", true, "mount disks and snapshots as files on --fuse-dir (docs/fuse.md)")
 		fuseDir    = fs.String("fuse-dir", "", "where the FUSE view is mounted (default $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse)")
 	)
@@ -136,6 +137,8 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 			cfg.StoreReserve = *reserve
 		case "copy-out-share":
 			cfg.CopyOutShare = *share
+		case "redirect-on-write":
+			cfg.RedirectOnWrite = *redirect
 		}
 	})
 	if cfg.FUSE == nil {

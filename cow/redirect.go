@@ -1,0 +1,625 @@
+package cow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cairn-storage/cairn/nbd"
+)
+
+// Redirect-on-write (docs/design.md, "Redirect-on-write while copying").
+//
+// While a snapshot copies out, a guest write to a block it still needs
+// does not overwrite the live image: its pages go to the journal as a
+// redirect record (the new content, tagged with the write's epoch), and
+// an index in memory says where each redirected page's versions are. The
+// image keeps the content the copy-out reads, so the write saves nothing
+// first and waits for no sync; a FLUSH (or FUA, or a seal) makes the
+// records durable with the live image. A record proves its write after a
+// crash (recovery rebuilds the index from the journal), so such writes
+// mark the change tracker lazily.
+//
+// Versions: snapshot s's version of a redirected page is its newest
+// version of an epoch before s (written before s was sealed), else the
+// live image's; the live version is the newest. Once a block has a
+// redirected page every write to the block is redirected (a direct write
+// would hide under the index) until the journal is retired: when nothing
+// copies, the newest version of every page is merged into the live
+// image, the image is synced, and the journal starts over (its records
+// are then never read again). The last merge round runs with writes held,
+// briefly.
+//
+// A block is redirected only while the journal is less than half full;
+// beyond that, writes to blocks not redirected yet take the
+// copy-before-write path. A write to a redirected block when the journal
+// is full waits for space (the copy-out runs flat out then) for
+// journalFullWait, then fails the copying snapshots (see writeRedirected):
+// rewrites of redirected pages append, so a hot page rewritten often
+// during a long copy-out fills the journal. That is why redirect-on-write
+// is not the default (Options.Redirect).
+
+// journalFullWait bounds how long a write to a redirected block waits for
+// room in a full journal (the copy-out runs flat out then and frees
+// copy-before-write records) before the copying snapshots are failed so
+// that guest writes go on.
+const journalFullWait = 2 * time.Second
+
+// rowNonce is the nonce of redirect records (a snapshot's nonce is its
+// creation time in nanoseconds, never 1).
+const rowNonce = 1
+
+// rver is one version of a redirected page: page idx of the record at off
+// (its data at off+journalPage+idx*journalPage), written in epoch.
+type rver struct {
+	epoch  uint64
+	off    int64
+	idx    uint32
+	merged bool // the live image holds it (a merge round wrote it)
+}
+
+// redirects indexes the redirected pages of a volume.
+type redirects struct {
+	// mu guards pages, blocks and records. Readers of the journal hold it
+	// shared while they read a record, so the journal cannot start over
+	// under them (retire takes it exclusively).
+	mu      sync.RWMutex
+	pages   map[uint64][]rver // page number (offset / journalPage) → versions, oldest first, one per epoch
+	blocks  map[uint64]int    // block → how many of its pages are redirected
+	records int               // journal records that hold versions
+	count   atomic.Int64      // len(pages): 0 lets the read path skip the index
+
+	retiring atomic.Bool
+	retirer  sync.WaitGroup
+}
+
+func newRedirects() *redirects {
+	return &redirects{pages: map[uint64][]rver{}, blocks: map[uint64]int{}}
+}
+
+// add indexes a record of epoch at off holding pages first..first+n-1 of
+// block b. Caller holds b's stripe lock (so versions of a page are added
+// in write order).
+func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64, off int64) {
+	base := uint64(b) << shift / journalPage
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range n {
+		pg := base + uint64(first+i)
+		vs, ok := r.pages[pg]
+		nv := rver{epoch: epoch, off: off, idx: i}
+		if ok && vs[len(vs)-1].epoch == epoch {
+			vs[len(vs)-1] = nv // the older version of this epoch is no one's
+		} else {
+			vs = append(vs, nv)
+		}
+		r.pages[pg] = vs
+		if !ok {
+			r.blocks[b]++
+		}
+	}
+	r.records++
+	r.count.Store(int64(len(r.pages)))
+}
+
+// hasBlock reports whether block b has a redirected page.
+func (r *redirects) hasBlock(b uint64) bool {
+	if r.count.Load() == 0 {
+		return false
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.blocks[b] > 0
+}
+
+// version returns page pg's newest version of an epoch before seq
+// (seq = MaxUint64: the live version). Caller holds mu (either side).
+func (r *redirects) version(pg, seq uint64) (rver, bool) {
+	vs := r.pages[pg]
+	for i := len(vs) - 1; i >= 0; i-- {
+		if vs[i].epoch < seq {
+			return vs[i], true
+		}
+	}
+	return rver{}, false
+}
+
+const liveSeq = ^uint64(0)
+
+// readVersion overlays on buf (the live image's content at off, a whole
+// number of pages, page-aligned) the versions of snapshot seq (liveSeq:
+// the live disk) of the redirected pages in it. Caller holds r.mu shared.
+func (v *Volume) readVersion(buf []byte, off int64, seq uint64) error {
+	for p := int64(0); p < int64(len(buf)); p += journalPage {
+		rv, ok := v.rd.version(uint64(off+p)/journalPage, seq)
+		if !ok {
+			continue
+		}
+		if err := v.jr.readRedirected(rv.off, rv.idx, buf[p:p+journalPage]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readOverlay fixes up p, just read from the live image at off, with the
+// live versions of redirected pages. Caller holds v.rd.mu shared.
+func (v *Volume) readOverlay(p []byte, off int64) error {
+	end := off + int64(len(p))
+	var page [journalPage]byte
+	for pg := off / journalPage; pg*journalPage < end; pg++ {
+		rv, ok := v.rd.version(uint64(pg), liveSeq)
+		if !ok {
+			continue
+		}
+		ps := pg * journalPage
+		lo, hi := max(off, ps), min(end, ps+journalPage)
+		if lo == ps && hi == ps+journalPage {
+			if err := v.jr.readRedirected(rv.off, rv.idx, p[lo-off:hi-off]); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := v.jr.readRedirected(rv.off, rv.idx, page[:]); err != nil {
+			return err
+		}
+		copy(p[lo-off:hi-off], page[lo-ps:hi-ps])
+	}
+	return nil
+}
+
+// overlaps reports whether [off, off+length) touches a redirected block.
+func (v *Volume) overlaps(off, length int64) bool {
+	if v.rd == nil || v.rd.count.Load() == 0 {
+		return false
+	}
+	for b := uint64(off >> v.shift); int64(b)<<v.shift < off+max(length, 1); b++ {
+		if v.rd.hasBlock(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// pendingAny reports whether block b is pending for a copying snapshot.
+func (v *Volume) pendingAny(b uint64) bool {
+	list := v.copying.Load()
+	if list == nil {
+		return false
+	}
+	for _, s := range *list {
+		if b < s.pending.Len() && s.pending.Test(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// redirectBlock reports whether a write to block b goes to the journal:
+// b has redirected pages, or it is pending and the journal has room.
+func (v *Volume) redirectBlock(b uint64) bool {
+	if v.rd.hasBlock(b) {
+		return true
+	}
+	return v.pendingAny(b) && v.jr.used() < v.jr.max/2
+}
+
+// splitWrite calls fn for the runs of [off, off+length) that are
+// redirected or written in place, in order; without redirects in play,
+// once for the whole range.
+func (v *Volume) splitWrite(off, length int64, fn func(off, length int64, redirect bool) error) error {
+	if v.rd == nil || length <= 0 {
+		return fn(off, length, false)
+	}
+	if list := v.copying.Load(); v.rd.count.Load() == 0 && (list == nil || len(*list) == 0) {
+		return fn(off, length, false)
+	}
+	end := off + length
+	for off < end {
+		b := uint64(off >> v.shift)
+		red := v.redirectBlock(b)
+		runEnd := min(end, int64(b+1)<<v.shift)
+		for runEnd < end {
+			nb := uint64(runEnd >> v.shift)
+			if v.redirectBlock(nb) != red {
+				break
+			}
+			runEnd = min(end, int64(nb+1)<<v.shift)
+		}
+		if err := fn(off, runEnd-off, red); err != nil {
+			return err
+		}
+		off = runEnd
+	}
+	return nil
+}
+
+// writeRedirected writes p (nil: zeros) of length bytes at off to the
+// journal as redirect records, in the current epoch. A full journal makes
+// it wait for room, at most journalFullWait; after that, or at once if
+// the journal is broken, every copying snapshot fails and the journal
+// retires, and the write goes to the live image (guest writes go on,
+// DESIGN.md invariant 5).
+func (v *Volume) writeRedirected(ctx context.Context, p []byte, off, length int64) (err error) {
+	first := uint64(off >> v.shift)
+	last := uint64((off + length - 1) >> v.shift)
+	var waited time.Duration
+	for wait := time.Millisecond; ; {
+		shape := v.shape.Load()
+		t := v.track.Load()
+		// The records prove the write after a crash (replayJournal marks
+		// their blocks), and retire flushes the tracker before they go.
+		v.trackErr(t.markLazy(first, last))
+		v.gate.RLock()
+		t.enter()
+		if v.shape.Load() != shape {
+			t.exit()
+			v.gate.RUnlock()
+			continue
+		}
+		err = v.redirectRange(t.epoch, p, off, length)
+		t.exit()
+		v.gate.RUnlock()
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, errJournalFull) && waited < journalFullWait:
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("write at %d: waiting for room in the copy-before-write journal: %w", off, ctx.Err())
+			case <-time.After(wait):
+			}
+			waited += wait
+			wait = min(2*wait, 100*time.Millisecond)
+		default:
+			v.log.Error("redirected write failed; failing the copying snapshots to write in place", "live", v.path, "err", err)
+			if rerr := v.abandonRedirects(err); rerr != nil {
+				return fmt.Errorf("write at %d: %v; and the redirected writes could not be merged into the live image: %w", off, err, rerr)
+			}
+			return v.writeInPlace(ctx, p, off, length)
+		}
+	}
+}
+
+// redirectRange appends the records of [off, off+length) (one per block),
+// reading the rest of partly written pages from their live version.
+// Caller holds the gate shared.
+func (v *Volume) redirectRange(epoch uint64, p []byte, off, length int64) error {
+	end := off + length
+	bp := v.getBlock()
+	defer putBlock(bp)
+	for pos := off; pos < end; {
+		b := uint64(pos >> v.shift)
+		bstart := int64(b) << v.shift
+		wend := min(end, bstart+v.blockSize)
+		first := uint32((pos - bstart) / journalPage)
+		lastPg := uint32((wend - 1 - bstart) / journalPage)
+		n := lastPg - first + 1
+		rstart := bstart + int64(first)*journalPage
+		buf := (*bp)[:int64(n)*journalPage]
+		mu := &v.stripes[b%stripeCount]
+		mu.Lock()
+		err := func() error {
+			if pos != rstart {
+				if err := v.livePage(buf[:journalPage], rstart); err != nil {
+					return err
+				}
+			}
+			if rend := rstart + int64(n)*journalPage; wend != rend && (n > 1 || pos == rstart) {
+				if err := v.livePage(buf[len(buf)-journalPage:], rend-journalPage); err != nil {
+					return err
+				}
+			}
+			if p != nil {
+				copy(buf[pos-rstart:], p[pos-off:wend-off])
+			} else {
+				clear(buf[pos-rstart : wend-rstart])
+			}
+			roff, err := v.jr.appendRedirect(epoch, b, first, buf)
+			if err != nil {
+				return err
+			}
+			v.rd.add(b, v.shift, first, n, epoch, roff)
+			return nil
+		}()
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+		pos = wend
+	}
+	return nil
+}
+
+// readSnapVersion reads snapshot seq's version of the pages at off (a
+// whole number, page-aligned) from the live image and redirected writes
+// (not from the copy-before-write journal).
+func (v *Volume) readSnapVersion(buf []byte, off int64, seq uint64) error {
+	if err := v.readLive(buf, off); err != nil {
+		return fmt.Errorf("read live image: %w", err)
+	}
+	if v.rd == nil || v.rd.count.Load() == 0 {
+		return nil
+	}
+	v.rd.mu.RLock()
+	defer v.rd.mu.RUnlock()
+	return v.readVersion(buf, off, seq)
+}
+
+func (r *redirects) countOrZero() int64 {
+	if r == nil {
+		return 0
+	}
+	return r.count.Load()
+}
+
+// livePage reads the live version of the page at off.
+func (v *Volume) livePage(buf []byte, off int64) error {
+	return v.readSnapVersion(buf, off, liveSeq)
+}
+
+// abandonRedirects fails every copying snapshot (the journal cannot take
+// their writes: cause) and retires the journal, so writes go to the live
+// image again.
+func (v *Volume) abandonRedirects(cause error) error {
+	list := v.copying.Load()
+	if list != nil {
+		for _, s := range *list {
+			v.failSnapshot(s, fmt.Errorf("the copy-before-write journal failed: %w", cause))
+		}
+	}
+	return v.retire(context.Background(), true)
+}
+
+// kickRetire starts retiring the journal's redirect records in the
+// background if there are any and nothing copies.
+func (v *Volume) kickRetire() {
+	if v.rd == nil || v.rd.count.Load() == 0 {
+		return
+	}
+	if list := v.copying.Load(); list != nil && len(*list) > 0 {
+		return
+	}
+	if !v.rd.retiring.CompareAndSwap(false, true) {
+		return
+	}
+	v.rd.retirer.Add(1)
+	go func() {
+		defer v.rd.retirer.Done()
+		defer v.rd.retiring.Store(false)
+		for attempt := 0; v.stopCtx.Err() == nil; attempt++ {
+			err := v.retire(v.stopCtx, false)
+			if err == nil || errors.Is(err, errStillCopying) {
+				return
+			}
+			if attempt%50 == 0 {
+				v.log.Warn("could not merge redirected writes into the live image; retrying", "live", v.path, "err", err)
+			}
+			select {
+			case <-v.stopCtx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+var errStillCopying = errors.New("a snapshot is copying")
+
+// retire merges the newest version of every redirected page into the
+// live image, syncs it, and starts the journal over. Rounds run while
+// writes go on; the last holds them (the gate), so no write lands in a
+// merged page between the last round and the journal starting over. With
+// force it merges even while snapshots copy (abandonRedirects has failed
+// them; Flatten drops them).
+func (v *Volume) retire(ctx context.Context, force bool) error {
+	copying := func() bool {
+		list := v.copying.Load()
+		return !force && list != nil && len(*list) > 0
+	}
+	for round := 0; round < 8; round++ {
+		if copying() {
+			return errStillCopying
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		todo := v.unmerged()
+		if len(todo) <= 256 {
+			break
+		}
+		if err := v.mergePages(todo, force); err != nil {
+			return err
+		}
+	}
+	v.gate.Lock()
+	defer v.gate.Unlock()
+	if copying() {
+		return errStillCopying
+	}
+	// Every page, even of a block a snapshot sealed meanwhile has
+	// pending (a seal does not take the gate): with writes held, the
+	// newest version of a page is that snapshot's version too.
+	if err := v.mergePages(v.unmerged(), true); err != nil {
+		return err
+	}
+	if err := v.liveSync.Wait(); err != nil {
+		return fmt.Errorf("fdatasync live image: %w", err)
+	}
+	// The records stop proving their writes: the tracker must.
+	if err := v.flushTrackers(); err != nil {
+		v.trackErr(err)
+	}
+	v.rd.mu.Lock()
+	defer v.rd.mu.Unlock()
+	if err := v.jr.retire(v.rd.records); err != nil {
+		return err
+	}
+	v.rd.pages, v.rd.blocks, v.rd.records = map[uint64][]rver{}, map[uint64]int{}, 0
+	v.rd.count.Store(0)
+	return nil
+}
+
+// unmerged lists the pages whose live version is not in the live image.
+func (v *Volume) unmerged() []uint64 {
+	v.rd.mu.RLock()
+	defer v.rd.mu.RUnlock()
+	var out []uint64
+	for pg, vs := range v.rd.pages {
+		if !vs[len(vs)-1].merged {
+			out = append(out, pg)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// mergePages writes the live version of each page into the live image.
+// A page of a block still pending for a copying snapshot is skipped (the
+// snapshot reads the image) unless every copying snapshot is being
+// dropped (force).
+func (v *Volume) mergePages(pages []uint64, force bool) error {
+	var buf [journalPage]byte
+	for _, pg := range pages {
+		off := int64(pg) * journalPage
+		b := uint64(off >> v.shift)
+		mu := &v.stripes[b%stripeCount]
+		mu.Lock()
+		err := func() error {
+			if !force && v.pendingAny(b) {
+				return nil // the copying snapshot reads the live image
+			}
+			v.rd.mu.RLock()
+			vs := v.rd.pages[pg]
+			var rv rver
+			if len(vs) > 0 {
+				rv = vs[len(vs)-1]
+			}
+			var err error
+			if len(vs) > 0 && !rv.merged {
+				err = v.jr.readRedirected(rv.off, rv.idx, buf[:])
+			}
+			v.rd.mu.RUnlock()
+			if len(vs) == 0 || rv.merged || err != nil {
+				return err
+			}
+			if _, err := v.f.WriteAt(buf[:], off); err != nil {
+				return fmt.Errorf("merge redirected write into live image at %d: %w", off, err)
+			}
+			v.rd.mu.Lock()
+			if vs := v.rd.pages[pg]; len(vs) > 0 && vs[len(vs)-1] == rv {
+				vs[len(vs)-1].merged = true
+			}
+			v.rd.mu.Unlock()
+			return nil
+		}()
+		mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Flatten merges every redirected write into the live image and starts
+// the journal over, even while snapshots copy: for a disk being deleted
+// whose live image stays (adopted), so the file holds everything written.
+// Copy-out workers are stopped; the volume must be closed afterwards.
+func (v *Volume) Flatten() error {
+	if v.rd == nil || v.readOnly {
+		return nil
+	}
+	v.stopWorkers()
+	if v.rd.count.Load() == 0 {
+		return nil
+	}
+	return v.retire(context.Background(), true)
+}
+
+// writeInPlace is a write to the live image (copying out first what a
+// snapshot still needs).
+func (v *Volume) writeInPlace(ctx context.Context, p []byte, off, length int64) error {
+	t := v.beginWrite(ctx, off, length)
+	if h := testWriteHook.Load(); h != nil {
+		(*h)(off)
+	}
+	var err error
+	if p != nil {
+		_, err = v.f.WriteAt(p, off)
+	} else {
+		err = v.writeZeros(off, length)
+	}
+	v.endWrite(t)
+	return err
+}
+
+// overlayExtents marks as data the redirected pages in the extents ext
+// of [off, off+length).
+func (v *Volume) overlayExtents(ext []nbd.Extent, off, length int64) []nbd.Extent {
+	if v.rd == nil || v.rd.count.Load() == 0 {
+		return ext
+	}
+	v.rd.mu.RLock()
+	var data []int64 // page offsets in range
+	end := off + length
+	if n := (end - off) / journalPage; n < int64(len(v.rd.pages)) {
+		for pg := off / journalPage; pg*journalPage < end; pg++ {
+			if _, ok := v.rd.pages[uint64(pg)]; ok {
+				data = append(data, pg*journalPage)
+			}
+		}
+	} else {
+		for pg := range v.rd.pages {
+			if o := int64(pg) * journalPage; o+journalPage > off && o < end {
+				data = append(data, o)
+			}
+		}
+		slices.Sort(data)
+	}
+	v.rd.mu.RUnlock()
+	if len(data) == 0 {
+		return ext
+	}
+	// Rebuild the extents with the data ranges forced.
+	var out []nbd.Extent
+	push := func(l int64, flags uint32) {
+		if l <= 0 {
+			return
+		}
+		if n := len(out); n > 0 && out[n-1].Flags == flags {
+			out[n-1].Length += l
+			return
+		}
+		out = append(out, nbd.Extent{Length: l, Flags: flags})
+	}
+	pos, di := off, 0
+	for _, e := range ext {
+		eend := pos + e.Length
+		for pos < eend {
+			for di < len(data) && data[di]+journalPage <= pos {
+				di++
+			}
+			if e.Flags == 0 {
+				push(eend-pos, 0)
+				pos = eend
+				break
+			}
+			if di < len(data) && data[di] <= pos {
+				n := min(eend, data[di]+journalPage) - pos
+				push(n, 0)
+				pos += n
+				continue
+			}
+			next := eend
+			if di < len(data) {
+				next = min(next, data[di])
+			}
+			push(next-pos, e.Flags)
+			pos = next
+		}
+	}
+	return out
+}
