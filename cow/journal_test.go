@@ -52,8 +52,18 @@ func randBlock(r *rand.Rand) []byte {
 // snapshot "s1" is copying with its worker held; writes take the
 // copy-before-write path.
 func journalDisk(t *testing.T) (*testDisk, []byte, func()) {
+	return copyingDisk(t, false, 1)
+}
+
+// copyingDisk is journalDisk with Options.Redirect as given and the random
+// data from seed.
+func copyingDisk(t *testing.T, redirect bool, seed uint64) (*testDisk, []byte, func()) {
 	d := newTestDisk(t, 64*testBS)
-	r := rand.New(rand.NewPCG(1, 2))
+	if redirect {
+		d.redirect = true
+		d.reopen()
+	}
+	r := rand.New(rand.NewPCG(seed, seed+1))
 	img := make([]byte, 0, 64*testBS)
 	for range 64 {
 		img = append(img, randBlock(r)...)

@@ -15,20 +15,7 @@ import (
 // redirectDisk is a 64-block disk of random data whose first snapshot
 // "s1" is copying with its worker held; writes take the redirect path.
 func redirectDisk(t *testing.T) (*testDisk, []byte, func()) {
-	d := newTestDisk(t, 64*testBS)
-	d.redirect = true
-	d.reopen()
-	r := rand.New(rand.NewPCG(5, 6))
-	img := make([]byte, 0, 64*testBS)
-	for range 64 {
-		img = append(img, randBlock(r)...)
-	}
-	if err := d.v.WriteAt(context.Background(), img, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	release := holdCopyOut(t)
-	d.snapshot("s1")
-	return d, img, release
+	return copyingDisk(t, true, 5)
 }
 
 // imageFile reads the live image file itself, under the volume.

@@ -4,7 +4,8 @@
 # with start_* are recorded in SERVER_PIDS and stopped by bench_cleanup,
 # which bench_setup installs as the EXIT trap.
 
-# CAIRND and CAIRN: the binaries under test (make bench builds them).
+# CAIRND and CAIRN: the binaries under test (make bench builds them);
+# CAIRND_FLAGS: extra cairnd flags (e.g. --redirect-on-write).
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 CAIRND=${CAIRND:-$ROOT/bin/cairnd}
 CAIRN=${CAIRN:-$ROOT/bin/cairn}
@@ -191,7 +192,7 @@ start_cairnd_daemon() {
 	[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || die "$CAIRND or $CAIRN is missing: run 'make build'"
 	mkdir -p "$data"
 	"$CAIRND" --data-dir "$data" --api-socket "$data/cairn.sock" --nbd-socket "$WORK/cairnd-nbd.sock" \
-		--log-level warn "$@" >"$WORK/cairnd.log" 2>&1 &
+		--log-level warn ${CAIRND_FLAGS:-} "$@" >"$WORK/cairnd.log" 2>&1 &
 	SERVER_PIDS[cairnd]=$!
 	for ((i = 0; i < 300; i++)); do
 		[ -S "$data/cairn.sock" ] && cairnc info >/dev/null 2>&1 && return 0
