@@ -185,37 +185,31 @@ func (v *Volume) overlaps(off, length int64) bool {
 	return false
 }
 
-// pendingAny reports whether block b is pending for a copying snapshot.
-func (v *Volume) pendingAny(b uint64) bool {
-	list := v.copying.Load()
-	if list == nil {
-		return false
-	}
-	for _, s := range *list {
-		if b < s.pending.Len() && s.pending.Test(b) {
-			return true
-		}
-	}
-	return false
-}
-
 // redirectBlock reports whether a write to block b goes to the journal:
 // b has redirected pages, or it is pending and the journal has room.
 func (v *Volume) redirectBlock(b uint64) bool {
 	if v.rd.hasBlock(b) {
 		return true
 	}
-	return v.pendingAny(b) && v.jr.used() < v.jr.max/2
+	return v.allPending(b, b) && v.jr.used() < v.jr.max/2
+}
+
+// redirecting reports whether a write may be redirected: redirects are
+// on and something copies or pages are redirected. Otherwise the write
+// paths skip splitWrite (and its closure) altogether.
+func (v *Volume) redirecting() bool {
+	if v.rd == nil {
+		return false
+	}
+	list := v.copying.Load()
+	return v.rd.count.Load() > 0 || (list != nil && len(*list) > 0)
 }
 
 // splitWrite calls fn for the runs of [off, off+length) that are
 // redirected or written in place, in order; without redirects in play,
 // once for the whole range.
 func (v *Volume) splitWrite(off, length int64, fn func(off, length int64, redirect bool) error) error {
-	if v.rd == nil || length <= 0 {
-		return fn(off, length, false)
-	}
-	if list := v.copying.Load(); v.rd.count.Load() == 0 && (list == nil || len(*list) == 0) {
+	if !v.redirecting() || length <= 0 {
 		return fn(off, length, false)
 	}
 	end := off + length
@@ -489,7 +483,7 @@ func (v *Volume) mergePages(pages []uint64, force bool) error {
 		mu := &v.stripes[b%stripeCount]
 		mu.Lock()
 		err := func() error {
-			if !force && v.pendingAny(b) {
+			if !force && v.allPending(b, b) {
 				return nil // the copying snapshot reads the live image
 			}
 			v.rd.mu.RLock()

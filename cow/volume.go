@@ -323,12 +323,17 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 		return nbd.ErrReadOnly
 	}
 	v.touch()
-	err := v.splitWrite(off, int64(len(p)), func(o, n int64, redirect bool) error {
-		if redirect {
-			return v.writeRedirected(ctx, p[o-off:o-off+n], o, n)
-		}
-		return v.writeInPlace(ctx, p[o-off:o-off+n], o, n)
-	})
+	var err error
+	if v.redirecting() {
+		err = v.splitWrite(off, int64(len(p)), func(o, n int64, redirect bool) error {
+			if redirect {
+				return v.writeRedirected(ctx, p[o-off:o-off+n], o, n)
+			}
+			return v.writeInPlace(ctx, p[o-off:o-off+n], o, n)
+		})
+	} else {
+		err = v.writeInPlace(ctx, p, off, int64(len(p)))
+	}
 	v.afterWrite(ctx, off, int64(len(p)))
 	if err != nil {
 		return mapErr(err)
