@@ -80,24 +80,38 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 		counted: make(map[[32]byte]uint64),
 		inScope: make(map[[32]byte]struct{}),
 	}
-	for _, pass := range []func(context.Context, *verifyState) error{
-		s.verifyListChunks, s.verifyRefs, s.verifyEntries, s.verifyIndex,
-	} {
-		if err := pass(ctx, v); err != nil {
-			return v.report, s.wrapErr("verify", err)
+	// Every pass reads the same read transaction, one consistent view of
+	// the store: a copy-out that stores chunks and entries while verify
+	// runs is either all seen or not at all (read separately, an entry
+	// stored after the chunk pass looked like a missing chunk).
+	err := s.db.View(func(txn *badger.Txn) error {
+		for _, pass := range []func(context.Context, *badger.Txn, *verifyState) error{
+			s.verifyListChunks, s.verifyRefs, s.verifyEntries, s.verifyIndex,
+		} {
+			if err := pass(ctx, txn, v); err != nil {
+				return err
+			}
+			if h := testVerifyPassHook; h != nil {
+				h()
+			}
 		}
-	}
-	v.checkCounts()
-	if err := s.verifyContent(ctx, v, progress); err != nil {
+		v.checkCounts()
+		return s.verifyContent(ctx, txn, v, progress)
+	})
+	if err != nil {
 		return v.report, s.wrapErr("verify", err)
 	}
 	v.report.Faults = v.faults.report()
 	return v.report, nil
 }
 
+// testVerifyPassHook, set only by tests, runs after each of verify's
+// passes over the keys.
+var testVerifyPassHook func()
+
 // verifyListChunks notes which chunks are stored (keys only).
-func (s *Store) verifyListChunks(ctx context.Context, v *verifyState) error {
-	return s.scanKeys(ctx, []byte{prefixChunk}, false, func(item *badger.Item) error {
+func (s *Store) verifyListChunks(ctx context.Context, txn *badger.Txn, v *verifyState) error {
+	return scanKeys(ctx, txn, []byte{prefixChunk}, false, func(item *badger.Item) error {
 		if h, ok := hashFromKey(item.Key()); ok {
 			v.stored[h] = true
 		}
@@ -105,8 +119,8 @@ func (s *Store) verifyListChunks(ctx context.Context, v *verifyState) error {
 	})
 }
 
-func (s *Store) verifyRefs(ctx context.Context, v *verifyState) error {
-	return s.scanKeys(ctx, []byte{prefixRef}, true, func(item *badger.Item) error {
+func (s *Store) verifyRefs(ctx context.Context, txn *badger.Txn, v *verifyState) error {
+	return scanKeys(ctx, txn, []byte{prefixRef}, true, func(item *badger.Item) error {
 		h, _ := hashFromKey(item.Key())
 		return item.Value(func(val []byte) error {
 			ref, err := parseChunkRef(val)
@@ -122,8 +136,8 @@ func (s *Store) verifyRefs(ctx context.Context, v *verifyState) error {
 
 // verifyEntries counts references over every disk's entries and checks
 // that the chunks the checked entries name are stored.
-func (s *Store) verifyEntries(ctx context.Context, v *verifyState) error {
-	return s.scanKeys(ctx, []byte{prefixEntry}, false, func(item *badger.Item) error {
+func (s *Store) verifyEntries(ctx context.Context, txn *badger.Txn, v *verifyState) error {
+	return scanKeys(ctx, txn, []byte{prefixEntry}, false, func(item *badger.Item) error {
 		d, b, sq, ok := parseEntryKey(item.Key())
 		if !ok {
 			v.faults.add(faultEntry, "malformed entry key %x", item.Key())
@@ -169,7 +183,7 @@ func (v *verifyState) checkEntry(d, b, sq uint64, zero bool, h [32]byte) {
 // verifyIndex checks that every entry has its sequence-index key and no
 // index key lacks its entry: counted per disk, then, for a disk whose
 // counts differ, key by key.
-func (s *Store) verifyIndex(ctx context.Context, v *verifyState) error {
+func (s *Store) verifyIndex(ctx context.Context, txn *badger.Txn, v *verifyState) error {
 	entries := make(map[uint64]uint64)
 	index := make(map[uint64]uint64)
 	count := func(into map[uint64]uint64) func(*badger.Item) error {
@@ -180,15 +194,15 @@ func (s *Store) verifyIndex(ctx context.Context, v *verifyState) error {
 			return nil
 		}
 	}
-	if err := s.scanKeys(ctx, []byte{prefixEntry}, false, count(entries)); err != nil {
+	if err := scanKeys(ctx, txn, []byte{prefixEntry}, false, count(entries)); err != nil {
 		return err
 	}
-	if err := s.scanKeys(ctx, []byte{prefixBySeq}, false, count(index)); err != nil {
+	if err := scanKeys(ctx, txn, []byte{prefixBySeq}, false, count(index)); err != nil {
 		return err
 	}
 	for d, n := range entries {
 		if index[d] != n && (v.disk == 0 || d == v.disk) {
-			if err := s.verifyDiskIndex(ctx, v, d); err != nil {
+			if err := verifyDiskIndex(ctx, txn, v, d); err != nil {
 				return err
 			}
 		}
@@ -203,36 +217,34 @@ func (s *Store) verifyIndex(ctx context.Context, v *verifyState) error {
 
 // verifyDiskIndex names each entry of disk without its index key and each
 // index key without its entry.
-func (s *Store) verifyDiskIndex(ctx context.Context, v *verifyState, disk uint64) error {
-	return s.db.View(func(txn *badger.Txn) error {
-		check := func(prefix []byte, other func(k []byte) []byte, what string) error {
-			it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
-			defer it.Close()
-			for it.Seek(prefix); it.Valid(); it.Next() {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-				k := it.Item().Key()
-				if _, err := txn.Get(other(k)); err == badger.ErrKeyNotFound {
-					v.faults.add(faultIndex, "%s %x has no counterpart", what, k)
-				} else if err != nil {
-					return err
-				}
+func verifyDiskIndex(ctx context.Context, txn *badger.Txn, v *verifyState, disk uint64) error {
+	check := func(prefix []byte, other func(k []byte) []byte, what string) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Seek(prefix); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
 			}
-			return nil
+			k := it.Item().Key()
+			if _, err := txn.Get(other(k)); err == badger.ErrKeyNotFound {
+				v.faults.add(faultIndex, "%s %x has no counterpart", what, k)
+			} else if err != nil {
+				return err
+			}
 		}
-		err := check(entryDiskPrefix(disk), func(k []byte) []byte {
-			d, b, sq, _ := parseEntryKey(k)
-			return bySeqKey(d, sq, b)
-		}, "entry")
-		if err != nil {
-			return err
-		}
-		return check(bySeqDiskPrefix(disk), func(k []byte) []byte {
-			d, sq, b, _ := parseBySeqKey(k)
-			return entryKey(d, b, sq)
-		}, "sequence-index key")
-	})
+		return nil
+	}
+	err := check(entryDiskPrefix(disk), func(k []byte) []byte {
+		d, b, sq, _ := parseEntryKey(k)
+		return bySeqKey(d, sq, b)
+	}, "entry")
+	if err != nil {
+		return err
+	}
+	return check(bySeqDiskPrefix(disk), func(k []byte) []byte {
+		d, sq, b, _ := parseBySeqKey(k)
+		return entryKey(d, b, sq)
+	}, "sequence-index key")
 }
 
 // checkCounts compares stored reference counts with the entries. Missing
@@ -264,7 +276,7 @@ func (v *verifyState) checkCounts() {
 }
 
 // verifyContent re-hashes every chunk in scope on all cores.
-func (s *Store) verifyContent(ctx context.Context, v *verifyState, progress func(done, total uint64)) error {
+func (s *Store) verifyContent(ctx context.Context, txn *badger.Txn, v *verifyState, progress func(done, total uint64)) error {
 	var total uint64
 	for h := range v.stored {
 		if v.scoped(h) {
@@ -295,7 +307,7 @@ func (s *Store) verifyContent(ctx context.Context, v *verifyState, progress func
 			}
 		}()
 	}
-	err := s.scanKeys(ctx, []byte{prefixChunk}, true, func(item *badger.Item) error {
+	err := scanKeys(ctx, txn, []byte{prefixChunk}, true, func(item *badger.Item) error {
 		h, _ := hashFromKey(item.Key())
 		if !v.scoped(h) {
 			return nil
@@ -339,24 +351,29 @@ func (s *Store) verifyChunk(v *verifyState, h [32]byte, val []byte, buf *[]byte)
 	}
 }
 
-// scanKeys calls fn for every item whose key starts with prefix;
+// scanKeys calls fn for every item of txn whose key starts with prefix;
 // withValues prefetches values (set it when fn reads them in bulk).
-func (s *Store) scanKeys(ctx context.Context, prefix []byte, withValues bool, fn func(item *badger.Item) error) error {
-	return s.db.View(func(txn *badger.Txn) error {
-		opts := badger.IteratorOptions{Prefix: prefix, PrefetchValues: withValues, PrefetchSize: 16}
-		it := txn.NewIterator(opts)
-		defer it.Close()
-		n := 0
-		for it.Seek(prefix); it.Valid(); it.Next() {
-			if n++; n%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
-				}
-			}
-			if err := fn(it.Item()); err != nil {
+func scanKeys(ctx context.Context, txn *badger.Txn, prefix []byte, withValues bool, fn func(item *badger.Item) error) error {
+	opts := badger.IteratorOptions{Prefix: prefix, PrefetchValues: withValues, PrefetchSize: 16}
+	it := txn.NewIterator(opts)
+	defer it.Close()
+	n := 0
+	for it.Seek(prefix); it.Valid(); it.Next() {
+		if n++; n%4096 == 0 {
+			if err := ctx.Err(); err != nil {
 				return err
 			}
 		}
-		return nil
+		if err := fn(it.Item()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// scanKeys is scanKeys in a read transaction of its own.
+func (s *Store) scanKeys(ctx context.Context, prefix []byte, withValues bool, fn func(item *badger.Item) error) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		return scanKeys(ctx, txn, prefix, withValues, fn)
 	})
 }
