@@ -39,6 +39,9 @@ func TestConfigValidate(t *testing.T) {
 		{"long data dir", daemon.Config{DataDir: "/tmp/" + strings.Repeat("d", 100)}, "limited to 107 bytes"},
 		{"same sockets", daemon.Config{DataDir: "/tmp/d", APISocket: "/tmp/s", NBDSocket: "/tmp/s"}, "must differ"},
 		{"negative timeout", daemon.Config{DataDir: "/tmp/d", ShutdownTimeout: daemon.Duration(-time.Second)}, "--shutdown-timeout"},
+		{"journal max", daemon.Config{DataDir: "/tmp/d", JournalMax: "4G"}, ""},
+		{"journal max unit", daemon.Config{DataDir: "/tmp/d", JournalMax: "lots"}, "--journal-max / journal_max"},
+		{"journal max small", daemon.Config{DataDir: "/tmp/d", JournalMax: "1M"}, "must be at least 16M"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()

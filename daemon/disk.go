@@ -49,6 +49,7 @@ func (d *Daemon) livePath(rec diskRecord) string {
 // volOptions are the cow options of a disk: its chain in the store and its
 // change-tracking files beside the live images (named by id).
 func (d *Daemon) volOptions(rec diskRecord) cow.Options {
+	journalMax, _ := d.cfg.journalMax() // checked by Validate
 	return cow.Options{
 		BlockSize:    rec.BlockSize,
 		Store:        d.store,
@@ -58,6 +59,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
 		Redirect:     d.cfg.RedirectOnWrite,
+		JournalMax:   journalMax,
 	}
 }
 
