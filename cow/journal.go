@@ -393,6 +393,11 @@ func (j *journal) append(seq, nonce, block uint64, first uint32, data []byte) (i
 	return off, nil
 }
 
+// rowNonce marked redirect records, which an earlier build wrote to the
+// journal (a snapshot's nonce is its creation time in nanoseconds, never
+// 1). Redirected writes now live in side files (side.go).
+const rowNonce = 1
+
 var hdrPool = sync.Pool{New: func() any { return new([journalPage]byte) }}
 
 // journalAhead is how far past the last record the file is kept written.
@@ -507,69 +512,6 @@ func (j *journal) readPages(seq, block uint64, r jrecord, buf []byte) error {
 		binary.LittleEndian.Uint32(hdr[52:]) != r.n || recCRC(hdr[:], p) != binary.LittleEndian.Uint32(hdr[56:]) {
 		return fmt.Errorf("copy-before-write journal %s: the record at %d is not block %d of snapshot %d or fails its checksum", j.path, r.off, block, seq)
 	}
-	return nil
-}
-
-// appendRedirect appends a redirect record (the new content of pages
-// first.. of block, written in epoch) and returns once every record
-// before it is written too: recovery reads records up to the first torn
-// one, so a record after one still being written would be lost with it
-// if the process were killed, and the write it holds is answered as soon
-// as this returns. (Not durable before a sync: FLUSH.)
-func (j *journal) appendRedirect(epoch, block uint64, first uint32, data []byte) (int64, error) {
-	off, err := j.append(epoch, rowNonce, block, first, data)
-	if err != nil {
-		return 0, err
-	}
-	end := off + journalPage + int64(len(data))
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	for j.written < end && j.broken == nil {
-		j.wdone.Wait()
-	}
-	if j.written < end {
-		j.live-- // not indexed: the caller fails the write
-		return 0, j.broken
-	}
-	return off, nil
-}
-
-// readRedirected reads page idx of the redirect record at off. The
-// record was written by this process and its place is known from the
-// index, so only the data is read (recovery checked the checksums of
-// records it adopted).
-func (j *journal) readRedirected(off int64, idx uint32, buf []byte) error {
-	if _, err := j.f.ReadAt(buf[:journalPage], off+journalPage+int64(idx)*journalPage); err != nil {
-		return fmt.Errorf("read redirected write from journal %s at %d: %w", j.path, off, err)
-	}
-	return nil
-}
-
-// retire starts the journal over, durably, if its only live records are
-// the n redirect records the caller has merged into the live image (no
-// record is being written: the caller holds writes). Otherwise a
-// copy-before-write record is still to be released and it returns an
-// error to try again later.
-func (j *journal) retire(n int) error {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.live != int64(n) || len(j.slots) > 0 {
-		return fmt.Errorf("journal %s: %d records live, %d merged redirect records: copy-before-write records still held", j.path, j.live, n)
-	}
-	j.live = 0
-	if err := j.resetLocked(); err != nil {
-		if j.broken == nil {
-			j.broken = err
-			j.wdone.Broadcast()
-		}
-		return err
-	}
-	if errors.Is(j.broken, errJournalClosed) {
-		return nil
-	}
-	// A journal broken by a failed write or sync works again once it
-	// has started over durably: nothing before it is read again.
-	j.broken = nil
 	return nil
 }
 

@@ -12,66 +12,47 @@ import (
 	"github.com/cairn-storage/cairn/nbd"
 )
 
-// Redirect-on-write (docs/design.md, "Redirect-on-write while copying").
+// Redirect-on-write (docs/design.md, "Redirect-on-write").
 //
 // While a snapshot copies out, a guest write to a block it still needs
-// does not overwrite the live image: its pages go to the journal as a
-// redirect record (the new content, tagged with the write's epoch), and
-// an index in memory says where each redirected page's versions are. The
+// does not overwrite the live image: its pages go to the side file of
+// the write's epoch (side.go), at their own offsets, and an index in
+// memory says which epochs hold a version of each redirected page. The
 // image keeps the content the copy-out reads, so the write saves nothing
-// first and waits for no sync; a FLUSH (or FUA, or a seal) makes the
-// records durable with the live image. A record proves its write after a
-// crash (recovery rebuilds the index from the journal), so such writes
-// mark the change tracker lazily.
+// first and waits for no sync; a FLUSH (or FUA, or a seal) makes the side
+// files durable with the live image. The side files prove their writes
+// after a crash (recovery rebuilds the index from their data), so such
+// writes mark the change tracker lazily.
 //
 // Versions: snapshot s's version of a redirected page is its newest
 // version of an epoch before s (written before s was sealed), else the
 // live image's; the live version is the newest. Once a block has a
 // redirected page every write to the block is redirected (a direct write
-// would hide under the index) until the journal is retired: when nothing
-// copies, the newest version of every page is merged into the live
-// image, the image is synced, and the journal starts over (its records
-// are then never read again). The last merge round runs with writes held,
-// briefly.
+// would hide under the index) until the redirects are retired: when
+// nothing copies, the newest version of every page is merged into the
+// live image, the image is synced, and the side files are deleted. The
+// last merge round runs with writes held, briefly.
 //
-// A block is redirected only while the journal is less than half full;
-// beyond that, writes to blocks not redirected yet take the
-// copy-before-write path. A write to a redirected block when the journal
-// is full waits for space (the copy-out runs flat out then) for
-// journalFullWait, then fails the copying snapshots (see writeRedirected):
-// rewrites of redirected pages append, so a hot page rewritten often
-// during a long copy-out fills the journal. That is why redirect-on-write
-// is not the default (Options.Redirect).
+// A side-file write that fails (a full filesystem, an I/O error) fails
+// the copying snapshots, merges what is redirected, and the write goes to
+// the live image (see writeRedirected): guest writes go on.
 
-// journalFullWait bounds how long a write to a redirected block waits for
-// room in a full journal (the copy-out runs flat out then and frees
-// copy-before-write records) before the copying snapshots are failed so
-// that guest writes go on.
-const journalFullWait = 2 * time.Second
-
-// rowNonce is the nonce of redirect records (a snapshot's nonce is its
-// creation time in nanoseconds, never 1).
-const rowNonce = 1
-
-// rver is one version of a redirected page: page idx of the record at off
-// (its data at off+journalPage+idx*journalPage), written in epoch.
+// rver is one version of a redirected page: the page at its own offset in
+// the side file of epoch.
 type rver struct {
 	epoch  uint64
-	off    int64
-	idx    uint32
 	merged bool // the live image holds it (a merge round wrote it)
 }
 
 // redirects indexes the redirected pages of a volume.
 type redirects struct {
-	// mu guards pages, blocks and records. Readers of the journal hold it
-	// shared while they read a record, so the journal cannot start over
-	// under them (retire takes it exclusively).
-	mu      sync.RWMutex
-	pages   map[uint64][]rver // page number (offset / journalPage) → versions, oldest first, one per epoch
-	blocks  map[uint64]int    // block → how many of its pages are redirected
-	records int               // journal records that hold versions
-	count   atomic.Int64      // len(pages): 0 lets the read path skip the index
+	// mu guards pages and blocks. Readers of side files hold it shared
+	// while they read a page, so the files cannot go under them (retire
+	// takes it exclusively).
+	mu     sync.RWMutex
+	pages  map[uint64][]rver // page number (offset / journalPage) → versions, oldest first, one per epoch
+	blocks map[uint64]int    // block → how many of its pages are redirected
+	count  atomic.Int64      // len(pages): 0 lets the read path skip the index
 
 	retiring atomic.Bool
 	retirer  sync.WaitGroup
@@ -81,17 +62,18 @@ func newRedirects() *redirects {
 	return &redirects{pages: map[uint64][]rver{}, blocks: map[uint64]int{}}
 }
 
-// add indexes a record of epoch at off holding pages first..first+n-1 of
-// block b. Caller holds b's stripe lock (so versions of a page are added
-// in write order).
-func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64, off int64) {
+// add indexes pages first..first+n-1 of block b, written in epoch. Caller
+// holds b's stripe lock (so versions of a page are added in write order,
+// and a merge round, which holds it too, never marks a page merged that
+// a rewrite changed meanwhile).
+func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64) {
 	base := uint64(b) << shift / journalPage
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range n {
 		pg := base + uint64(first+i)
 		vs, ok := r.pages[pg]
-		nv := rver{epoch: epoch, off: off, idx: i}
+		nv := rver{epoch: epoch}
 		if ok && vs[len(vs)-1].epoch == epoch {
 			vs[len(vs)-1] = nv // the older version of this epoch is no one's
 		} else {
@@ -102,7 +84,6 @@ func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64, off
 			r.blocks[b]++
 		}
 	}
-	r.records++
 	r.count.Store(int64(len(r.pages)))
 }
 
@@ -139,7 +120,7 @@ func (v *Volume) readVersion(buf []byte, off int64, seq uint64) error {
 		if !ok {
 			continue
 		}
-		if err := v.jr.readRedirected(rv.off, rv.idx, buf[p:p+journalPage]); err != nil {
+		if err := v.side.read(rv.epoch, buf[p:p+journalPage], off+p); err != nil {
 			return err
 		}
 	}
@@ -159,12 +140,12 @@ func (v *Volume) readOverlay(p []byte, off int64) error {
 		ps := pg * journalPage
 		lo, hi := max(off, ps), min(end, ps+journalPage)
 		if lo == ps && hi == ps+journalPage {
-			if err := v.jr.readRedirected(rv.off, rv.idx, p[lo-off:hi-off]); err != nil {
+			if err := v.side.read(rv.epoch, p[lo-off:hi-off], ps); err != nil {
 				return err
 			}
 			continue
 		}
-		if err := v.jr.readRedirected(rv.off, rv.idx, page[:]); err != nil {
+		if err := v.side.read(rv.epoch, page[:], ps); err != nil {
 			return err
 		}
 		copy(p[lo-off:hi-off], page[lo-ps:hi-ps])
@@ -185,13 +166,10 @@ func (v *Volume) overlaps(off, length int64) bool {
 	return false
 }
 
-// redirectBlock reports whether a write to block b goes to the journal:
-// b has redirected pages, or it is pending and the journal has room.
+// redirectBlock reports whether a write to block b is redirected: b has
+// redirected pages, or it is pending for a copying snapshot.
 func (v *Volume) redirectBlock(b uint64) bool {
-	if v.rd.hasBlock(b) {
-		return true
-	}
-	return v.allPending(b, b) && v.jr.used() < v.jr.max/2
+	return v.rd.hasBlock(b) || v.allPending(b, b)
 }
 
 // redirecting reports whether a write may be redirected: redirects are
@@ -233,20 +211,18 @@ func (v *Volume) splitWrite(off, length int64, fn func(off, length int64, redire
 }
 
 // writeRedirected writes p (nil: zeros) of length bytes at off to the
-// journal as redirect records, in the current epoch. A full journal makes
-// it wait for room, at most journalFullWait; after that, or at once if
-// the journal is broken, every copying snapshot fails and the journal
-// retires, and the write goes to the live image (guest writes go on,
-// DESIGN.md invariant 5).
+// current epoch's side file. If that fails, every copying snapshot fails,
+// the redirects retire, and the write goes to the live image (guest
+// writes go on, DESIGN.md invariant 5).
 func (v *Volume) writeRedirected(ctx context.Context, p []byte, off, length int64) (err error) {
 	first := uint64(off >> v.shift)
 	last := uint64((off + length - 1) >> v.shift)
-	var waited time.Duration
-	for wait := time.Millisecond; ; {
+	for {
 		shape := v.shape.Load()
 		t := v.track.Load()
-		// The records prove the write after a crash (replayJournal marks
-		// their blocks), and retire flushes the tracker before they go.
+		// The side files prove the write after a crash (replayJournal
+		// marks their blocks), and retire flushes the tracker before
+		// they go.
 		v.trackErr(t.markLazy(first, last))
 		v.gate.RLock()
 		t.enter()
@@ -258,29 +234,19 @@ func (v *Volume) writeRedirected(ctx context.Context, p []byte, off, length int6
 		err = v.redirectRange(t.epoch, p, off, length)
 		t.exit()
 		v.gate.RUnlock()
-		switch {
-		case err == nil:
+		if err == nil {
 			return nil
-		case errors.Is(err, errJournalFull) && waited < journalFullWait:
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("write at %d: waiting for room in the copy-before-write journal: %w", off, ctx.Err())
-			case <-time.After(wait):
-			}
-			waited += wait
-			wait = min(2*wait, 100*time.Millisecond)
-		default:
-			v.log.Error("redirected write failed; failing the copying snapshots to write in place", "live", v.path, "err", err)
-			if rerr := v.abandonRedirects(err); rerr != nil {
-				return fmt.Errorf("write at %d: %v; and the redirected writes could not be merged into the live image: %w", off, err, rerr)
-			}
-			return v.writeInPlace(ctx, p, off, length)
 		}
+		v.log.Error("redirected write failed; failing the copying snapshots to write in place", "live", v.path, "err", err)
+		if rerr := v.abandonRedirects(err); rerr != nil {
+			return fmt.Errorf("write at %d: %v; and the redirected writes could not be merged into the live image: %w", off, err, rerr)
+		}
+		return v.writeInPlace(ctx, p, off, length)
 	}
 }
 
-// redirectRange appends the records of [off, off+length) (one per block),
-// reading the rest of partly written pages from their live version.
+// redirectRange writes the pages of [off, off+length) to the epoch's side
+// file, reading the rest of partly written pages from their live version.
 // Caller holds the gate shared.
 func (v *Volume) redirectRange(epoch uint64, p []byte, off, length int64) error {
 	end := off + length
@@ -313,11 +279,10 @@ func (v *Volume) redirectRange(epoch uint64, p []byte, off, length int64) error 
 			} else {
 				clear(buf[pos-rstart : wend-rstart])
 			}
-			roff, err := v.jr.appendRedirect(epoch, b, first, buf)
-			if err != nil {
+			if err := v.side.write(epoch, buf, rstart); err != nil {
 				return err
 			}
-			v.rd.add(b, v.shift, first, n, epoch, roff)
+			v.rd.add(b, v.shift, first, n, epoch)
 			return nil
 		}()
 		mu.Unlock()
@@ -356,21 +321,21 @@ func (v *Volume) livePage(buf []byte, off int64) error {
 	return v.readSnapVersion(buf, off, liveSeq)
 }
 
-// abandonRedirects fails every copying snapshot (the journal cannot take
-// their writes: cause) and retires the journal, so writes go to the live
-// image again.
+// abandonRedirects fails every copying snapshot (their redirected writes
+// could not be kept: cause) and retires the redirects, so writes go to
+// the live image again.
 func (v *Volume) abandonRedirects(cause error) error {
 	list := v.copying.Load()
 	if list != nil {
 		for _, s := range *list {
-			v.failSnapshot(s, fmt.Errorf("the copy-before-write journal failed: %w", cause))
+			v.failSnapshot(s, fmt.Errorf("a redirected write failed: %w", cause))
 		}
 	}
 	return v.retire(context.Background(), true)
 }
 
-// kickRetire starts retiring the journal's redirect records in the
-// background if there are any and nothing copies.
+// kickRetire starts retiring the redirected writes in the background if
+// there are any and nothing copies.
 func (v *Volume) kickRetire() {
 	if v.rd == nil || v.rd.count.Load() == 0 {
 		return
@@ -404,9 +369,9 @@ func (v *Volume) kickRetire() {
 var errStillCopying = errors.New("a snapshot is copying")
 
 // retire merges the newest version of every redirected page into the
-// live image, syncs it, and starts the journal over. Rounds run while
+// live image, syncs it, and deletes the side files. Rounds run while
 // writes go on; the last holds them (the gate), so no write lands in a
-// merged page between the last round and the journal starting over. With
+// merged page between the last round and the files going. With
 // force it merges even while snapshots copy (abandonRedirects has failed
 // them; Flatten drops them).
 func (v *Volume) retire(ctx context.Context, force bool) error {
@@ -443,16 +408,16 @@ func (v *Volume) retire(ctx context.Context, force bool) error {
 	if err := v.liveSync.Wait(); err != nil {
 		return fmt.Errorf("fdatasync live image: %w", err)
 	}
-	// The records stop proving their writes: the tracker must.
+	// The side files stop proving their writes: the tracker must.
 	if err := v.flushTrackers(); err != nil {
 		v.trackErr(err)
 	}
 	v.rd.mu.Lock()
 	defer v.rd.mu.Unlock()
-	if err := v.jr.retire(v.rd.records); err != nil {
+	if err := v.side.removeAll(); err != nil {
 		return err
 	}
-	v.rd.pages, v.rd.blocks, v.rd.records = map[uint64][]rver{}, map[uint64]int{}, 0
+	v.rd.pages, v.rd.blocks = map[uint64][]rver{}, map[uint64]int{}
 	v.rd.count.Store(0)
 	return nil
 }
@@ -494,7 +459,7 @@ func (v *Volume) mergePages(pages []uint64, force bool) error {
 			}
 			var err error
 			if len(vs) > 0 && !rv.merged {
-				err = v.jr.readRedirected(rv.off, rv.idx, buf[:])
+				err = v.side.read(rv.epoch, buf[:], off)
 			}
 			v.rd.mu.RUnlock()
 			if len(vs) == 0 || rv.merged || err != nil {
@@ -519,7 +484,7 @@ func (v *Volume) mergePages(pages []uint64, force bool) error {
 }
 
 // Flatten merges every redirected write into the live image and starts
-// the journal over, even while snapshots copy: for a disk being deleted
+// deletes the side files, even while snapshots copy: for a disk being deleted
 // whose live image stays (adopted), so the file holds everything written.
 // Copy-out workers are stopped; the volume must be closed afterwards.
 func (v *Volume) Flatten() error {

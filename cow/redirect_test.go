@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -29,12 +31,13 @@ func (d *testDisk) imageFile() []byte {
 }
 
 // TestRedirectOnWrite: writes to blocks a copying snapshot still needs go
-// to the journal, not over the live image: whole blocks, a partial page
-// (read-modify-write of the page), a zeroed range and a trim. The live
-// disk reads the new content, the snapshot the old, through a reopen
-// (the index is rebuilt from the journal) and a second snapshot sealed
-// over redirected pages; once nothing copies the writes are merged into
-// the image file and the journal starts over.
+// to the epoch's side file, not over the live image: whole blocks, a
+// partial page (read-modify-write of the page), a zeroed range and a
+// trim. The live disk reads the new content, the snapshot the old,
+// through a reopen (the index is rebuilt from the side files) and a
+// second snapshot sealed over redirected pages; rewrites in one epoch
+// land in place; once nothing copies the writes are merged into the
+// image file and the side files are deleted.
 func TestRedirectOnWrite(t *testing.T) {
 	d, img, release := redirectDisk(t)
 	ctx := context.Background()
@@ -62,8 +65,20 @@ func TestRedirectOnWrite(t *testing.T) {
 	if got := d.imageFile(); !bytes.Equal(got, img) {
 		t.Fatal("a write to a block the copying snapshot needs reached the live image")
 	}
-	if d.v.rd.count.Load() == 0 || d.journalUsed() == 0 {
-		t.Fatal("no redirected pages in the journal")
+	side := d.sideFiles()
+	if d.v.rd.count.Load() == 0 || len(side) != 1 {
+		t.Fatalf("%d redirected pages, side files %v: want pages in one file", d.v.rd.count.Load(), side)
+	}
+	// Rewrites of a redirected page in the same epoch take no new room.
+	before := allocated(t, side[0])
+	for range 20 {
+		write(3*testBS, randBlock(r))
+	}
+	if got := allocated(t, side[0]); got != before {
+		t.Fatalf("side file grew from %d to %d bytes on rewrites in one epoch", before, got)
+	}
+	if d.journalUsed() != 0 {
+		t.Fatal("redirected writes went to the copy-before-write journal")
 	}
 	if !bytes.Equal(d.readLive(), live) {
 		t.Fatal("live disk does not read the redirected writes")
@@ -83,10 +98,10 @@ func TestRedirectOnWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(ext) != 1 || ext[0].Flags&nbd.StateHole != 0 {
-		t.Fatalf("extents of a trimmed redirected block: %+v, want data (its zeros are in the journal)", ext)
+		t.Fatalf("extents of a trimmed redirected block: %+v, want data (its zeros are in a side file)", ext)
 	}
 
-	// Reopen with s1 still copying: the index is rebuilt from the journal.
+	// Reopen with s1 still copying: the index is rebuilt from the side files.
 	d.reopen()
 	if !bytes.Equal(d.readLive(), live) {
 		t.Fatal("after reopen the live disk lost redirected writes")
@@ -117,8 +132,8 @@ func TestRedirectOnWrite(t *testing.T) {
 	if n := d.v.rd.count.Load(); n != 0 {
 		t.Fatalf("%d pages still redirected after every copy-out finished", n)
 	}
-	if got := d.journalUsed(); got != 0 {
-		t.Fatalf("journal holds %d bytes after the merge, want 0 (started over)", got)
+	if got := d.sideFiles(); len(got) != 0 {
+		t.Fatalf("side files %v left after the merge", got)
 	}
 	if got := d.imageFile(); !bytes.Equal(got, live) {
 		t.Fatal("the live image file does not hold the merged writes")
@@ -129,70 +144,58 @@ func TestRedirectOnWrite(t *testing.T) {
 	d.verify()
 }
 
-// TestRedirectHalfFullJournal: once the journal is half full, writes to
-// blocks not redirected yet take the copy-before-write path (the image
-// is overwritten after the old pages are journaled), while blocks already
-// redirected stay redirected; every version stays right. Once it is full,
-// a rewrite of a redirected block fails the copying snapshot after a
-// bounded wait instead of holding the guest.
-func TestRedirectHalfFullJournal(t *testing.T) {
-	d := newTestDisk(t, 64*testBS)
-	d.v.Close()
-	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
-		TrackPrefix: filepath.Join(d.dir, "track"), JournalMax: 9*wholeRec + journalPage, Redirect: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.v = v
-	ctx := context.Background()
+// TestRedirectWriteFails: when a side file cannot take a redirected
+// write (a full filesystem, an I/O error), the copying snapshot fails
+// with the reason, what is redirected is merged into the live image, and
+// the write goes to the live image: the guest's writes go on and the
+// disk stays right.
+func TestRedirectWriteFails(t *testing.T) {
+	d, img, release := redirectDisk(t)
+	defer release()
 	r := rand.New(rand.NewPCG(9, 10))
-	img := make([]byte, 0, 64*testBS)
-	for range 64 {
-		img = append(img, randBlock(r)...)
-	}
-	if err := v.WriteAt(ctx, img, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	release := holdCopyOut(t)
-	d.snapshot("s1")
 	live := bytes.Clone(img)
-	for b := range 8 { // 5 records fill half the journal
+	for b := range 4 {
 		p := randBlock(r)
 		d.writeBlock(uint64(b), p)
 		copy(live[b*testBS:], p)
 	}
-	if n := v.rd.count.Load(); n != 5*testBS/journalPage {
-		t.Fatalf("%d pages redirected, want the first 5 blocks' (the journal then is half full)", n)
+	if n := d.v.rd.count.Load(); n != 4*testBS/journalPage {
+		t.Fatalf("%d pages redirected, want 4 blocks'", n)
 	}
-	file := d.imageFile()
-	if !bytes.Equal(file[:5*testBS], img[:5*testBS]) || !bytes.Equal(file[5*testBS:8*testBS], live[5*testBS:8*testBS]) {
-		t.Fatal("blocks 0-4 should be redirected and blocks 5-7 written in place after copy-before-write")
-	}
+	testSideWriteErr = syscall.ENOSPC
+	defer func() { testSideWriteErr = nil }()
 	p := randBlock(r)
-	d.writeBlock(1, p) // redirected already: stays so
-	copy(live[testBS:], p)
-	if !bytes.Equal(d.readLive(), live) || !bytes.Equal(d.readSnap("s1"), img) {
-		t.Fatal("live or snapshot wrong with both paths in use")
+	d.writeBlock(9, p)
+	copy(live[9*testBS:], p)
+	testSideWriteErr = nil
+	in, _ := d.v.Snapshot("s1")
+	if in.State != StateFailed || !strings.Contains(in.Reason, "no space left") {
+		t.Fatalf("s1 is %s (%q) after a redirected write failed, want failed naming the cause", in.State, in.Reason)
 	}
-	// The journal is full now (6 redirect + 3 copy-before-write records)
-	// and the copy-out is held: a rewrite of a redirected block waits
-	// journalFullWait, then s1 fails and the write goes on in place.
-	p = randBlock(r)
-	t0 := time.Now()
-	d.writeBlock(2, p)
-	copy(live[2*testBS:], p)
-	if w := time.Since(t0); w < journalFullWait {
-		t.Fatalf("the write waited %v for room, want at least %v", w, journalFullWait)
-	}
-	if in, _ := v.Snapshot("s1"); in.State != StateFailed {
-		t.Fatalf("s1 is %s after the journal stayed full, want failed", in.State)
-	}
-	if n := v.rd.count.Load(); n != 0 {
+	if n := d.v.rd.count.Load(); n != 0 {
 		t.Fatalf("%d pages still redirected after the copying snapshot failed", n)
+	}
+	if got := d.sideFiles(); len(got) != 0 {
+		t.Fatalf("side files %v left after the merge", got)
 	}
 	if !bytes.Equal(d.readLive(), live) || !bytes.Equal(d.imageFile(), live) {
 		t.Fatal("live disk or image file wrong after the merge")
 	}
-	release()
 	d.verify()
+}
+
+// sideFiles lists the disk's side files of redirected writes.
+func (d *testDisk) sideFiles() []string {
+	m, _ := filepath.Glob(filepath.Join(d.dir, "track.row.*"))
+	return m
+}
+
+// allocated is the space a file takes on disk.
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
 }

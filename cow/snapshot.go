@@ -153,7 +153,8 @@ type chain struct {
 	stripes   [stripeCount]sync.Mutex // per-block copy locks: a block is copied out at most once at a time
 	storeSync *groupSync
 	jr        *journal   // copy-before-write journal; nil: old blocks go to the store inside the write
-	rd        *redirects // redirected writes in the journal (redirect.go); nil: none (no journal, or Options.Redirect off and none found)
+	rd        *redirects // redirected writes (redirect.go); nil: none (no journal, or Options.Redirect off and none found)
+	side      *sideFiles // where redirected writes are (side.go); nil without a journal
 
 	stopCtx context.Context
 	stop    context.CancelFunc
@@ -391,24 +392,12 @@ func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 		}
 	}
 	adopted := 0
-	if v.opts.Redirect {
-		v.rd = newRedirects()
-	}
 	for _, r := range recs {
 		if r.nonce == rowNonce {
-			if v.rd == nil {
-				// Written by a start with redirects on: they are still
-				// the newest content of their pages.
-				v.rd = newRedirects()
-			}
-			v.rd.add(r.block, v.shift, r.first, r.n, r.seq, r.off)
-			adopted++
-			// Written lazily marked: the blocks changed in the epoch
-			// unless an earlier, committed seal took them.
-			if r.seq >= v.epoch && r.block < blocks.Len() {
-				blocks.Set(r.block)
-			}
-			continue
+			// A redirect record of an earlier build, which kept redirected
+			// writes in the journal; this one keeps them in side files.
+			j.close()
+			return nil, fmt.Errorf("copy-before-write journal %s.cbw holds redirected writes of an older cairnd: start that cairnd once with nothing copying so it merges them, or they are lost", v.opts.TrackPrefix)
 		}
 		s := bySeq[r.seq]
 		if s == nil || s.nonce() != r.nonce || r.block >= s.pending.Len() || !s.pending.Test(r.block) {
@@ -424,7 +413,33 @@ func (v *Volume) replayJournal(nblocks uint64) (*Bitmap, error) {
 		j.close()
 		return nil, err
 	}
-	if adopted > 0 {
+	// Redirected writes (redirect.go) left by an earlier start, with
+	// redirects on or off now: they are the newest content of their pages.
+	v.side = newSideFiles(v.opts.TrackPrefix)
+	if v.opts.Redirect {
+		v.rd = newRedirects()
+	}
+	err = v.side.open(func(epoch uint64, pages []uint64) {
+		if v.rd == nil {
+			v.rd = newRedirects()
+		}
+		ppb := uint64(v.pagesPerBlock())
+		for _, pg := range pages {
+			b := pg / ppb
+			v.rd.add(b, v.shift, uint32(pg%ppb), 1, epoch)
+			// Written lazily marked: the blocks changed in the epoch
+			// unless an earlier, committed seal took them.
+			if epoch >= v.epoch && b < blocks.Len() {
+				blocks.Set(b)
+			}
+		}
+	})
+	if err != nil {
+		j.close()
+		v.side.close()
+		return nil, err
+	}
+	if adopted > 0 || v.rd.countOrZero() > 0 {
 		v.log.Info("copy-before-write journal replayed", "live", v.path, "records", adopted,
 			"redirected_pages", v.rd.countOrZero())
 	}

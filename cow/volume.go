@@ -349,7 +349,7 @@ func (v *Volume) sync() error {
 		return mapErr(fmt.Errorf("fdatasync live image: %w", err))
 	}
 	if v.rd != nil && v.rd.count.Load() > 0 {
-		if err := v.jr.waitAll(); err != nil {
+		if err := v.side.sync(); err != nil {
 			return mapErr(fmt.Errorf("sync redirected writes: %w", err))
 		}
 	}
@@ -527,7 +527,7 @@ func (v *Volume) Close() error {
 		if !v.readOnly && v.rd.count.Load() > 0 {
 			// Nothing copying: merge now rather than at the next start.
 			if rerr := v.retire(context.Background(), false); rerr != nil && !errors.Is(rerr, errStillCopying) {
-				v.log.Warn("redirected writes stay in the journal until the next start", "live", v.path, "err", rerr)
+				v.log.Warn("redirected writes stay in their side files until the next start", "live", v.path, "err", rerr)
 			}
 		}
 	}
@@ -547,6 +547,11 @@ func (v *Volume) Close() error {
 	}
 	if v.jr != nil {
 		if cerr := v.jr.close(); err == nil {
+			err = cerr
+		}
+	}
+	if v.side != nil {
+		if cerr := v.side.close(); err == nil {
 			err = cerr
 		}
 	}
