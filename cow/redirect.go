@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/RoaringBitmap/roaring/v2/roaring64"
+
 	"github.com/cairn-storage/cairn/nbd"
 )
 
@@ -38,53 +40,81 @@ import (
 // the live image (see writeRedirected): guest writes go on.
 
 // rver is one version of a redirected page: the page at its own offset in
-// the side file of epoch.
+// the side file of epoch. merged: the live image holds it (a merge round
+// wrote it; only ever set for the newest version).
 type rver struct {
 	epoch  uint64
-	merged bool // the live image holds it (a merge round wrote it)
+	merged bool
 }
 
-// redirects indexes the redirected pages of a volume.
+// redirects indexes the redirected pages of a volume: per epoch, the
+// pages its side file holds, as compressed bitmaps (a fully rewritten
+// 1 TiB disk takes tens of MiB per epoch, not a map entry per page).
 type redirects struct {
-	// mu guards pages and blocks. Readers of side files hold it shared
-	// while they read a page, so the files cannot go under them (retire
-	// takes it exclusively).
+	// mu guards everything below but count. Readers of side files hold it
+	// shared while they read a page, so the files cannot go under them
+	// (retire takes it exclusively).
 	mu     sync.RWMutex
-	pages  map[uint64][]rver // page number (offset / journalPage) → versions, oldest first, one per epoch
-	blocks map[uint64]int    // block → how many of its pages are redirected
-	count  atomic.Int64      // len(pages): 0 lets the read path skip the index
+	layers []rlayer          // ascending epoch
+	any    *roaring64.Bitmap // pages with a version in some layer
+	merged *roaring64.Bitmap // pages whose newest version the live image holds
+	blocks *roaring64.Bitmap // blocks with a redirected page
+	count  atomic.Int64      // any's cardinality: 0 lets the read path skip the index
 
 	retiring atomic.Bool
 	retirer  sync.WaitGroup
 }
 
-func newRedirects() *redirects {
-	return &redirects{pages: map[uint64][]rver{}, blocks: map[uint64]int{}}
+// rlayer is the pages redirected in one epoch.
+type rlayer struct {
+	epoch uint64
+	pages *roaring64.Bitmap
 }
 
-// add indexes pages first..first+n-1 of block b, written in epoch. Caller
-// holds b's stripe lock (so versions of a page are added in write order,
-// and a merge round, which holds it too, never marks a page merged that
-// a rewrite changed meanwhile).
+func newRedirects() *redirects {
+	r := &redirects{}
+	r.reset()
+	return r
+}
+
+// reset forgets every version. Caller holds mu or owns r.
+func (r *redirects) reset() {
+	r.layers = nil
+	r.any, r.merged, r.blocks = roaring64.New(), roaring64.New(), roaring64.New()
+	r.count.Store(0)
+}
+
+// layer returns epoch's layer, adding it if need be. Caller holds mu.
+func (r *redirects) layer(epoch uint64) *roaring64.Bitmap {
+	i, found := slices.BinarySearchFunc(r.layers, epoch, func(l rlayer, e uint64) int {
+		switch {
+		case l.epoch < e:
+			return -1
+		case l.epoch > e:
+			return 1
+		}
+		return 0
+	})
+	if !found {
+		r.layers = slices.Insert(r.layers, i, rlayer{epoch: epoch, pages: roaring64.New()})
+	}
+	return r.layers[i].pages
+}
+
+// add indexes pages first..first+n-1 of block b, written in epoch (a
+// rewrite in an epoch already holding the page replaces that version in
+// place). Caller holds b's stripe lock, as a merge round does, so no
+// page is marked merged that a rewrite changed meanwhile.
 func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64) {
 	base := uint64(b) << shift / journalPage
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for i := range n {
-		pg := base + uint64(first+i)
-		vs, ok := r.pages[pg]
-		nv := rver{epoch: epoch}
-		if ok && vs[len(vs)-1].epoch == epoch {
-			vs[len(vs)-1] = nv // the older version of this epoch is no one's
-		} else {
-			vs = append(vs, nv)
-		}
-		r.pages[pg] = vs
-		if !ok {
-			r.blocks[b]++
-		}
-	}
-	r.count.Store(int64(len(r.pages)))
+	l := r.layer(epoch)
+	l.AddRange(base+uint64(first), base+uint64(first+n))
+	r.any.AddRange(base+uint64(first), base+uint64(first+n))
+	r.merged.RemoveRange(base+uint64(first), base+uint64(first+n))
+	r.blocks.Add(b)
+	r.count.Store(int64(r.any.GetCardinality()))
 }
 
 // hasBlock reports whether block b has a redirected page.
@@ -94,17 +124,25 @@ func (r *redirects) hasBlock(b uint64) bool {
 	}
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return r.blocks[b] > 0
+	return r.blocks.Contains(b)
 }
 
 // version returns page pg's newest version of an epoch before seq
 // (seq = MaxUint64: the live version). Caller holds mu (either side).
 func (r *redirects) version(pg, seq uint64) (rver, bool) {
-	vs := r.pages[pg]
-	for i := len(vs) - 1; i >= 0; i-- {
-		if vs[i].epoch < seq {
-			return vs[i], true
+	if !r.any.Contains(pg) {
+		return rver{}, false
+	}
+	newest := true
+	for i := len(r.layers) - 1; i >= 0; i-- {
+		l := r.layers[i]
+		if !l.pages.Contains(pg) {
+			continue
 		}
+		if l.epoch < seq {
+			return rver{epoch: l.epoch, merged: newest && r.merged.Contains(pg)}, true
+		}
+		newest = false
 	}
 	return rver{}, false
 }
@@ -417,8 +455,7 @@ func (v *Volume) retire(ctx context.Context, force bool) error {
 	if err := v.side.removeAll(); err != nil {
 		return err
 	}
-	v.rd.pages, v.rd.blocks = map[uint64][]rver{}, map[uint64]int{}
-	v.rd.count.Store(0)
+	v.rd.reset()
 	return nil
 }
 
@@ -426,14 +463,7 @@ func (v *Volume) retire(ctx context.Context, force bool) error {
 func (v *Volume) unmerged() []uint64 {
 	v.rd.mu.RLock()
 	defer v.rd.mu.RUnlock()
-	var out []uint64
-	for pg, vs := range v.rd.pages {
-		if !vs[len(vs)-1].merged {
-			out = append(out, pg)
-		}
-	}
-	slices.Sort(out)
-	return out
+	return roaring64.AndNot(v.rd.any, v.rd.merged).ToArray()
 }
 
 // mergePages writes the live version of each page into the live image.
@@ -452,26 +482,20 @@ func (v *Volume) mergePages(pages []uint64, force bool) error {
 				return nil // the copying snapshot reads the live image
 			}
 			v.rd.mu.RLock()
-			vs := v.rd.pages[pg]
-			var rv rver
-			if len(vs) > 0 {
-				rv = vs[len(vs)-1]
-			}
+			rv, ok := v.rd.version(pg, liveSeq)
 			var err error
-			if len(vs) > 0 && !rv.merged {
+			if ok && !rv.merged {
 				err = v.side.read(rv.epoch, buf[:], off)
 			}
 			v.rd.mu.RUnlock()
-			if len(vs) == 0 || rv.merged || err != nil {
+			if !ok || rv.merged || err != nil {
 				return err
 			}
 			if _, err := v.f.WriteAt(buf[:], off); err != nil {
 				return fmt.Errorf("merge redirected write into live image at %d: %w", off, err)
 			}
 			v.rd.mu.Lock()
-			if vs := v.rd.pages[pg]; len(vs) > 0 && vs[len(vs)-1] == rv {
-				vs[len(vs)-1].merged = true
-			}
+			v.rd.merged.Add(pg) // no rewrite since the read: we hold the stripe lock
 			v.rd.mu.Unlock()
 			return nil
 		}()
@@ -524,19 +548,14 @@ func (v *Volume) overlayExtents(ext []nbd.Extent, off, length int64) []nbd.Exten
 	v.rd.mu.RLock()
 	var data []int64 // page offsets in range
 	end := off + length
-	if n := (end - off) / journalPage; n < int64(len(v.rd.pages)) {
-		for pg := off / journalPage; pg*journalPage < end; pg++ {
-			if _, ok := v.rd.pages[uint64(pg)]; ok {
-				data = append(data, pg*journalPage)
-			}
+	it := v.rd.any.Iterator()
+	it.AdvanceIfNeeded(uint64(off / journalPage))
+	for it.HasNext() {
+		o := int64(it.Next()) * journalPage
+		if o >= end {
+			break
 		}
-	} else {
-		for pg := range v.rd.pages {
-			if o := int64(pg) * journalPage; o+journalPage > off && o < end {
-				data = append(data, o)
-			}
-		}
-		slices.Sort(data)
+		data = append(data, o)
 	}
 	v.rd.mu.RUnlock()
 	if len(data) == 0 {

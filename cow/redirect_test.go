@@ -199,3 +199,43 @@ func allocated(t *testing.T, path string) int64 {
 	}
 	return st.Blocks * 512
 }
+
+// TestRedirectIndex: a page's version for a snapshot is its newest of an
+// epoch before the snapshot's sequence; a rewrite in the same epoch keeps
+// one version and makes the page unmerged again.
+func TestRedirectIndex(t *testing.T) {
+	r := newRedirects()
+	const shift = 16         // 64 KiB blocks: 16 pages
+	r.add(2, shift, 3, 1, 3) // page 35
+	r.add(2, shift, 3, 2, 5) // pages 35, 36
+	r.add(2, shift, 3, 1, 8)
+	for _, tc := range []struct {
+		pg, seq uint64
+		want    uint64 // 0: no version (the image's)
+	}{{35, 3, 0}, {35, 4, 3}, {35, 5, 3}, {35, 6, 5}, {35, 9, 8}, {35, liveSeq, 8}, {36, 5, 0}, {36, liveSeq, 5}, {37, liveSeq, 0}} {
+		rv, ok := r.version(tc.pg, tc.seq)
+		if got := map[bool]uint64{true: rv.epoch}[ok]; got != tc.want {
+			t.Errorf("version(page %d, seq %d) = epoch %d (found %v), want %d", tc.pg, tc.seq, rv.epoch, ok, tc.want)
+		}
+	}
+	if n := r.count.Load(); n != 2 {
+		t.Fatalf("count %d, want 2 pages", n)
+	}
+	if !r.hasBlock(2) || r.hasBlock(3) {
+		t.Fatal("hasBlock wrong")
+	}
+	r.merged.Add(35)
+	if rv, _ := r.version(35, liveSeq); !rv.merged {
+		t.Fatal("merged newest version not reported merged")
+	}
+	if rv, _ := r.version(35, 8); rv.merged {
+		t.Fatal("an older version reported merged")
+	}
+	r.add(2, shift, 3, 1, 8) // rewrite in the newest epoch
+	if rv, _ := r.version(35, liveSeq); rv.merged || rv.epoch != 8 {
+		t.Fatalf("after a rewrite: %+v, want epoch 8 unmerged", rv)
+	}
+	if n := len(r.layers); n != 3 {
+		t.Fatalf("%d layers, want 3 (epochs 3, 5, 8)", n)
+	}
+}

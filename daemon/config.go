@@ -63,10 +63,11 @@ type Config struct {
 	// Idle disks copy out at full speed.
 	CopyOutShare float64 `toml:"copy_out_share"`
 	// RedirectOnWrite sends guest writes to blocks a copying snapshot
-	// still needs to the journal instead of over the live image
-	// (docs/design.md, "Redirect-on-write"): no sync per first write, at
-	// the cost of journal space. Off by default: see the limitation there.
-	RedirectOnWrite bool `toml:"redirect_on_write"`
+	// still needs to side files instead of over the live image
+	// (docs/design.md, "Redirect-on-write"): no read of the old data and
+	// no sync per first write. Nil means on; false makes such writes copy
+	// the old pages to the copy-before-write journal first.
+	RedirectOnWrite *bool `toml:"redirect_on_write"`
 	// JournalMax bounds each disk's copy-before-write journal ("1G" by
 	// default): while snapshots copy out, the old content of pages the
 	// guest overwrites goes there; past the bound, writes store their
@@ -137,6 +138,9 @@ func (c Config) journalMax() (int64, error) {
 	}
 	return n, err
 }
+
+// redirectOn reports whether redirect-on-write is wanted (the default).
+func (c Config) redirectOn() bool { return c.RedirectOnWrite == nil || *c.RedirectOnWrite }
 
 // fuseOn reports whether the FUSE view is wanted.
 func (c Config) fuseOn() bool { return c.FUSE != nil && *c.FUSE }

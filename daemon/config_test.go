@@ -75,6 +75,7 @@ nbd_listen = "127.0.0.1:10809"
 log_level = "debug"
 log_format = "json"
 shutdown_timeout = "7s"
+redirect_on_write = false
 `)
 	cfg, err := daemon.LoadConfigFile(good)
 	if err != nil {
@@ -85,6 +86,9 @@ shutdown_timeout = "7s"
 	if cfg.DataDir != want.DataDir || cfg.APISocket != want.APISocket || cfg.NBDSocket != want.NBDSocket ||
 		cfg.NBDListen != want.NBDListen || cfg.LogLevel != want.LogLevel || cfg.LogFormat != want.LogFormat || cfg.ShutdownTimeout != want.ShutdownTimeout {
 		t.Fatalf("loaded %+v", cfg)
+	}
+	if cfg.RedirectOnWrite == nil || *cfg.RedirectOnWrite {
+		t.Fatalf("redirect_on_write = false loaded as %v", cfg.RedirectOnWrite)
 	}
 	for _, tc := range []struct{ name, text, err string }{
 		{"unknown key", "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n", "unknown key(s) listen"},

@@ -58,7 +58,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		Logger:       d.log.With("disk", rec.Name),
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
-		Redirect:     d.cfg.RedirectOnWrite,
+		Redirect:     d.cfg.redirectOn(),
 		JournalMax:   journalMax,
 	}
 }

@@ -424,7 +424,7 @@ func (d *Daemon) removeDisk(k *Disk, opts api.DeleteDiskOptions) error {
 	delete(d.disks, name)
 	if k.vol != nil && k.rec.Adopted != "" {
 		// The adopted file stays: it must hold every write, including
-		// ones still redirected into the journal for a copying snapshot
+		// ones still redirected to side files for a copying snapshot
 		// (which goes with the disk).
 		if err := k.vol.Flatten(); err != nil {
 			d.log.Warn("merging redirected writes into a deleted disk's adopted image", "disk", name, "err", err)

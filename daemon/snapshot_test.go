@@ -295,6 +295,8 @@ func TestJournalMax(t *testing.T) {
 	cfg := daemontest.Config(t, daemontest.DataDir(t))
 	cfg.JournalMax = "16M"
 	cfg.CopyOutShare = 0.01
+	off := false
+	cfg.RedirectOnWrite = &off // the journal is copy-before-write's
 	in := daemontest.Start(t, &cfg)
 	c := in.Client
 	if _, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "vm1", Size: "64M"}); err != nil {

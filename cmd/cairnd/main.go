@@ -87,7 +87,7 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
 		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
 		share      = fs.Float64("copy-out-share", 0, "share of time snapshot copy-out may run while the disk is busy, 0.01-1 (default 0.1)")
-		redirect   = fs.Bool("redirect-on-write", false, "while a snapshot copies out, redirect writes to blocks it still needs into the journal (docs/design.md)")
+		redirect   = fs.Bool("redirect-on-write", true, "while a snapshot copies out, redirect writes to blocks it still needs to side files; =false copies the old pages to the journal first (docs/design.md)")
 		journalMax = fs.String("journal-max", "", "most space each disk's copy-before-write journal may take while snapshots copy out (default 1G)")
 		fuse       = fs.Bool("fuse", true, "mount disks and snapshots as files on --fuse-dir (docs/fuse.md)")
 		fuseDir    = fs.String("fuse-dir", "", "where the FUSE view is mounted (default $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse)")
@@ -139,7 +139,7 @@ func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
 		case "copy-out-share":
 			cfg.CopyOutShare = *share
 		case "redirect-on-write":
-			cfg.RedirectOnWrite = *redirect
+			cfg.RedirectOnWrite = redirect
 		case "journal-max":
 			cfg.JournalMax = *journalMax
 		}
