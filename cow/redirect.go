@@ -111,10 +111,13 @@ func (r *redirects) add(b uint64, shift uint, first, n uint32, epoch uint64) {
 	defer r.mu.Unlock()
 	l := r.layer(epoch)
 	l.AddRange(base+uint64(first), base+uint64(first+n))
-	r.any.AddRange(base+uint64(first), base+uint64(first+n))
+	for pg := base + uint64(first); pg < base+uint64(first+n); pg++ {
+		if r.any.CheckedAdd(pg) {
+			r.count.Add(1) // counted as added: no cardinality walk per write
+		}
+	}
 	r.merged.RemoveRange(base+uint64(first), base+uint64(first+n))
 	r.blocks.Add(b)
-	r.count.Store(int64(r.any.GetCardinality()))
 }
 
 // hasBlock reports whether block b has a redirected page.
