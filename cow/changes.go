@@ -6,7 +6,7 @@ import (
 	"math"
 	"sync"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Changes returns the blocks changed after snapshot from up to snapshot
@@ -85,8 +85,8 @@ type dirtyContext struct {
 
 // DirtyBitmapContexts returns the qemu:dirty-bitmap:NAME contexts for the
 // export of snapshot at ("" for the live disk): one per earlier snapshot,
-// each reporting the blocks changed since it (flag nbd.StateDirty).
-func (v *Volume) DirtyBitmapContexts(at string) map[string]nbd.MetaContext {
+// each reporting the blocks changed since it (flag block.StateDirty).
+func (v *Volume) DirtyBitmapContexts(at string) map[string]block.ExtentMap {
 	if v.st == nil {
 		return nil
 	}
@@ -101,7 +101,7 @@ func (v *Volume) DirtyBitmapContexts(at string) map[string]nbd.MetaContext {
 		}
 		upto, size = s.seq(), s.rec.Size
 	}
-	out := map[string]nbd.MetaContext{}
+	out := map[string]block.ExtentMap{}
 	for _, s := range v.snaps {
 		if s.seq() >= upto || !s.readable() {
 			continue
@@ -112,7 +112,7 @@ func (v *Volume) DirtyBitmapContexts(at string) map[string]nbd.MetaContext {
 }
 
 // Extents reports changed blocks as dirty.
-func (c *dirtyContext) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+func (c *dirtyContext) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	c.once.Do(func() { c.stored, c.err = c.v.changedBetween(ctx, c.after, c.upto) })
 	if c.err != nil {
 		return nil, c.err
@@ -125,5 +125,5 @@ func (c *dirtyContext) Extents(ctx context.Context, off, length int64) ([]nbd.Ex
 		bm = bm.Grow(c.v.blocks(size))
 		c.v.addLiveChanges(bm, c.after, c.upto)
 	}
-	return bitmapExtents(bm, c.v.shift, off, length, size, nbd.StateDirty, 0), nil
+	return bitmapExtents(bm, c.v.shift, off, length, size, block.StateDirty, 0), nil
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/store"
 )
 
@@ -579,7 +580,7 @@ func (v *Volume) afterPass(to *snap, broken error) {
 }
 
 func failReason(err error) string {
-	if errors.Is(err, store.ErrNoSpace) {
+	if errors.Is(err, block.ErrNoSpace) {
 		return "the snapshot store is full: " + err.Error()
 	}
 	return err.Error() + " — the disk and other snapshots are intact; take a new snapshot"

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // DeleteSnapshot deletes the named snapshot, first, middle or last, by
@@ -11,10 +13,10 @@ import (
 // proportional to the snapshot's own entries. Exactly the chunks nothing
 // else references are released; freed is their uncompressed size. A
 // copying snapshot's pending blocks pass to its successor first. Refused
-// with ErrSnapInUse while a view of it is open.
+// with block.ErrInUse while a view of it is open.
 func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64, err error) {
 	if v.st == nil {
-		return 0, ErrNoStore
+		return 0, errNoStore
 	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
@@ -23,7 +25,7 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 		return 0, notFound(name)
 	}
 	if n := s.views.Load(); n > 0 {
-		return 0, snapErr(ErrSnapInUse, "snapshot %q has %d reader(s)", name, n)
+		return 0, block.Errorf(block.ErrInUse, "snapshot %q has %d reader(s)", name, n)
 	}
 	v.stopWorker(s)
 	return v.finishDelete(ctx, s)
@@ -120,7 +122,7 @@ func (v *Volume) mergeBounds(s *snap) (prevSeq, nextSeq uint64, overridden func(
 // (compressed) and logical bytes of the chunks only it references.
 func (v *Volume) UniqueBytes(ctx context.Context, name string) (stored, logical uint64, err error) {
 	if v.st == nil {
-		return 0, 0, ErrNoStore
+		return 0, 0, errNoStore
 	}
 	v.mu.Lock()
 	s, ok := v.findLocked(name)

@@ -10,8 +10,7 @@ import (
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
-
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Redirect-on-write (docs/design.md, "Redirect-on-write").
@@ -544,7 +543,7 @@ func (v *Volume) writeInPlace(ctx context.Context, p []byte, off, length int64) 
 
 // overlayExtents marks as data the redirected pages in the extents ext
 // of [off, off+length).
-func (v *Volume) overlayExtents(ext []nbd.Extent, off, length int64) []nbd.Extent {
+func (v *Volume) overlayExtents(ext []block.Extent, off, length int64) []block.Extent {
 	if v.rd == nil || v.rd.count.Load() == 0 {
 		return ext
 	}
@@ -565,7 +564,7 @@ func (v *Volume) overlayExtents(ext []nbd.Extent, off, length int64) []nbd.Exten
 		return ext
 	}
 	// Rebuild the extents with the data ranges forced.
-	var out []nbd.Extent
+	var out []block.Extent
 	push := func(l int64, flags uint32) {
 		if l <= 0 {
 			return
@@ -574,7 +573,7 @@ func (v *Volume) overlayExtents(ext []nbd.Extent, off, length int64) []nbd.Exten
 			out[n-1].Length += l
 			return
 		}
-		out = append(out, nbd.Extent{Length: l, Flags: flags})
+		out = append(out, block.Extent{Length: l, Flags: flags})
 	}
 	pos, di := off, 0
 	for _, e := range ext {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // redirectDisk is a 64-block disk of random data whose first snapshot
@@ -97,7 +97,7 @@ func TestRedirectOnWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ext) != 1 || ext[0].Flags&nbd.StateHole != 0 {
+	if len(ext) != 1 || ext[0].Flags&block.StateHole != 0 {
 		t.Fatalf("extents of a trimmed redirected block: %+v, want data (its zeros are in a side file)", ext)
 	}
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Rollback makes the live disk read byte for byte as the named snapshot
@@ -15,7 +17,7 @@ import (
 // result is durable on return.
 func (v *Volume) Rollback(ctx context.Context, name string, progress func(done, total uint64)) error {
 	if v.st == nil {
-		return ErrNoStore
+		return errNoStore
 	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
@@ -23,7 +25,7 @@ func (v *Volume) Rollback(ctx context.Context, name string, progress func(done, 
 	s, ok := v.findLocked(name)
 	if ok && !s.readable() {
 		v.mu.Unlock()
-		return snapErr(ErrSnapFailed, "snapshot %q is %s and cannot be rolled back to: %s", name, s.rec.State, s.rec.Reason)
+		return block.Errorf(block.ErrFailed, "snapshot %q is %s and cannot be rolled back to: %s", name, s.rec.State, s.rec.Reason)
 	}
 	v.mu.Unlock()
 	if !ok {

@@ -16,7 +16,7 @@ import (
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/store"
 )
 
@@ -57,30 +57,12 @@ const (
 	StateDeleting = "deleting"
 )
 
-// Errors callers match with errors.Is.
-var (
-	ErrNoStore      = errors.New("volume has no snapshot store")
-	ErrSnapNotFound = errors.New("snapshot not found")
-	ErrSnapExists   = errors.New("snapshot already exists")
-	ErrSnapInUse    = errors.New("snapshot is in use")
-	ErrSnapFailed   = errors.New("snapshot failed")
-)
+// errNoStore: the volume was opened without a store or read-only.
+var errNoStore = &block.Error{Kind: block.ErrFailed, Msg: "this volume keeps no snapshots (opened read-only or without a store)"}
 
-// snapError is a message of its own that matches a sentinel with
-// errors.Is without repeating the sentinel's text.
-type snapError struct {
-	kind error
-	msg  string
+func notFound(name string) error {
+	return block.Errorf(block.ErrNotFound, "snapshot %q not found", name)
 }
-
-func (e *snapError) Error() string { return e.msg }
-func (e *snapError) Unwrap() error { return e.kind }
-
-func snapErr(kind error, format string, args ...any) error {
-	return &snapError{kind: kind, msg: fmt.Sprintf(format, args...)}
-}
-
-func notFound(name string) error { return snapErr(ErrSnapNotFound, "snapshot %q not found", name) }
 
 // SnapshotMeta is what the caller says about a new snapshot.
 type SnapshotMeta struct {
@@ -271,7 +253,7 @@ func (v *Volume) openChain() error {
 	var cr chainRecord
 	fresh := false
 	switch err := v.st.GetRecord(chainKey(disk), &cr); {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, block.ErrNotFound):
 		fresh = true
 		cr = chainRecord{NextSeq: 1}
 	case err != nil:
@@ -540,7 +522,7 @@ func (v *Volume) allocatedBlocks() (*Bitmap, error) {
 			break
 		}
 		for _, e := range ext {
-			if e.Flags&nbd.StateHole == 0 && e.Length > 0 {
+			if e.Flags&block.StateHole == 0 && e.Length > 0 {
 				bm.SetRange(uint64(off>>v.shift), uint64((off+e.Length-1)>>v.shift))
 			}
 			off += e.Length
@@ -555,12 +537,12 @@ func (v *Volume) allocatedBlocks() (*Bitmap, error) {
 // its blocks are in the store.
 func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (SnapshotInfo, error) {
 	if v.st == nil || v.readOnly {
-		return SnapshotInfo{}, ErrNoStore
+		return SnapshotInfo{}, errNoStore
 	}
 	v.sealMu.Lock()
 	defer v.sealMu.Unlock()
 	if _, ok := v.find(meta.Name); ok {
-		return SnapshotInfo{}, snapErr(ErrSnapExists, "snapshot %q already exists", meta.Name)
+		return SnapshotInfo{}, block.Errorf(block.ErrExists, "snapshot %q already exists", meta.Name)
 	}
 	seq := v.nextSeq
 	v.nextSeq++ // never reused, even if this seal fails
@@ -823,7 +805,7 @@ func (v *Volume) Snapshot(name string) (SnapshotInfo, error) {
 }
 
 // WaitReady blocks until the named snapshot is ready (nil) or failed
-// (ErrSnapFailed), or ctx ends. For tests and the CLI's --wait.
+// (block.ErrFailed), or ctx ends. For tests and the CLI's --wait.
 func (v *Volume) WaitReady(ctx context.Context, name string) error {
 	for {
 		in, err := v.Snapshot(name)
@@ -834,7 +816,7 @@ func (v *Volume) WaitReady(ctx context.Context, name string) error {
 		case StateReady:
 			return nil
 		case StateFailed, StateDeleting:
-			return snapErr(ErrSnapFailed, "snapshot %q is %s: %s", name, in.State, in.Reason)
+			return block.Errorf(block.ErrFailed, "snapshot %q is %s: %s", name, in.State, in.Reason)
 		}
 		select {
 		case <-ctx.Done():

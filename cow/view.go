@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // View is a read-only snapshot of a volume, served as the NBD export
@@ -26,7 +26,7 @@ type View struct {
 	closeOnce sync.Once
 }
 
-var _ nbd.Backend = (*View)(nil)
+var _ block.Device = (*View)(nil)
 
 // OpenView opens the named snapshot for reading. It must be closed.
 func (v *Volume) OpenView(name string) (*View, error) {
@@ -37,7 +37,7 @@ func (v *Volume) OpenView(name string) (*View, error) {
 		return nil, notFound(name)
 	}
 	if !s.readable() {
-		return nil, snapErr(ErrSnapFailed, "snapshot %q is %s: %s", name, s.rec.State, s.rec.Reason)
+		return nil, block.Errorf(block.ErrFailed, "snapshot %q is %s: %s", name, s.rec.State, s.rec.Reason)
 	}
 	s.views.Add(1)
 	return &View{v: v, s: s, seq: s.seq(), size: s.rec.Size}, nil
@@ -114,25 +114,25 @@ func (v *Volume) readAt(ctx context.Context, seq, b uint64, buf []byte) error {
 }
 
 // WriteAt fails: snapshots are read-only.
-func (w *View) WriteAt(context.Context, []byte, int64, bool) error { return nbd.ErrReadOnly }
+func (w *View) WriteAt(context.Context, []byte, int64, bool) error { return block.ErrReadOnly }
 
 // Trim fails: snapshots are read-only.
-func (w *View) Trim(context.Context, int64, int64, bool) error { return nbd.ErrReadOnly }
+func (w *View) Trim(context.Context, int64, int64, bool) error { return block.ErrReadOnly }
 
 // Zero fails: snapshots are read-only.
-func (w *View) Zero(context.Context, int64, int64, nbd.ZeroFlags) error { return nbd.ErrReadOnly }
+func (w *View) Zero(context.Context, int64, int64, block.ZeroFlags) error { return block.ErrReadOnly }
 
 // Flush has nothing to do.
 func (w *View) Flush(context.Context) error { return nil }
 
 // Extents reports the snapshot's allocation: blocks never written or
 // recorded as zero are holes.
-func (w *View) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+func (w *View) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	w.allocOnce.Do(func() { w.alloc, w.allocErr = w.v.allocatedAt(ctx, w.seq, w.size) })
 	if w.allocErr != nil {
 		return nil, w.allocErr
 	}
-	return bitmapExtents(w.alloc, w.v.shift, off, length, w.size, 0, nbd.StateHole|nbd.StateZero), nil
+	return bitmapExtents(w.alloc, w.v.shift, off, length, w.size, 0, block.StateHole|block.StateZero), nil
 }
 
 // allocatedAt is the set of blocks holding data as of seq.
@@ -160,9 +160,9 @@ func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*Bitm
 
 // bitmapExtents turns the blocks of bm within [off, off+length) into
 // extents: members get setFlags, others clearFlags. Clipped to size.
-func bitmapExtents(bm *Bitmap, shift uint, off, length, size int64, setFlags, clearFlags uint32) []nbd.Extent {
+func bitmapExtents(bm *Bitmap, shift uint, off, length, size int64, setFlags, clearFlags uint32) []block.Extent {
 	end := min(off+length, size)
-	var out []nbd.Extent
+	var out []block.Extent
 	for off < end {
 		b := uint64(off >> shift)
 		in := b < bm.Len() && bm.Test(b)
@@ -182,7 +182,7 @@ func bitmapExtents(bm *Bitmap, shift uint, off, length, size int64, setFlags, cl
 		if len(out) > 0 && out[len(out)-1].Flags == flags {
 			out[len(out)-1].Length += n
 		} else {
-			out = append(out, nbd.Extent{Length: n, Flags: flags})
+			out = append(out, block.Extent{Length: n, Flags: flags})
 		}
 		off += n
 	}

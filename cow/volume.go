@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/store"
 )
 
@@ -28,7 +28,7 @@ const DefaultBlockSize = 64 << 10
 type Options struct {
 	// BlockSize is the change-tracking unit, a power of two from 4 KiB to 4 MiB.
 	BlockSize int
-	// ReadOnly opens the live image read-only; writes fail with nbd.ErrReadOnly.
+	// ReadOnly opens the live image read-only; writes fail with block.ErrReadOnly.
 	ReadOnly bool
 
 	// Store keeps the disk's snapshot chain. Without it the volume tracks
@@ -105,7 +105,7 @@ type Volume struct {
 	chain // snapshot state (snapshot.go)
 }
 
-var _ nbd.Backend = (*Volume)(nil)
+var _ block.Device = (*Volume)(nil)
 
 // Open opens the live image at path (a regular file or a block device).
 func Open(path string, opts Options) (*Volume, error) {
@@ -320,7 +320,7 @@ func (v *Volume) afterWrite(ctx context.Context, off, length int64) {
 // WriteAt writes p at off; with fua the data is durable on return.
 func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if v.readOnly {
-		return nbd.ErrReadOnly
+		return block.ErrReadOnly
 	}
 	v.touch()
 	var err error
@@ -369,17 +369,17 @@ func (v *Volume) Trim(ctx context.Context, off, length int64, fua bool) error {
 	return v.Zero(ctx, off, length, zeroFlagsFromFUA(fua))
 }
 
-func zeroFlagsFromFUA(fua bool) nbd.ZeroFlags {
+func zeroFlagsFromFUA(fua bool) block.ZeroFlags {
 	if fua {
-		return nbd.ZeroFUA
+		return block.ZeroFUA
 	}
 	return 0
 }
 
 // Zero makes the range read as zeros, punching a hole unless ZeroNoHole.
-func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+func (v *Volume) Zero(ctx context.Context, off, length int64, flags block.ZeroFlags) error {
 	if v.readOnly {
-		return nbd.ErrReadOnly
+		return block.ErrReadOnly
 	}
 	if length == 0 {
 		return nil
@@ -398,33 +398,33 @@ func (v *Volume) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlag
 	if err != nil {
 		return err
 	}
-	if flags&nbd.ZeroFUA != 0 {
+	if flags&block.ZeroFUA != 0 {
 		return v.sync()
 	}
 	return nil
 }
 
-func (v *Volume) zero(off, length int64, flags nbd.ZeroFlags) error {
+func (v *Volume) zero(off, length int64, flags block.ZeroFlags) error {
 	fd := int(v.f.Fd())
 	if v.isDevice {
 		r := [2]uint64{uint64(off), uint64(length)}
 		if err := ioctlRange(fd, unix.BLKZEROOUT, &r); err == nil {
 			return nil
-		} else if flags&nbd.ZeroFast != 0 {
-			return nbd.ErrNotFast
+		} else if flags&block.ZeroFast != 0 {
+			return block.ErrNotFast
 		}
 		return v.writeZeros(off, length)
 	}
 	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
-	if flags&nbd.ZeroNoHole != 0 {
+	if flags&block.ZeroNoHole != 0 {
 		mode = unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
 	}
 	err := unix.Fallocate(fd, mode, off, length)
 	if err == nil {
 		return nil
 	}
-	if flags&nbd.ZeroFast != 0 {
-		return nbd.ErrNotFast
+	if flags&block.ZeroFast != 0 {
+		return block.ErrNotFast
 	}
 	return v.writeZeros(off, length)
 }
@@ -445,9 +445,9 @@ func (v *Volume) writeZeros(off, length int64) error {
 
 // Extents reports data and holes from the filesystem (SEEK_DATA/SEEK_HOLE).
 // A block device reports all data.
-func (v *Volume) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+func (v *Volume) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	if v.isDevice {
-		return []nbd.Extent{{Length: length}}, nil
+		return []block.Extent{{Length: length}}, nil
 	}
 	ext, err := fileExtents(int(v.f.Fd()), off, length, v.Size())
 	if err != nil {
@@ -457,19 +457,19 @@ func (v *Volume) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, 
 }
 
 // fileExtents walks SEEK_DATA/SEEK_HOLE over [off, off+length).
-func fileExtents(fd int, off, length, size int64) ([]nbd.Extent, error) {
+func fileExtents(fd int, off, length, size int64) ([]block.Extent, error) {
 	end := min(off+length, size)
-	var out []nbd.Extent
+	var out []block.Extent
 	for off < end {
 		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
 			data = end // only a hole from here to EOF
 		} else if err != nil {
-			return []nbd.Extent{{Length: end - off}}, nil // filesystem without SEEK_DATA: all data
+			return []block.Extent{{Length: end - off}}, nil // filesystem without SEEK_DATA: all data
 		}
 		if data > off {
 			n := min(data, end) - off
-			out = append(out, nbd.Extent{Length: n, Flags: nbd.StateHole | nbd.StateZero})
+			out = append(out, block.Extent{Length: n, Flags: block.StateHole | block.StateZero})
 			off += n
 			continue
 		}
@@ -478,7 +478,7 @@ func fileExtents(fd int, off, length, size int64) ([]nbd.Extent, error) {
 			hole = end
 		}
 		n := min(hole, end) - off
-		out = append(out, nbd.Extent{Length: n})
+		out = append(out, block.Extent{Length: n})
 		off += n
 		if len(out) >= 1024 {
 			break
@@ -560,7 +560,7 @@ func (v *Volume) Close() error {
 
 func mapErr(err error) error {
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
-		return fmt.Errorf("%w: %v", nbd.ErrNoSpace, err)
+		return fmt.Errorf("%w: %v", block.ErrNoSpace, err)
 	}
 	return err
 }
@@ -578,7 +578,7 @@ func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
 
 // TryReadAt reads the live image only if every byte is in the page cache
 // (preadv2 with RWF_NOWAIT), so the NBD server can answer cached small
-// reads without handing them to a worker (nbd.TryReader).
+// reads without handing them to a worker (block.TryReader).
 func (v *Volume) TryReadAt(p []byte, off int64) bool {
 	if len(p) == 0 || v.overlaps(off, int64(len(p))) {
 		return false
@@ -592,6 +592,6 @@ func (v *Volume) TryReadAt(p []byte, off int64) bool {
 }
 
 var (
-	_ nbd.TryReader = (*Volume)(nil)
-	_ nbd.Backed    = (*Volume)(nil)
+	_ block.TryReader = (*Volume)(nil)
+	_ block.Backed    = (*Volume)(nil)
 )

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/nbd"
@@ -172,9 +173,9 @@ func (k *Disk) export() *nbd.Export {
 	return &nbd.Export{
 		Name:        k.rec.Name,
 		Description: k.rec.Description,
-		Backend:     vol,
+		Device:      vol,
 		MultiConn:   true,
-		Contexts:    func() map[string]nbd.MetaContext { return vol.DirtyBitmapContexts("") },
+		Contexts:    func() map[string]block.ExtentMap { return vol.DirtyBitmapContexts("") },
 	}
 }
 
@@ -185,10 +186,10 @@ func (k *Disk) snapshotExport(view *cow.View) *nbd.Export {
 	return &nbd.Export{
 		Name:        k.rec.Name + "@" + snap,
 		Description: "snapshot " + snap + " of disk " + k.rec.Name,
-		Backend:     view,
+		Device:      view,
 		ReadOnly:    true,
 		MultiConn:   true,
-		Contexts:    func() map[string]nbd.MetaContext { return vol.DirtyBitmapContexts(snap) },
+		Contexts:    func() map[string]block.ExtentMap { return vol.DirtyBitmapContexts(snap) },
 	}
 }
 

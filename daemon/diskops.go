@@ -11,6 +11,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/nbd"
@@ -62,7 +63,7 @@ func (d *Daemon) lookup(name string) (*Disk, error) {
 	}
 	k := d.disks[name]
 	if k == nil {
-		return nil, errorf(ErrNotFound, "disk %q not found", name)
+		return nil, errorf(block.ErrNotFound, "disk %q not found", name)
 	}
 	return k, nil
 }
@@ -70,7 +71,7 @@ func (d *Daemon) lookup(name string) (*Disk, error) {
 // checkChange refuses changes once shutdown began. Caller holds d.mu.
 func (d *Daemon) checkChange() error {
 	if d.closing {
-		return errorf(ErrUnavailable, "cairnd is shutting down; retry when it is back")
+		return errorf(block.ErrShutdown, "cairnd is shutting down; retry when it is back")
 	}
 	return nil
 }
@@ -158,7 +159,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 		return api.Disk{}, err
 	}
 	if _, ok := d.disks[req.Name]; ok {
-		return api.Disk{}, errorf(ErrExists, "disk %q already exists", req.Name)
+		return api.Disk{}, errorf(block.ErrExists, "disk %q already exists", req.Name)
 	}
 	rec := diskRecord{Name: req.Name, BlockSize: blockSize, Description: req.Description, Created: time.Now().UTC().Truncate(time.Second)}
 	if req.Adopt != "" {
@@ -280,7 +281,7 @@ func (d *Daemon) checkAdopt(path string) (string, error) {
 	}
 	for _, other := range d.disks {
 		if ofi, err := os.Stat(d.livePath(other.rec)); err == nil && os.SameFile(fi, ofi) {
-			return "", errorf(ErrInUse, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
+			return "", errorf(block.ErrInUse, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
 		}
 	}
 	return path, nil
@@ -315,7 +316,7 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 		return api.Disk{}, err
 	}
 	if k.vol == nil {
-		return api.Disk{}, errorf(ErrFailedPrecondition, "disk %q is unavailable: %v", name, k.openErr)
+		return api.Disk{}, errorf(block.ErrFailed, "disk %q is unavailable: %v", name, k.openErr)
 	}
 	cur := k.vol.Size()
 	switch {
@@ -328,7 +329,7 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 		return api.Disk{}, err
 	}
 	if fi, err := os.Stat(d.livePath(k.rec)); err == nil && !fi.Mode().IsRegular() {
-		return api.Disk{}, errorf(ErrFailedPrecondition, "disk %q lives on block device %s: grow the device itself", name, d.livePath(k.rec))
+		return api.Disk{}, errorf(block.ErrFailed, "disk %q lives on block device %s: grow the device itself", name, d.livePath(k.rec))
 	}
 	if err := k.vol.Grow(size); err != nil {
 		return api.Disk{}, fmt.Errorf("grow disk %s: %w", name, err)
@@ -345,7 +346,7 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 
 // DeleteDisk deletes a disk: its record, and its live image unless it was
 // adopted (opts.DeleteAdopted removes an adopted regular file too). With
-// connected NBD clients it fails with ErrInUse unless opts.Force, which
+// connected NBD clients it fails with block.ErrInUse unless opts.Force, which
 // disconnects them first (requests in flight finish).
 func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDiskOptions) error {
 	d.mu.Lock()
@@ -355,10 +356,10 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 	}
 	k, err := d.lookup(name)
 	if err == nil && k.deleting {
-		err = errorf(ErrInUse, "disk %q is already being deleted", name)
+		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
 	}
 	if err == nil && k.conns > 0 && !opts.Force {
-		err = errorf(ErrInUse, "disk %q has %d connected NBD client(s): disconnect them, or delete with force to disconnect them", name, k.conns)
+		err = errorf(block.ErrInUse, "disk %q has %d connected NBD client(s): disconnect them, or delete with force to disconnect them", name, k.conns)
 	}
 	if err != nil {
 		d.mu.Unlock()
@@ -402,7 +403,7 @@ func (d *Daemon) disconnectAll(ctx context.Context, name string, drained <-chan 
 		case <-drained:
 			return nil
 		case <-ctx.Done():
-			return errorf(ErrInUse, "delete disk %s: its NBD clients did not disconnect: %v", name, context.Cause(ctx))
+			return errorf(block.ErrInUse, "delete disk %s: its NBD clients did not disconnect: %v", name, context.Cause(ctx))
 		case <-retry.C:
 		}
 	}
@@ -501,7 +502,7 @@ func (e exporter) Open(ctx context.Context, name string) (*nbd.Export, func(), e
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closing {
-		return nil, nil, nbd.ErrShutdown
+		return nil, nil, block.ErrShutdown
 	}
 	k := d.disks[diskName]
 	if k == nil || k.vol == nil || k.deleting || !ValidName(diskName) {

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/fusefs"
 )
@@ -51,21 +52,21 @@ func (s fuseSource) Snapshots(disk string) []fusefs.SnapEntry {
 	return out
 }
 
-func (s fuseSource) OpenDisk(ctx context.Context, disk string) (fusefs.File, func(), error) {
+func (s fuseSource) OpenDisk(ctx context.Context, disk string) (block.Device, func(), error) {
 	return s.open(ctx, disk)
 }
 
-func (s fuseSource) OpenSnapshot(ctx context.Context, disk, snap string) (fusefs.File, func(), error) {
+func (s fuseSource) OpenSnapshot(ctx context.Context, disk, snap string) (block.Device, func(), error) {
 	return s.open(ctx, disk+"@"+snap)
 }
 
 // open opens an export by name, as an NBD client would.
-func (s fuseSource) open(ctx context.Context, export string) (fusefs.File, func(), error) {
+func (s fuseSource) open(ctx context.Context, export string) (block.Device, func(), error) {
 	exp, release, err := exporter{s.d}.Open(ctx, export)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", fs.ErrNotExist, err)
 	}
-	return exp.Backend, release, nil
+	return exp.Device, release, nil
 }
 
 // mountFUSE mounts the FUSE tree when the config asks for it, detaching a

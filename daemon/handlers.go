@@ -8,8 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
-	"github.com/cairn-storage/cairn/store"
 )
 
 func (d *Daemon) handleListDisks(w http.ResponseWriter, r *http.Request) error {
@@ -78,7 +78,7 @@ func (d *Daemon) handleInfo(w http.ResponseWriter, r *http.Request) error {
 
 func (d *Daemon) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	if problems := d.Health(); len(problems) > 0 {
-		return errorf(ErrUnavailable, "unhealthy: %s", strings.Join(problems, "; "))
+		return errorf(block.ErrShutdown, "unhealthy: %s", strings.Join(problems, "; "))
 	}
 	writeJSON(w, http.StatusOK, api.Health{Status: "ok"})
 	return nil
@@ -116,7 +116,7 @@ func (d *Daemon) Health() []string {
 	d.mu.Unlock()
 	if len(problems) == 0 {
 		var probe struct{}
-		if err := d.store.GetRecord("health/probe", &probe); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if err := d.store.GetRecord("health/probe", &probe); err != nil && !errors.Is(err, block.ErrNotFound) {
 			problems = append(problems, "store: "+err.Error())
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
 
@@ -88,7 +89,7 @@ func (d *Daemon) apiHandler() http.Handler {
 			d.writeError(w, r, errorf(errMethodNotAllowed, "method %s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
 			return
 		}
-		d.writeError(w, r, errorf(ErrNotFound, "no API endpoint %s %s (the API is under /v1/; see docs/api/openapi.yaml)", r.Method, r.URL.Path))
+		d.writeError(w, r, errorf(block.ErrNotFound, "no API endpoint %s %s (the API is under /v1/; see docs/api/openapi.yaml)", r.Method, r.URL.Path))
 	})
 }
 

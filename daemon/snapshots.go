@@ -9,6 +9,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
@@ -18,9 +19,6 @@ import (
 // snapshots use, nor with a URL scheme).
 const SnapshotNameRule = "2 to 128 characters from letters, digits and . _ - : +, starting with a letter or digit, " +
 	"not starting with 'auto' (reserved for automatic snapshots) nor 'http://' or 'https://'"
-
-// ErrQuota: the chain is full.
-var ErrQuota = errors.New("quota exceeded")
 
 func checkSnapshotName(name string, kind string) error {
 	n := utf8.RuneCountInString(name)
@@ -56,10 +54,10 @@ func (d *Daemon) liveDisk(name string) (*Disk, error) {
 		return nil, err
 	}
 	if k.vol == nil {
-		return nil, errorf(ErrFailedPrecondition, "disk %q is unavailable: %v", name, k.openErr)
+		return nil, errorf(block.ErrFailed, "disk %q is unavailable: %v", name, k.openErr)
 	}
 	if k.deleting {
-		return nil, errorf(ErrFailedPrecondition, "disk %q is being deleted", name)
+		return nil, errorf(block.ErrFailed, "disk %q is being deleted", name)
 	}
 	return k, nil
 }
@@ -101,7 +99,7 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	d.snapMu.Lock()
 	defer d.snapMu.Unlock()
 	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota {
-		return api.Snapshot{}, errorf(ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
+		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
 			disk, n, d.cfg.SnapshotQuota, disk)
 	}
 	info, err := vol.CreateSnapshot(ctx, cow.SnapshotMeta{Name: req.Name, Description: req.Description, Kind: kind})
@@ -144,7 +142,7 @@ func (d *Daemon) ListSnapshots(ctx context.Context, disk string) ([]api.Snapshot
 	out := make([]api.Snapshot, 0, len(infos))
 	for _, in := range infos {
 		_, unique, err := vol.UniqueBytes(ctx, in.Name)
-		if err != nil && !errors.Is(err, cow.ErrSnapNotFound) {
+		if err != nil && !errors.Is(err, block.ErrNotFound) {
 			return nil, err
 		}
 		out = append(out, d.snapToAPI(k, in, unique, clients[disk+"@"+in.Name]))
@@ -170,7 +168,7 @@ func (d *Daemon) GetSnapshot(ctx context.Context, disk, snap string) (api.Snapsh
 }
 
 // DeleteSnapshot deletes a snapshot (metadata only). With NBD clients
-// reading it, it fails with ErrInUse unless force, which disconnects them.
+// reading it, it fails with block.ErrInUse unless force, which disconnects them.
 func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bool) (api.DeleteSnapshotResult, error) {
 	_, vol, err := d.volume(disk)
 	if err != nil {
@@ -187,9 +185,9 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 				d.kickGC()
 			}
 			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
-		case errors.Is(err, cow.ErrSnapInUse) && !force:
-			return api.DeleteSnapshotResult{}, errorf(ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
-		case errors.Is(err, cow.ErrSnapInUse) && time.Now().Before(deadline):
+		case errors.Is(err, block.ErrInUse) && !force:
+			return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
+		case errors.Is(err, block.ErrInUse) && time.Now().Before(deadline):
 			d.nbd.Disconnect(ctx, export)
 			select {
 			case <-ctx.Done():
@@ -210,10 +208,10 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 	d.mu.Lock()
 	k, err := d.liveDisk(disk)
 	if err == nil && k.rollingBack {
-		err = errorf(ErrInUse, "disk %q is already being rolled back", disk)
+		err = errorf(block.ErrInUse, "disk %q is already being rolled back", disk)
 	}
 	if err == nil && k.liveConns > 0 && !force {
-		err = errorf(ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with --force (force=true) to disconnect them", disk, k.liveConns)
+		err = errorf(block.ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with --force (force=true) to disconnect them", disk, k.liveConns)
 	}
 	if err != nil {
 		d.mu.Unlock()
@@ -229,7 +227,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 	}
 	in, err := vol.Snapshot(snap)
 	if err == nil && in.State != cow.StateReady && in.State != cow.StateCopying {
-		err = errorf(ErrFailedPrecondition, "snapshot %s@%s is %s and cannot be rolled back to: %s", disk, snap, in.State, in.Reason)
+		err = errorf(block.ErrFailed, "snapshot %s@%s is %s and cannot be rolled back to: %s", disk, snap, in.State, in.Reason)
 	}
 	if err == nil {
 		err = d.disconnectLive(ctx, k)
@@ -267,7 +265,7 @@ func (d *Daemon) disconnectLive(ctx context.Context, k *Disk) error {
 		d.nbd.Disconnect(ctx, k.rec.Name)
 		select {
 		case <-ctx.Done():
-			return errorf(ErrInUse, "the NBD clients of disk %s did not disconnect: %v", k.rec.Name, context.Cause(ctx))
+			return errorf(block.ErrInUse, "the NBD clients of disk %s did not disconnect: %v", k.rec.Name, context.Cause(ctx))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -285,7 +283,7 @@ func (d *Daemon) Changes(ctx context.Context, disk, from, to string) (api.Change
 	}
 	bm, err := vol.Changes(ctx, from, to)
 	if err != nil {
-		if errors.Is(err, cow.ErrSnapNotFound) {
+		if errors.Is(err, block.ErrNotFound) {
 			return api.Changes{}, fmt.Errorf("disk %q: %w", disk, err)
 		}
 		return api.Changes{}, invalidf("%v", err)
@@ -328,7 +326,7 @@ func (d *Daemon) ChainCapacity(ctx context.Context, disk string) (api.ChainCapac
 	out := api.ChainCapacity{Disk: disk, Quota: d.cfg.SnapshotQuota, StoredBytes: stored, Entries: entries, PerSnapshot: []api.SnapshotCapacity{}}
 	for _, in := range vol.Snapshots() {
 		_, unique, err := vol.UniqueBytes(ctx, in.Name)
-		if err != nil && !errors.Is(err, cow.ErrSnapNotFound) {
+		if err != nil && !errors.Is(err, block.ErrNotFound) {
 			return api.ChainCapacity{}, err
 		}
 		out.PerSnapshot = append(out.PerSnapshot, api.SnapshotCapacity{Name: in.Name, State: in.State, WrittenBytes: in.WrittenBytes, UniqueBytes: unique})
@@ -346,7 +344,7 @@ func (d *Daemon) Capacity(ctx context.Context) (api.Capacity, error) {
 		}
 		c, err := d.ChainCapacity(ctx, disk.Name)
 		if err != nil {
-			if errors.Is(err, ErrNotFound) {
+			if errors.Is(err, block.ErrNotFound) {
 				continue // deleted meanwhile
 			}
 			return api.Capacity{}, err

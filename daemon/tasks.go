@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
 
@@ -112,7 +113,7 @@ func (l *taskList) get(id string) (api.Task, error) {
 	defer l.mu.Unlock()
 	tk, ok := l.tasks[id]
 	if !ok {
-		return api.Task{}, errorf(ErrNotFound, "task %q not found (finished tasks are forgotten after %d newer ones finish, and at restart)", id, keepFinished)
+		return api.Task{}, errorf(block.ErrNotFound, "task %q not found (finished tasks are forgotten after %d newer ones finish, and at restart)", id, keepFinished)
 	}
 	return tk.t, nil
 }

@@ -27,8 +27,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/fusefs"
-	"github.com/cairn-storage/cairn/nbd"
 )
 
 // cachedDisk mounts disk "d" with LiveCache and the volume's write hook
@@ -129,7 +129,7 @@ func TestCacheDroppedOnOtherWrites(t *testing.T) {
 		{"write", func(v *testFile) error { return v.WriteAt(context.Background(), fresh, off, false) }, fresh},
 		{"write fua", func(v *testFile) error { return v.WriteAt(context.Background(), fresh, off, true) }, fresh},
 		{"trim", func(v *testFile) error { return v.Trim(context.Background(), off, n, false) }, zeros},
-		{"zero", func(v *testFile) error { return v.Zero(context.Background(), off, n, nbd.ZeroNoHole) }, zeros},
+		{"zero", func(v *testFile) error { return v.Zero(context.Background(), off, n, block.ZeroNoHole) }, zeros},
 		{"zero punching", func(v *testFile) error { return v.Zero(context.Background(), off, n, 0) }, zeros},
 	} {
 		for _, reopen := range []bool{false, true} {

@@ -6,11 +6,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/cairn-storage/cairn/nbd"
 )
 
 // fileKind says which of the tree's files a fileNode is.
@@ -177,7 +176,7 @@ func (n *fileNode) openScratch(ctx context.Context, writable bool) (fs.FileHandl
 // handle is one open file: the File the Source opened for it.
 type handle struct {
 	n        *fileNode
-	f        File
+	f        block.Device
 	release  func()
 	writable bool
 	watched  bool // a live handle with LiveCache: counted in Tree.cache
@@ -209,7 +208,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		return fuse.ReadResultData(nil), 0
 	}
 	p := dest[:min(int64(len(dest)), size-off)]
-	if b, ok := h.f.(Backed); ok {
+	if b, ok := h.f.(block.Backed); ok {
 		if fd, fdOff, ok := b.Backing(off, int64(len(p))); ok {
 			return fuse.ReadResultFd(fd, fdOff, len(p)), 0
 		}
@@ -293,10 +292,8 @@ func (h *handle) Allocate(ctx context.Context, off, length uint64, mode uint32) 
 	var err error
 	if mode == unix.FALLOC_FL_PUNCH_HOLE {
 		err = h.f.Trim(ctx, int64(off), int64(length), false)
-	} else if z, ok := h.f.(Zeroer); ok {
-		err = z.Zero(ctx, int64(off), int64(length), nbd.ZeroNoHole)
 	} else {
-		return syscall.EOPNOTSUPP
+		err = h.f.Zero(ctx, int64(off), int64(length), block.ZeroNoHole)
 	}
 	if err != nil {
 		return h.n.t.errno("fallocate", h.name(), err)
@@ -321,7 +318,7 @@ func (h *handle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, 
 // seekExtent returns the first offset at or after off that is data
 // (wantData) or a hole; the end of the file counts as a hole. It returns
 // ENXIO when off is at or past the end, or there is no data after off.
-func seekExtent(ctx context.Context, f File, off int64, wantData bool) (int64, error) {
+func seekExtent(ctx context.Context, f block.Device, off int64, wantData bool) (int64, error) {
 	size := f.Size()
 	if off >= size {
 		return 0, syscall.ENXIO
@@ -338,7 +335,7 @@ func seekExtent(ctx context.Context, f File, off int64, wantData bool) (int64, e
 			if e.Length <= 0 {
 				return 0, syscall.EIO
 			}
-			if isHole := e.Flags&nbd.StateHole != 0; isHole != wantData {
+			if isHole := e.Flags&block.StateHole != 0; isHole != wantData {
 				return off, nil
 			}
 			off += e.Length

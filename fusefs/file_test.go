@@ -339,7 +339,7 @@ func TestODirect(t *testing.T) {
 					t.Errorf("O_DIRECT %d at %d: data differs", c.len, c.off)
 				}
 			}
-			// The 4 MiB requests reached the File in pieces of MaxIO.
+			// The 4 MiB requests reached the device in pieces of MaxIO.
 			if r, w := backing.maxRead.Load(), backing.maxWrite.Load(); !mode.backed && r != fusefs.MaxIO || w != fusefs.MaxIO {
 				t.Errorf("largest request: read %d, write %d; want %d", r, w, fusefs.MaxIO)
 			}

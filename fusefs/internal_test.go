@@ -7,7 +7,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 func TestParseMountInfo(t *testing.T) {
@@ -41,24 +41,24 @@ func TestParseMountInfo(t *testing.T) {
 
 // extentFile answers Extents from a fixed list, a little at a time.
 type extentFile struct {
-	File
+	block.Device
 	size    int64
-	extents []nbd.Extent
+	extents []block.Extent
 	bad     bool
 }
 
 func (f *extentFile) Size() int64 { return f.size }
 
-func (f *extentFile) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+func (f *extentFile) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	if f.bad {
-		return []nbd.Extent{{Length: 0}}, nil
+		return []block.Extent{{Length: 0}}, nil
 	}
 	var pos int64
 	for i, e := range f.extents {
 		if off < pos+e.Length {
 			first := e
 			first.Length = pos + e.Length - off
-			return append([]nbd.Extent{first}, f.extents[i+1:min(i+2, len(f.extents))]...), nil
+			return append([]block.Extent{first}, f.extents[i+1:min(i+2, len(f.extents))]...), nil
 		}
 		pos += e.Length
 	}
@@ -66,14 +66,14 @@ func (f *extentFile) Extents(ctx context.Context, off, length int64) ([]nbd.Exte
 }
 
 func TestSeekExtent(t *testing.T) {
-	const hole = nbd.StateHole | nbd.StateZero
-	f := &extentFile{size: 100, extents: []nbd.Extent{
-		{Length: 10, Flags: hole}, {Length: 20}, {Length: 5, Flags: nbd.StateZero}, {Length: 15, Flags: hole},
+	const hole = block.StateHole | block.StateZero
+	f := &extentFile{size: 100, extents: []block.Extent{
+		{Length: 10, Flags: hole}, {Length: 20}, {Length: 5, Flags: block.StateZero}, {Length: 15, Flags: hole},
 		{Length: 30, Flags: hole}, {Length: 20},
 	}}
-	allHole := &extentFile{size: 50, extents: []nbd.Extent{{Length: 50, Flags: hole}}}
+	allHole := &extentFile{size: 50, extents: []block.Extent{{Length: 50, Flags: hole}}}
 	for _, c := range []struct {
-		f        File
+		f        block.Device
 		off      int64
 		wantData bool
 		want     int64

@@ -83,7 +83,7 @@ func forget(parent *fs.Inode, name string) {
 // (FOPEN_KEEP_CACHE), and the kernel never drops those pages on its own
 // (the mount asks for explicit data cache control: no invalidation when
 // mtime moves). Writable handles use direct I/O: their writes reach the
-// File at once and hold no page (a private mmap of one still reads through
+// the device at once and hold no page (a private mmap of one still reads through
 // the page cache). The tree keeps the cached pages coherent:
 // Changed drops every range that changes, whoever changed it (NBD, a
 // rollback, a FUSE write through a writable handle: recent kernels drop
@@ -91,12 +91,12 @@ func forget(parent *fs.Inode, name string) {
 //
 // Why no stale page survives a change X:
 //
-//  1. Changed runs after X is in the File and before X is acknowledged
+//  1. Changed runs after X is in the device and before X is acknowledged
 //     (cow.Options.OnWrite's contract).
 //  2. The kernel fills a page of disk.raw only by a READ request, and the
 //     page sits in the page cache, locked, from before that request is
 //     sent until the reply is copied in; readahead, single-page reads and
-//     mmap faults all work this way. So a READ that the File served
+//     mmap faults all work this way. So a READ that the device served
 //     before X landed belongs to a page that was in the cache before
 //     Changed began.
 //  3. NOTIFY_INVAL_INODE (the kernel's invalidate_inode_pages2_range)
@@ -126,7 +126,7 @@ func forget(parent *fs.Inode, name string) {
 // Changed reports that [off, off+length) of disk's live content changed,
 // so the kernel drops those pages. Call it for every change while the tree
 // is mounted (the page cache outlives opens), writes through the tree
-// included, after the change reached the File and before acknowledging it,
+// included, after the change reached the device and before acknowledging it,
 // outside any lock a FUSE request may wait for (it waits for the page
 // locks of FUSE reads in flight). While the kernel holds no pages of the
 // disk (without Options.LiveCache, for one), Changed costs a map lookup.

@@ -15,11 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/cairn-storage/cairn/nbd"
 )
 
 // FSType is the filesystem type of the tree in /proc/self/mountinfo.
@@ -33,7 +32,7 @@ type Options struct {
 	// LiveCache lets the kernel page cache hold the pages of read-only
 	// handles of live disk files, across opens: repeated reads run at
 	// memory speed. Writable handles use direct I/O all the same. Without
-	// it every live disk handle uses direct I/O: every read asks the File,
+	// it every live disk handle uses direct I/O: every read asks the device,
 	// nothing can be stale. With it, every change of a live disk while
 	// the tree is mounted must reach Tree.Changed before it is
 	// acknowledged (invalidate.go says why that suffices).
@@ -219,7 +218,7 @@ func (t *Tree) snapshot(disk, snap string) (SnapEntry, bool) {
 	return SnapEntry{}, false
 }
 
-// errno turns a File or Source error into the errno the caller sees, and
+// errno turns a device or Source error into the errno the caller sees, and
 // logs the ones the errno cannot explain.
 func (t *Tree) errno(op, name string, err error) syscall.Errno {
 	if err == nil {
@@ -229,15 +228,15 @@ func (t *Tree) errno(op, name string, err error) syscall.Errno {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return syscall.EINTR
-	case errors.Is(err, nbd.ErrReadOnly):
+	case errors.Is(err, block.ErrReadOnly):
 		return syscall.EROFS
-	case errors.Is(err, nbd.ErrNoSpace):
+	case errors.Is(err, block.ErrNoSpace):
 		return syscall.ENOSPC
-	case errors.Is(err, nbd.ErrInvalid):
+	case errors.Is(err, block.ErrInvalid):
 		return syscall.EINVAL
-	case errors.Is(err, nbd.ErrNotFast):
+	case errors.Is(err, block.ErrNotFast):
 		return syscall.EOPNOTSUPP
-	case errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, block.ErrNotFound):
 		return syscall.ENOENT
 	case errors.As(err, &errno):
 		return errno

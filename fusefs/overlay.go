@@ -7,20 +7,19 @@ import (
 	"sync"
 
 	"github.com/RoaringBitmap/roaring/v2"
-
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // overlayBlock is the unit in which an overlay records what was written.
 const overlayBlock = 4096
 
-// overlay is a private, throwaway, writable view of a read-only File (a
+// overlay is a private, throwaway, writable view of a read-only device (a
 // snapshot): writes land in an unlinked temporary file and vanish when
 // the overlay closes; reads take each block from there if it was written,
 // else from the base. It lets a filesystem replay its journal on a
 // crash-consistent snapshot without changing the snapshot.
 type overlay struct {
-	base File
+	base block.Device
 	// mu is held shared by reads and exclusively by writes, so a read
 	// never sees a block half copied in.
 	mu      sync.RWMutex
@@ -28,14 +27,11 @@ type overlay struct {
 	scratch *os.File
 }
 
-var (
-	_ File   = (*overlay)(nil)
-	_ Zeroer = (*overlay)(nil)
-)
+var _ block.Device = (*overlay)(nil)
 
 // newOverlay opens an empty overlay over base, keeping written blocks in
 // an unlinked file in dir.
-func newOverlay(base File, dir string) (*overlay, error) {
+func newOverlay(base block.Device, dir string) (*overlay, error) {
 	if base.Size() > overlayBlock<<32 {
 		return nil, fmt.Errorf("snapshot overlay: %d bytes is more than an overlay can track (16 TiB)", base.Size())
 	}
@@ -130,7 +126,7 @@ func (o *overlay) Trim(ctx context.Context, off, length int64, fua bool) error {
 }
 
 // Zero writes zeros into the overlay.
-func (o *overlay) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+func (o *overlay) Zero(ctx context.Context, off, length int64, flags block.ZeroFlags) error {
 	zeros := make([]byte, min(length, 1<<20))
 	for length > 0 {
 		n := min(length, int64(len(zeros)))
@@ -143,8 +139,8 @@ func (o *overlay) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFla
 }
 
 // Extents reports everything as data: the overlay does not track holes.
-func (o *overlay) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
-	return []nbd.Extent{{Length: length}}, nil
+func (o *overlay) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
+	return []block.Extent{{Length: length}}, nil
 }
 
 // Close discards the overlay.

@@ -4,35 +4,18 @@ import (
 	"context"
 	"time"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
-// File is the content behind one file of the tree: a live disk or a
-// snapshot. Methods are called concurrently from many FUSE requests. Offsets
-// and lengths are already clipped to Size.
-type File interface {
-	// Size is the content's size in bytes.
-	Size() int64
-	// ReadAt fills p from off.
-	ReadAt(ctx context.Context, p []byte, off int64) error
-	// WriteAt writes p at off; with fua the data is durable on return.
-	// Never called for snapshots (the tree answers EROFS first).
-	WriteAt(ctx context.Context, p []byte, off int64, fua bool) error
-	// Flush makes every completed write durable (fsync).
-	Flush(ctx context.Context) error
-	// Trim releases the range; it reads as zeros afterwards
-	// (fallocate PUNCH_HOLE).
-	Trim(ctx context.Context, off, length int64, fua bool) error
-	// Extents describes allocation from off: at least one extent, holes
-	// flagged nbd.StateHole. It may describe less than asked.
-	Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error)
-}
-
-// Zeroer is implemented by files that can zero a range and keep it
-// allocated (fallocate ZERO_RANGE). Files without it answer EOPNOTSUPP.
-type Zeroer interface {
-	Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error
-}
+// A file of the tree serves a block.Device: a live disk or a snapshot.
+// Its methods are called concurrently from many FUSE requests, with
+// offsets and lengths already clipped to Size; WriteAt, Trim and Zero are
+// never called for snapshots (the tree answers EROFS first). Reads of
+// ranges a block.Backed device backs with a file are spliced from that
+// file to the kernel without a copy through the daemon, which needs pipes
+// that hold a whole request: sysctl fs.pipe-max-size of at least 4 MiB
+// when the daemon starts (go-fuse reads it once). Otherwise they are read
+// with pread.
 
 // DiskEntry is one disk as the tree shows it: the directory /<Name> and its
 // live file /<Name>/disk.raw.
@@ -76,20 +59,7 @@ type Source interface {
 	Snapshots(disk string) []SnapEntry
 	// OpenDisk returns the live content of disk for reading and writing.
 	// release is called once when the last FUSE handle on it closes.
-	OpenDisk(ctx context.Context, disk string) (f File, release func(), err error)
+	OpenDisk(ctx context.Context, disk string) (f block.Device, release func(), err error)
 	// OpenSnapshot returns a snapshot's content, read-only.
-	OpenSnapshot(ctx context.Context, disk, snap string) (f File, release func(), err error)
-}
-
-// Backed is implemented by Files whose content in a range is an ordinary
-// file's (a live disk's image, outside the ranges a clone still reads
-// from its origin). Such reads are spliced from that file to the kernel
-// without a copy through the daemon, which needs pipes that hold a whole
-// request: sysctl fs.pipe-max-size of at least 4 MiB when the daemon
-// starts (go-fuse reads it once). Otherwise they are read with pread.
-type Backed interface {
-	// Backing returns the descriptor and offset that hold [off,
-	// off+length), or ok false (then ReadAt serves the read). The
-	// descriptor stays open until the File's release.
-	Backing(off, length int64) (fd uintptr, fdOff int64, ok bool)
+	OpenSnapshot(ctx context.Context, disk, snap string) (f block.Device, release func(), err error)
 }

@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/fusefs"
-	"github.com/cairn-storage/cairn/nbd"
 )
 
 // testFile is a cow.Volume that records what the tree asked of it.
@@ -44,9 +44,9 @@ type testFile struct {
 }
 
 var (
-	_ fusefs.File   = (*testFile)(nil)
-	_ fusefs.Zeroer = (*testFile)(nil)
-	_ fusefs.Backed = (*testFile)(nil)
+	_ block.Device = (*testFile)(nil)
+	_ block.Device = (*testFile)(nil)
+	_ block.Backed = (*testFile)(nil)
 )
 
 // newTestFile creates a sparse image of size bytes in dir. A testSource
@@ -109,7 +109,7 @@ func (tf *testFile) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 func (tf *testFile) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
 	if tf.readOnly {
-		return nbd.ErrReadOnly
+		return block.ErrReadOnly
 	}
 	noteMax(&tf.maxWrite, len(p))
 	return tf.Volume.WriteAt(ctx, p, off, fua)
@@ -251,7 +251,7 @@ func (s *testSource) Snapshots(disk string) []fusefs.SnapEntry {
 	return out
 }
 
-func (s *testSource) OpenDisk(ctx context.Context, disk string) (fusefs.File, func(), error) {
+func (s *testSource) OpenDisk(ctx context.Context, disk string) (block.Device, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d, ok := s.disks[disk]
@@ -261,7 +261,7 @@ func (s *testSource) OpenDisk(ctx context.Context, disk string) (fusefs.File, fu
 	return d.file, opened(d.file), nil
 }
 
-func (s *testSource) OpenSnapshot(ctx context.Context, disk, snap string) (fusefs.File, func(), error) {
+func (s *testSource) OpenSnapshot(ctx context.Context, disk, snap string) (block.Device, func(), error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if d, ok := s.disks[disk]; ok {

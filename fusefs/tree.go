@@ -18,7 +18,7 @@
 // Source, and the kernel does not cache the names of disks and snapshots,
 // so they appear and disappear as the Source changes. Attributes (a size
 // after a grow) are cached for a second; Tree.Invalidate drops them at
-// once. Data goes through the File the Source
+// once. Data goes through the device the Source
 // opens (for a live disk the same cow.Volume as NBD, so change tracking and
 // copy-on-write see FUSE writes exactly as NBD writes).
 //

@@ -97,7 +97,7 @@ func TestTreeFollowsSource(t *testing.T) {
 }
 
 // TestDeletedWhileOpen: a handle on a disk that is deleted keeps reading
-// the File it opened until it closes; a new disk of the same name is a new
+// the device it opened until it closes; a new disk of the same name is a new
 // file with its own content.
 func TestDeletedWhileOpen(t *testing.T) {
 	tree, src, backing := oneDisk(t, fusefs.Options{LiveCache: true})

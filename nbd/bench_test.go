@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
@@ -31,15 +33,17 @@ const benchSize = 256 << 20
 
 // dataBackend is an in-memory disk that is all data, and says so without
 // allocating (the server clips the one endless extent to each request).
-type dataBackend struct{ *nbdtest.Memory }
+type dataBackend struct{ *blocktest.Memory }
 
-var allData = []nbd.Extent{{Length: 1 << 62}}
+var allData = []block.Extent{{Length: 1 << 62}}
 
-func (dataBackend) Extents(context.Context, int64, int64) ([]nbd.Extent, error) { return allData, nil }
+func (dataBackend) Extents(context.Context, int64, int64) ([]block.Extent, error) {
+	return allData, nil
+}
 
 func benchServe(tb testing.TB) string {
-	mem := nbdtest.NewMemory(benchSize)
-	exp := &nbd.Export{Name: "m", Backend: dataBackend{mem}}
+	mem := blocktest.NewMemory(benchSize)
+	exp := &nbd.Export{Name: "m", Device: dataBackend{mem}}
 	sock, _ := nbdtest.Serve(tb, nbdtest.NewExports(exp), nbd.Options{})
 	return sock
 }

@@ -3,6 +3,8 @@ package nbd
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Command handlers ("Request types"); READ is in read.go. Each runs on a
@@ -10,14 +12,14 @@ import (
 // validated the request (limits.check), and queues exactly one reply.
 
 func (c *conn) write(r *request) {
-	err := c.exp.Backend.WriteAt(c.ctx, r.buf.b[:r.length], int64(r.off), r.flags&cmdFlagFUA != 0)
+	err := c.exp.Device.WriteAt(c.ctx, r.buf.b[:r.length], int64(r.off), r.flags&cmdFlagFUA != 0)
 	c.replyWrite(r, "write", err)
 }
 
 func (c *conn) flush(r *request) {
 	c.tx.waitWrites(r.seq.Load())
 	c.tx.dirty.Store(false)
-	err := c.exp.Backend.Flush(c.ctx)
+	err := c.exp.Device.Flush(c.ctx)
 	if err != nil {
 		c.tx.dirty.Store(true)
 		c.replyBackendError(r, "flush", err)
@@ -29,32 +31,32 @@ func (c *conn) flush(r *request) {
 func (c *conn) trim(r *request) {
 	var err error
 	if r.length > 0 {
-		err = c.exp.Backend.Trim(c.ctx, int64(r.off), int64(r.length), r.flags&cmdFlagFUA != 0)
+		err = c.exp.Device.Trim(c.ctx, int64(r.off), int64(r.length), r.flags&cmdFlagFUA != 0)
 	}
 	c.replyWrite(r, "trim", err)
 }
 
 func (c *conn) writeZeroes(r *request) {
-	var flags ZeroFlags
+	var flags block.ZeroFlags
 	if r.flags&cmdFlagFUA != 0 {
-		flags |= ZeroFUA
+		flags |= block.ZeroFUA
 	}
 	if r.flags&cmdFlagNoHole != 0 {
-		flags |= ZeroNoHole
+		flags |= block.ZeroNoHole
 	}
 	if r.flags&cmdFlagFastZero != 0 {
-		flags |= ZeroFast
+		flags |= block.ZeroFast
 	}
 	var err error
 	if r.length > 0 {
-		err = c.exp.Backend.Zero(c.ctx, int64(r.off), int64(r.length), flags)
+		err = c.exp.Device.Zero(c.ctx, int64(r.off), int64(r.length), flags)
 	}
 	c.replyWrite(r, "write zeroes", err)
 }
 
-// cache prefetches with the backend's Cacher, or succeeds doing nothing.
+// cache prefetches with the backend's block.Cacher, or succeeds doing nothing.
 func (c *conn) cache(r *request) {
-	if ca, ok := c.exp.Backend.(Cacher); ok && r.length > 0 {
+	if ca, ok := c.exp.Device.(block.Cacher); ok && r.length > 0 {
 		if err := ca.Cache(c.ctx, int64(r.off), int64(r.length)); err != nil {
 			c.replyBackendError(r, "cache", err)
 			return
@@ -156,7 +158,7 @@ func (r *request) keepScratch(out []byte, ends []int) {
 
 // appendDescriptors appends the block descriptors ("NBD_REPLY_TYPE_BLOCK_
 // STATUS": 32-bit length, 32-bit flags) for exts clipped to length bytes.
-func appendDescriptors(out []byte, exts []Extent, length uint64, reqOne bool) ([]byte, error) {
+func appendDescriptors(out []byte, exts []block.Extent, length uint64, reqOne bool) ([]byte, error) {
 	var run uint64 // length of the pending descriptor
 	var flags uint32
 	n := 0

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"golang.org/x/sys/unix"
 )
 
@@ -54,8 +55,8 @@ type conn struct {
 	// transmission phase starts.
 	structured bool
 	exp        *Export
-	tryReader  TryReader // exp.Backend's, if it has one
-	backed     Backed    // exp.Backend's, if it has one
+	tryReader  block.TryReader // exp.Device's, if it has one
+	backed     block.Backed    // exp.Device's, if it has one
 	release    func()
 	lim        limits
 	contexts   []selectedContext
@@ -161,7 +162,7 @@ func (c *conn) callFlush() (err error) {
 			err = panicError(p)
 		}
 	}()
-	return c.exp.Backend.Flush(c.ctx)
+	return c.exp.Device.Flush(c.ctx)
 }
 
 // logBackendError logs a backend failure, at most ten lines a second per

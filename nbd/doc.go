@@ -1,4 +1,4 @@
-// Package nbd is Cairn's NBD protocol server. It serves any Backend (the
+// Package nbd is Cairn's NBD protocol server. It serves any block.Device (the
 // live volume, a read-only snapshot view, a clone, an in-memory disk in
 // tests) to qemu, libnbd's tools, fio and the kernel's nbd client; it knows
 // nothing of snapshots, chains or the store. The protocol is the one in
@@ -33,15 +33,15 @@
 // unknown client flags), closes the connection with one log line. Option
 // haggling must finish within Options.HandshakeTimeout.
 //
-// Meta contexts: base:allocation, answered by Backend.Extents, plus
+// Meta contexts: base:allocation, answered by block.Device.Extents, plus
 // whatever Export.Contexts returns when the client negotiates (for example
-// qemu:dirty-bitmap:SNAP, answered by the MetaContext). A query ending in a
+// qemu:dirty-bitmap:SNAP, answered by the block.ExtentMap). A query ending in a
 // colon lists every context under it ("base:", "qemu:",
 // "qemu:dirty-bitmap:"); other queries match one name exactly; listing
 // with no query lists all; a query without a namespace is
 // NBD_REP_ERR_INVALID. The contexts are looked up again in the export the
 // client finally opens; one that has vanished since it was selected keeps
-// answering through the MetaContext object that was selected.
+// answering through the block.ExtentMap object that was selected.
 //
 // Transmission flags follow the spec exactly: HAS_FLAGS always; for a
 // writable export SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES and
@@ -54,13 +54,13 @@
 //
 // READ answers with structured replies when negotiated: one OFFSET_DATA
 // chunk, or, for reads of 64 KiB and more, OFFSET_DATA and OFFSET_HOLE
-// chunks following Backend.Extents so zeros are not sent (NBD_CMD_FLAG_DF
+// chunks following block.Device.Extents so zeros are not sent (NBD_CMD_FLAG_DF
 // forces a single data chunk); simple replies otherwise. Reads of 64 KiB
-// and more from a backend that implements Backed (a range held by an
+// and more from a backend that implements block.Backed (a range held by an
 // ordinary file, as cow.Volume's live image) are sent with sendfile(2),
 // never copied through the server. WRITE, TRIM and
 // WRITE_ZEROES pass FUA, NO_HOLE and FAST_ZERO to the backend. CACHE calls
-// the backend's Cacher if it has one, else succeeds. BLOCK_STATUS returns
+// the backend's block.Cacher if it has one, else succeeds. BLOCK_STATUS returns
 // one chunk per selected context, clipped to the request (one extent with
 // REQ_ONE), neighbours with equal flags merged, at most 2^20 descriptors.
 // DISC answers everything in flight, then closes.
@@ -70,9 +70,9 @@
 // EINVAL (writes and zeroing past the end ENOSPC); write commands on a
 // read-only export EPERM. The connection lives on, and the data of a
 // refused WRITE is read and dropped (up to 64 MiB; beyond that the client
-// is hung up on). Backend errors map through errnoOf: ErrNotFast ->
-// ENOTSUP, ErrNoSpace (and ENOSPC, EDQUOT, EFBIG) -> ENOSPC, ErrReadOnly
-// -> EPERM, ErrInvalid -> EINVAL, ErrShutdown -> ESHUTDOWN, anything else
+// is hung up on). block.Device errors map through errnoOf: block.ErrNotFast ->
+// ENOTSUP, block.ErrNoSpace (and ENOSPC, EDQUOT, EFBIG) -> ENOSPC, block.ErrReadOnly
+// -> EPERM, block.ErrInvalid -> EINVAL, block.ErrShutdown -> ESHUTDOWN, anything else
 // EIO, logged (at most ten lines a second per connection). A panic in a
 // backend call is recovered, logged with its stack and answered EIO.
 // Garbage where a request header should be closes that connection only.
@@ -89,14 +89,14 @@
 //
 // Handing a request to a worker costs more than a cached 4 KiB read, so
 // the reader answers small reads itself when the backend implements
-// TryReader and has the data in memory (preadv2 with RWF_NOWAIT), and runs
+// block.TryReader and has the data in memory (preadv2 with RWF_NOWAIT), and runs
 // small non-FUA writes itself while the backend answers them within
 // microseconds (after a slow one, writes go to workers for a while; see
 // Options.WritesOnWorkers). Their replies leave in one write when the
 // reader runs out of buffered requests.
 //
 // A FLUSH waits until every write command received before it on the same
-// connection has completed, then calls Backend.Flush: so a client that
+// connection has completed, then calls block.Device.Flush: so a client that
 // pipelines WRITE, WRITE, FLUSH gets what it expects, which is stronger
 // than the spec's "writes already replied to". FUA requests are durable
 // when answered. Backends may be called concurrently from every connection

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // errnoOf maps a backend error to the NBD error sent to the client
@@ -13,16 +15,16 @@ import (
 // is EIO.
 func errnoOf(err error) uint32 {
 	switch {
-	case errors.Is(err, ErrNotFast):
+	case errors.Is(err, block.ErrNotFast):
 		return errNotSup
-	case errors.Is(err, ErrNoSpace), errors.Is(err, syscall.ENOSPC),
+	case errors.Is(err, block.ErrNoSpace), errors.Is(err, syscall.ENOSPC),
 		errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
 		return errNoSpc
-	case errors.Is(err, ErrReadOnly), errors.Is(err, syscall.EROFS):
+	case errors.Is(err, block.ErrReadOnly), errors.Is(err, syscall.EROFS):
 		return errPerm
-	case errors.Is(err, ErrInvalid):
+	case errors.Is(err, block.ErrInvalid):
 		return errInval
-	case errors.Is(err, ErrShutdown), errors.Is(err, context.Canceled):
+	case errors.Is(err, block.ErrShutdown), errors.Is(err, context.Canceled):
 		return errShutdown
 	}
 	return errIO

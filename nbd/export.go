@@ -22,7 +22,7 @@ type limits struct {
 // the preferred size; unset values take the defaults (1, 4096, 32 MiB).
 func exportLimits(e *Export, structured bool) (limits, error) {
 	l := limits{
-		size:      e.Backend.Size(),
+		size:      e.Device.Size(),
 		minBlock:  e.MinBlock,
 		prefBlock: e.PrefBlock,
 		maxBlock:  e.MaxBlock,

@@ -3,21 +3,23 @@ package nbd
 import (
 	"context"
 	"testing"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
-// fixedContext and sizedBackend are the smallest MetaContext and Backend.
+// fixedContext and sizedBackend are the smallest block.ExtentMap and block.Device.
 type fixedContext struct{}
 
-func (fixedContext) Extents(context.Context, int64, int64) ([]Extent, error) { return nil, nil }
+func (fixedContext) Extents(context.Context, int64, int64) ([]block.Extent, error) { return nil, nil }
 
 type sizedBackend struct{ fixedContext }
 
-func (b sizedBackend) Size() int64                                       { return 1 << 20 }
-func (sizedBackend) ReadAt(context.Context, []byte, int64) error         { return nil }
-func (sizedBackend) WriteAt(context.Context, []byte, int64, bool) error  { return nil }
-func (sizedBackend) Flush(context.Context) error                         { return nil }
-func (sizedBackend) Trim(context.Context, int64, int64, bool) error      { return nil }
-func (sizedBackend) Zero(context.Context, int64, int64, ZeroFlags) error { return nil }
+func (b sizedBackend) Size() int64                                             { return 1 << 20 }
+func (sizedBackend) ReadAt(context.Context, []byte, int64) error               { return nil }
+func (sizedBackend) WriteAt(context.Context, []byte, int64, bool) error        { return nil }
+func (sizedBackend) Flush(context.Context) error                               { return nil }
+func (sizedBackend) Trim(context.Context, int64, int64, bool) error            { return nil }
+func (sizedBackend) Zero(context.Context, int64, int64, block.ZeroFlags) error { return nil }
 
 func TestExportLimits(t *testing.T) {
 	tests := []struct {
@@ -38,7 +40,7 @@ func TestExportLimits(t *testing.T) {
 		{"max below preferred", 512, 4096, 2048, 0, 0, 0, false},
 	}
 	for _, tt := range tests {
-		e := &Export{Name: "x", Backend: sizedBackend{}, MinBlock: tt.min, PrefBlock: tt.pref, MaxBlock: tt.max}
+		e := &Export{Name: "x", Device: sizedBackend{}, MinBlock: tt.min, PrefBlock: tt.pref, MaxBlock: tt.max}
 		l, err := exportLimits(e, true)
 		if (err == nil) != tt.ok {
 			t.Errorf("%s: error %v", tt.name, err)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
@@ -49,13 +51,13 @@ const fuzzExportSize = 64 << 10
 // fuzzServe runs one connection over input and returns what the server
 // wrote.
 func fuzzServe(input []byte) []byte {
-	mem := nbdtest.NewMemory(fuzzExportSize)
-	dirty := &nbdtest.Ranges{Size: fuzzExportSize, Flags: nbd.StateDirty, Ranges: [][2]int64{{4096, 8192}}}
+	mem := blocktest.NewMemory(fuzzExportSize)
+	dirty := &blocktest.Ranges{Size: fuzzExportSize, Flags: block.StateDirty, Ranges: [][2]int64{{4096, 8192}}}
 	exps := nbdtest.NewExports(
-		&nbd.Export{Name: "a", Backend: mem, MinBlock: 512, Contexts: func() map[string]nbd.MetaContext {
-			return map[string]nbd.MetaContext{"qemu:dirty-bitmap:x": dirty}
+		&nbd.Export{Name: "a", Device: mem, MinBlock: 512, Contexts: func() map[string]block.ExtentMap {
+			return map[string]block.ExtentMap{"qemu:dirty-bitmap:x": dirty}
 		}},
-		&nbd.Export{Name: "", Description: "default", Backend: nbdtest.NewMemory(4096), ReadOnly: true},
+		&nbd.Export{Name: "", Description: "default", Device: blocktest.NewMemory(4096), ReadOnly: true},
 	)
 	srv := nbd.NewServer(nbd.Options{Exporter: exps, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	pc := &pipeConn{in: bytes.NewReader(input)}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Option haggling ("Fixed newstyle negotiation", "Option types").
@@ -199,7 +201,7 @@ func (h *handshake) option(opt uint32, data []byte) (optResult, error) {
 // send and a message.
 func (h *handshake) open(name string) (*Export, func(), uint32, string) {
 	exp, release, err := h.c.srv.opts.Exporter.Open(h.c.ctx, name)
-	if err == nil && (exp == nil || exp.Backend == nil) {
+	if err == nil && (exp == nil || exp.Device == nil) {
 		err = fmt.Errorf("%w: %q", ErrUnknownExport, name)
 	}
 	if err != nil {
@@ -209,7 +211,7 @@ func (h *handshake) open(name string) (*Export, func(), uint32, string) {
 		switch {
 		case errors.Is(err, ErrUnknownExport):
 			return nil, nil, repErrUnknown, fmt.Sprintf("no export named %q", name)
-		case errors.Is(err, ErrShutdown):
+		case errors.Is(err, block.ErrShutdown):
 			return nil, nil, repErrShutdown, "the server is shutting down"
 		}
 		return nil, nil, repErrPolicy, err.Error()
@@ -389,8 +391,8 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 func (h *handshake) enter(name string, exp *Export, release func(), lim limits) {
 	c := h.c
 	c.exp, c.release, c.lim, c.structured = exp, release, lim, h.structured
-	c.tryReader, _ = exp.Backend.(TryReader)
-	c.backed, _ = exp.Backend.(Backed)
+	c.tryReader, _ = exp.Device.(block.TryReader)
+	c.backed, _ = exp.Device.(block.Backed)
 	if h.metaExport == name {
 		c.contexts = rebind(h.meta, exp)
 	}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
@@ -304,7 +306,7 @@ func TestTransmissionFlags(t *testing.T) {
 }
 
 func TestHandshakeTimeout(t *testing.T) {
-	exps := nbdtest.NewExports(&nbd.Export{Name: "m", Backend: nbdtest.NewMemory(1 << 20)})
+	exps := nbdtest.NewExports(&nbd.Export{Name: "m", Device: blocktest.NewMemory(1 << 20)})
 	sock, _ := nbdtest.Serve(t, exps, nbd.Options{HandshakeTimeout: 50 * time.Millisecond})
 	c := dial(t, sock)
 	if !c.closed() {
@@ -355,7 +357,7 @@ func (p panickyExporter) Open(ctx context.Context, name string) (*nbd.Export, fu
 }
 
 func TestExporterPanicClosesOneConnection(t *testing.T) {
-	exps := nbdtest.NewExports(&nbd.Export{Name: "m", Backend: nbdtest.NewMemory(1 << 20)})
+	exps := nbdtest.NewExports(&nbd.Export{Name: "m", Device: blocktest.NewMemory(1 << 20)})
 	sock, _ := nbdtest.Serve(t, panickyExporter{exps}, nbd.Options{})
 	other := open(t, sock, "m", true)
 	c := dial(t, sock)
@@ -372,22 +374,22 @@ func TestExporterPanicClosesOneConnection(t *testing.T) {
 // freshExporter returns a new Export on every Open, whose context
 // x-test:open reports (as its flags) which open created it.
 type freshExporter struct {
-	mem   *nbdtest.Memory
+	mem   *blocktest.Memory
 	opens atomic.Uint32
 }
 
 func (e *freshExporter) Open(context.Context, string) (*nbd.Export, func(), error) {
 	n := e.opens.Add(1)
-	ctx := &nbdtest.Ranges{Size: e.mem.Size(), Flags: n, Ranges: [][2]int64{{0, e.mem.Size()}}}
-	return &nbd.Export{Name: "f", Backend: e.mem, Contexts: func() map[string]nbd.MetaContext {
-		return map[string]nbd.MetaContext{"x-test:open": ctx}
+	ctx := &blocktest.Ranges{Size: e.mem.Size(), Flags: n, Ranges: [][2]int64{{0, e.mem.Size()}}}
+	return &nbd.Export{Name: "f", Device: e.mem, Contexts: func() map[string]block.ExtentMap {
+		return map[string]block.ExtentMap{"x-test:open": ctx}
 	}}, func() {}, nil
 }
 
 func (e *freshExporter) List(context.Context) []nbd.ExportInfo { return nil }
 
 func TestContextsFollowTheOpenedExport(t *testing.T) {
-	sock, _ := nbdtest.Serve(t, &freshExporter{mem: nbdtest.NewMemory(1 << 20)}, nbd.Options{})
+	sock, _ := nbdtest.Serve(t, &freshExporter{mem: blocktest.NewMemory(1 << 20)}, nbd.Options{})
 	c := dial(t, sock)
 	c.structuredReplies()
 	ids := c.setMeta("f", "x-test:open") // open 1

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
@@ -24,9 +26,9 @@ type fixture struct {
 	srv      *nbd.Server
 	exports  *nbdtest.Exports
 	diskPath string
-	disk     *nbdtest.File
-	mem      *nbdtest.Memory
-	dirty    *nbdtest.Ranges
+	disk     *blocktest.File
+	mem      *blocktest.Memory
+	dirty    *blocktest.Ranges
 }
 
 const fixtureSize = 16 << 20
@@ -36,11 +38,11 @@ func newFixture(t *testing.T) *fixture {
 	dir := t.TempDir()
 	f := &fixture{diskPath: filepath.Join(dir, "disk.img")}
 	var err error
-	if f.disk, err = nbdtest.CreateFile(f.diskPath, fixtureSize); err != nil {
+	if f.disk, err = blocktest.CreateFile(f.diskPath, fixtureSize); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.disk.Close() })
-	ro, err := nbdtest.CreateFile(filepath.Join(dir, "ro.img"), fixtureSize)
+	ro, err := blocktest.CreateFile(filepath.Join(dir, "ro.img"), fixtureSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,13 +50,13 @@ func newFixture(t *testing.T) *fixture {
 	if err := ro.WriteAt(context.Background(), bytes.Repeat([]byte{0xab}, 1<<20), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	f.mem = nbdtest.NewMemory(fixtureSize)
-	f.dirty = &nbdtest.Ranges{Size: fixtureSize, Flags: nbd.StateDirty, Ranges: [][2]int64{{64 << 10, 64 << 10}, {1 << 20, 128 << 10}}}
+	f.mem = blocktest.NewMemory(fixtureSize)
+	f.dirty = &blocktest.Ranges{Size: fixtureSize, Flags: block.StateDirty, Ranges: [][2]int64{{64 << 10, 64 << 10}, {1 << 20, 128 << 10}}}
 	f.exports = nbdtest.NewExports(
-		&nbd.Export{Name: "disk", Description: "test disk", Backend: f.disk, MultiConn: true},
-		&nbd.Export{Name: "ro", Description: "read-only disk", Backend: ro, ReadOnly: true},
-		&nbd.Export{Name: "mem", Backend: f.mem, MinBlock: 512, Contexts: func() map[string]nbd.MetaContext {
-			return map[string]nbd.MetaContext{"qemu:dirty-bitmap:x": f.dirty}
+		&nbd.Export{Name: "disk", Description: "test disk", Device: f.disk, MultiConn: true},
+		&nbd.Export{Name: "ro", Description: "read-only disk", Device: ro, ReadOnly: true},
+		&nbd.Export{Name: "mem", Device: f.mem, MinBlock: 512, Contexts: func() map[string]block.ExtentMap {
+			return map[string]block.ExtentMap{"qemu:dirty-bitmap:x": f.dirty}
 		}},
 	)
 	f.sock, f.srv = nbdtest.Serve(t, f.exports, nbd.Options{})

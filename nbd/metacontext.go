@@ -3,10 +3,12 @@ package nbd
 import (
 	"slices"
 	"strings"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Meta contexts ("Metadata querying"). An export offers base:allocation,
-// answered by its Backend, plus whatever Export.Contexts returns (for
+// answered by its block.Device, plus whatever Export.Contexts returns (for
 // example qemu:dirty-bitmap:SNAP). Query syntax, as documented by the spec
 // for base: and by qemu for qemu::
 //
@@ -22,13 +24,13 @@ import (
 type selectedContext struct {
 	id   uint32
 	name string
-	src  MetaContext
+	src  block.ExtentMap
 }
 
 // availableContexts returns the contexts e offers, base:allocation first
 // and the rest sorted by name.
-func availableContexts(e *Export) (names []string, byName map[string]MetaContext) {
-	byName = map[string]MetaContext{ctxBaseAllocation: e.Backend}
+func availableContexts(e *Export) (names []string, byName map[string]block.ExtentMap) {
+	byName = map[string]block.ExtentMap{ctxBaseAllocation: e.Device}
 	if e.Contexts != nil {
 		for name, mc := range e.Contexts() {
 			if mc != nil && validContextName(name) && name != ctxBaseAllocation {

@@ -3,6 +3,8 @@ package nbd
 import (
 	"slices"
 	"testing"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 func TestMatchContexts(t *testing.T) {
@@ -36,8 +38,8 @@ func TestMatchContexts(t *testing.T) {
 }
 
 func TestAvailableContexts(t *testing.T) {
-	e := &Export{Backend: nil, Contexts: func() map[string]MetaContext {
-		return map[string]MetaContext{
+	e := &Export{Device: nil, Contexts: func() map[string]block.ExtentMap {
+		return map[string]block.ExtentMap{
 			"qemu:dirty-bitmap:b": fixedContext{}, "qemu:dirty-bitmap:a": fixedContext{},
 			"base:allocation": fixedContext{}, // cannot replace the backend's
 			"nonamespace":     fixedContext{}, "qemu:": fixedContext{}, "qemu:nil": nil,

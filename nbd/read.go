@@ -1,17 +1,19 @@
 package nbd
 
+import "github.com/cairn-storage/cairn/block"
+
 // NBD_CMD_READ ("Request types"). Three ways to answer, cheapest first:
 //
-//   - Small reads the backend can serve from memory (TryReader) are
+//   - Small reads the backend can serve from memory (block.TryReader) are
 //     answered by the reader goroutine itself (transmission.go).
 //   - Reads of sendfileMin bytes and more from a backend whose range is an
-//     ordinary file's (Backed) go out with sendfile(2): the data never
+//     ordinary file's (block.Backed) go out with sendfile(2): the data never
 //     passes through the server's memory.
 //   - Everything else is read into the request's buffer with ReadAt and
 //     copied out.
 //
 // With structured replies and without NBD_CMD_FLAG_DF, reads of
-// sparseReadMin bytes and more first ask Backend.Extents and answer ranges
+// sparseReadMin bytes and more first ask block.Device.Extents and answer ranges
 // that read as zeros with NBD_REPLY_TYPE_OFFSET_HOLE chunks instead of
 // data. Smaller reads skip the lookup: it would cost more than it saves.
 
@@ -31,7 +33,7 @@ func (c *conn) read(r *request) {
 	n := int(r.length)
 	segs := append(r.segments[:0], segment{length: n})
 	if c.structured && r.flags&cmdFlagDF == 0 && n >= sparseReadMin {
-		if exts, err := c.exp.Backend.Extents(c.ctx, int64(r.off), int64(n)); err == nil {
+		if exts, err := c.exp.Device.Extents(c.ctx, int64(r.off), int64(n)); err == nil {
 			segs, _ = splitSegments(segs[:0], exts, n)
 		}
 	}
@@ -47,7 +49,7 @@ func (c *conn) read(r *request) {
 		if s.zero {
 			continue
 		}
-		if err := c.exp.Backend.ReadAt(c.ctx, p[s.start:s.start+s.length], int64(r.off)+int64(s.start)); err != nil {
+		if err := c.exp.Device.ReadAt(c.ctx, p[s.start:s.start+s.length], int64(r.off)+int64(s.start)); err != nil {
 			c.replyBackendError(r, "read", err)
 			return
 		}
@@ -168,7 +170,7 @@ func (c *conn) sendRead(r *request, segs []segment) bool {
 // splitSegments turns extents into alternating data and zero segments
 // covering exactly n bytes; what the extents leave undescribed is data.
 // holes reports whether any segment reads as zeros.
-func splitSegments(segs []segment, exts []Extent, n int) (_ []segment, holes bool) {
+func splitSegments(segs []segment, exts []block.Extent, n int) (_ []segment, holes bool) {
 	pos := 0
 	add := func(length int, zero bool) {
 		if k := len(segs); k > 0 && segs[k-1].zero == zero {
@@ -183,7 +185,7 @@ func splitSegments(segs []segment, exts []Extent, n int) (_ []segment, holes boo
 		if e.Length <= 0 || pos == n {
 			break
 		}
-		add(int(min(e.Length, int64(n-pos))), e.Flags&StateZero != 0)
+		add(int(min(e.Length, int64(n-pos))), e.Flags&block.StateZero != 0)
 	}
 	if pos < n {
 		add(n-pos, false)

@@ -8,16 +8,17 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
 
-// Reads served with sendfile from a Backed backend.
+// Reads served with sendfile from a block.Backed backend.
 
 // longerFile claims to be larger than its file: what lies past the file's
 // end reads as zeros (a sparse live image shorter than its disk).
 type longerFile struct {
-	*nbdtest.File
+	*blocktest.File
 	size int64
 }
 
@@ -25,7 +26,7 @@ func (f longerFile) Size() int64 { return f.size }
 
 // badBacking says its data is in a file it cannot read (a directory).
 type badBacking struct {
-	*nbdtest.Memory
+	*blocktest.Memory
 	dir *os.File
 }
 
@@ -33,7 +34,7 @@ func (b badBacking) Backing(off, _ int64) (uintptr, int64, bool) { return b.dir.
 
 func TestSendfileReads(t *testing.T) {
 	dir := t.TempDir()
-	f, err := nbdtest.CreateFile(filepath.Join(dir, "short.img"), 0)
+	f, err := blocktest.CreateFile(filepath.Join(dir, "short.img"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func TestSendfileReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Close()
-	if f, err = nbdtest.OpenFile(filepath.Join(dir, "short.img"), false); err != nil {
+	if f, err = blocktest.OpenFile(filepath.Join(dir, "short.img"), false); err != nil {
 		t.Fatal(err)
 	}
 	want := make([]byte, 1<<20)
@@ -54,8 +55,8 @@ func TestSendfileReads(t *testing.T) {
 	}
 	defer d.Close()
 	sock, _ := nbdtest.Serve(t, nbdtest.NewExports(
-		&nbd.Export{Name: "short", Backend: longerFile{f, 1 << 20}},
-		&nbd.Export{Name: "bad", Backend: badBacking{nbdtest.NewMemory(1 << 20), d}},
+		&nbd.Export{Name: "short", Device: longerFile{f, 1 << 20}},
+		&nbd.Export{Name: "bad", Device: badBacking{blocktest.NewMemory(1 << 20), d}},
 	), nbd.Options{})
 
 	tests := []struct {

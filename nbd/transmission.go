@@ -19,7 +19,7 @@ import (
 // requests complete ("Ordering of messages and writes" allows it).
 //
 // Two kinds of request skip the hand-over, which costs more than they do:
-// small reads the backend can serve from memory (TryReader) and small
+// small reads the backend can serve from memory (block.TryReader) and small
 // writes while the backend answers writes quickly (writeInline). The
 // reader runs those itself and writes the replies they queue before it
 // next waits for the client.
@@ -162,7 +162,7 @@ func (c *conn) accept(h header) bool {
 }
 
 // inlineReadMax is the largest read the reader answers itself when the
-// backend can serve it without waiting (TryReader); larger ones are
+// backend can serve it without waiting (block.TryReader); larger ones are
 // copied on workers, in parallel.
 const inlineReadMax = sparseReadMin - 1
 

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/block/blocktest"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/nbdtest"
 )
@@ -216,10 +218,10 @@ func TestBlockStatus(t *testing.T) {
 }
 
 // hookedFixture serves one export whose backend calls hook first.
-func hookedFixture(t *testing.T, opts nbd.Options, hook func(ctx context.Context, op nbdtest.Op, off, length int64) error) (string, *nbd.Server, *nbdtest.Memory) {
+func hookedFixture(t *testing.T, opts nbd.Options, hook func(ctx context.Context, op blocktest.Op, off, length int64) error) (string, *nbd.Server, *blocktest.Memory) {
 	t.Helper()
-	mem := nbdtest.NewMemory(8 << 20)
-	exp := &nbd.Export{Name: "h", Backend: &nbdtest.Hooked{Backend: mem, Before: hook}}
+	mem := blocktest.NewMemory(8 << 20)
+	exp := &nbd.Export{Name: "h", Device: &blocktest.Hooked{Device: mem, Before: hook}}
 	sock, srv := nbdtest.Serve(t, nbdtest.NewExports(exp), opts)
 	return sock, srv, mem
 }
@@ -239,8 +241,8 @@ func (g *gate) hold(off int64) {
 
 func TestRepliesOutOfOrder(t *testing.T) {
 	g := newGate()
-	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
-		if op == nbdtest.OpRead && off == 0 {
+	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
+		if op == blocktest.OpRead && off == 0 {
 			g.hold(off)
 		}
 		return nil
@@ -277,12 +279,12 @@ func TestFlushWaitsForEarlierWrites(t *testing.T) {
 		events = append(events, e)
 		mu.Unlock()
 	}
-	sock, _, _ := hookedFixture(t, nbd.Options{WritesOnWorkers: true}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+	sock, _, _ := hookedFixture(t, nbd.Options{WritesOnWorkers: true}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
 		switch op {
-		case nbdtest.OpWrite:
+		case blocktest.OpWrite:
 			g.hold(off)
 			record("write done")
-		case nbdtest.OpFlush:
+		case blocktest.OpFlush:
 			record("flush")
 		}
 		return nil
@@ -319,24 +321,24 @@ func TestBackendFailures(t *testing.T) {
 	tests := []struct {
 		name       string
 		typ, flags uint16
-		op         nbdtest.Op   // the backend call that fails
+		op         blocktest.Op // the backend call that fails
 		fail       func() error // how it fails
 		want       uint32
 	}{
-		{"read panics", cCmdRead, 0, nbdtest.OpRead, func() error { panic("backend bug") }, cEIO},
-		{"read fails", cCmdRead, 0, nbdtest.OpRead, func() error { return errors.New("disk on fire") }, cEIO},
-		{"write no space", cCmdWrite, 0, nbdtest.OpWrite, func() error { return fmt.Errorf("quota: %w", nbd.ErrNoSpace) }, cENOSPC},
-		{"write read-only", cCmdWrite, 0, nbdtest.OpWrite, func() error { return nbd.ErrReadOnly }, cEPERM},
-		{"fast zero not fast", cCmdWriteZeroes, cFlagFastZero, nbdtest.OpZero, func() error { return nbd.ErrNotFast }, cENOTSUP},
-		{"trim invalid", cCmdTrim, 0, nbdtest.OpTrim, func() error { return nbd.ErrInvalid }, cEINVAL},
-		{"flush panics", cCmdFlush, 0, nbdtest.OpFlush, func() error { panic(errors.New("flush bug")) }, cEIO},
-		{"shutting down", cCmdRead, 0, nbdtest.OpRead, func() error { return nbd.ErrShutdown }, cESHUTDWN},
+		{"read panics", cCmdRead, 0, blocktest.OpRead, func() error { panic("backend bug") }, cEIO},
+		{"read fails", cCmdRead, 0, blocktest.OpRead, func() error { return errors.New("disk on fire") }, cEIO},
+		{"write no space", cCmdWrite, 0, blocktest.OpWrite, func() error { return fmt.Errorf("quota: %w", block.ErrNoSpace) }, cENOSPC},
+		{"write read-only", cCmdWrite, 0, blocktest.OpWrite, func() error { return block.ErrReadOnly }, cEPERM},
+		{"fast zero not fast", cCmdWriteZeroes, cFlagFastZero, blocktest.OpZero, func() error { return block.ErrNotFast }, cENOTSUP},
+		{"trim invalid", cCmdTrim, 0, blocktest.OpTrim, func() error { return block.ErrInvalid }, cEINVAL},
+		{"flush panics", cCmdFlush, 0, blocktest.OpFlush, func() error { panic(errors.New("flush bug")) }, cEIO},
+		{"shutting down", cCmdRead, 0, blocktest.OpRead, func() error { return block.ErrShutdown }, cESHUTDWN},
 	}
 	for _, tt := range tests {
 		for _, structured := range []bool{true, false} {
 			t.Run(fmt.Sprintf("%s/structured=%v", tt.name, structured), func(t *testing.T) {
-				sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
-					if op == tt.op && off == 4096 || op == tt.op && op == nbdtest.OpFlush {
+				sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
+					if op == tt.op && off == 4096 || op == tt.op && op == blocktest.OpFlush {
 						return tt.fail()
 					}
 					return nil
@@ -364,8 +366,8 @@ func TestBackendFailures(t *testing.T) {
 func TestInFlightBound(t *testing.T) {
 	const limit = 4
 	g := newGate()
-	sock, _, _ := hookedFixture(t, nbd.Options{MaxInFlight: limit}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
-		if op == nbdtest.OpRead {
+	sock, _, _ := hookedFixture(t, nbd.Options{MaxInFlight: limit}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
+		if op == blocktest.OpRead {
 			g.hold(off)
 		}
 		return nil
@@ -394,11 +396,11 @@ func TestInFlightBound(t *testing.T) {
 func TestShutdownAnswersInFlight(t *testing.T) {
 	g := newGate()
 	flushed := make(chan struct{}, 10)
-	sock, srv, mem := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+	sock, srv, mem := hookedFixture(t, nbd.Options{}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
 		switch {
-		case op == nbdtest.OpWrite && off == 8192:
+		case op == blocktest.OpWrite && off == 8192:
 			g.hold(off)
-		case op == nbdtest.OpFlush:
+		case op == blocktest.OpFlush:
 			flushed <- struct{}{}
 		}
 		return nil
@@ -436,8 +438,8 @@ func TestShutdownAnswersInFlight(t *testing.T) {
 
 func TestShutdownDeadline(t *testing.T) {
 	g := newGate()
-	sock, srv, _ := hookedFixture(t, nbd.Options{}, func(ctx context.Context, op nbdtest.Op, off, _ int64) error {
-		if op == nbdtest.OpRead {
+	sock, srv, _ := hookedFixture(t, nbd.Options{}, func(ctx context.Context, op blocktest.Op, off, _ int64) error {
+		if op == blocktest.OpRead {
 			g.arrived <- off
 			<-ctx.Done() // hangs until the connection is killed
 			return ctx.Err()
@@ -527,7 +529,7 @@ func TestCommandsReachBackend(t *testing.T) {
 
 // tryBackend is a Memory whose TryReadAt answers as try says.
 type tryBackend struct {
-	*nbdtest.Memory
+	*blocktest.Memory
 	try func(off int64) bool
 }
 
@@ -539,7 +541,7 @@ func (b tryBackend) TryReadAt(p []byte, off int64) bool {
 }
 
 func TestInlineReads(t *testing.T) {
-	mem := nbdtest.NewMemory(1 << 20)
+	mem := blocktest.NewMemory(1 << 20)
 	for off := 0; off < 1<<20; off += 4096 {
 		mem.WriteAt(context.Background(), bytes.Repeat([]byte{byte(off >> 12)}, 4096), int64(off), false)
 	}
@@ -557,7 +559,7 @@ func TestInlineReads(t *testing.T) {
 		}
 		return true
 	}}
-	sock, _ := nbdtest.Serve(t, nbdtest.NewExports(&nbd.Export{Name: "t", Backend: b}), nbd.Options{})
+	sock, _ := nbdtest.Serve(t, nbdtest.NewExports(&nbd.Export{Name: "t", Device: b}), nbd.Options{})
 	for _, structured := range []bool{true, false} {
 		c := open(t, sock, "t", structured)
 		for _, tt := range []struct {
@@ -586,11 +588,11 @@ func TestInlineReads(t *testing.T) {
 // requests behind it.
 func TestSlowWriteMovesWritesToWorkers(t *testing.T) {
 	g := newGate()
-	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
+	sock, _, _ := hookedFixture(t, nbd.Options{}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
 		switch {
-		case op == nbdtest.OpWrite && off == 0:
+		case op == blocktest.OpWrite && off == 0:
 			time.Sleep(20 * time.Millisecond) // slow, not held: the reader waits it out
-		case op == nbdtest.OpWrite && off == 4096:
+		case op == blocktest.OpWrite && off == 4096:
 			g.hold(off)
 		}
 		return nil
@@ -606,8 +608,8 @@ func TestSlowWriteMovesWritesToWorkers(t *testing.T) {
 
 func TestInFlightBytesBound(t *testing.T) {
 	g := newGate()
-	sock, _, _ := hookedFixture(t, nbd.Options{MaxInFlightBytes: 300 << 10}, func(_ context.Context, op nbdtest.Op, off, _ int64) error {
-		if op == nbdtest.OpRead {
+	sock, _, _ := hookedFixture(t, nbd.Options{MaxInFlightBytes: 300 << 10}, func(_ context.Context, op blocktest.Op, off, _ int64) error {
+		if op == blocktest.OpRead {
 			g.hold(off)
 		}
 		return nil

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 	"github.com/klauspost/compress/s2"
 	"github.com/zeebo/blake3"
@@ -129,30 +130,30 @@ func mayCompress(raw, scratch []byte) bool {
 // hash.
 func decodeChunk(h [32]byte, v, buf []byte) error {
 	if len(v) == 0 {
-		return fmt.Errorf("%w: chunk %x: empty value", ErrCorrupt, h)
+		return fmt.Errorf("%w: chunk %x: empty value", block.ErrCorrupt, h)
 	}
 	switch payload := v[1:]; v[0] {
 	case codecRaw:
 		if len(payload) != len(buf) {
-			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", ErrCorrupt, h, len(payload), len(buf))
+			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", block.ErrCorrupt, h, len(payload), len(buf))
 		}
 		copy(buf, payload)
 	case codecS2:
 		n, err := s2.DecodedLen(payload)
 		if err != nil {
-			return fmt.Errorf("%w: chunk %x: %v", ErrCorrupt, h, err)
+			return fmt.Errorf("%w: chunk %x: %v", block.ErrCorrupt, h, err)
 		}
 		if n != len(buf) {
-			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", ErrCorrupt, h, n, len(buf))
+			return fmt.Errorf("%w: chunk %x holds %d bytes, block is %d", block.ErrCorrupt, h, n, len(buf))
 		}
 		if _, err := s2.Decode(buf, payload); err != nil {
-			return fmt.Errorf("%w: chunk %x: %v", ErrCorrupt, h, err)
+			return fmt.Errorf("%w: chunk %x: %v", block.ErrCorrupt, h, err)
 		}
 	default:
-		return fmt.Errorf("%w: chunk %x: unknown codec %d", ErrCorrupt, h, v[0])
+		return fmt.Errorf("%w: chunk %x: unknown codec %d", block.ErrCorrupt, h, v[0])
 	}
 	if got := hashBlock(buf); got != h {
-		return fmt.Errorf("%w: chunk %x: content hashes to %x", ErrCorrupt, h, got)
+		return fmt.Errorf("%w: chunk %x: content hashes to %x", block.ErrCorrupt, h, got)
 	}
 	return nil
 }
@@ -175,7 +176,7 @@ func rawLen(v []byte) (int, error) {
 func readChunk(txn *badger.Txn, h [32]byte, buf []byte) error {
 	item, err := txn.Get(chunkKey(h))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return fmt.Errorf("%w: chunk %x is missing", ErrCorrupt, h)
+		return fmt.Errorf("%w: chunk %x is missing", block.ErrCorrupt, h)
 	}
 	if err != nil {
 		return err
@@ -235,7 +236,7 @@ func applyRefDeltas(txn *badger.Txn, deltas refDeltas, payload func(h [32]byte) 
 		n := int64(ref.refs) + d
 		switch {
 		case n < 0 || (!found && d < 0):
-			return a, fmt.Errorf("%w: chunk %x: releasing %d references, it has %d (run verify)", ErrCorrupt, h, -d, ref.refs)
+			return a, fmt.Errorf("%w: chunk %x: releasing %d references, it has %d (run verify)", block.ErrCorrupt, h, -d, ref.refs)
 		case !found && payload == nil:
 			return a, fmt.Errorf("store: chunk %x gains a reference but has none stored", h)
 		case !found:

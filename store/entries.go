@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -312,7 +313,7 @@ func (s *Store) scanEntryRange(ctx context.Context, prefix []byte, fn func(disk,
 	return s.scanKeys(ctx, prefix, false, func(item *badger.Item) error {
 		d, b, sq, ok := parseEntryKey(item.Key())
 		if !ok {
-			return fmt.Errorf("%w: malformed entry key %x", ErrCorrupt, item.Key())
+			return fmt.Errorf("%w: malformed entry key %x", block.ErrCorrupt, item.Key())
 		}
 		var zero bool
 		var h [32]byte

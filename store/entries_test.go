@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -249,11 +250,11 @@ func TestReadBlockCorruptChunk(t *testing.T) {
 	rawSet(t, s, chunkKey(h), v)
 	buf := make([]byte, testBlock)
 	_, err := s.ReadBlock(context.Background(), 1, 0, 1, buf)
-	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("%x", h)) {
-		t.Errorf("ReadBlock of a corrupt chunk: %v; want ErrCorrupt naming %x", err, h)
+	if !errors.Is(err, block.ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("%x", h)) {
+		t.Errorf("ReadBlock of a corrupt chunk: %v; want block.ErrCorrupt naming %x", err, h)
 	}
-	if err := s.ReadChunk(context.Background(), h, buf); !errors.Is(err, ErrCorrupt) {
-		t.Errorf("ReadChunk of a corrupt chunk: %v; want ErrCorrupt", err)
+	if err := s.ReadChunk(context.Background(), h, buf); !errors.Is(err, block.ErrCorrupt) {
+		t.Errorf("ReadChunk of a corrupt chunk: %v; want block.ErrCorrupt", err)
 	}
 }
 

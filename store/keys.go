@@ -17,6 +17,8 @@ package store
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 const (
@@ -135,7 +137,7 @@ func entryValue(zero bool, h [32]byte) []byte {
 // parseEntryValue splits [kind][hash].
 func parseEntryValue(v []byte) (zero bool, h [32]byte, err error) {
 	if len(v) != entryValLen || (v[0] != kindZero && v[0] != kindData) {
-		return false, h, fmt.Errorf("%w: entry value of %d bytes, kind %v", ErrCorrupt, len(v), firstByte(v))
+		return false, h, fmt.Errorf("%w: entry value of %d bytes, kind %v", block.ErrCorrupt, len(v), firstByte(v))
 	}
 	copy(h[:], v[1:])
 	return v[0] == kindZero, h, nil
@@ -158,7 +160,7 @@ func (r chunkRef) encode() []byte {
 
 func parseChunkRef(v []byte) (chunkRef, error) {
 	if len(v) != refValLen {
-		return chunkRef{}, fmt.Errorf("%w: reference value of %d bytes, want %d", ErrCorrupt, len(v), refValLen)
+		return chunkRef{}, fmt.Errorf("%w: reference value of %d bytes, want %d", block.ErrCorrupt, len(v), refValLen)
 	}
 	return chunkRef{
 		refs:   binary.BigEndian.Uint64(v[0:]),
@@ -206,7 +208,7 @@ func encodeU64(n uint64) []byte {
 
 func decodeU64(v []byte) (uint64, error) {
 	if len(v) != 8 {
-		return 0, fmt.Errorf("%w: counter of %d bytes, want 8", ErrCorrupt, len(v))
+		return 0, fmt.Errorf("%w: counter of %d bytes, want 8", block.ErrCorrupt, len(v))
 	}
 	return binary.BigEndian.Uint64(v), nil
 }

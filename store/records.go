@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -52,7 +53,7 @@ func (s *Store) getRecord(key string, v any) error {
 	err := s.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(recordKey(key))
 		if errors.Is(err, badger.ErrKeyNotFound) {
-			return fmt.Errorf("record %q: %w", key, ErrNotFound)
+			return fmt.Errorf("record %q: %w", key, block.ErrNotFound)
 		}
 		if err != nil {
 			return err
@@ -64,7 +65,7 @@ func (s *Store) getRecord(key string, v any) error {
 			return nil
 		})
 	})
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, block.ErrNotFound) {
 		return err
 	}
 	return s.wrapErr("read record", err)

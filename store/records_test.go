@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/cairn-storage/cairn/block"
 )
 
 // openTest opens a store in a fresh directory and closes it at the end.
@@ -97,8 +99,8 @@ func TestRecordsRoundTripAndPrefix(t *testing.T) {
 		t.Errorf("DeleteRecord of an absent key: %v", err)
 	}
 	var r testRecord
-	if err := s.GetRecord("disk/2", &r); !errors.Is(err, ErrNotFound) {
-		t.Errorf("GetRecord after delete: %v, want ErrNotFound", err)
+	if err := s.GetRecord("disk/2", &r); !errors.Is(err, block.ErrNotFound) {
+		t.Errorf("GetRecord after delete: %v, want block.ErrNotFound", err)
 	}
 }
 
@@ -123,8 +125,8 @@ func TestUpdateAtomic(t *testing.T) {
 	if err := s.GetRecord("b", &v); err != nil || v != 2 {
 		t.Errorf("b after failed update = %d, %v; want 2", v, err)
 	}
-	if err := s.GetRecord("d", &v); !errors.Is(err, ErrNotFound) {
-		t.Errorf("d after failed update: %v, want ErrNotFound", err)
+	if err := s.GetRecord("d", &v); !errors.Is(err, block.ErrNotFound) {
+		t.Errorf("d after failed update: %v, want block.ErrNotFound", err)
 	}
 	if err := s.Update(map[string]any{"x": 1}, []string{"x"}); err == nil {
 		t.Error("Update putting and deleting one key succeeded")

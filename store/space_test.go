@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
 )
@@ -23,7 +24,7 @@ func tinyBadger(o *badger.Options) {
 }
 
 // TestFullFilesystem fills a store on an 8 MiB tmpfs: PutEntries must fail
-// with ErrNoSpace naming the directory (Badger itself would die of SIGBUS
+// with block.ErrNoSpace naming the directory (Badger itself would die of SIGBUS
 // writing a full memory-mapped file), and everything written before must
 // still read, merge, sync and reopen.
 func TestFullFilesystem(t *testing.T) {
@@ -45,7 +46,7 @@ func TestFullFilesystem(t *testing.T) {
 	var written [][]byte
 	for i := 0; ; i++ {
 		if i > 200 {
-			t.Fatal("wrote 200 random 64 KiB blocks into 8 MiB without ErrNoSpace")
+			t.Fatal("wrote 200 random 64 KiB blocks into 8 MiB without block.ErrNoSpace")
 		}
 		data := randomBlock(rng, 64<<10)
 		err = s.PutEntries(ctx, 1, 1, []Entry{{uint64(i), data}})
@@ -54,11 +55,11 @@ func TestFullFilesystem(t *testing.T) {
 		}
 		written = append(written, data)
 	}
-	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), dir) {
-		t.Fatalf("PutEntries on a full filesystem: %v; want ErrNoSpace naming %s", err, dir)
+	if !errors.Is(err, block.ErrNoSpace) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("PutEntries on a full filesystem: %v; want block.ErrNoSpace naming %s", err, dir)
 	}
 	if len(written) < 10 {
-		t.Fatalf("only %d blocks fit before ErrNoSpace", len(written))
+		t.Fatalf("only %d blocks fit before block.ErrNoSpace", len(written))
 	}
 	t.Logf("%d blocks written before: %v", len(written), err)
 	for i, data := range written {

@@ -25,7 +25,7 @@
 // concurrently (each change of a count is a Badger transaction that
 // conflicts with any other touching that chunk, and is retried); a chunk
 // is stored once per content; every read is checked against the content's
-// BLAKE3 hash (ErrCorrupt). Verify checks all of it.
+// BLAKE3 hash (block.ErrCorrupt). Verify checks all of it.
 //
 // Durability: every method commits its Badger transaction before it
 // returns, but Badger keeps commits in the page cache; Sync makes every
@@ -36,7 +36,7 @@
 // exact, and can simply be repeated.
 //
 // Space (DESIGN.md invariant 5): the store keeps Options.MinFreeBytes free
-// on its filesystem and refuses chunk writes below that with ErrNoSpace,
+// on its filesystem and refuses chunk writes below that with block.ErrNoSpace,
 // because Badger's memory-mapped files turn a full filesystem into a
 // crash. Reads, records, merges and deletes keep working.
 //
@@ -45,19 +45,11 @@ package store
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
 	"github.com/dgraph-io/badger/v4"
-)
-
-// Sentinel errors; the daemon maps them to API codes in one place.
-var (
-	ErrNotFound = errors.New("not found")
-	ErrCorrupt  = errors.New("chunk corrupt")
-	ErrNoSpace  = errors.New("store full")
 )
 
 // Options configure Open.
@@ -71,7 +63,7 @@ type Options struct {
 	// Logger receives Badger's and the GC's messages at debug level. May be nil.
 	Logger interface{ Debug(msg string, args ...any) }
 	// MinFreeBytes is the free space the store leaves on its filesystem:
-	// below it, writes of chunks fail with ErrNoSpace (records, merges and
+	// below it, writes of chunks fail with block.ErrNoSpace (records, merges and
 	// deletes keep working down to half of it). Badger writes through
 	// memory-mapped files, where a full filesystem is a fatal SIGBUS rather
 	// than an error, so this headroom is what keeps the daemon alive.
@@ -165,7 +157,7 @@ func (s *Store) Lookup(ctx context.Context, disk, block, seq uint64) (ref Ref, f
 
 // ReadBlock fills buf (the block size) with block's content as of seq:
 // the chunk of the newest entry at or before seq, verified against its
-// hash (ErrCorrupt on mismatch), zeros for a zero entry or no entry.
+// hash (block.ErrCorrupt on mismatch), zeros for a zero entry or no entry.
 // found reports whether an entry existed.
 func (s *Store) ReadBlock(ctx context.Context, disk, block, seq uint64, buf []byte) (found bool, err error) {
 	return s.readBlock(ctx, disk, block, seq, buf)
@@ -249,7 +241,7 @@ func (s *Store) PutRecord(key string, v any) error {
 	return s.Update(map[string]any{key: v}, nil)
 }
 
-// GetRecord loads key into v; ErrNotFound if absent.
+// GetRecord loads key into v; block.ErrNotFound if absent.
 func (s *Store) GetRecord(key string, v any) error { return s.getRecord(key, v) }
 
 // DeleteRecord removes key (no error if absent).

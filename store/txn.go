@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 	"golang.org/x/sys/unix"
 )
@@ -53,17 +54,17 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 	}
 }
 
-// wrapErr names the operation and turns a full filesystem into ErrNoSpace.
+// wrapErr names the operation and turns a full filesystem into block.ErrNoSpace.
 func (s *Store) wrapErr(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, ErrNoSpace), errors.Is(err, ErrCorrupt), errors.Is(err, ErrNotFound),
+	case errors.Is(err, block.ErrNoSpace), errors.Is(err, block.ErrCorrupt), errors.Is(err, block.ErrNotFound),
 		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("store %s: %w", op, err)
 	case errors.Is(err, unix.ENOSPC) || strings.Contains(err.Error(), "no space left on device"):
 		// Badger flattens most errors to text (y.Wrap without %w).
-		return fmt.Errorf("store %s: %w: %s: %v", op, ErrNoSpace, s.dir, err)
+		return fmt.Errorf("store %s: %w: %s: %v", op, block.ErrNoSpace, s.dir, err)
 	default:
 		return fmt.Errorf("store %s: %w", op, err)
 	}
@@ -85,7 +86,7 @@ const (
 // tables through memory-mapped sparse files: running out of space there is
 // a SIGBUS that kills the process, never an error. Checking statfs before
 // each commit, with the bytes of commits still in flight counted, turns
-// that into ErrNoSpace; minFree covers what Badger writes on its own
+// that into block.ErrNoSpace; minFree covers what Badger writes on its own
 // (memtable flushes, compactions, value-log GC).
 type spaceGuard struct {
 	dir      string // "" in memory: no guard
@@ -116,8 +117,8 @@ func (g *spaceGuard) reserve(class int, n uint64) (release func(), err error) {
 	}
 	if free < keep+uint64(held) {
 		release()
-		return nil, fmt.Errorf("%w: %s has %d MiB free and the store keeps %d MiB free for its own upkeep: free space on that filesystem or delete snapshots",
-			ErrNoSpace, g.dir, free>>20, keep>>20)
+		return nil, fmt.Errorf("store full (%w): %s has %d MiB free and the store keeps %d MiB free for its own upkeep: free space on that filesystem or delete snapshots",
+			block.ErrNoSpace, g.dir, free>>20, keep>>20)
 	}
 	return release, nil
 }

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -150,7 +151,7 @@ func (s *Store) verifyEntries(ctx context.Context, txn *badger.Txn, v *verifySta
 			return err
 		})
 		switch {
-		case errors.Is(err, ErrCorrupt):
+		case errors.Is(err, block.ErrCorrupt):
 			v.faults.add(faultEntry, "disk %d block %d seq %d: %v", d, b, sq, err)
 			return nil
 		case err != nil:

@@ -1,4 +1,4 @@
-package nbdtest
+package blocktest
 
 import (
 	"bytes"
@@ -7,9 +7,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/cairn-storage/cairn/block"
 	"golang.org/x/sys/unix"
-
-	"github.com/cairn-storage/cairn/nbd"
 )
 
 func TestFile(t *testing.T) {
@@ -39,7 +38,7 @@ func TestFile(t *testing.T) {
 	if err := f.ReadAt(ctx, got, 128<<10); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("ReadAt: %v", err)
 	}
-	if err := f.Zero(ctx, 128<<10, 4096, nbd.ZeroNoHole); err != nil {
+	if err := f.Zero(ctx, 128<<10, 4096, block.ZeroNoHole); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.Trim(ctx, 160<<10, 32<<10, false); err != nil {
@@ -75,11 +74,11 @@ func TestMemoryExtents(t *testing.T) {
 	ctx := context.Background()
 	m := NewMemory(64<<10 + 100)
 	m.WriteAt(ctx, []byte{1}, 5000, false)
-	m.Zero(ctx, 16384, 8192, nbd.ZeroNoHole)
+	m.Zero(ctx, 16384, 8192, block.ZeroNoHole)
 	m.WriteAt(ctx, []byte{1}, 64<<10+50, false)
 	m.Trim(ctx, 64<<10, 100, false)
 	exts, _ := m.Extents(ctx, 0, 1<<20)
-	want := []nbd.Extent{ext(4096, 3), ext(4096, 0), ext(8192, 3), ext(8192, 0), ext(64<<10+100-24576, 3)}
+	want := []block.Extent{ext(4096, 3), ext(4096, 0), ext(8192, 3), ext(8192, 0), ext(64<<10+100-24576, 3)}
 	if !slices.Equal(exts, want) {
 		t.Fatalf("extents %v, want %v", exts, want)
 	}
@@ -89,12 +88,12 @@ func TestRanges(t *testing.T) {
 	r := &Ranges{Size: 100, Flags: 1, Ranges: [][2]int64{{10, 10}, {50, 5}}}
 	for _, tt := range []struct {
 		off, length int64
-		want        []nbd.Extent
+		want        []block.Extent
 	}{
-		{0, 100, []nbd.Extent{ext(10, 0), ext(10, 1), ext(30, 0), ext(5, 1), ext(45, 0)}},
-		{15, 40, []nbd.Extent{ext(5, 1), ext(30, 0), ext(5, 1)}},
-		{52, 1000, []nbd.Extent{ext(3, 1), ext(45, 0)}},
-		{60, 10, []nbd.Extent{ext(10, 0)}},
+		{0, 100, []block.Extent{ext(10, 0), ext(10, 1), ext(30, 0), ext(5, 1), ext(45, 0)}},
+		{15, 40, []block.Extent{ext(5, 1), ext(30, 0), ext(5, 1)}},
+		{52, 1000, []block.Extent{ext(3, 1), ext(45, 0)}},
+		{60, 10, []block.Extent{ext(10, 0)}},
 	} {
 		got, _ := r.Extents(context.Background(), tt.off, tt.length)
 		if !slices.Equal(got, tt.want) {
@@ -103,4 +102,4 @@ func TestRanges(t *testing.T) {
 	}
 }
 
-func ext(length int64, flags uint32) nbd.Extent { return nbd.Extent{Length: length, Flags: flags} }
+func ext(length int64, flags uint32) block.Extent { return block.Extent{Length: length, Flags: flags} }

@@ -1,14 +1,14 @@
-package nbdtest
+package blocktest
 
 import (
 	"context"
 	"slices"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
-// Ranges is a fixed nbd.MetaContext: bytes inside one of its ranges have
-// Flags, all others 0. With Flags nbd.StateDirty it stands in for a
+// Ranges is a fixed block.ExtentMap: bytes inside one of its ranges have
+// Flags, all others 0. With Flags block.StateDirty it stands in for a
 // qemu:dirty-bitmap: context.
 type Ranges struct {
 	Size   int64
@@ -16,15 +16,15 @@ type Ranges struct {
 	Ranges [][2]int64 // [offset, length], sorted, not overlapping
 }
 
-var _ nbd.MetaContext = (*Ranges)(nil)
+var _ block.ExtentMap = (*Ranges)(nil)
 
 // Extents describes [off, off+length) run by run.
-func (r *Ranges) Extents(_ context.Context, off, length int64) ([]nbd.Extent, error) {
+func (r *Ranges) Extents(_ context.Context, off, length int64) ([]block.Extent, error) {
 	end := min(off+length, r.Size)
-	var out []nbd.Extent
+	var out []block.Extent
 	add := func(n int64, flags uint32) {
 		if n > 0 {
-			out = append(out, nbd.Extent{Length: n, Flags: flags})
+			out = append(out, block.Extent{Length: n, Flags: flags})
 		}
 	}
 	i, _ := slices.BinarySearchFunc(r.Ranges, off, func(rg [2]int64, off int64) int {

@@ -1,4 +1,4 @@
-package nbdtest
+package blocktest
 
 import (
 	"context"
@@ -8,12 +8,11 @@ import (
 	"os"
 	"unsafe"
 
+	"github.com/cairn-storage/cairn/block"
 	"golang.org/x/sys/unix"
-
-	"github.com/cairn-storage/cairn/nbd"
 )
 
-// File is an nbd.Backend over a regular file: pread/pwrite, fdatasync,
+// File is an block.Device over a regular file: pread/pwrite, fdatasync,
 // fallocate for trim and zeroing, SEEK_DATA/SEEK_HOLE for extents,
 // posix_fadvise for NBD_CMD_CACHE. Its size is fixed when opened.
 type File struct {
@@ -23,10 +22,10 @@ type File struct {
 }
 
 var (
-	_ nbd.Backend   = (*File)(nil)
-	_ nbd.Cacher    = (*File)(nil)
-	_ nbd.TryReader = (*File)(nil)
-	_ nbd.Backed    = (*File)(nil)
+	_ block.Device    = (*File)(nil)
+	_ block.Cacher    = (*File)(nil)
+	_ block.TryReader = (*File)(nil)
+	_ block.Backed    = (*File)(nil)
 )
 
 // CreateFile creates (or truncates) a sparse file of size bytes at path.
@@ -108,24 +107,24 @@ func (b *File) Flush(context.Context) error { return unix.Fdatasync(b.fd) }
 
 // Trim punches a hole.
 func (b *File) Trim(ctx context.Context, off, length int64, fua bool) error {
-	var flags nbd.ZeroFlags
+	var flags block.ZeroFlags
 	if fua {
-		flags = nbd.ZeroFUA
+		flags = block.ZeroFUA
 	}
 	return b.Zero(ctx, off, length, flags)
 }
 
 // Zero punches a hole, or with ZeroNoHole allocates zeros
 // (FALLOC_FL_ZERO_RANGE). When fallocate fails it writes zeros, unless
-// ZeroFast asks it to fail with nbd.ErrNotFast instead.
-func (b *File) Zero(_ context.Context, off, length int64, flags nbd.ZeroFlags) error {
+// ZeroFast asks it to fail with block.ErrNotFast instead.
+func (b *File) Zero(_ context.Context, off, length int64, flags block.ZeroFlags) error {
 	mode := uint32(unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE)
-	if flags&nbd.ZeroNoHole != 0 {
+	if flags&block.ZeroNoHole != 0 {
 		mode = unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
 	}
 	if err := unix.Fallocate(b.fd, mode, off, length); err != nil {
-		if flags&nbd.ZeroFast != 0 {
-			return nbd.ErrNotFast
+		if flags&block.ZeroFast != 0 {
+			return block.ErrNotFast
 		}
 		zeros := make([]byte, min(length, 1<<20))
 		for length > 0 {
@@ -136,7 +135,7 @@ func (b *File) Zero(_ context.Context, off, length int64, flags nbd.ZeroFlags) e
 			off, length = off+n, length-n
 		}
 	}
-	if flags&nbd.ZeroFUA != 0 {
+	if flags&block.ZeroFUA != 0 {
 		return unix.Fdatasync(b.fd)
 	}
 	return nil
@@ -148,19 +147,19 @@ func (b *File) Cache(_ context.Context, off, length int64) error {
 }
 
 // Extents walks SEEK_DATA/SEEK_HOLE: holes read as zeros.
-func (b *File) Extents(_ context.Context, off, length int64) ([]nbd.Extent, error) {
+func (b *File) Extents(_ context.Context, off, length int64) ([]block.Extent, error) {
 	end := min(off+length, b.size)
-	var out []nbd.Extent
+	var out []block.Extent
 	for off < end {
 		data, err := unix.Seek(b.fd, off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
 			data = end
 		} else if err != nil {
-			return append(out, nbd.Extent{Length: end - off}), nil
+			return append(out, block.Extent{Length: end - off}), nil
 		}
 		if data > off {
 			n := min(data, end) - off
-			out = append(out, nbd.Extent{Length: n, Flags: nbd.StateHole | nbd.StateZero})
+			out = append(out, block.Extent{Length: n, Flags: block.StateHole | block.StateZero})
 			off += n
 			continue
 		}
@@ -169,7 +168,7 @@ func (b *File) Extents(_ context.Context, off, length int64) ([]nbd.Extent, erro
 			hole = end
 		}
 		n := min(hole, end) - off
-		out = append(out, nbd.Extent{Length: n})
+		out = append(out, block.Extent{Length: n})
 		off += n
 	}
 	return out, nil

@@ -1,16 +1,16 @@
-package nbdtest
+package blocktest
 
 import (
 	"context"
 	"sync"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // pageSize is the allocation unit of Memory.
 const pageSize = 4096
 
-// Memory is an in-memory nbd.Backend. Pages never written, trimmed or
+// Memory is an in-memory block.Device. Pages never written, trimmed or
 // zeroed without ZeroNoHole are holes that read as zeros, so its extents
 // are exact at 4 KiB granularity.
 type Memory struct {
@@ -20,8 +20,8 @@ type Memory struct {
 }
 
 var (
-	_ nbd.Backend   = (*Memory)(nil)
-	_ nbd.TryReader = (*Memory)(nil)
+	_ block.Device    = (*Memory)(nil)
+	_ block.TryReader = (*Memory)(nil)
 )
 
 // NewMemory returns a zeroed disk of size bytes.
@@ -86,31 +86,31 @@ func (m *Memory) Trim(ctx context.Context, off, length int64, _ bool) error {
 }
 
 // Zero zeroes the range; whole pages become holes unless ZeroNoHole.
-func (m *Memory) Zero(_ context.Context, off, length int64, flags nbd.ZeroFlags) error {
+func (m *Memory) Zero(_ context.Context, off, length int64, flags block.ZeroFlags) error {
 	m.mu.Lock()
 	clear(m.data[off : off+length])
-	m.mark(off, length, flags&nbd.ZeroNoHole != 0)
+	m.mark(off, length, flags&block.ZeroNoHole != 0)
 	m.mu.Unlock()
 	return nil
 }
 
 // Extents reports holes (hole and zero) and data by page.
-func (m *Memory) Extents(_ context.Context, off, length int64) ([]nbd.Extent, error) {
+func (m *Memory) Extents(_ context.Context, off, length int64) ([]block.Extent, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	end := min(off+length, int64(len(m.data)))
-	var out []nbd.Extent
+	var out []block.Extent
 	for off < end {
 		allocated := m.alloc[off/pageSize]
 		next := min((off/pageSize+1)*pageSize, end)
 		var flags uint32
 		if !allocated {
-			flags = nbd.StateHole | nbd.StateZero
+			flags = block.StateHole | block.StateZero
 		}
 		if k := len(out); k > 0 && out[k-1].Flags == flags {
 			out[k-1].Length += next - off
 		} else {
-			out = append(out, nbd.Extent{Length: next - off, Flags: flags})
+			out = append(out, block.Extent{Length: next - off, Flags: flags})
 		}
 		off = next
 	}

@@ -1,9 +1,9 @@
-package nbdtest
+package blocktest
 
 import (
 	"context"
 
-	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/block"
 )
 
 // Op names a Backend call for Hooked.Before.
@@ -23,11 +23,11 @@ const (
 // return an error (which the call then returns without reaching the
 // backend), block, or panic. It injects faults and holds requests in tests.
 type Hooked struct {
-	nbd.Backend
+	block.Device
 	Before func(ctx context.Context, op Op, off, length int64) error
 }
 
-var _ nbd.Backend = (*Hooked)(nil)
+var _ block.Device = (*Hooked)(nil)
 
 func (h *Hooked) before(ctx context.Context, op Op, off, length int64) error {
 	if h.Before == nil {
@@ -41,7 +41,7 @@ func (h *Hooked) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if err := h.before(ctx, OpRead, off, int64(len(p))); err != nil {
 		return err
 	}
-	return h.Backend.ReadAt(ctx, p, off)
+	return h.Device.ReadAt(ctx, p, off)
 }
 
 // WriteAt calls Before, then the backend.
@@ -49,7 +49,7 @@ func (h *Hooked) WriteAt(ctx context.Context, p []byte, off int64, fua bool) err
 	if err := h.before(ctx, OpWrite, off, int64(len(p))); err != nil {
 		return err
 	}
-	return h.Backend.WriteAt(ctx, p, off, fua)
+	return h.Device.WriteAt(ctx, p, off, fua)
 }
 
 // Flush calls Before, then the backend.
@@ -57,7 +57,7 @@ func (h *Hooked) Flush(ctx context.Context) error {
 	if err := h.before(ctx, OpFlush, 0, 0); err != nil {
 		return err
 	}
-	return h.Backend.Flush(ctx)
+	return h.Device.Flush(ctx)
 }
 
 // Trim calls Before, then the backend.
@@ -65,21 +65,21 @@ func (h *Hooked) Trim(ctx context.Context, off, length int64, fua bool) error {
 	if err := h.before(ctx, OpTrim, off, length); err != nil {
 		return err
 	}
-	return h.Backend.Trim(ctx, off, length, fua)
+	return h.Device.Trim(ctx, off, length, fua)
 }
 
 // Zero calls Before, then the backend.
-func (h *Hooked) Zero(ctx context.Context, off, length int64, flags nbd.ZeroFlags) error {
+func (h *Hooked) Zero(ctx context.Context, off, length int64, flags block.ZeroFlags) error {
 	if err := h.before(ctx, OpZero, off, length); err != nil {
 		return err
 	}
-	return h.Backend.Zero(ctx, off, length, flags)
+	return h.Device.Zero(ctx, off, length, flags)
 }
 
 // Extents calls Before, then the backend.
-func (h *Hooked) Extents(ctx context.Context, off, length int64) ([]nbd.Extent, error) {
+func (h *Hooked) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	if err := h.before(ctx, OpExtents, off, length); err != nil {
 		return nil, err
 	}
-	return h.Backend.Extents(ctx, off, length)
+	return h.Device.Extents(ctx, off, length)
 }
