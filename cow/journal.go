@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -171,7 +172,7 @@ func openJournal(path string, blockSize int, max int64) (*journal, []journalRec,
 			return fail(err)
 		}
 		if created {
-			if err := syncDir(filepath.Dir(path)); err != nil {
+			if err := durable.SyncDir(filepath.Dir(path)); err != nil {
 				return fail(err)
 			}
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/cairn-storage/cairn/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,7 +130,7 @@ func (s *sideFiles) create(epoch uint64) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create redirected-write file: %w", err)
 	}
-	if err := syncDir(filepath.Dir(name)); err != nil {
+	if err := durable.SyncDir(filepath.Dir(name)); err != nil {
 		f.Close()
 		os.Remove(name)
 		return nil, fmt.Errorf("create redirected-write file %s: %w", name, err)
@@ -186,7 +187,7 @@ func (s *sideFiles) removeAll() error {
 			return fmt.Errorf("remove merged redirected writes: %w", err)
 		}
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return fmt.Errorf("remove merged redirected writes: %w", err)
 	}
 	for e, f := range s.files {

@@ -230,9 +230,14 @@ func (s *snap) seq() uint64 { return s.rec.Seq }
 func (s *snap) nonce() uint64 { return uint64(s.rec.Created.UnixNano()) }
 
 // readable: the snapshot can be read (copying or ready). Caller holds mu.
-func (s *snap) readable() bool {
-	return s.rec.State == StateCopying || s.rec.State == StateReady
-}
+func (s *snap) readable() bool { return Readable(s.rec.State) }
+
+// Readable reports whether a snapshot in state can be read (exported,
+// opened, rolled back to, cloned): copying or ready.
+func Readable(state string) bool { return state == StateCopying || state == StateReady }
+
+// Readable reports whether the snapshot can be read (see Readable).
+func (in SnapshotInfo) Readable() bool { return Readable(in.State) }
 
 // openChain loads the chain from the store, recovers after a crash and
 // resumes unfinished copy-out.

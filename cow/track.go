@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/cairn-storage/cairn/internal/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -102,7 +103,7 @@ func createTracker(prefix string, epoch, nblocks uint64, blockSize int) (*tracke
 		err = os.Rename(tmp, t.path)
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(t.path))
+		err = durable.SyncDir(filepath.Dir(t.path))
 	}
 	if err != nil {
 		f.Close()
@@ -351,14 +352,5 @@ func (t *tracker) remove() error {
 	if err := os.Remove(t.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(t.path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return durable.SyncDir(filepath.Dir(t.path))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/internal/durable"
 	"github.com/cairn-storage/cairn/nbd"
 )
 
@@ -235,22 +236,13 @@ func createSparse(path string, size int64) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = durable.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("create live image %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 // checkAdopt validates a path to adopt: absolute, an existing regular file
@@ -475,7 +467,7 @@ func (d *Daemon) Exports() []api.Export {
 		}
 		out = append(out, api.Export{Name: k.rec.Name, Disk: k.rec.Name, Size: k.vol.Size(), Description: k.rec.Description, Clients: clients})
 		for _, s := range k.vol.Snapshots() {
-			if s.State != cow.StateReady && s.State != cow.StateCopying {
+			if !s.Readable() {
 				continue
 			}
 			name := k.rec.Name + "@" + s.Name
@@ -557,7 +549,7 @@ func (e exporter) List(ctx context.Context) []nbd.ExportInfo {
 		if k.vol != nil && !k.deleting {
 			out = append(out, nbd.ExportInfo{Name: k.rec.Name, Description: k.rec.Description})
 			for _, s := range k.vol.Snapshots() {
-				if s.State == cow.StateReady || s.State == cow.StateCopying {
+				if s.Readable() {
 					out = append(out, nbd.ExportInfo{Name: k.rec.Name + "@" + s.Name, Description: "snapshot " + s.Name + " of disk " + k.rec.Name})
 				}
 			}

@@ -7,7 +7,6 @@ import (
 	"os"
 
 	"github.com/cairn-storage/cairn/block"
-	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/fusefs"
 )
 
@@ -45,7 +44,7 @@ func (s fuseSource) Snapshots(disk string) []fusefs.SnapEntry {
 	}
 	var out []fusefs.SnapEntry
 	for _, sn := range k.vol.Snapshots() {
-		if sn.State == cow.StateReady || sn.State == cow.StateCopying {
+		if sn.Readable() {
 			out = append(out, fusefs.SnapEntry{Name: sn.Name, Size: sn.Size, Created: sn.Created})
 		}
 	}

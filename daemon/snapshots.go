@@ -226,7 +226,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 		d.mu.Unlock()
 	}
 	in, err := vol.Snapshot(snap)
-	if err == nil && in.State != cow.StateReady && in.State != cow.StateCopying {
+	if err == nil && !in.Readable() {
 		err = errorf(block.ErrFailed, "snapshot %s@%s is %s and cannot be rolled back to: %s", disk, snap, in.State, in.Reason)
 	}
 	if err == nil {
