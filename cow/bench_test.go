@@ -21,7 +21,7 @@ import (
 //
 //	go test -run XXX -bench . -benchtime 2s ./cow
 
-func benchDisk(b *testing.B, size int64, withStore bool) *Volume {
+func benchDisk(b *testing.B, size int64, withStore bool, hooks *testHooks) *Volume {
 	b.Helper()
 	dir := b.TempDir()
 	path := filepath.Join(dir, "live.raw")
@@ -31,7 +31,7 @@ func benchDisk(b *testing.B, size int64, withStore bool) *Volume {
 	if err := os.Truncate(path, size); err != nil {
 		b.Fatal(err)
 	}
-	opts := Options{BlockSize: testBS, Logger: slog.New(slog.DiscardHandler)}
+	opts := Options{BlockSize: testBS, Logger: slog.New(slog.DiscardHandler), hooks: hooks}
 	if withStore {
 		st, err := store.Open(store.Options{Dir: filepath.Join(dir, "store")})
 		if err != nil {
@@ -75,7 +75,7 @@ func BenchmarkWrite4K(b *testing.B) {
 	for _, tracked := range []bool{false, true} {
 		b.Run(fmt.Sprintf("durable-tracking=%v", tracked), func(b *testing.B) {
 			const size = 1 << 30
-			v := benchDisk(b, size, tracked)
+			v := benchDisk(b, size, tracked, nil)
 			randomWrites4K(b, v, size, 4, 1)
 		})
 	}
@@ -85,7 +85,7 @@ func BenchmarkWrite4K(b *testing.B) {
 // with 4 writers running; reports the p50 and p99 hold.
 func BenchmarkSnapshotHold(b *testing.B) {
 	const size = 256 << 20
-	v := benchDisk(b, size, true)
+	v := benchDisk(b, size, true, nil)
 	ctx := context.Background()
 	var stop atomic.Bool
 	var wg sync.WaitGroup
@@ -136,7 +136,7 @@ func BenchmarkCopyOut(b *testing.B) {
 	ctx := context.Background()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		v := benchDisk(b, size, true)
+		v := benchDisk(b, size, true, nil)
 		buf := make([]byte, 1<<20)
 		rng := rand.New(rand.NewPCG(uint64(i), 3))
 		for off := int64(0); off < size; off += int64(len(buf)) {
@@ -164,13 +164,13 @@ func BenchmarkCopyOut(b *testing.B) {
 // BenchmarkWriteWhileCopying: 4 KiB random writes (32 goroutines) over a
 // 4 GiB disk whose every block is pending for a copying first snapshot,
 // next to the same disk with no snapshot. "held" keeps the copy-out
-// worker from running (the cost of copy-on-write alone); "store" makes
-// the journal too small, so old blocks go to the store inside the write.
+// worker from running (the cost of redirecting alone).
 func BenchmarkWriteWhileCopying(b *testing.B) {
-	for _, mode := range []string{"no-snapshot", "journal", "journal-held", "store-held"} {
+	for _, mode := range []string{"no-snapshot", "redirect", "redirect-held"} {
 		b.Run(mode, func(b *testing.B) {
 			const size = 4 << 30
-			v := benchDisk(b, size, true)
+			var hooks testHooks
+			v := benchDisk(b, size, true, &hooks)
 			ctx := context.Background()
 			one := []byte{1}
 			for off := int64(0); off < size; off += testBS {
@@ -178,14 +178,9 @@ func BenchmarkWriteWhileCopying(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			if mode == "store-held" {
-				v.jr.mu.Lock()
-				v.jr.max = 0
-				v.jr.mu.Unlock()
-			}
 			if mode != "no-snapshot" {
-				if mode != "journal" {
-					holdCopyOut(b)
+				if mode == "redirect-held" {
+					holdCopyOut(b, &hooks)
 				}
 				if _, err := v.CreateSnapshot(ctx, SnapshotMeta{Name: "s", Kind: "manual"}); err != nil {
 					b.Fatal(err)

@@ -2,17 +2,17 @@ package cow
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"sync"
 
+	"github.com/cairn-storage/cairn/bitmap"
 	"github.com/cairn-storage/cairn/block"
 )
 
 // Changes returns the blocks changed after snapshot from up to snapshot
 // to ("" means the live disk now): what a backup tool must copy to bring a
 // copy of from up to to.
-func (v *Volume) Changes(ctx context.Context, from, to string) (*Bitmap, error) {
+func (v *Volume) Changes(ctx context.Context, from, to string) (*bitmap.Bitmap, error) {
 	v.mu.Lock()
 	fs, ok := v.findLocked(from)
 	if !ok {
@@ -30,7 +30,7 @@ func (v *Volume) Changes(ctx context.Context, from, to string) (*Bitmap, error) 
 	}
 	v.mu.Unlock()
 	if upto < fs.seq() {
-		return nil, fmt.Errorf("snapshot %q is older than %q: give the older one as from", to, from)
+		return nil, block.Errorf(block.ErrInvalid, "snapshot %q is older than %q: give the older one as from", to, from)
 	}
 	return v.changedBetween(ctx, fs.seq(), upto)
 }
@@ -38,17 +38,10 @@ func (v *Volume) Changes(ctx context.Context, from, to string) (*Bitmap, error) 
 // changedBetween is the blocks with entries in (after, upto], blocks
 // pending for snapshots in that range and, for the live disk
 // (upto = MaxUint64), the current epoch's dirty set.
-func (v *Volume) changedBetween(ctx context.Context, after, upto uint64) (*Bitmap, error) {
-	bm := NewBitmap(v.blocks(v.Size()))
-	rb, err := v.st.Changed(ctx, v.opts.DiskID, after, upto)
-	if err != nil {
+func (v *Volume) changedBetween(ctx context.Context, after, upto uint64) (*bitmap.Bitmap, error) {
+	bm := bitmap.New(v.blocks(v.Size()))
+	if err := v.st.Changed(ctx, v.opts.DiskID, after, upto, bm); err != nil {
 		return nil, err
-	}
-	it := rb.Iterator()
-	for it.HasNext() {
-		if b := it.Next(); b < bm.Len() {
-			bm.Set(b)
-		}
 	}
 	v.addLiveChanges(bm, after, upto)
 	return bm, nil
@@ -56,12 +49,10 @@ func (v *Volume) changedBetween(ctx context.Context, after, upto uint64) (*Bitma
 
 // addLiveChanges adds the changes not yet in the store: pending blocks of
 // snapshots in (after, upto] and, for the live disk, the epoch's dirty set.
-func (v *Volume) addLiveChanges(bm *Bitmap, after, upto uint64) {
-	if list := v.copying.Load(); list != nil {
-		for _, s := range *list {
-			if s.seq() > after && s.seq() <= upto {
-				bm.Or(s.pending)
-			}
+func (v *Volume) addLiveChanges(bm *bitmap.Bitmap, after, upto uint64) {
+	for _, s := range v.copyingList() {
+		if s.seq() > after && s.seq() <= upto {
+			bm.Or(s.pending)
 		}
 	}
 	if upto == math.MaxUint64 {
@@ -79,7 +70,7 @@ type dirtyContext struct {
 	size  int64
 
 	once   sync.Once
-	stored *Bitmap // changes already in the store at the first query
+	stored *bitmap.Bitmap // changes already in the store at the first query
 	err    error
 }
 

@@ -129,17 +129,14 @@ func applyToVolume(ctx context.Context, v *Volume, op crashOp) error {
 	return nil
 }
 
-// openCrashVolume opens the crash test's volume; redirect selects
-// redirect-on-write for writes to blocks a copying snapshot needs (the
-// rounds alternate, and recovery opens with the other: each start must
-// honour what the other left in the journal).
-func openCrashVolume(dir string, redirect bool) (*store.Store, *Volume, error) {
+// openCrashVolume opens the crash test's volume.
+func openCrashVolume(dir string) (*store.Store, *Volume, error) {
 	st, err := store.Open(store.Options{Dir: filepath.Join(dir, "store")})
 	if err != nil {
 		return nil, nil, err
 	}
 	v, err := Open(filepath.Join(dir, "live.raw"), Options{BlockSize: testBS, Store: st, DiskID: 1,
-		TrackPrefix: filepath.Join(dir, "track"), Redirect: redirect})
+		TrackPrefix: filepath.Join(dir, "track")})
 	if err != nil {
 		st.Close()
 		return nil, nil, err
@@ -149,7 +146,7 @@ func openCrashVolume(dir string, redirect bool) (*store.Store, *Volume, error) {
 
 // crashChild is the body of the child process.
 func crashChild(dir string, seed uint64, names []string) {
-	st, v, err := openCrashVolume(dir, os.Getenv("CAIRN_CRASH_REDIRECT") == "1")
+	st, v, err := openCrashVolume(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "child open:", err)
 		os.Exit(3)
@@ -224,7 +221,7 @@ func TestCrashRecovery(t *testing.T) {
 		os.Remove(filepath.Join(dir, "done")) // a child killed before it starts must not count the last one's work
 		cmd := exec.Command(exe, "-test.run=^$")
 		cmd.Env = append(os.Environ(), "CAIRN_CRASH_CHILD="+dir, fmt.Sprint("CAIRN_CRASH_SEED=", seed),
-			"CAIRN_CRASH_NAMES="+joinNames(names), fmt.Sprint("CAIRN_CRASH_REDIRECT=", 1-round%2))
+			"CAIRN_CRASH_NAMES="+joinNames(names))
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
@@ -255,7 +252,7 @@ func TestCrashRecovery(t *testing.T) {
 		}
 		after.apply(inflight)
 
-		st, v, err := openCrashVolume(dir, round%2 == 1)
+		st, v, err := openCrashVolume(dir)
 		if err != nil {
 			t.Fatalf("round %d: recover: %v", round, err)
 		}

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/store"
 )
 
 // DeleteSnapshot deletes the named snapshot, first, middle or last, by
@@ -37,21 +38,24 @@ func (v *Volume) DeleteSnapshot(ctx context.Context, name string) (freed uint64,
 // at the next start the delete is completed (Merge is idempotent).
 func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err error) {
 	name := s.rec.Name
+	v.passMu.Lock()
 	v.mu.Lock()
-	var to *snap
-	var release int
-	var broken error
-	if s.rec.State == StateCopying {
-		to, release, broken = v.passPending(s)
-	}
+	wasCopying := s.rec.State == StateCopying
 	s.rec.State = StateDeleting
-	rec := s.rec
-	rec.Pending = nil
+	v.notifyLocked()
+	v.mu.Unlock()
+	var to *snap
+	var broken error
+	if wasCopying {
+		to, broken = v.passPending(s)
+	}
+	v.passMu.Unlock()
+	v.afterPass(to, broken)
+	v.mu.Lock()
 	prevSeq, nextSeq, overridden := v.mergeBounds(s)
 	last := len(v.snaps) == 1
 	v.mu.Unlock()
-	v.afterPass(to, broken)
-	if err := v.st.PutRecord(snapKey(v.opts.DiskID, rec.Seq), rec); err != nil {
+	if err := v.persistRecord(s); err != nil {
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	if last {
@@ -62,13 +66,6 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 		}
 		overridden = func(uint64) bool { return true }
 	}
-	if err := v.storeSync.Wait(); err != nil {
-		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
-	}
-	// Deleting is durable: its journal records are no longer needed.
-	if v.jr != nil {
-		v.jr.release(release)
-	}
 	seq := s.seq()
 	if last {
 		// Also the entries kept from newer snapshots deleted earlier.
@@ -78,19 +75,14 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	if err != nil {
 		return 0, fmt.Errorf("delete snapshot %q (it stays 'deleting'; delete it again to finish): %w", name, err)
 	}
-	if err := v.st.DeleteRecord(snapKey(v.opts.DiskID, s.seq())); err != nil {
+	if err := v.st.DeleteRecord(store.SnapshotKey(v.opts.DiskID, s.seq())); err != nil {
 		return freed, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	if err := v.storeSync.Wait(); err != nil {
 		return freed, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	v.mu.Lock()
-	for i, x := range v.snaps {
-		if x == s {
-			v.snaps = append(v.snaps[:i:i], v.snaps[i+1:]...)
-			break
-		}
-	}
+	v.dropLocked(s)
 	v.mu.Unlock()
 	return freed, nil
 }

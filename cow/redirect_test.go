@@ -17,7 +17,7 @@ import (
 // redirectDisk is a 64-block disk of random data whose first snapshot
 // "s1" is copying with its worker held; writes take the redirect path.
 func redirectDisk(t *testing.T) (*testDisk, []byte, func()) {
-	return copyingDisk(t, true, 5)
+	return copyingDisk(t, 5)
 }
 
 // imageFile reads the live image file itself, under the volume.
@@ -53,10 +53,10 @@ func TestRedirectOnWrite(t *testing.T) {
 	write(3*testBS, randBlock(r))
 	write(10*testBS+100, randBlock(r)[:300])   // inside one page
 	write(20*testBS+4000, randBlock(r)[:5000]) // across pages, partial at both ends
-	if err := d.v.Zero(ctx, 30*testBS+journalPage, 2*journalPage, 0); err != nil {
+	if err := d.v.Zero(ctx, 30*testBS+pageSize, 2*pageSize, 0); err != nil {
 		t.Fatal(err)
 	}
-	clear(live[30*testBS+journalPage : 30*testBS+3*journalPage])
+	clear(live[30*testBS+pageSize : 30*testBS+3*pageSize])
 	if err := d.v.Trim(ctx, 40*testBS, testBS, false); err != nil {
 		t.Fatal(err)
 	}
@@ -77,8 +77,8 @@ func TestRedirectOnWrite(t *testing.T) {
 	if got := allocated(t, side[0]); got != before {
 		t.Fatalf("side file grew from %d to %d bytes on rewrites in one epoch", before, got)
 	}
-	if d.journalUsed() != 0 {
-		t.Fatal("redirected writes went to the copy-before-write journal")
+	if st := d.stats(); st.Chunks != 0 {
+		t.Fatalf("redirected writes stored %d chunks with the copy-out held; want none", st.Chunks)
 	}
 	if !bytes.Equal(d.readLive(), live) {
 		t.Fatal("live disk does not read the redirected writes")
@@ -113,7 +113,7 @@ func TestRedirectOnWrite(t *testing.T) {
 	// must not leak into s2.
 	d.snapshot("s2")
 	at2 := bytes.Clone(live)
-	write(3*testBS+journalPage, randBlock(r)[:journalPage])
+	write(3*testBS+pageSize, randBlock(r)[:pageSize])
 	write(50*testBS, randBlock(r))
 	if !bytes.Equal(d.readSnap("s2"), at2) {
 		t.Fatal("s2 does not read as the disk at its seal")
@@ -159,15 +159,15 @@ func TestRedirectWriteFails(t *testing.T) {
 		d.writeBlock(uint64(b), p)
 		copy(live[b*testBS:], p)
 	}
-	if n := d.v.rd.count.Load(); n != 4*testBS/journalPage {
+	if n := d.v.rd.count.Load(); n != 4*testBS/pageSize {
 		t.Fatalf("%d pages redirected, want 4 blocks'", n)
 	}
-	testSideWriteErr = syscall.ENOSPC
-	defer func() { testSideWriteErr = nil }()
+	var enospc error = syscall.ENOSPC
+	d.hooks.sideWriteErr.Store(&enospc)
 	p := randBlock(r)
 	d.writeBlock(9, p)
 	copy(live[9*testBS:], p)
-	testSideWriteErr = nil
+	d.hooks.sideWriteErr.Store(nil)
 	in, _ := d.v.Snapshot("s1")
 	if in.State != StateFailed || !strings.Contains(in.Reason, "no space left") {
 		t.Fatalf("s1 is %s (%q) after a redirected write failed, want failed naming the cause", in.State, in.Reason)

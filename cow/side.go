@@ -34,14 +34,12 @@ type sideFiles struct {
 
 	mu    sync.RWMutex        // guards files (shared: reading and writing pages)
 	files map[uint64]*os.File // by epoch
+
+	hooks *testHooks // tests only
 }
 
-// testSideWriteErr, set only by tests, replaces the result of side-file
-// page writes (a full filesystem, an I/O error).
-var testSideWriteErr error
-
-func newSideFiles(trackPrefix string) *sideFiles {
-	return &sideFiles{prefix: trackPrefix + ".row.", files: map[uint64]*os.File{}}
+func newSideFiles(trackPrefix string, hooks *testHooks) *sideFiles {
+	return &sideFiles{prefix: trackPrefix + ".row.", files: map[uint64]*os.File{}, hooks: hooks}
 }
 
 // open opens every side file left by an earlier start and calls fn with
@@ -91,7 +89,7 @@ func dataPages(f *os.File) ([]uint64, error) {
 		if err != nil {
 			return nil, err
 		}
-		for p := d / journalPage; p*journalPage < h; p++ {
+		for p := d / pageSize; p*pageSize < h; p++ {
 			pages = append(pages, uint64(p))
 		}
 		off = h
@@ -101,8 +99,10 @@ func dataPages(f *os.File) ([]uint64, error) {
 // write writes whole pages at off (page-aligned) into epoch's file,
 // creating it (durably) first if need be.
 func (s *sideFiles) write(epoch uint64, data []byte, off int64) error {
-	if testSideWriteErr != nil {
-		return testSideWriteErr
+	if s.hooks != nil {
+		if err := s.hooks.sideWriteErr.Load(); err != nil {
+			return *err
+		}
 	}
 	s.mu.RLock()
 	f := s.files[epoch]
@@ -198,6 +198,9 @@ func (s *sideFiles) removeAll() error {
 }
 
 func (s *sideFiles) close() error {
+	if s == nil {
+		return nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var err error

@@ -24,8 +24,8 @@ type testDisk struct {
 	v      *Volume
 	diskID uint64
 	size   int64
-	// redirect opens the volume with Options.Redirect.
-	redirect bool
+	// hooks hold or fail the volume at chosen points (kept across reopens).
+	hooks testHooks
 }
 
 func newTestDisk(t *testing.T, size int64) *testDisk {
@@ -56,7 +56,7 @@ func newTestDisk(t *testing.T, size int64) *testDisk {
 func (d *testDisk) open() {
 	d.t.Helper()
 	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
-		TrackPrefix: filepath.Join(d.dir, "track"), Redirect: d.redirect})
+		TrackPrefix: filepath.Join(d.dir, "track"), hooks: &d.hooks})
 	if err != nil {
 		d.t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/cairn-storage/cairn/bitmap"
 	"github.com/cairn-storage/cairn/internal/durable"
 	"golang.org/x/sys/unix"
 )
@@ -42,8 +43,8 @@ type tracker struct {
 	f     *os.File
 	epoch uint64
 
-	staged  atomic.Pointer[Bitmap] // bits set in memory; superset of durable
-	durable atomic.Pointer[Bitmap] // bits known to be on stable storage
+	staged  atomic.Pointer[bitmap.Bitmap] // bits set in memory; superset of durable
+	durable atomic.Pointer[bitmap.Bitmap] // bits known to be on stable storage
 
 	wmu  sync.Mutex // serialises pwrites of bitmap words so a stale word never overwrites a newer one
 	sync *groupSync
@@ -76,8 +77,8 @@ func trackPath(prefix string, epoch uint64) string { return fmt.Sprintf("%s.%d",
 // makes it and its directory entry durable.
 func createTracker(prefix string, epoch, nblocks uint64, blockSize int) (*tracker, error) {
 	t := &tracker{epoch: epoch, drained: make(chan struct{})}
-	t.staged.Store(NewBitmap(nblocks))
-	t.durable.Store(NewBitmap(nblocks))
+	t.staged.Store(bitmap.New(nblocks))
+	t.durable.Store(bitmap.New(nblocks))
 	if prefix == "" {
 		return t, nil
 	}
@@ -132,16 +133,17 @@ func openTracker(path string, blockSize int) (*tracker, error) {
 		return nil, fmt.Errorf("change-tracking file %s: bad header (not a Cairn tracker or another block size)", path)
 	}
 	nblocks := binary.LittleEndian.Uint64(hdr[24:])
-	bm := NewBitmap(nblocks)
-	raw := make([]byte, len(bm.words)*8)
+	words := make([]uint64, wordsFor(nblocks))
+	raw := make([]byte, len(words)*8)
 	n, err := f.ReadAt(raw, trackDataOff)
 	if err != nil && n != len(raw) {
 		// A short file (crash while growing) reads the rest as zero words.
 		clear(raw[n:])
 	}
-	for i := range bm.words {
-		bm.words[i] = binary.LittleEndian.Uint64(raw[i*8:])
+	for i := range words {
+		words[i] = binary.LittleEndian.Uint64(raw[i*8:])
 	}
+	bm := bitmap.FromWords(nblocks, words)
 	t := &tracker{path: path, f: f, epoch: binary.LittleEndian.Uint64(hdr[16:]), drained: make(chan struct{})}
 	t.staged.Store(bm)
 	t.durable.Store(bm.Grow(nblocks))
@@ -186,7 +188,7 @@ func (t *tracker) unseal() {
 func wordsFor(n uint64) uint64 { return (n + 63) / 64 }
 
 // bits is the epoch's dirty set as marked so far.
-func (t *tracker) bits() *Bitmap { return t.staged.Load() }
+func (t *tracker) bits() *bitmap.Bitmap { return t.staged.Load() }
 
 // mark makes blocks first..last part of the epoch's dirty set, durably,
 // before it returns. The caller holds the volume's gate shared (so the
@@ -195,9 +197,9 @@ func (t *tracker) mark(first, last uint64) error { return t.set(first, last, tru
 
 // markLazy sets blocks first..last in the epoch's dirty set and writes
 // them to the file without waiting for them to be durable. The caller
-// relies on something else to prove the write after a crash (durable
-// copy-before-write journal records of the blocks, see Volume.beginWrite)
-// until flush has run.
+// relies on something else to prove the write after a crash (the side
+// file of a redirected write, see Volume.writeRedirected) until flush has
+// run.
 func (t *tracker) markLazy(first, last uint64) error { return t.set(first, last, false) }
 
 func (t *tracker) set(first, last uint64, wait bool) error {
@@ -221,9 +223,7 @@ func (t *tracker) set(first, last uint64, wait bool) error {
 	}
 	if !wait {
 		// Only once the words are written: a flush that sees the flag
-		// then syncs them. (Callers write their journal record after
-		// this returns, and the copy-out worker flushes only after
-		// seeing that record.)
+		// then syncs them.
 		t.lazy.Store(true)
 		return nil
 	}
@@ -244,26 +244,26 @@ func (t *tracker) flush() error {
 	if t.retired || t.f == nil {
 		return nil // sealed: its bits are in the snapshot's record
 	}
-	staged := t.staged.Load()
-	words := make([]uint64, len(staged.words))
+	staged := t.staged.Load().Words()
+	words := make([]uint64, len(staged))
 	for i := range words {
-		words[i] = atomic.LoadUint64(&staged.words[i])
+		words[i] = atomic.LoadUint64(&staged[i])
 	}
 	if err := t.sync.Wait(); err != nil {
 		t.lazy.Store(true)
 		return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
 	}
-	durable := t.durable.Load()
-	for i := range min(len(words), len(durable.words)) {
+	durable := t.durable.Load().Words()
+	for i := range min(len(words), len(durable)) {
 		if words[i] != 0 {
-			atomic.OrUint64(&durable.words[i], words[i])
+			atomic.OrUint64(&durable[i], words[i])
 		}
 	}
 	return nil
 }
 
 // writeWords writes bitmap words w1..w2 to the file.
-func (t *tracker) writeWords(bm *Bitmap, w1, w2 uint64) error {
+func (t *tracker) writeWords(bm *bitmap.Bitmap, w1, w2 uint64) error {
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
 	var small [8 * 8]byte
@@ -271,8 +271,9 @@ func (t *tracker) writeWords(bm *Bitmap, w1, w2 uint64) error {
 	if need := (w2 - w1 + 1) * 8; need > uint64(len(small)) {
 		buf = make([]byte, 0, need)
 	}
+	words := bm.Words()
 	for w := w1; w <= w2; w++ {
-		buf = binary.LittleEndian.AppendUint64(buf, atomic.LoadUint64(&bm.words[w]))
+		buf = binary.LittleEndian.AppendUint64(buf, atomic.LoadUint64(&words[w]))
 	}
 	if _, err := t.f.WriteAt(buf, trackDataOff+int64(w1)*8); err != nil {
 		return fmt.Errorf("write change-tracking file %s: %w", t.path, err)
@@ -282,12 +283,13 @@ func (t *tracker) writeWords(bm *Bitmap, w1, w2 uint64) error {
 
 // setAll marks every block in bm durably (used to fold an unfinished
 // epoch or a failed snapshot's blocks back into the current epoch).
-func (t *tracker) setAll(bm *Bitmap) error {
+func (t *tracker) setAll(bm *bitmap.Bitmap) error {
 	staged := t.staged.Load()
-	n := min(uint64(len(bm.words)), uint64(len(staged.words)))
+	sw, bw := staged.Words(), bm.Words()
+	n := min(uint64(len(bw)), uint64(len(sw)))
 	for w := uint64(0); w < n; w++ {
-		if x := atomic.LoadUint64(&bm.words[w]); x != 0 {
-			atomic.OrUint64(&staged.words[w], x)
+		if x := atomic.LoadUint64(&bw[w]); x != 0 {
+			atomic.OrUint64(&sw[w], x)
 		}
 	}
 	if t.f != nil && n > 0 {
@@ -298,9 +300,9 @@ func (t *tracker) setAll(bm *Bitmap) error {
 			return fmt.Errorf("sync change-tracking file %s: %w", t.path, err)
 		}
 	}
-	durable := t.durable.Load()
+	dw := t.durable.Load().Words()
 	for w := uint64(0); w < n; w++ {
-		atomic.OrUint64(&durable.words[w], atomic.LoadUint64(&staged.words[w]))
+		atomic.OrUint64(&dw[w], atomic.LoadUint64(&sw[w]))
 	}
 	return nil
 }

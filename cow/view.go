@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/cairn-storage/cairn/bitmap"
 	"github.com/cairn-storage/cairn/block"
 )
 
@@ -20,7 +21,7 @@ type View struct {
 	size int64
 
 	allocOnce sync.Once
-	alloc     *Bitmap // blocks holding data (base:allocation), built on first use
+	alloc     *bitmap.Bitmap // blocks holding data (base:allocation), built on first use
 	allocErr  error
 
 	closeOnce sync.Once
@@ -82,32 +83,38 @@ func (w *View) ReadAt(ctx context.Context, p []byte, off int64) error {
 }
 
 // readAt fills buf (one block) with block b as of snapshot seq: the newest
-// version at or before seq, which is either a pending snapshot's (composed
-// from the live image and the copy-before-write journal) or in the store.
+// version at or before seq, which is either a copying snapshot's (the live
+// image and the redirected pages of earlier epochs) or in the store.
 func (v *Volume) readAt(ctx context.Context, seq, b uint64, buf []byte) error {
-	if list := v.copying.Load(); list != nil && len(*list) > 0 {
-		mu := &v.stripes[b%stripeCount]
-		mu.Lock()
-		if s := v.newestOwner(b, seq); s != nil {
-			// Pending for a snapshot at or before seq. A later one (still
-			// at or before seq) may have stored its own version already.
-			<-s.drained
-			ref, found, err := v.st.Lookup(ctx, v.opts.DiskID, b, seq)
-			if err == nil && (!found || ref.Seq < s.seq()) {
-				err = v.compose(s, b, buf)
-				mu.Unlock()
-				return err
-			}
-			mu.Unlock()
-			if err != nil {
-				return fmt.Errorf("read block %d of snapshot: %w", b, err)
-			}
-		} else {
-			mu.Unlock()
+	for len(v.copyingList()) > 0 {
+		owner := v.newestOwner(b, seq)
+		if owner == nil {
+			break
 		}
+		// Pending for a snapshot at or before seq. A later one (still at
+		// or before seq) may have stored its own version already: look
+		// it up first (no lock held), then compose under the stripe lock
+		// if the owner is unchanged (no merge lands in the block
+		// meanwhile).
+		<-owner.drained
+		ref, found, err := v.st.Lookup(ctx, v.opts.DiskID, b, seq)
+		if err != nil {
+			return fmt.Errorf("read block %d of snapshot: %w", b, err)
+		}
+		if found && ref.Seq >= owner.seq() {
+			break
+		}
+		mu := v.stripe(b)
+		mu.Lock()
+		if v.newestOwner(b, seq) != owner {
+			mu.Unlock()
+			continue // stored or passed on meanwhile: look again
+		}
+		err = v.readSnapVersion(buf, int64(b)<<v.shift, owner.seq())
+		mu.Unlock()
+		return err
 	}
-	_, err := v.st.ReadBlock(ctx, v.opts.DiskID, b, seq, buf)
-	if err != nil {
+	if _, err := v.st.ReadBlock(ctx, v.opts.DiskID, b, seq, buf); err != nil {
 		return fmt.Errorf("read block %d of snapshot: %w", b, err)
 	}
 	return nil
@@ -136,23 +143,14 @@ func (w *View) Extents(ctx context.Context, off, length int64) ([]block.Extent, 
 }
 
 // allocatedAt is the set of blocks holding data as of seq.
-func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*Bitmap, error) {
-	bm := NewBitmap(uint64((size + v.blockSize - 1) >> v.shift))
-	rb, err := v.st.Allocated(ctx, v.opts.DiskID, seq)
-	if err != nil {
+func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*bitmap.Bitmap, error) {
+	bm := bitmap.New(v.blocks(size))
+	if err := v.st.Allocated(ctx, v.opts.DiskID, seq, bm); err != nil {
 		return nil, err
 	}
-	it := rb.Iterator()
-	for it.HasNext() {
-		if b := it.Next(); b < bm.Len() {
-			bm.Set(b)
-		}
-	}
-	if list := v.copying.Load(); list != nil {
-		for _, s := range *list {
-			if s.seq() <= seq {
-				bm.Or(s.pending)
-			}
+	for _, s := range v.copyingList() {
+		if s.seq() <= seq {
+			bm.Or(s.pending)
 		}
 	}
 	return bm, nil
@@ -160,7 +158,7 @@ func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*Bitm
 
 // bitmapExtents turns the blocks of bm within [off, off+length) into
 // extents: members get setFlags, others clearFlags. Clipped to size.
-func bitmapExtents(bm *Bitmap, shift uint, off, length, size int64, setFlags, clearFlags uint32) []block.Extent {
+func bitmapExtents(bm *bitmap.Bitmap, shift uint, off, length, size int64, setFlags, clearFlags uint32) []block.Extent {
 	end := min(off+length, size)
 	var out []block.Extent
 	for off < end {

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/RoaringBitmap/roaring/v2/roaring64"
+	"github.com/cairn-storage/cairn/bitmap"
 	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
 )
@@ -250,11 +250,11 @@ func (s *Store) readBlock(ctx context.Context, disk, block, seq uint64, buf []by
 
 // changed walks the sequence index s<disk><after+1> .. s<disk><upto>: the
 // cost is the entries changed in that range, not the disk's size.
-func (s *Store) changed(ctx context.Context, disk, after, upto uint64) (*roaring64.Bitmap, error) {
-	bm := roaring64.New()
+func (s *Store) changed(ctx context.Context, disk, after, upto uint64, into *bitmap.Bitmap) error {
 	if upto <= after {
-		return bm, nil
+		return nil
 	}
+	n := 0
 	prefix := bySeqDiskPrefix(disk)
 	err := s.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
@@ -264,8 +264,10 @@ func (s *Store) changed(ctx context.Context, disk, after, upto uint64) (*roaring
 			if !ok || sq > upto {
 				break
 			}
-			bm.Add(block)
-			if bm.GetCardinality()%4096 == 0 {
+			if block < into.Len() {
+				into.Set(block)
+			}
+			if n++; n%4096 == 0 {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
@@ -273,32 +275,25 @@ func (s *Store) changed(ctx context.Context, disk, after, upto uint64) (*roaring
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, s.wrapErr("changed blocks", err)
-	}
-	return bm, nil
+	return s.wrapErr("changed blocks", err)
 }
 
 // allocated walks the disk's entries in (block, seq) order, keeping for
 // each block the kind of its last entry at or before seq.
-func (s *Store) allocated(ctx context.Context, disk, seq uint64) (*roaring64.Bitmap, error) {
-	bm := roaring64.New()
+func (s *Store) allocated(ctx context.Context, disk, seq uint64, into *bitmap.Bitmap) error {
 	err := s.scanEntries(ctx, disk, func(block, sq uint64, zero bool, _ [32]byte) error {
-		if sq > seq {
+		if sq > seq || block >= into.Len() {
 			return nil
 		}
 		// Entries of a block come oldest first: the last one seen wins.
 		if zero {
-			bm.Remove(block)
+			into.Clear(block)
 		} else {
-			bm.Add(block)
+			into.Set(block)
 		}
 		return nil
 	})
-	if err != nil {
-		return nil, s.wrapErr("allocated blocks", err)
-	}
-	return bm, nil
+	return s.wrapErr("allocated blocks", err)
 }
 
 // scanEntries calls fn for every entry of disk, in (block, seq) order.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -59,6 +60,11 @@ func open(opts Options) (*Store, error) {
 		}
 		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 			return nil, fmt.Errorf("store: create %s: %w", opts.Dir, err)
+		}
+	}
+	if !opts.InMemory {
+		if err := removeEmptyValueLogs(opts.Dir, badgerLogger{opts.Logger}); err != nil {
+			return nil, err
 		}
 	}
 	db, err := badger.Open(badgerOptions(opts))
@@ -150,3 +156,26 @@ func (b badgerLogger) Debugf(format string, args ...any)   { b.log("debug", form
 type nopLogger struct{}
 
 func (nopLogger) Debug(string, ...any) {}
+
+// removeEmptyValueLogs deletes value-log files of zero bytes. A crash
+// between Badger creating a value-log file and sizing it leaves one, and
+// Badger then refuses to open ("Open existing file: ... Create a new
+// file") on every start. Such a file holds no entry, not even its header,
+// so nothing can refer to it.
+func removeEmptyValueLogs(dir string, log badgerLogger) error {
+	matches, err := filepath.Glob(filepath.Join(dir, "*.vlog"))
+	if err != nil {
+		return err
+	}
+	for _, m := range matches {
+		fi, err := os.Stat(m)
+		if err != nil || fi.Size() != 0 {
+			continue
+		}
+		if err := os.Remove(m); err != nil {
+			return fmt.Errorf("store: remove the empty value log %s left by a crash: %w", m, err)
+		}
+		log.Warningf("removed the empty value log %s left by a crash", m)
+	}
+	return nil
+}

@@ -48,7 +48,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/RoaringBitmap/roaring/v2/roaring64"
+	"github.com/cairn-storage/cairn/bitmap"
 	"github.com/dgraph-io/badger/v4"
 )
 
@@ -168,17 +168,19 @@ func (s *Store) ReadChunk(ctx context.Context, hash [32]byte, buf []byte) error 
 	return s.readChunk(ctx, hash, buf)
 }
 
-// Changed returns the blocks of disk that have an entry with a sequence in
-// (after, upto]: the blocks changed after snapshot `after` up to snapshot
-// `upto`. after=0 means from the beginning.
-func (s *Store) Changed(ctx context.Context, disk, after, upto uint64) (*roaring64.Bitmap, error) {
-	return s.changed(ctx, disk, after, upto)
+// Changed adds to into the blocks of disk that have an entry with a
+// sequence in (after, upto]: the blocks changed after snapshot `after` up
+// to snapshot `upto`. after=0 means from the beginning. Blocks at or past
+// into.Len() are left out.
+func (s *Store) Changed(ctx context.Context, disk, after, upto uint64, into *bitmap.Bitmap) error {
+	return s.changed(ctx, disk, after, upto, into)
 }
 
-// Allocated returns the blocks of disk whose newest entry at or before seq
-// is a data entry (not zero): base:allocation of a snapshot.
-func (s *Store) Allocated(ctx context.Context, disk, seq uint64) (*roaring64.Bitmap, error) {
-	return s.allocated(ctx, disk, seq)
+// Allocated adds to into the blocks of disk whose newest entry at or
+// before seq is a data entry (not zero): base:allocation of a snapshot.
+// Blocks at or past into.Len() are left out.
+func (s *Store) Allocated(ctx context.Context, disk, seq uint64, into *bitmap.Bitmap) error {
+	return s.allocated(ctx, disk, seq, into)
 }
 
 // Merge deletes snapshot seq of disk by merging it into its successor. Its

@@ -1,0 +1,82 @@
+package cow
+
+import (
+	"time"
+
+	"github.com/cairn-storage/cairn/block"
+)
+
+// Snapshot states.
+const (
+	StateCopying = "copying"
+	StateReady   = "ready"
+	StateFailed  = "failed"
+	// StateDeleting: a delete began and has not finished; it is completed
+	// at the next start if the daemon stopped part-way.
+	StateDeleting = "deleting"
+)
+
+// Readable reports whether a snapshot in state can be read (exported,
+// opened, rolled back to): copying or ready.
+func Readable(state string) bool { return state == StateCopying || state == StateReady }
+
+// errNoStore: the volume was opened without a store, or read-only.
+var errNoStore = &block.Error{Kind: block.ErrFailed, Msg: "this volume keeps no snapshots (opened read-only or without a store)"}
+
+func notFound(name string) error {
+	return block.Errorf(block.ErrNotFound, "snapshot %q not found", name)
+}
+
+// SnapshotMeta is what the caller says about a new snapshot.
+type SnapshotMeta struct {
+	Name        string
+	Description string
+	Kind        string // "manual" or "auto"
+}
+
+// SnapshotInfo describes one snapshot.
+type SnapshotInfo struct {
+	Seq          uint64        `json:"seq"`
+	Name         string        `json:"name"`
+	Description  string        `json:"description,omitempty"`
+	Kind         string        `json:"kind"`
+	Created      time.Time     `json:"created"`
+	State        string        `json:"state"`
+	Progress     float64       `json:"progress"` // 0..100
+	Reason       string        `json:"reason,omitempty"`
+	Size         int64         `json:"size"`
+	WrittenBytes uint64        `json:"written_bytes"` // bytes changed in the epoch it sealed
+	Hold         time.Duration `json:"hold_ns"`       // how long the epoch was sealed (writes arriving then wait at most this)
+	Drain        time.Duration `json:"drain_ns"`      // from the seal until the old epoch's writes in flight had finished
+}
+
+// Readable reports whether the snapshot can be read (see Readable).
+func (in SnapshotInfo) Readable() bool { return Readable(in.State) }
+
+// The records cow keeps in the store (JSON, under the keys of
+// store/recordkeys.go). This is their wire format: change it only
+// compatibly.
+
+// snapRecord is one snapshot (store.SnapshotKey).
+type snapRecord struct {
+	Seq         uint64    `json:"seq"`
+	Name        string    `json:"name"`
+	Description string    `json:"description,omitempty"`
+	Kind        string    `json:"kind"`
+	Created     time.Time `json:"created"`
+	State       string    `json:"state"`
+	Reason      string    `json:"reason,omitempty"`
+	Size        int64     `json:"size"`
+	HoldNS      int64     `json:"hold_ns"`
+	DrainNS     int64     `json:"drain_ns,omitempty"`
+	Written     uint64    `json:"written_blocks"`
+	// Pending is the set of blocks to copy out while copying (bitmap's
+	// portable roaring encoding).
+	Pending []byte `json:"pending,omitempty"`
+}
+
+// chainRecord is a disk's chain bookkeeping (store.ChainKey).
+type chainRecord struct {
+	NextSeq uint64 `json:"next_seq"` // every sequence below is used or abandoned
+	Epoch   uint64 `json:"epoch"`    // the current epoch: the sequence whose seal opened it (0: none)
+}
