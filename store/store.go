@@ -115,6 +115,7 @@ type Store struct {
 
 	space   spaceGuard
 	reclaim reclaimEstimate
+	flush   flushGate // when writes blocked by compactForGC's flush resume
 
 	gcMu        sync.Mutex    // one value-log GC at a time; guards compactedAt and gcClosed
 	gcClosed    bool          // set by Close: no GC may start
