@@ -391,3 +391,60 @@ func TestConnError(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// TestErrorsNameTheField: a request that breaks a rule is answered with
+// the API field it is about in the error's field member, wherever the
+// field is (body, path, query); an invalid_argument message starts with it.
+func TestErrorsNameTheField(t *testing.T) {
+	in := daemontest.Start(t, nil)
+	ctx := context.Background()
+	c := in.Client
+	createDisk(t, in, "d", "1M")
+	for _, tc := range []struct {
+		name, field string
+		call        func() error
+	}{
+		{"disk name", "name", func() error { _, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "a/b", Size: "1M"}); return err }},
+		{"taken name", "name", func() error { _, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "d", Size: "1M"}); return err }},
+		{"no size", "size", func() error { _, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "x"}); return err }},
+		{"block size", "block_size", func() error {
+			_, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", Size: "1M", BlockSize: "3K"})
+			return err
+		}},
+		{"description", "description", func() error {
+			_, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", Size: "1M", Description: "a\tb"})
+			return err
+		}},
+		{"adopt", "adopt", func() error {
+			_, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", Adopt: "rel.raw"})
+			return err
+		}},
+		{"shrink", "size", func() error { _, err := c.GrowDisk(ctx, "d", "4K"); return err }},
+		{"path name", "name", func() error { _, err := c.Disk(ctx, ".x"); return err }},
+		{"snapshot name", "name", func() error {
+			_, err := c.CreateSnapshot(ctx, "d", api.CreateSnapshotRequest{Name: "auto1"})
+			return err
+		}},
+		{"changes from", "from", func() error { _, err := c.Changes(ctx, "d", "", ""); return err }},
+		{"verify disk", "disk", func() error { _, err := c.Verify(ctx, api.VerifyRequest{Disk: "-x"}); return err }},
+		{"query bool", "force", func() error { return c.Do(ctx, http.MethodDelete, "/v1/disks/d?force=maybe", nil, nil) }},
+		{"query unknown", "forse", func() error { return c.Do(ctx, http.MethodDelete, "/v1/disks/d?forse=1", nil, nil) }},
+		{"body type", "size", func() error {
+			return c.Do(ctx, http.MethodPost, "/v1/disks", map[string]any{"name": "x", "size": true}, nil)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *api.Error
+			if err := tc.call(); !errors.As(err, &e) {
+				t.Fatalf("got %v, want an API error", err)
+			}
+			if e.Field != tc.field {
+				t.Errorf("field %q (message %q); want %q", e.Field, e.Message, tc.field)
+			}
+			named := strings.HasPrefix(e.Message, tc.field) || strings.Contains(e.Message, "query parameter \""+tc.field)
+			if e.Code == api.CodeInvalidArgument && !named {
+				t.Errorf("message %q does not start with the field %q", e.Message, tc.field)
+			}
+		})
+	}
+}

@@ -1,12 +1,51 @@
 // Package daemon is cairnd: it owns the disks of one data directory, serves
-// them over NBD and answers the control API. It is the only package that
-// knows the frontends (nbd), the volumes (cow) and the store together.
+// them over NBD and the FUSE view, and answers the control API. It is the
+// only package that knows the frontends (nbd, fusefs), the volumes (cow)
+// and the store together.
 //
 // Lifecycle: New takes the data directory's lock, opens the store and every
 // disk's live image and binds the listeners; Run serves until its context
 // ends or Shutdown is called, then shuts down gracefully; Shutdown stops
 // accepting, lets NBD requests in flight finish, flushes and closes every
 // volume, closes the store and releases the lock.
+//
+// What the daemon guarantees:
+//
+//   - One cairnd per data directory (dirlock.go), and nothing a client
+//     sends names a path inside it: live images are named by a disk's id,
+//     and an adopted image must lie outside it.
+//   - A request that changes a disk answers only once the change is durable
+//     in the store (a disk's record, a snapshot's record); a request that
+//     breaks a rule gets invalid_argument naming the field (validate.go).
+//   - An export (DISK, DISK@SNAPSHOT) is listed and opened one way for NBD,
+//     FUSE and the API (exports.go); every open handle is a holder of its
+//     disk (holders.go). A disk is not deleted, and its live image not
+//     rolled back, while it has holders, unless the request forces it,
+//     which disconnects NBD clients and waits, bounded, for the rest; a
+//     snapshot is not deleted while it is read, on the same terms.
+//   - Once shutdown begins no export opens and nothing changes.
+//
+// Where things are: daemon.go (this: wiring and lifecycle), config.go,
+// dirlock.go, records.go (the store records' wire format); disk.go (the
+// Disk and its lookups), disk_load.go (start-up), disk_create.go,
+// disk_grow.go, disk_delete.go; exports.go, holders.go, fuse.go;
+// snapshot.go (create, list, get), snapshot_delete.go, rollback.go,
+// changes.go, capacity.go, verify.go, tasks.go (long operations);
+// http.go (routes and request decoding), handlers.go, errors.go (errors
+// to API codes), status.go (info and health), validate.go.
+//
+// Locks:
+//
+//  1. Daemon.snapMu makes the quota check and the snapshot one step; it is
+//     held alone (Daemon.mu is not taken under it, nor it under Daemon.mu).
+//  2. Daemon.mu guards the disk map and every Disk's mutable state (its
+//     holders among them). A volume's own locks (cow) may be taken under
+//     it, never the other way round; NBD calls (Disconnect, Connections)
+//     are made without it.
+//  3. taskList.mu guards the task registry; nothing else is taken under it.
+//
+// The FUSE tree calls back into the daemon (taking Daemon.mu), so the
+// daemon never calls into the tree while holding Daemon.mu.
 package daemon
 
 import (

@@ -9,8 +9,10 @@ import (
 )
 
 // The daemon's errors are block's vocabulary (block/errors.go), wrapped
-// with errorf and invalidf so the message says what failed and what to do;
-// apiError maps them to API codes and HTTP statuses, here and nowhere else.
+// with errorf and invalidf so the message says what failed and what to do
+// (a request field that breaks a rule also names the field: fieldError in
+// validate.go); apiError maps them to API codes and HTTP statuses, here
+// and nowhere else.
 
 // HTTP-level failures, produced by the API layer itself.
 var (
@@ -51,7 +53,11 @@ var codes = []struct {
 func apiError(err error) (e *api.Error, internal bool) {
 	for _, c := range codes {
 		if errors.Is(err, c.err) {
-			return &api.Error{Status: c.status, Code: c.code, Message: err.Error()}, false
+			e := &api.Error{Status: c.status, Code: c.code, Message: err.Error()}
+			if be := (*block.Error)(nil); errors.As(err, &be) {
+				e.Field = be.Field
+			}
+			return e, false
 		}
 	}
 	return &api.Error{Status: http.StatusInternalServerError, Code: api.CodeInternal,

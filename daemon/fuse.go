@@ -10,10 +10,10 @@ import (
 	"github.com/cairn-storage/cairn/fusefs"
 )
 
-// fuseSource shows the daemon's disks and their readable snapshots in the
-// FUSE tree (docs/fuse.md). Files open through the same path as NBD
-// exports, so a FUSE handle counts as a client: a disk with one open is
-// not deleted or rolled back under it.
+// fuseSource shows the daemon's exports in the FUSE tree (docs/fuse.md):
+// each disk that can be exported, and its readable snapshots. Files open
+// through openExport, as NBD clients do, so a FUSE file is a holder: a
+// disk with one open is not deleted or rolled back under it.
 type fuseSource struct{ d *Daemon }
 
 var _ fusefs.Source = fuseSource{}
@@ -22,46 +22,49 @@ func (s fuseSource) Disks() []fusefs.DiskEntry {
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]fusefs.DiskEntry, 0, len(d.disks))
-	for _, k := range d.disks {
-		if k.vol == nil || k.deleting {
-			continue
+	var out []fusefs.DiskEntry
+	for x := range d.exports("") {
+		if x.snap == nil {
+			// Created is kept to the second: the id tells a disk created
+			// again under its name (a new inode, no stale pages) from the
+			// old one.
+			rec := x.disk.rec
+			out = append(out, fusefs.DiskEntry{Name: rec.Name, Size: x.size(), Created: rec.Created, ID: rec.ID})
 		}
-		// Created is kept to the second: the id tells a disk created again
-		// under its name (a new inode, no stale pages) from the old one.
-		out = append(out, fusefs.DiskEntry{Name: k.rec.Name, Size: k.vol.Size(), Created: k.rec.Created, ID: k.rec.ID})
 	}
 	return out
 }
 
 func (s fuseSource) Snapshots(disk string) []fusefs.SnapEntry {
+	if disk == "" {
+		return nil // exports("") would be every disk's
+	}
 	d := s.d
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	k := d.disks[disk]
-	if k == nil || k.vol == nil || k.deleting {
-		return nil
-	}
 	var out []fusefs.SnapEntry
-	for _, sn := range k.vol.Snapshots() {
-		if sn.Readable() {
-			out = append(out, fusefs.SnapEntry{Name: sn.Name, Size: sn.Size, Created: sn.Created})
+	for x := range d.exports(disk) {
+		if x.snap != nil {
+			out = append(out, fusefs.SnapEntry{Name: x.snap.Name, Size: x.size(), Created: x.snap.Created})
 		}
 	}
 	return out
 }
 
 func (s fuseSource) OpenDisk(ctx context.Context, disk string) (block.Device, func(), error) {
-	return s.open(ctx, disk)
+	return s.open(exportName{disk: disk})
 }
 
 func (s fuseSource) OpenSnapshot(ctx context.Context, disk, snap string) (block.Device, func(), error) {
-	return s.open(ctx, disk+"@"+snap)
+	if snap == "" {
+		return nil, nil, fmt.Errorf("%w: no snapshot name", fs.ErrNotExist)
+	}
+	return s.open(exportName{disk, snap})
 }
 
-// open opens an export by name, as an NBD client would.
-func (s fuseSource) open(ctx context.Context, export string) (block.Device, func(), error) {
-	exp, release, err := exporter{s.d}.Open(ctx, export)
+// open opens an export for one FUSE file.
+func (s fuseSource) open(name exportName) (block.Device, func(), error) {
+	exp, release, err := s.d.openExport(name, true)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", fs.ErrNotExist, err)
 	}

@@ -231,3 +231,60 @@ func untilReleased(op func() error) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestFUSEShowsTheExports: the FUSE tree lists what the API's export list
+// does, and an open snapshot file is a reader: a delete is refused while
+// it is open, and a forced delete waiting for it ends when it is closed.
+func TestFUSEShowsTheExports(t *testing.T) {
+	in, dir := startWithFUSE(t)
+	ctx := context.Background()
+	c := in.Client
+	createDisk(t, in, "a", "1M")
+	createDisk(t, in, "b", "1M")
+	mustSnapshot(t, c, "b", "s1")
+	mustSnapshot(t, c, "b", "s2")
+	exports, err := c.Exports(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromAPI, fromFUSE []string
+	for _, e := range exports {
+		fromAPI = append(fromAPI, e.Name)
+	}
+	disks, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range disks {
+		fromFUSE = append(fromFUSE, k.Name())
+		snaps, err := os.ReadDir(filepath.Join(dir, k.Name(), "snapshots"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range snaps {
+			fromFUSE = append(fromFUSE, k.Name()+"@"+strings.TrimSuffix(s.Name(), ".raw"))
+		}
+	}
+	if fmt.Sprint(fromFUSE) != fmt.Sprint(fromAPI) || len(fromAPI) != 4 {
+		t.Errorf("FUSE shows %v, the API lists %v", fromFUSE, fromAPI)
+	}
+
+	f, err := os.Open(filepath.Join(dir, "b", "snapshots", "s1.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteSnapshot(ctx, "b", "s1", false); !isCode(err, api.CodeInUse) {
+		t.Fatalf("delete with the snapshot's file open: %v, want in_use", err)
+	}
+	deleted := make(chan error, 1)
+	go func() { _, err := c.DeleteSnapshot(ctx, "b", "s1", true); deleted <- err }()
+	f.Close()
+	select {
+	case err := <-deleted:
+		if err != nil {
+			t.Fatalf("forced delete: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a forced delete still waits 10 s after the snapshot's file was closed")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"time"
 
@@ -167,11 +168,12 @@ func bodyError(err error) error {
 	case errors.As(err, &syntax):
 		return invalidf("request body: malformed JSON at byte %d: %v", syntax.Offset, err)
 	case errors.As(err, &typ) && typ.Field != "":
-		return invalidf("%s: expected %s, got a JSON %s", typ.Field, jsonTypeName(typ.Type.Name()), typ.Value)
+		return invalidField(typ.Field, "%s: expected %s, got a JSON %s", typ.Field, jsonTypeName(typ.Type.Name()), typ.Value)
 	case errors.As(err, &typ):
 		return invalidf("request body: expected a JSON object, got a JSON %s", typ.Value)
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		return invalidf("request body: unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		field := strings.TrimPrefix(err.Error(), "json: unknown field ")
+		return invalidField(strings.Trim(field, `"`), "request body: unknown field %s", field)
 	}
 	return invalidf("request body: %v", err)
 }
@@ -188,27 +190,45 @@ func jsonTypeName(goType string) string {
 	return goType
 }
 
-// queryBools parses the boolean query parameters a handler accepts; any
-// other parameter is an error naming it.
+// queryValues returns the last value of each query parameter of r, all of
+// which must be among names (an error names any other).
+func queryValues(r *http.Request, names ...string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
+	for key, vals := range r.URL.Query() {
+		if !slices.Contains(names, key) {
+			return nil, invalidField(key, "unknown query parameter %q (accepted: %s)", key, strings.Join(names, ", "))
+		}
+		out[key] = vals[len(vals)-1]
+	}
+	return out, nil
+}
+
+// queryStrings parses the string query parameters a handler accepts,
+// trimmed of spaces; a missing one is "".
+func queryStrings(r *http.Request, names ...string) (map[string]string, error) {
+	q, err := queryValues(r, names...)
+	for key, v := range q {
+		q[key] = strings.TrimSpace(v)
+	}
+	return q, err
+}
+
+// queryBools parses the boolean query parameters a handler accepts; a
+// missing one is false.
 func queryBools(r *http.Request, names ...string) (map[string]bool, error) {
-	out := make(map[string]bool, len(names))
-	q := r.URL.Query()
-	for key, vals := range q {
-		known := false
-		for _, n := range names {
-			known = known || key == n
-		}
-		if !known {
-			return nil, invalidf("unknown query parameter %q (accepted: %s)", key, strings.Join(names, ", "))
-		}
-		v := vals[len(vals)-1]
+	q, err := queryValues(r, names...)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(q))
+	for key, v := range q {
 		switch strings.ToLower(v) {
 		case "true", "1", "":
 			out[key] = true
 		case "false", "0":
 			out[key] = false
 		default:
-			return nil, invalidf("%s: %q is not true or false", key, v)
+			return nil, invalidField(key, "%s: %q is not true or false", key, v)
 		}
 	}
 	return out, nil

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -173,5 +175,75 @@ func TestDeleteWhileConnected(t *testing.T) {
 	}
 	if exports, _ := in.Client.Exports(ctx); len(exports) != 0 {
 		t.Fatalf("exports after delete: %+v", exports)
+	}
+}
+
+// TestForceDeleteDiskWithSnapshotReader: a forced delete disconnects the
+// clients of every export of the disk, its snapshots' included, and is
+// refused without force while only a snapshot is read.
+func TestForceDeleteDiskWithSnapshotReader(t *testing.T) {
+	in := daemontest.Start(t, nil)
+	ctx := context.Background()
+	createDisk(t, in, "vm", "1M")
+	mustSnapshot(t, in.Client, "vm", "s1")
+	h := holdExport(t, in, "vm@s1")
+
+	err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{})
+	wantAPIError(t, err, 409, api.CodeInUse, "1 connected NBD client")
+	start := time.Now()
+	if err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{Force: true}); err != nil {
+		t.Fatalf("forced delete with a snapshot reader: %v", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("forced delete took %v", took)
+	}
+	if line := h.probe(); line != "disconnected" {
+		t.Fatalf("after a forced delete the snapshot's reader says %q", line)
+	}
+}
+
+// TestExportsAgree: the API's export list and NBD's LIST name the same
+// exports, the live disks and their readable snapshots, with the same
+// descriptions.
+func TestExportsAgree(t *testing.T) {
+	need(t, "nbdinfo")
+	in := daemontest.Start(t, nil)
+	ctx := context.Background()
+	if _, err := in.Client.CreateDisk(ctx, api.CreateDiskRequest{Name: "b", Size: "1M", Description: "disk b"}); err != nil {
+		t.Fatal(err)
+	}
+	createDisk(t, in, "a", "1M")
+	mustSnapshot(t, in.Client, "b", "s1")
+	mustSnapshot(t, in.Client, "b", "s2")
+	exports, err := in.Client.Exports(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromAPI []string
+	for _, e := range exports {
+		fromAPI = append(fromAPI, e.Name+"="+e.Description)
+	}
+	if want := "[a= b=disk b b@s1=snapshot s1 of disk b b@s2=snapshot s2 of disk b]"; fmt.Sprint(fromAPI) != want {
+		t.Errorf("API exports %v, want %s", fromAPI, want)
+	}
+	out, err := exec.Command("nbdinfo", "--list", "--json", "nbd+unix:///?socket="+in.Info().NBDSocket).Output()
+	if err != nil {
+		t.Fatalf("nbdinfo --list: %v", err)
+	}
+	var list struct {
+		Exports []struct {
+			Name        string `json:"export-name"`
+			Description string `json:"description"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("nbdinfo --list --json: %v\n%s", err, out)
+	}
+	var fromNBD []string
+	for _, e := range list.Exports {
+		fromNBD = append(fromNBD, e.Name+"="+e.Description)
+	}
+	if fmt.Sprint(fromNBD) != fmt.Sprint(fromAPI) {
+		t.Errorf("NBD LIST %v, API %v", fromNBD, fromAPI)
 	}
 }

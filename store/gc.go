@@ -114,7 +114,10 @@ func (s *Store) compactForGC() error {
 	if err := s.update(context.Background(), func(txn *badger.Txn) error { return txn.Set(marker, nil) }); err != nil {
 		return s.wrapErr("compact for GC", err)
 	}
-	if err := s.db.DropPrefix(marker); err != nil {
+	end := s.flush.begin()
+	err = s.db.DropPrefix(marker)
+	end()
+	if err != nil {
 		return s.wrapErr("compact for GC: flush", err)
 	}
 	if err := s.db.Flatten(2); err != nil {

@@ -115,6 +115,7 @@ type Store struct {
 
 	space   spaceGuard
 	reclaim reclaimEstimate
+	flush   flushGate // when writes blocked by compactForGC's flush resume
 
 	gcMu        sync.Mutex    // one value-log GC at a time; guards compactedAt and gcClosed
 	gcClosed    bool          // set by Close: no GC may start
@@ -220,7 +221,7 @@ func (s *Store) DropDisk(ctx context.Context, disk uint64) error {
 // When disk is non-zero only that disk's entries and the chunks they use
 // are checked (reference counts are still checked over all disks).
 func (s *Store) Verify(ctx context.Context, disk uint64, progress func(done, total uint64)) (VerifyReport, error) {
-	return s.verify(ctx, disk, progress)
+	return s.verify(ctx, disk, progress, nil)
 }
 
 // Stats returns store-wide figures.

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
@@ -18,11 +18,6 @@ import (
 // committed, so the store as a whole always progresses; the bound only
 // turns a pathological livelock into an error.
 const maxConflictRetries = 1000
-
-// blockedWritesBackoff is the wait before retrying a commit refused while
-// Badger flushes its memtable (a fraction of a second); with
-// maxConflictRetries it bounds the wait near a minute.
-const blockedWritesBackoff = 50 * time.Millisecond
 
 // update runs fn in a read-write transaction and commits it, retrying from
 // scratch when Badger reports a conflict (another transaction changed a key
@@ -47,7 +42,7 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 		// Writes are blocked while value-log GC makes Badger flush its
 		// memtable (compactForGC); Close blocks them for good.
 		if errors.Is(err, badger.ErrBlockedWrites) && !s.db.IsClosed() && attempt < maxConflictRetries {
-			time.Sleep(blockedWritesBackoff)
+			s.flush.wait(ctx)
 			continue
 		}
 		return err
@@ -132,4 +127,48 @@ func (s *Store) updateGuarded(ctx context.Context, class int, n uint64, fn func(
 	}
 	defer release()
 	return s.update(ctx, fn)
+}
+
+// flushGate tells commits refused with badger.ErrBlockedWrites when to try
+// again. Badger blocks writes only inside DropPrefix (compactForGC's
+// memtable flush, the one caller) and Close, so the store knows when
+// they are unblocked: when its DropPrefix returns.
+type flushGate struct {
+	mu   sync.Mutex
+	done chan struct{} // closed when the running flush ends; nil when none runs
+}
+
+// begin marks a flush that blocks writes; call end when it has returned.
+func (g *flushGate) begin() (end func()) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	done := make(chan struct{})
+	g.done = done
+	return func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		close(done)
+		if g.done == done {
+			g.done = nil
+		}
+	}
+}
+
+// wait returns when the running flush has ended, at once when none runs
+// (it ended after the commit was refused), or when ctx (may be nil) ends.
+func (g *flushGate) wait(ctx context.Context) {
+	g.mu.Lock()
+	done := g.done
+	g.mu.Unlock()
+	if done == nil {
+		return
+	}
+	var cancelled <-chan struct{}
+	if ctx != nil {
+		cancelled = ctx.Done()
+	}
+	select {
+	case <-done:
+	case <-cancelled:
+	}
 }

@@ -73,7 +73,9 @@ func (v *verifyState) scoped(h [32]byte) bool {
 	return ok
 }
 
-func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, total uint64)) (VerifyReport, error) {
+// verify is Verify; afterPass (may be nil) runs after each of its passes
+// over the keys, so a test can change the store between them.
+func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, total uint64), afterPass func()) (VerifyReport, error) {
 	v := &verifyState{
 		disk:    disk,
 		stored:  make(map[[32]byte]bool),
@@ -92,8 +94,8 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 			if err := pass(ctx, txn, v); err != nil {
 				return err
 			}
-			if h := testVerifyPassHook; h != nil {
-				h()
+			if afterPass != nil {
+				afterPass()
 			}
 		}
 		v.checkCounts()
@@ -105,10 +107,6 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 	v.report.Faults = v.faults.report()
 	return v.report, nil
 }
-
-// testVerifyPassHook, set only by tests, runs after each of verify's
-// passes over the keys.
-var testVerifyPassHook func()
 
 // verifyListChunks notes which chunks are stored (keys only).
 func (s *Store) verifyListChunks(ctx context.Context, txn *badger.Txn, v *verifyState) error {

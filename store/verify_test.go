@@ -99,20 +99,18 @@ func TestVerifyOneView(t *testing.T) {
 	s := openTest(t, "")
 	put(t, s, 1, 1, Entry{0, textBlock(1, testBlock)}, Entry{1, textBlock(2, testBlock)})
 	seq := uint64(1)
-	testVerifyPassHook = func() {
+	storeSnapshot := func() {
 		seq++
 		// A new chunk, and another reference to one already stored.
 		put(t, s, 1, seq, Entry{0, textBlock(int(100+seq), testBlock)}, Entry{1, textBlock(1, testBlock)})
 	}
-	defer func() { testVerifyPassHook = nil }()
-	rep, err := s.Verify(context.Background(), 0, nil)
+	rep, err := s.verify(context.Background(), 0, nil, storeSnapshot)
 	if err != nil || len(rep.Faults) > 0 || rep.EntriesChecked != 2 || rep.ChunksChecked != 2 {
 		t.Fatalf("Verify while snapshots are stored = %+v, %v; want the 2 entries and 2 chunks of before it began, no faults", rep, err)
 	}
 	if seq < 3 {
 		t.Fatalf("the hook stored %d snapshots during verify; the test needs several passes", seq-1)
 	}
-	testVerifyPassHook = nil
 	rep, err = s.Verify(context.Background(), 0, nil)
 	if want := 2 + 2*(seq-1); err != nil || len(rep.Faults) > 0 || rep.EntriesChecked != want {
 		t.Fatalf("Verify afterwards = %+v, %v; want %d entries, no faults", rep, err, want)

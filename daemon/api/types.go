@@ -123,6 +123,10 @@ type Error struct {
 	Status  int    `json:"-"` // HTTP status
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Field names the request field the error is about (a JSON member,
+	// path segment or query parameter, as the API spells it), when it is
+	// about one.
+	Field string `json:"field,omitempty"`
 }
 
 func (e *Error) Error() string { return e.Message }

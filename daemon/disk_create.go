@@ -1,0 +1,131 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/internal/durable"
+)
+
+// CreateDisk creates a disk with a new sparse live image, or adopts an
+// existing file or block device. The disk's record is durable when it
+// returns.
+func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api.Disk, error) {
+	if err := checkDiskName(fieldName, req.Name); err != nil {
+		return api.Disk{}, err
+	}
+	if err := checkDescription(req.Description); err != nil {
+		return api.Disk{}, err
+	}
+	blockSize, err := parseBlockSize(req.BlockSize)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	size, err := parseDiskSize(req, blockSize)
+	if err != nil {
+		return api.Disk{}, err
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := d.checkChange(); err != nil {
+		return api.Disk{}, err
+	}
+	if _, ok := d.disks[req.Name]; ok {
+		return api.Disk{}, fieldError(block.ErrExists, fieldName, "disk %q already exists", req.Name)
+	}
+	rec := diskRecord{Name: req.Name, BlockSize: blockSize, Description: req.Description, Created: time.Now().UTC().Truncate(time.Second)}
+	if req.Adopt != "" {
+		path, err := d.checkAdopt(req.Adopt)
+		if err != nil {
+			return api.Disk{}, err
+		}
+		rec.Adopted = path
+	}
+	id, err := d.store.NextID(diskIDSeq)
+	if err != nil {
+		return api.Disk{}, fmt.Errorf("allocate disk id: %w", err)
+	}
+	rec.ID = id
+	disk, err := d.openNewDisk(&rec, size)
+	if err != nil {
+		return api.Disk{}, err
+	}
+	if err := d.putRecord(rec); err != nil {
+		disk.close()
+		d.dropChain(rec)
+		if rec.Adopted == "" {
+			os.Remove(d.livePath(rec))
+		}
+		return api.Disk{}, err
+	}
+	d.disks[rec.Name] = disk
+	d.log.Info("disk created", "disk", rec.Name, "id", rec.ID, "size", rec.Size, "block_size", rec.BlockSize, "path", d.livePath(rec))
+	return d.diskToAPI(disk), nil
+}
+
+// openNewDisk creates (or, adopting, checks) the live image and opens it,
+// setting rec.Size. Nothing is left behind on error.
+func (d *Daemon) openNewDisk(rec *diskRecord, size int64) (*Disk, error) {
+	path := d.livePath(*rec)
+	if rec.Adopted == "" {
+		if err := createSparse(path, size); err != nil {
+			return nil, err
+		}
+	}
+	vol, err := cow.Open(path, d.volOptions(*rec))
+	if err != nil {
+		if rec.Adopted != "" {
+			return nil, invalidField(fieldAdopt, "adopt: %v", err)
+		}
+		os.Remove(path)
+		return nil, fmt.Errorf("open new live image: %w", err)
+	}
+	rec.Size = vol.Size()
+	if rec.Adopted != "" {
+		if err := checkAdoptedSize(rec.Adopted, rec.Size, rec.BlockSize); err != nil {
+			vol.Close()
+			d.dropChain(*rec)
+			return nil, err
+		}
+	}
+	return &Disk{rec: *rec, vol: vol}, nil
+}
+
+// createSparse creates a new sparse file of size bytes and makes its
+// directory entry durable.
+func createSparse(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("create live image: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = durable.SyncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("create live image %s: %w", path, err)
+	}
+	return nil
+}
+
+// putRecord stores rec and makes it durable.
+func (d *Daemon) putRecord(rec diskRecord) error {
+	if err := d.store.PutRecord(diskKey(rec.Name), rec); err != nil {
+		return fmt.Errorf("record disk %s: %w", rec.Name, err)
+	}
+	if err := d.store.Sync(); err != nil {
+		return fmt.Errorf("sync store: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,92 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// DeleteDisk deletes a disk: its record, its snapshots, and its live image
+// unless it was adopted (opts.DeleteAdopted removes an adopted regular
+// file too). While NBD clients or FUSE files have any of its exports open
+// it fails with block.ErrInUse, unless opts.Force: then it disconnects the
+// NBD clients (requests in flight finish) and waits, up to forceTimeout,
+// for every holder to go. No export of the disk opens once it has begun.
+func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDiskOptions) error {
+	d.mu.Lock()
+	if err := d.checkChange(); err != nil {
+		d.mu.Unlock()
+		return err
+	}
+	k, err := d.lookup(name)
+	if err == nil && k.deleting {
+		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
+	}
+	if err == nil && !opts.Force && k.clients(nil) > 0 {
+		err = errorf(block.ErrInUse, "disk %q has %d connected NBD client(s): disconnect them, or delete with force to disconnect them", name, k.clients(nil))
+	}
+	if err != nil {
+		d.mu.Unlock()
+		return err
+	}
+	k.deleting = true
+	d.mu.Unlock()
+
+	wctx, cancel := context.WithTimeout(ctx, forceTimeout)
+	defer cancel()
+	if err := d.waitReleased(wctx, k, anyExport, true); err != nil {
+		d.mu.Lock()
+		k.deleting = false
+		d.mu.Unlock()
+		return fmt.Errorf("delete disk %s: %w", name, err)
+	}
+	return d.removeDisk(k, opts)
+}
+
+// removeDisk deletes a disk nobody uses any more (deleting is set).
+func (d *Daemon) removeDisk(k *Disk, opts api.DeleteDiskOptions) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	name := k.rec.Name
+	err := d.store.DeleteRecord(diskKey(name))
+	if err == nil {
+		err = d.store.Sync()
+	}
+	if err != nil {
+		k.deleting = false
+		return fmt.Errorf("delete disk %s: %w", name, err)
+	}
+	delete(d.disks, name)
+	if k.vol != nil && k.rec.Adopted != "" {
+		// The adopted file stays: it must hold every write, including
+		// ones still redirected to side files for a copying snapshot
+		// (which goes with the disk).
+		if err := k.vol.Flatten(); err != nil {
+			d.log.Warn("merging redirected writes into a deleted disk's adopted image", "disk", name, "err", err)
+		}
+	}
+	if err := k.close(); err != nil {
+		d.log.Warn("closing a deleted disk's live image", "disk", name, "err", err)
+	}
+	d.dropChain(k.rec)
+	path := d.livePath(k.rec)
+	switch {
+	case k.rec.Adopted == "" || opts.DeleteAdopted && isRegular(path):
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("removing a deleted disk's live image", "disk", name, "path", path, "err", err)
+		}
+	default:
+		d.log.Info("kept the adopted live image of a deleted disk", "disk", name, "path", path)
+	}
+	d.log.Info("disk deleted", "disk", name, "id", k.rec.ID)
+	return nil
+}
+
+func isRegular(path string) bool {
+	fi, err := os.Lstat(path)
+	return err == nil && fi.Mode().IsRegular()
+}

@@ -1,0 +1,84 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// settleTimeout bounds how long a rollback waits for the live export's
+// clients that have just disconnected to be released.
+const settleTimeout = time.Second
+
+// Rollback starts rolling a disk back to a snapshot as a task. Clients of
+// the live disk must be gone (force disconnects them); no new ones connect
+// until the rollback ends.
+func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (api.Task, error) {
+	d.settleLiveClients(ctx, disk)
+	d.mu.Lock()
+	k, err := d.liveDisk(disk)
+	if err == nil && k.rollingBack {
+		err = errorf(block.ErrInUse, "disk %q is already being rolled back", disk)
+	}
+	if err == nil && !force && k.clients(liveExport) > 0 {
+		err = errorf(block.ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with --force (force=true) to disconnect them", disk, k.clients(liveExport))
+	}
+	if err != nil {
+		d.mu.Unlock()
+		return api.Task{}, err
+	}
+	vol := k.vol
+	k.rollingBack = true
+	d.mu.Unlock()
+	done := func() {
+		d.mu.Lock()
+		k.rollingBack = false
+		d.mu.Unlock()
+	}
+	in, err := vol.Snapshot(snap)
+	if err == nil && !in.Readable() {
+		err = errorf(block.ErrFailed, "snapshot %s is %s and cannot be rolled back to: %s", exportName{disk, snap}, in.State, in.Reason)
+	}
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, forceTimeout)
+		err = d.waitReleased(wctx, k, liveExport, true)
+		cancel()
+	}
+	if err != nil {
+		done()
+		return api.Task{}, fmt.Errorf("rollback %s to %s: %w", disk, snap, err)
+	}
+	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
+	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
+		defer done()
+		defer d.fuseChanged(disk)
+		err := vol.Rollback(ctx, snap, progress)
+		if err != nil {
+			d.log.Error("rollback failed", "disk", disk, "snapshot", snap, "err", err)
+		} else {
+			d.log.Info("rollback done", "disk", disk, "snapshot", snap)
+		}
+		return nil, err
+	}), nil
+}
+
+// settleLiveClients waits up to settleTimeout for the holders of a disk's
+// live export to be released: a client that has just disconnected is
+// released only when its handler finishes, after the client saw the
+// disconnect, so a rollback right after a VM stops is not refused for a
+// connection that is already gone. A client that stays connected costs
+// the wait; the rollback then refuses it (or, forced, disconnects it).
+func (d *Daemon) settleLiveClients(ctx context.Context, disk string) {
+	d.mu.Lock()
+	k := d.disks[disk]
+	d.mu.Unlock()
+	if k == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
+	_ = d.waitReleased(ctx, k, liveExport, false) // the caller checks the count
+}

@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// CreateSnapshot takes a crash-consistent snapshot of a disk. It returns
+// with the snapshot's record durable and the snapshot copying.
+func (d *Daemon) CreateSnapshot(ctx context.Context, disk string, req api.CreateSnapshotRequest) (api.Snapshot, error) {
+	return d.createSnapshot(ctx, disk, req, api.SnapshotManual)
+}
+
+func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.CreateSnapshotRequest, kind string) (api.Snapshot, error) {
+	if err := checkSnapshotName(req.Name, kind); err != nil {
+		return api.Snapshot{}, err
+	}
+	if err := checkDescription(req.Description); err != nil {
+		return api.Snapshot{}, err
+	}
+	d.mu.Lock()
+	err := d.checkChange()
+	d.mu.Unlock()
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	k, vol, err := d.volume(disk)
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	d.snapMu.Lock()
+	defer d.snapMu.Unlock()
+	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota {
+		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
+			disk, n, d.cfg.SnapshotQuota, disk)
+	}
+	info, err := vol.CreateSnapshot(ctx, cow.SnapshotMeta{Name: req.Name, Description: req.Description, Kind: kind})
+	if err != nil {
+		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
+	}
+	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
+	return d.snapToAPI(k, info, 0, nil), nil
+}
+
+// snapToAPI describes a snapshot; clients are the NBD clients by export
+// (nbdClients; nil: none).
+func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, unique uint64, clients map[string][]api.NBDClient) api.Snapshot {
+	export := exportName{k.rec.Name, in.Name}.String()
+	return api.Snapshot{
+		Disk: k.rec.Name, Name: in.Name, Seq: in.Seq, Description: in.Description, Kind: in.Kind,
+		Created: in.Created, State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
+		WrittenBytes: in.WrittenBytes, UniqueBytes: unique, HoldMicros: float64(in.Hold) / float64(time.Microsecond),
+		DrainMicros: float64(in.Drain) / float64(time.Microsecond),
+		Export:      export, Clients: len(clients[export]),
+	}
+}
+
+// ListSnapshots lists a disk's chain, oldest first, with what deleting
+// each would free.
+func (d *Daemon) ListSnapshots(ctx context.Context, disk string) ([]api.Snapshot, error) {
+	k, vol, err := d.volume(disk)
+	if err != nil {
+		return nil, err
+	}
+	clients := d.nbdClients()
+	infos := vol.Snapshots()
+	out := make([]api.Snapshot, 0, len(infos))
+	for _, in := range infos {
+		_, unique, err := vol.UniqueBytes(ctx, in.Name)
+		if err != nil && !errors.Is(err, block.ErrNotFound) {
+			return nil, err
+		}
+		out = append(out, d.snapToAPI(k, in, unique, clients))
+	}
+	return out, nil
+}
+
+// GetSnapshot describes one snapshot.
+func (d *Daemon) GetSnapshot(ctx context.Context, disk, snap string) (api.Snapshot, error) {
+	k, vol, err := d.volume(disk)
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	in, err := vol.Snapshot(snap)
+	if err != nil {
+		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
+	}
+	_, unique, err := vol.UniqueBytes(ctx, snap)
+	if err != nil {
+		return api.Snapshot{}, err
+	}
+	return d.snapToAPI(k, in, unique, d.nbdClients()), nil
+}
+
+// SnapshotsCopying counts the snapshots of every disk still copying out.
+func (d *Daemon) SnapshotsCopying() int {
+	d.mu.Lock()
+	var vols []*cow.Volume
+	for _, k := range d.disks {
+		if k.vol != nil {
+			vols = append(vols, k.vol)
+		}
+	}
+	d.mu.Unlock()
+	n := 0
+	for _, v := range vols {
+		for _, s := range v.Snapshots() {
+			if s.State == cow.StateCopying {
+				n++
+			}
+		}
+	}
+	return n
+}

@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// DeleteSnapshot deletes a snapshot (metadata only: its entries merge into
+// its successor). While NBD clients or FUSE files read it, it fails with
+// block.ErrInUse, unless force: then it disconnects the NBD clients and
+// waits, up to forceTimeout, for every reader to go.
+func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bool) (api.DeleteSnapshotResult, error) {
+	k, vol, err := d.volume(disk)
+	if err != nil {
+		return api.DeleteSnapshotResult{}, err
+	}
+	export := exportName{disk, snap}
+	wctx, cancel := context.WithTimeout(ctx, forceTimeout)
+	defer cancel()
+	wasHeld := true // a release may race the first refusal: retry once
+	for {
+		freed, err := vol.DeleteSnapshot(ctx, snap)
+		switch {
+		case err == nil:
+			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed", freed)
+			if freed > 0 {
+				d.kickGC()
+			}
+			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
+		case errors.Is(err, block.ErrInUse) && !force:
+			return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
+		case errors.Is(err, block.ErrInUse):
+			// Every view is opened through openExport, so the snapshot
+			// has no reader once its holders are gone; one that opens
+			// meanwhile is disconnected at the next turn. A view without
+			// a holder twice in a row is none of the daemon's: give up
+			// rather than spin.
+			d.mu.Lock()
+			held := k.clients(onlySnapshot(snap)) > 0
+			d.mu.Unlock()
+			if !held && !wasHeld {
+				return api.DeleteSnapshotResult{}, fmt.Errorf("disk %q: %w", disk, err)
+			}
+			wasHeld = held
+			if err := d.waitReleased(wctx, k, onlySnapshot(snap), true); err != nil {
+				return api.DeleteSnapshotResult{}, fmt.Errorf("delete snapshot %s: %w", export, err)
+			}
+		default:
+			return api.DeleteSnapshotResult{}, fmt.Errorf("disk %q: %w", disk, err)
+		}
+	}
+}
+
+// kickGC gives freed chunks' space back to the filesystem soon, instead of
+// at the store's next periodic GC: one collection at a time, in the
+// background (the store's Close waits for it).
+func (d *Daemon) kickGC() {
+	if !d.gcRunning.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer d.gcRunning.Store(false)
+		if err := d.store.RunGC(); err != nil {
+			d.log.Warn("store garbage collection", "err", err)
+		}
+	}()
+}

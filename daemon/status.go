@@ -1,0 +1,54 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"time"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/api"
+)
+
+// Info describes the running daemon.
+func (d *Daemon) Info() api.Info {
+	d.mu.Lock()
+	n := len(d.disks)
+	d.mu.Unlock()
+	return api.Info{
+		Version:       Version,
+		PID:           os.Getpid(),
+		Started:       d.started.UTC(),
+		UptimeSeconds: time.Since(d.started).Seconds(),
+		DataDir:       d.cfg.DataDir,
+		APISocket:     d.apiAddr(),
+		NBDSocket:     d.nbdListener.Addr().String(),
+		NBDListen:     d.tcpAddr(),
+		Disks:         n,
+	}
+}
+
+// Health returns what is wrong, or nothing: the store answers, the NBD
+// listeners serve and the NBD socket file is still there.
+func (d *Daemon) Health() []string {
+	var problems []string
+	d.mu.Lock()
+	if d.closing {
+		problems = append(problems, "cairnd is shutting down")
+	}
+	if d.nbdErr != nil {
+		problems = append(problems, d.nbdErr.Error())
+	}
+	d.mu.Unlock()
+	if len(problems) == 0 {
+		var probe struct{}
+		if err := d.store.GetRecord("health/probe", &probe); err != nil && !errors.Is(err, block.ErrNotFound) {
+			problems = append(problems, "store: "+err.Error())
+		}
+	}
+	if d.cfg.NBDListener == nil {
+		if _, err := os.Stat(d.cfg.NBDSocket); err != nil {
+			problems = append(problems, "nbd socket: "+err.Error())
+		}
+	}
+	return problems
+}
