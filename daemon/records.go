@@ -1,21 +1,26 @@
 package daemon
 
-import "time"
+import (
+	"time"
 
-// Store records of the daemon (store.PutRecord: JSON under a key). This
-// file is their wire format; change it only compatibly.
+	"github.com/cairn-storage/cairn/store"
+)
+
+// Store records of the daemon (store.PutRecord: JSON under the keys of
+// store/recordkeys.go). This file is their wire format; change it only
+// compatibly.
 //
-//	disk/<name>  diskRecord   one per disk
+//	store.DiskKey(name)  diskRecord   one per disk
 //
-// The sequence "disk" (store.NextID) numbers disks; an id is never reused,
+// The sequence store.DiskIDSequence numbers disks; an id is never reused,
 // so DATA_DIR/disks/<id>.raw never names two disks.
 
 const (
-	diskKeyPrefix = "disk/"
-	diskIDSeq     = "disk"
+	diskKeyPrefix = store.DiskPrefix
+	diskIDSeq     = store.DiskIDSequence
 )
 
-func diskKey(name string) string { return diskKeyPrefix + name }
+func diskKey(name string) string { return store.DiskKey(name) }
 
 // diskRecord is what the daemon keeps about a disk.
 type diskRecord struct {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/store"
 )
 
 // Info describes the running daemon.
@@ -41,7 +42,7 @@ func (d *Daemon) Health() []string {
 	d.mu.Unlock()
 	if len(problems) == 0 {
 		var probe struct{}
-		if err := d.store.GetRecord("health/probe", &probe); err != nil && !errors.Is(err, block.ErrNotFound) {
+		if err := d.store.GetRecord(store.HealthProbeKey, &probe); err != nil && !errors.Is(err, block.ErrNotFound) {
 			problems = append(problems, "store: "+err.Error())
 		}
 	}
