@@ -170,6 +170,10 @@ func crashChild(dir string, seed uint64, names []string) {
 }
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv("CAIRN_GROUP_CRASH_CHILD"); dir != "" {
+		groupCrashChild(dir)
+		return
+	}
 	if dir := os.Getenv("CAIRN_CRASH_CHILD"); dir != "" {
 		seed, _ := strconv.ParseUint(os.Getenv("CAIRN_CRASH_SEED"), 10, 64)
 		var names []string

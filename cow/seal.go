@@ -2,7 +2,10 @@ package cow
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/cairn-storage/cairn/block"
@@ -14,13 +17,152 @@ import (
 // snapshot's record is durable on return; the snapshot is `copying` until
 // its blocks are in the store.
 func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (SnapshotInfo, error) {
-	if v.st == nil || v.readOnly {
-		return SnapshotInfo{}, errNoStore
+	infos, err := CreateSnapshots(ctx, []Member{{Volume: v, Meta: meta}}, nil)
+	if err != nil {
+		return SnapshotInfo{}, err
 	}
-	v.sealMu.Lock()
-	defer v.sealMu.Unlock()
+	return infos[0], nil
+}
+
+// Member is one snapshot of a group (CreateSnapshots).
+type Member struct {
+	Volume *Volume
+	Meta   SnapshotMeta
+}
+
+// CreateSnapshots takes one snapshot of every member's volume at one
+// instant: no write acknowledged after the instant is in any of them, and
+// every write acknowledged before it is in all of them (DESIGN.md
+// invariant 1 for a group). The volumes must share one store. The members'
+// records and the caller's records (keys of store/recordkeys.go) are
+// written in one store transaction, so the group is committed whole or
+// not at all, durably before it returns. On error no snapshot was taken.
+//
+// The instant: every volume's writes are held (a write arriving then
+// waits) for as long as it takes to seal all their epochs, microseconds
+// per volume; writes already in flight are not waited for and belong to
+// the snapshots.
+func CreateSnapshots(ctx context.Context, group []Member, records map[string]any) ([]SnapshotInfo, error) {
+	if err := checkGroup(group); err != nil {
+		return nil, err
+	}
+	// Seal locks in one order (by disk id), so two groups sharing a
+	// volume cannot deadlock.
+	order := make([]int, len(group))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		return cmpUint(group[a].Volume.opts.DiskID, group[b].Volume.opts.DiskID)
+	})
+	for _, i := range order {
+		group[i].Volume.sealMu.Lock()
+		defer group[i].Volume.sealMu.Unlock()
+	}
+	seals := make([]*sealing, len(group))
+	for i, m := range group {
+		sl, err := m.Volume.prepareSeal(m.Meta)
+		if err != nil {
+			for _, p := range seals[:i] {
+				p.next.remove()
+			}
+			return nil, err
+		}
+		seals[i] = sl
+	}
+
+	t0 := time.Now()
+	if len(seals) > 1 {
+		for _, sl := range seals {
+			sl.v.holdWrites()
+		}
+	}
+	for _, sl := range seals {
+		sl.v.seal(sl)
+		if h := sl.v.opts.hooks; h != nil {
+			if f := h.afterSeal.Load(); f != nil {
+				(*f)()
+			}
+		}
+	}
+	if len(seals) > 1 {
+		for _, sl := range seals {
+			sl.v.releaseWrites()
+		}
+	}
+	hold := time.Since(t0)
+	// Writes of the old epochs still in flight finish before the live
+	// images are synced for the snapshots; only reads of their pending
+	// blocks wait for them too.
+	for _, sl := range seals {
+		<-sl.s.drained
+		sl.v.mu.Lock()
+		sl.s.total = sl.s.pending.Count()
+		sl.s.rec.HoldNS = int64(hold)
+		sl.s.rec.DrainNS = int64(time.Since(t0))
+		sl.s.rec.Written = sl.s.total
+		sl.v.mu.Unlock()
+	}
+	if err := commitSeals(seals, records); err != nil {
+		for _, sl := range seals {
+			sl.v.abandonSeal(sl)
+		}
+		return nil, err
+	}
+	infos := make([]SnapshotInfo, len(seals))
+	for i, sl := range seals {
+		infos[i] = sl.v.finishSeal(sl)
+	}
+	return infos, nil
+}
+
+func checkGroup(group []Member) error {
+	if len(group) == 0 {
+		return errors.New("create snapshots: no volume given")
+	}
+	var st *store.Store
+	seen := map[*Volume]bool{}
+	for _, m := range group {
+		v := m.Volume
+		if v.st == nil || v.readOnly {
+			return errNoStore
+		}
+		if st != nil && v.st != st {
+			return errors.New("create snapshots: the volumes do not share one store")
+		}
+		st = v.st
+		if seen[v] {
+			return block.Errorf(block.ErrInvalid, "create snapshots: disk %d is in the group twice", v.opts.DiskID)
+		}
+		seen[v] = true
+	}
+	return nil
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// sealing is one snapshot being taken: prepared, sealed, then committed
+// or abandoned.
+type sealing struct {
+	v    *Volume
+	s    *snap
+	next *tracker // the new epoch's tracker, made before the hold
+	old  *tracker // the sealed epoch's, once sealed
+}
+
+// prepareSeal reserves a sequence and makes the next epoch's tracker
+// file. Caller holds sealMu.
+func (v *Volume) prepareSeal(meta SnapshotMeta) (*sealing, error) {
 	if _, ok := v.find(meta.Name); ok {
-		return SnapshotInfo{}, block.Errorf(block.ErrExists, "snapshot %q already exists", meta.Name)
+		return nil, block.Errorf(block.ErrExists, "snapshot %q already exists", meta.Name)
 	}
 	v.mu.Lock()
 	seq := v.nextSeq
@@ -28,63 +170,41 @@ func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (Snapsho
 	v.mu.Unlock()
 	next, err := createTracker(v.opts.TrackPrefix, seq, v.blocks(v.Size()), int(v.blockSize))
 	if err != nil {
-		return SnapshotInfo{}, err
+		return nil, err
 	}
 	s := newSnap(snapRecord{Seq: seq, Name: meta.Name, Description: meta.Description, Kind: meta.Kind,
 		Created: time.Now().UTC(), State: StateCopying})
-	t0 := time.Now()
-	old, hold := v.seal(s, next)
-	// Writes of the old epoch still in flight finish before the live
-	// image is synced for the snapshot; only reads of the snapshot's
-	// pending blocks wait for them too.
-	<-s.drained
-	drain := time.Since(t0)
-
-	v.mu.Lock()
-	s.total = s.pending.Count()
-	s.rec.HoldNS = int64(hold)
-	s.rec.DrainNS = int64(drain)
-	s.rec.Written = s.total
-	v.mu.Unlock()
-	if err := v.commitSeal(s); err != nil {
-		v.abandonSeal(s, old)
-		v.sealing.Store(nil)
-		return SnapshotInfo{}, err
-	}
-	v.sealing.Store(nil)
-	old.remove()
-	v.mu.Lock()
-	v.epoch = seq
-	s.committed = true
-	again := s.repersist && s.rec.State == StateCopying
-	v.mu.Unlock()
-	if again {
-		// A failing older snapshot passed blocks to this one before its
-		// record was durable.
-		if err := v.persistRecord(s); err != nil {
-			v.failSnapshot(s, err)
-		}
-	}
-	v.mu.Lock()
-	v.startWorker(s)
-	info := v.info(s)
-	v.mu.Unlock()
-	return info, nil
+	return &sealing{v: v, s: s, next: next}, nil
 }
 
-// seal is the hold: under mu the epoch's tracker becomes s's pending set
-// and next takes its place, and s joins the chain (a failing snapshot
-// hands its pending blocks on under mu too, so the chain and the epoch
-// change together). No write waits for it: a write that prepared in the
-// old epoch either entered it before the swap (it finishes in the old
-// epoch, which the snapshot then holds) or sees the new shape and
-// prepares again. It returns the old tracker and how long the hold took.
-func (v *Volume) seal(s *snap, next *tracker) (old *tracker, hold time.Duration) {
-	t0 := time.Now()
+// holdWrites makes writes arriving from now on wait (in enter) until
+// releaseWrites; writes in flight go on. Caller holds sealMu.
+func (v *Volume) holdWrites() {
+	ch := make(chan struct{})
+	v.held.Store(&ch)
+}
+
+// releaseWrites lets held writes go on.
+func (v *Volume) releaseWrites() {
+	if ch := v.held.Swap(nil); ch != nil {
+		close(*ch)
+	}
+}
+
+// seal swaps the epoch: under mu the epoch's tracker becomes the
+// snapshot's pending set and the next tracker takes its place, and the
+// snapshot joins the chain (a failing snapshot hands its pending blocks on
+// under mu too, so the chain and the epoch change together). No write
+// waits for it: a write that prepared in the old epoch either entered it
+// before the swap (it finishes in the old epoch, which the snapshot then
+// holds) or sees the new shape and prepares again.
+func (v *Volume) seal(sl *sealing) {
+	s := sl.s
 	v.mu.Lock()
-	old = v.track.Load()
-	s.drained = old.drained
-	s.pending = old.bits()
+	defer v.mu.Unlock()
+	sl.old = v.track.Load()
+	s.drained = sl.old.drained
+	s.pending = sl.old.bits()
 	s.rec.Size = v.size // only Grow changes it, under sealMu, which the caller holds
 	if v.trackLost.Swap(false) && s.pending.Len() > 0 {
 		// Tracking failed in this epoch: take every block (holes copy out
@@ -96,39 +216,82 @@ func (v *Volume) seal(s *snap, next *tracker) (old *tracker, hold time.Duration)
 	// before the epoch changes: a writer that sees the new shape then sees
 	// its pending blocks and redirects its writes.
 	v.addCopying(s)
-	v.sealing.Store(old)
-	v.track.Store(next)
+	v.sealing.Store(sl.old)
+	v.track.Store(sl.next)
 	v.shape.Add(1)
-	old.seal()
+	sl.old.seal()
 	v.notifyLocked()
-	v.mu.Unlock()
-	return old, time.Since(t0)
 }
 
-// commitSeal makes everything the new snapshot depends on durable: the
-// live image's content as of the seal (and the side files) and the
-// snapshot's record with the chain's new epoch.
-func (v *Volume) commitSeal(s *snap) error {
-	if err := v.sync(); err != nil {
+// commitSeals makes everything the new snapshots depend on durable: each
+// live image's content as of its seal (and its side files), then every
+// snapshot's record with its chain's new epoch and the caller's records,
+// in one store transaction.
+func commitSeals(seals []*sealing, records map[string]any) error {
+	errs := make([]error, len(seals))
+	var wg sync.WaitGroup
+	for i, sl := range seals {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = sl.v.sync()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	v.mu.Lock()
-	rec := s.rec
-	v.mu.Unlock()
-	pend, err := s.pending.MarshalBinary()
-	if err != nil {
-		return err
+	puts := make(map[string]any, 2*len(seals)+len(records))
+	for k, r := range records {
+		puts[k] = r
 	}
-	rec.Pending = pend
-	cr := chainRecord{NextSeq: rec.Seq + 1, Epoch: rec.Seq}
-	disk := v.opts.DiskID
-	if err := v.st.Update(map[string]any{store.SnapshotKey(disk, rec.Seq): rec, store.ChainKey(disk): cr}, nil); err != nil {
-		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+	var names []string
+	for _, sl := range seals {
+		v, s := sl.v, sl.s
+		v.mu.Lock()
+		rec := s.rec
+		v.mu.Unlock()
+		pend, err := s.pending.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		rec.Pending = pend
+		disk := v.opts.DiskID
+		puts[store.SnapshotKey(disk, rec.Seq)] = rec
+		puts[store.ChainKey(disk)] = chainRecord{NextSeq: rec.Seq + 1, Epoch: rec.Seq}
+		names = append(names, rec.Name)
+	}
+	v := seals[0].v
+	if err := v.st.Update(puts, nil); err != nil {
+		return fmt.Errorf("record snapshot %q: %w", names, err)
 	}
 	if err := v.storeSync.Wait(); err != nil {
-		return fmt.Errorf("record snapshot %q: %w", rec.Name, err)
+		return fmt.Errorf("record snapshot %q: %w", names, err)
 	}
 	return nil
+}
+
+// finishSeal starts the committed snapshot's copy-out and describes it.
+func (v *Volume) finishSeal(sl *sealing) SnapshotInfo {
+	s := sl.s
+	v.sealing.Store(nil)
+	sl.old.remove()
+	v.mu.Lock()
+	v.epoch = s.seq()
+	s.committed = true
+	again := s.repersist && s.rec.State == StateCopying
+	v.mu.Unlock()
+	if again {
+		// A failing older snapshot passed blocks to this one before its
+		// record was durable.
+		if err := v.persistRecord(s); err != nil {
+			v.failSnapshot(s, err)
+		}
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.startWorker(s)
+	return v.info(s)
 }
 
 // persistRecord writes s's record (with its pending set while copying)
@@ -160,7 +323,8 @@ func (v *Volume) persistRecord(s *snap) error {
 // epoch goes on in the old tracker (whose file the chain record still
 // names), with the blocks written since the seal folded in, and entries
 // copied for the abandoned snapshot are dropped.
-func (v *Volume) abandonSeal(s *snap, old *tracker) {
+func (v *Volume) abandonSeal(sl *sealing) {
+	s, old := sl.s, sl.old
 	v.passMu.Lock() // no pass is handing s blocks meanwhile
 	defer v.passMu.Unlock()
 	v.gate.Lock()
@@ -176,6 +340,7 @@ func (v *Volume) abandonSeal(s *snap, old *tracker) {
 	v.shape.Add(1)
 	v.mu.Unlock()
 	v.gate.Unlock()
+	v.sealing.Store(nil)
 	next.remove()
 	if _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {
 		v.log.Warn("could not drop the entries of an abandoned snapshot; they are dropped at the next start", "snapshot", s.rec.Name, "err", err)

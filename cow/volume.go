@@ -63,6 +63,9 @@ type testHooks struct {
 	beforeCopyOut atomic.Pointer[func(ctx context.Context)]
 	// sideWriteErr, when set, is the result of every side-file write.
 	sideWriteErr atomic.Pointer[error]
+	// afterSeal runs in a group seal after this volume's epoch is sealed
+	// and before the next volume's (to widen the window between them).
+	afterSeal atomic.Pointer[func()]
 }
 
 // Volume is an open live image. Its methods are safe for concurrent use.
@@ -92,6 +95,10 @@ type Volume struct {
 	shape atomic.Uint64
 	// sealing is the tracker of an epoch sealed but not yet committed.
 	sealing atomic.Pointer[tracker]
+	// held, while a group of volumes is sealed at one instant, is a
+	// channel closed when writes may go on: a write arriving meanwhile
+	// waits for it (enter).
+	held atomic.Pointer[chan struct{}]
 	// lastIO is when the last guest read or write arrived (unix ns): the
 	// copy-out workers pace themselves while it is recent.
 	lastIO atomic.Int64

@@ -152,7 +152,18 @@ func (v *Volume) enter(first, last uint64, lazy bool) *tracker {
 		v.gate.RLock()
 		t.enter()
 		if v.shape.Load() == shape {
-			return t
+			// Checked after the shape: a group seal holds writes before
+			// it changes any volume's shape, so a write that sees the old
+			// shape here belongs to the sealed epoch, and one that would
+			// land in a new epoch before the whole group is sealed waits.
+			held := v.held.Load()
+			if held == nil {
+				return t
+			}
+			t.exit()
+			v.gate.RUnlock()
+			<-*held
+			continue
 		}
 		t.exit()
 		v.gate.RUnlock()
