@@ -59,25 +59,30 @@ func (a *app) snapshotCreateCmd() *cobra.Command {
 // it as it ended; a failed snapshot is an error stating its reason.
 func (a *app) waitSnapshot(ctx context.Context, snap api.Snapshot) (api.Snapshot, error) {
 	last := snap
-	err := a.follow(ctx, "snapshot "+snap.Export, "cairn snapshot show "+snap.Disk+" "+snap.Name, snapshotStep(snap), func(ctx context.Context) (step, error) {
+	err := a.follow(ctx, "snapshot "+snap.Export, "cairn snapshot show "+snap.Disk+" "+snap.Name, snapshotStatus(snap), func(ctx context.Context) (status, error) {
 		now, err := a.client.Snapshot(ctx, snap.Disk, snap.Name)
 		if err != nil {
-			return step{}, err
+			return status{}, err
 		}
 		last = now
-		return snapshotStep(now), nil
+		return snapshotStatus(now), nil
 	})
 	return last, err
 }
 
-func snapshotStep(snap api.Snapshot) step {
-	s := step{progress: snap.Progress}
+// snapshotStatus is a snapshot's copy-out as a display sees it: its
+// bytes are the blocks changed in the epoch it sealed.
+func snapshotStatus(snap api.Snapshot) status {
+	s := status{state: workRunning, percent: snap.Progress, totalBytes: snap.WrittenBytes,
+		doneBytes: uint64(snap.Progress / 100 * float64(snap.WrittenBytes))}
 	switch snap.State {
 	case api.SnapshotReady:
-		s.done = true
+		s.state = workDone
 	case api.SnapshotFailed:
+		s.state = workFailed
 		s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
 	case api.SnapshotDeleting:
+		s.state = workFailed
 		s.err = fmt.Errorf("snapshot %s is being deleted", snap.Export)
 	}
 	return s

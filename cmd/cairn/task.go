@@ -160,3 +160,39 @@ func (a *app) completeTasks(cmd *cobra.Command, args []string, toComplete string
 	}
 	return ids, cobra.ShellCompDirectiveNoFileComp
 }
+
+// followTask follows a task until it finishes and returns it as it ended.
+// A failed task is returned with an error stating its Error.
+func (a *app) followTask(ctx context.Context, t api.Task) (api.Task, error) {
+	label := t.Kind
+	if t.Disk != "" {
+		label += " " + t.Disk
+		if t.Target != "" {
+			label += "@" + t.Target
+		}
+	}
+	last := t
+	err := a.follow(ctx, label, "cairn task wait "+t.ID, taskStatus(t), func(ctx context.Context) (status, error) {
+		k, err := a.client.Task(ctx, t.ID)
+		if err != nil {
+			return status{}, err
+		}
+		last = k
+		return taskStatus(k), nil
+	})
+	return last, err
+}
+
+// taskStatus is a task as a display sees it. Tasks report units of their
+// own (blocks, chunks), not bytes.
+func taskStatus(t api.Task) status {
+	s := status{state: workRunning, percent: t.Progress, message: t.Message}
+	switch t.State {
+	case api.TaskDone:
+		s.state = workDone
+	case api.TaskFailed:
+		s.state = workFailed
+		s.err = fmt.Errorf("task %s (%s) failed: %s", t.ID, t.Kind, orNoReason(t.Error))
+	}
+	return s
+}
