@@ -50,7 +50,6 @@ func (d *Daemon) livePath(rec diskRecord) string {
 // volOptions are the cow options of a disk: its chain in the store and its
 // change-tracking files beside the live images (named by id).
 func (d *Daemon) volOptions(rec diskRecord) cow.Options {
-	journalMax, _ := d.cfg.journalMax() // checked by Validate
 	return cow.Options{
 		BlockSize:    rec.BlockSize,
 		Store:        d.store,
@@ -59,8 +58,6 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		Logger:       d.log.With("disk", rec.Name),
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
-		Redirect:     d.cfg.redirectOn(),
-		JournalMax:   journalMax,
 	}
 }
 

@@ -2,13 +2,10 @@ package daemon_test
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -280,58 +277,6 @@ func TestSnapshotValidation(t *testing.T) {
 	if _, err := c.CreateSnapshot(ctx, "d", api.CreateSnapshotRequest{Name: "fourth"}); err != nil {
 		t.Errorf("create after freeing room: %v", err)
 	}
-}
-
-// TestJournalMax: journal_max bounds the copy-before-write journal of a
-// disk. A 64 MiB write over a disk whose snapshot copies out slowly needs
-// far more journal than 16M; the file never grows past the bound (writes
-// past it store their blocks directly) and both the snapshot and the live
-// disk read back right.
-func TestJournalMax(t *testing.T) {
-	need(t, "qemu-io")
-	need(t, "qemu-img")
-	need(t, "nbdcopy")
-	ctx := context.Background()
-	cfg := daemontest.Config(t, daemontest.DataDir(t))
-	cfg.JournalMax = "16M"
-	cfg.CopyOutShare = 0.01
-	off := false
-	cfg.RedirectOnWrite = &off // the journal is copy-before-write's
-	in := daemontest.Start(t, &cfg)
-	c := in.Client
-	if _, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "vm1", Size: "64M"}); err != nil {
-		t.Fatal(err)
-	}
-	// Random content, so the copy-out has to hash and store every block
-	// and is still at the start when the guest's write begins.
-	img := filepath.Join(t.TempDir(), "random.raw")
-	data := make([]byte, 64<<20)
-	rand.Read(data)
-	if err := os.WriteFile(img, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	live := nbdURI(in, "vm1")
-	if out, err := exec.Command("nbdcopy", img, live).CombinedOutput(); err != nil {
-		t.Fatalf("nbdcopy %s %s: %v\n%s", img, live, err, out)
-	}
-	mustSnapshot(t, c, "vm1", "s1") // every block pending for it
-	qemuIO(t, live, "write -P 0x22 0 64M", "flush")
-	journals, _ := filepath.Glob(filepath.Join(cfg.DataDir, "disks", "*.cbw"))
-	if len(journals) != 1 {
-		t.Fatalf("journal files %v, want one", journals)
-	}
-	fi, err := os.Stat(journals[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Size() > 16<<20 {
-		t.Errorf("journal %s is %d bytes, past journal_max 16M", journals[0], fi.Size())
-	}
-	waitSnapshot(t, c, "vm1", "s1")
-	if out, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", img, nbdURI(in, "vm1@s1")).CombinedOutput(); err != nil {
-		t.Errorf("snapshot s1 differs from what was written before it: %v\n%s", err, out)
-	}
-	qemuIO(t, live, "read -P 0x22 0 64M")
 }
 
 func mustSnapshot(t *testing.T, c *api.Client, disk, name string) string {

@@ -5,7 +5,7 @@
 # which bench_setup installs as the EXIT trap.
 
 # CAIRND and CAIRN: the binaries under test (make bench builds them);
-# CAIRND_FLAGS: extra cairnd flags (e.g. --redirect-on-write=false).
+# CAIRND_FLAGS: extra cairnd flags (e.g. --copy-out-share=1).
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 CAIRND=${CAIRND:-$ROOT/bin/cairnd}
 CAIRN=${CAIRN:-$ROOT/bin/cairn}

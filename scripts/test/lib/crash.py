@@ -388,10 +388,6 @@ class Crash:
             what = getattr(self, "sc_" + sc)()
             killed = self.w or self.last_w
             self.w = self.last_w = None
-            # Restarts alternate redirect-on-write (the default) and
-            # copy-before-write (--redirect-on-write=false): each must
-            # recover what the other left in its side files or journal.
-            self.d.args = ["--redirect-on-write=false"] if r % 2 else []
             start = self.d.start()
             res = self.after_restart(r, killed)
             if killed is not None:
