@@ -57,11 +57,14 @@ type display interface {
 	close()          // the work finished, or following it stopped
 }
 
-// follow shows long work's first status (what started it answered), then
-// polls it until it is done or fails. It returns the work's failure, or why
-// it could not follow it: when ctx ends (Ctrl-C) the work goes on in
-// cairnd, and the error says how to pick it up again (resume).
-func (a *app) follow(ctx context.Context, label, resume string, s status, poll func(context.Context) (status, error)) error {
+// follow shows the progress of long work until it is done or fails, and
+// returns the work as it ended. first is what started it answered; fetch
+// asks cairnd for it again, every a.poll; see says what a display shows
+// of it. The error is the work's failure, or why it could not be
+// followed: when ctx ends (Ctrl-C) the work goes on in cairnd, and the
+// error says how to pick it up again (resume).
+func follow[T any](ctx context.Context, a *app, label, resume string, first T, fetch func(context.Context) (T, error), see func(T) status) (T, error) {
+	last, s := first, see(first)
 	d := a.display(label, s)
 	defer d.close()
 	ticker := time.NewTicker(cmp.Or(a.poll, defaultPoll))
@@ -77,19 +80,19 @@ func (a *app) follow(ctx context.Context, label, resume string, s status, poll f
 		}
 		d.update(s)
 		if s.state != workRunning {
-			return s.err
+			return last, s.err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("stopped following %s; it goes on in cairnd: %s", label, resume)
+			return last, fmt.Errorf("stopped following %s; it goes on in cairnd: %s", label, resume)
 		case <-ticker.C:
 		}
-		next, err := poll(ctx)
+		now, err := fetch(ctx)
 		if err != nil && ctx.Err() == nil {
-			return err
+			return last, err
 		}
 		if err == nil {
-			s = next
+			last, s = now, see(now)
 		}
 	}
 }

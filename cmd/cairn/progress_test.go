@@ -31,6 +31,13 @@ func statuses(ss ...status) func(context.Context) (status, error) {
 	}
 }
 
+// followStatuses follows work that reports itself as statuses: seq[0]
+// first, then the others in turn.
+func followStatuses(ctx context.Context, a *app, label, resume string, seq ...status) error {
+	_, err := follow(ctx, a, label, resume, seq[0], statuses(seq[1:]...), func(s status) status { return s })
+	return err
+}
+
 func running(pct float64, msg string) status {
 	return status{state: workRunning, percent: pct, message: msg}
 }
@@ -74,7 +81,7 @@ func TestFollow(t *testing.T) {
 			if tc.tty {
 				a.terminal = func(io.Writer) bool { return true }
 			}
-			err := a.follow(context.Background(), "work", "cairn task wait X", tc.seq[0], statuses(tc.seq[1:]...))
+			err := followStatuses(context.Background(), a, "work", "cairn task wait X", tc.seq...)
 			if !errors.Is(err, tc.err) || !regexp.MustCompile(tc.stderr).MatchString(stderr.String()) {
 				t.Fatalf("follow: %v, stderr %q; want %v, stderr matching %q", err, stderr.String(), tc.err, tc.stderr)
 			}
@@ -115,7 +122,7 @@ func TestFollowJSONLines(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
 			a := &app{stderr: &stderr, output: "json", poll: time.Millisecond}
-			err := a.follow(context.Background(), "work", "", tc.seq[0], statuses(tc.seq[1:]...))
+			err := followStatuses(context.Background(), a, "work", "", tc.seq...)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("follow: %v, want %v", err, tc.err)
 			}
@@ -148,10 +155,10 @@ func TestFollowInterrupted(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel() // Ctrl-C while the work is under way
 		a := &app{stderr: &bytes.Buffer{}, poll: time.Hour, terminal: func(io.Writer) bool { return tty }}
-		err := a.follow(ctx, "rollback d@s1", "cairn task wait rollback-1", running(10, ""), func(context.Context) (status, error) {
+		_, err := follow(ctx, a, "rollback d@s1", "cairn task wait rollback-1", running(10, ""), func(context.Context) (status, error) {
 			t.Fatal("polled after Ctrl-C")
 			return status{}, nil
-		})
+		}, func(s status) status { return s })
 		if err == nil || err.Error() != "stopped following rollback d@s1; it goes on in cairnd: cairn task wait rollback-1" {
 			t.Fatalf("follow after Ctrl-C (terminal %v): %v", tty, err)
 		}
@@ -161,7 +168,8 @@ func TestFollowInterrupted(t *testing.T) {
 func TestFollowPollError(t *testing.T) {
 	a := &app{stderr: &bytes.Buffer{}, poll: time.Millisecond}
 	lost := errors.New("cannot reach cairnd")
-	err := a.follow(context.Background(), "work", "", running(0, ""), func(context.Context) (status, error) { return status{}, lost })
+	_, err := follow(context.Background(), a, "work", "", running(0, ""), func(context.Context) (status, error) { return status{}, lost },
+		func(s status) status { return s })
 	if !errors.Is(err, lost) {
 		t.Fatalf("follow when polling fails: %v", err)
 	}
