@@ -1,95 +1,79 @@
 package daemon
 
 import (
-	"github.com/cairn-storage/cairn/daemon/api"
-
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
+	"github.com/cairn-storage/cairn/daemon/api"
 )
 
 // Version is cairnd's version, set at link time
 // (-X github.com/cairn-storage/cairn/daemon.Version=...).
 var Version = "dev"
 
-// Config configures a Daemon. The fields with a toml tag can come from the
-// config file (docs/config.md); cmd/cairnd's flags override them. The rest
-// are for programs that embed the daemon (cmd/cairnd, tests).
+// Config configures a Daemon. The fields that Settings declare come from
+// cairnd's flags and config file (docs/config.md); the rest are for
+// programs that embed the daemon (cmd/cairnd, tests).
 type Config struct {
 	// DataDir holds the lock, the store and the live images of new disks.
-	DataDir string `toml:"data_dir"`
+	DataDir string
 	// APISocket is the control API's Unix socket; "" means
 	// $RUNTIME_DIRECTORY/cairn.sock when systemd sets RUNTIME_DIRECTORY,
 	// else DATA_DIR/cairn.sock.
-	APISocket string `toml:"api_socket"`
+	APISocket string
 	// NBDSocket is the NBD Unix socket; "" means $RUNTIME_DIRECTORY/nbd.sock
 	// or DATA_DIR/nbd.sock, as for APISocket.
-	NBDSocket string `toml:"nbd_socket"`
+	NBDSocket string
 	// NBDListen is an optional TCP address (host:port) for NBD. Only
 	// loopback addresses are accepted until NBD over TLS exists.
-	NBDListen string `toml:"nbd_listen"`
+	NBDListen string
 	// LogLevel is debug, info, warn or error; LogFormat text or json. Used
 	// by NewLogger (cmd/cairnd); the daemon itself logs to Logger.
-	LogLevel  string `toml:"log_level"`
-	LogFormat string `toml:"log_format"`
+	LogLevel  string
+	LogFormat string
 	// ShutdownTimeout bounds a graceful shutdown (default 5s): after it NBD
 	// connections are cut.
-	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	ShutdownTimeout Duration
 	// FUSE mounts disks and snapshots as files on FUSEDir (docs/fuse.md).
 	// Nil is off for an embedded daemon; cairnd sets it (default on).
-	FUSE *bool `toml:"fuse"`
+	FUSE *bool
 	// FUSEDir is where; "" means $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse.
-	FUSEDir string `toml:"fuse_dir"`
+	FUSEDir string
 	// SnapshotQuota is the most snapshots one disk's chain may hold
 	// (default 64, as public clouds allow). A manual snapshot beyond it is
 	// refused with 409 quota_exceeded.
-	SnapshotQuota int `toml:"snapshot_quota"`
+	SnapshotQuota int
 	// StoreReserve is the free space the store keeps on its filesystem
 	// ("256M" by default): chunk writes stop (the snapshot fails, guest
 	// writes go on) when less is free, so the store never fills its
 	// filesystem (Badger cannot survive that).
-	StoreReserve string `toml:"store_reserve"`
+	StoreReserve string
 	// CopyOutShare is the share of time a snapshot's copy-out may run
 	// while its disk has guest I/O (default 0.1; 1 = flat out always).
 	// Idle disks copy out at full speed.
-	CopyOutShare float64 `toml:"copy_out_share"`
-	// RedirectOnWrite sends guest writes to blocks a copying snapshot
-	// still needs to side files instead of over the live image
-	// (docs/design.md, "Redirect-on-write"): no read of the old data and
-	// no sync per first write. Nil means on; false makes such writes copy
-	// the old pages to the copy-before-write journal first.
-	RedirectOnWrite *bool `toml:"redirect_on_write"`
-	// JournalMax bounds each disk's copy-before-write journal ("1G" by
-	// default): while snapshots copy out, the old content of pages the
-	// guest overwrites goes there; past the bound, writes store their
-	// blocks directly, which is several times slower. The space is given
-	// back when nothing copies. Larger keeps a busy guest faster during a
-	// long copy-out (docs/performance.md, "Snapshots", section 2).
-	JournalMax string `toml:"journal_max"`
+	CopyOutShare float64
 
 	// Logger receives the daemon's logs; nil means slog.Default().
-	Logger *slog.Logger `toml:"-"`
+	Logger *slog.Logger
 	// APIListener, when set, is used instead of listening on APISocket
 	// (socket activation, tests). The daemon closes it on shutdown.
-	APIListener net.Listener `toml:"-"`
+	APIListener net.Listener
 	// NBDListener, when set, is used instead of listening on NBDSocket.
-	NBDListener net.Listener `toml:"-"`
+	NBDListener net.Listener
 	// NBDTCPListener, when set, is used instead of listening on NBDListen.
-	NBDTCPListener net.Listener `toml:"-"`
+	NBDTCPListener net.Listener
 	// Notify, when set, is told the daemon's state in sd_notify(3) words:
 	// "READY=1" when Run starts serving every listener (the store and every
 	// disk are open by then) and "STOPPING=1" when shutdown begins. It is
 	// called from Run's or Shutdown's goroutine and must not block long.
-	Notify func(state string) `toml:"-"`
+	Notify func(state string)
 }
 
 // Duration is a time.Duration written as "5s" in the config file.
@@ -105,42 +89,20 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// String writes the duration as the config file does ("5s").
+func (d Duration) String() string { return time.Duration(d).String() }
+
 // DefaultSnapshotQuota is the most snapshots per chain unless configured.
 const DefaultSnapshotQuota = 64
 
 // storeReserve parses StoreReserve (0: the store's default).
 func (c Config) storeReserve() (uint64, error) {
-	n, err := sizeSetting("--store-reserve / store_reserve", c.StoreReserve)
-	return uint64(n), err
-}
-
-// sizeSetting parses the size setting named names ("" is 0).
-func sizeSetting(names, v string) (int64, error) {
-	if v == "" {
+	if c.StoreReserve == "" {
 		return 0, nil
 	}
-	n, err := api.ParseSize(v)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", names, err)
-	}
-	return int64(n), nil
+	n, err := api.ParseSize(c.StoreReserve)
+	return uint64(n), err
 }
-
-// minJournalMax is the smallest journal_max allowed: room for a few
-// records past the journal's own header.
-const minJournalMax = 16 << 20
-
-// journalMax parses JournalMax (0: the volume's default).
-func (c Config) journalMax() (int64, error) {
-	n, err := sizeSetting("--journal-max / journal_max", c.JournalMax)
-	if err == nil && n != 0 && n < minJournalMax {
-		err = fmt.Errorf("--journal-max / journal_max: %s: must be at least 16M", c.JournalMax)
-	}
-	return n, err
-}
-
-// redirectOn reports whether redirect-on-write is wanted (the default).
-func (c Config) redirectOn() bool { return c.RedirectOnWrite == nil || *c.RedirectOnWrite }
 
 // fuseOn reports whether the FUSE view is wanted.
 func (c Config) fuseOn() bool { return c.FUSE != nil && *c.FUSE }
@@ -163,26 +125,6 @@ func firstPath(list string) string {
 	first, _, _ := strings.Cut(list, ":")
 	return first
 }
-
-// LoadConfigFile reads a TOML config file. Unknown keys are an error.
-func LoadConfigFile(path string) (Config, error) {
-	var cfg Config
-	md, err := toml.DecodeFile(path, &cfg)
-	if err != nil {
-		return Config{}, fmt.Errorf("config file %s: %w", path, err)
-	}
-	if undec := md.Undecoded(); len(undec) > 0 {
-		keys := make([]string, len(undec))
-		for i, k := range undec {
-			keys[i] = k.String()
-		}
-		return Config{}, fmt.Errorf("config file %s: unknown key(s) %s (see docs/config.md)", path, strings.Join(keys, ", "))
-	}
-	return cfg, nil
-}
-
-// maxSocketPath is the room in sockaddr_un.sun_path (108 bytes less the NUL).
-const maxSocketPath = 107
 
 // withDefaults fills the empty fields and makes paths absolute.
 func (c Config) withDefaults() (Config, error) {
@@ -229,78 +171,18 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// Validate checks every setting and names the flag (and config key) of
-// the first one that is wrong.
+// Validate checks every setting and names the flag and config key of
+// each one that is wrong (SettingError).
 func (c Config) Validate() error {
 	c, err := c.withDefaults()
 	if err != nil {
 		return err
 	}
-	var errs []error
-	if c.CopyOutShare < 0 || c.CopyOutShare > 1 {
-		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be from 0.01 to 1 (0 for the default, 0.1)", c.CopyOutShare))
-	} else if c.CopyOutShare > 0 && c.CopyOutShare < 0.01 {
-		errs = append(errs, fmt.Errorf("--copy-out-share / copy_out_share: %g: must be at least 0.01, or copy-out would never finish on a busy disk", c.CopyOutShare))
-	}
-	if c.SnapshotQuota < 1 || c.SnapshotQuota > 65536 {
-		errs = append(errs, fmt.Errorf("--snapshot-quota / snapshot_quota: %d: must be from 1 to 65536", c.SnapshotQuota))
-	}
-	if _, err := c.storeReserve(); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := c.journalMax(); err != nil {
-		errs = append(errs, err)
-	}
-	if c.APIListener == nil {
-		errs = append(errs, checkSocketPath("--api-socket", "api_socket", c.APISocket))
-	}
-	if c.NBDListener == nil {
-		errs = append(errs, checkSocketPath("--nbd-socket", "nbd_socket", c.NBDSocket))
-	}
+	errs := checkSettings(c)
 	if c.APIListener == nil && c.NBDListener == nil && c.APISocket == c.NBDSocket {
-		errs = append(errs, fmt.Errorf("--api-socket and --nbd-socket are both %s: they must differ", c.APISocket))
-	}
-	if c.NBDListen != "" && c.NBDTCPListener == nil {
-		errs = append(errs, CheckLoopback(c.NBDListen))
-	}
-	if _, err := ParseLogLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
-	}
-	if c.LogFormat != "text" && c.LogFormat != "json" {
-		errs = append(errs, fmt.Errorf("--log-format %q (log_format in the config file): must be text or json", c.LogFormat))
-	}
-	if c.ShutdownTimeout < 0 {
-		errs = append(errs, fmt.Errorf("--shutdown-timeout %v (shutdown_timeout in the config file): must not be negative", time.Duration(c.ShutdownTimeout)))
+		errs = append(errs, fmt.Errorf("--api-socket and --nbd-socket (api_socket and nbd_socket in the config file) are both %s: they must differ", c.APISocket))
 	}
 	return errors.Join(errs...)
-}
-
-func checkSocketPath(flag, key, path string) error {
-	if len(path) > maxSocketPath {
-		return fmt.Errorf("%s %s (%s in the config file): a Unix socket path is limited to %d bytes; choose a shorter path", flag, path, key, maxSocketPath)
-	}
-	return nil
-}
-
-// CheckLoopback accepts host:port addresses whose host is a loopback IP
-// or "localhost". NBD over TCP carries disk contents in clear text and
-// unauthenticated until TLS is implemented, so nothing else may listen.
-func CheckLoopback(addr string) error {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("--nbd-listen %q (nbd_listen in the config file): want host:port, such as 127.0.0.1:10809: %v", addr, err)
-	}
-	if _, err := net.LookupPort("tcp", port); err != nil {
-		return fmt.Errorf("--nbd-listen %q (nbd_listen in the config file): bad port %q", addr, port)
-	}
-	if host == "localhost" {
-		return nil
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || !ip.IsLoopback() {
-		return fmt.Errorf("--nbd-listen %q (nbd_listen in the config file): NBD over TLS is not implemented yet, so only a loopback address (127.0.0.1, [::1] or localhost) is allowed", addr)
-	}
-	return nil
 }
 
 // ParseLogLevel parses debug, info, warn or error.
@@ -316,7 +198,7 @@ func ParseLogLevel(s string) (slog.Level, error) {
 	case "error":
 		l = slog.LevelError
 	default:
-		return 0, fmt.Errorf("--log-level %q (log_level in the config file): must be debug, info, warn or error", s)
+		return 0, errors.New("must be debug, info, warn or error")
 	}
 	return l, nil
 }

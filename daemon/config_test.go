@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -38,10 +39,12 @@ func TestConfigValidate(t *testing.T) {
 		{"long nbd socket", daemon.Config{DataDir: "/tmp/d", NBDSocket: long}, "--nbd-socket"},
 		{"long data dir", daemon.Config{DataDir: "/tmp/" + strings.Repeat("d", 100)}, "limited to 107 bytes"},
 		{"same sockets", daemon.Config{DataDir: "/tmp/d", APISocket: "/tmp/s", NBDSocket: "/tmp/s"}, "must differ"},
-		{"negative timeout", daemon.Config{DataDir: "/tmp/d", ShutdownTimeout: daemon.Duration(-time.Second)}, "--shutdown-timeout"},
-		{"journal max", daemon.Config{DataDir: "/tmp/d", JournalMax: "4G"}, ""},
-		{"journal max unit", daemon.Config{DataDir: "/tmp/d", JournalMax: "lots"}, "--journal-max / journal_max"},
-		{"journal max small", daemon.Config{DataDir: "/tmp/d", JournalMax: "1M"}, "must be at least 16M"},
+		{"negative timeout", daemon.Config{DataDir: "/tmp/d", ShutdownTimeout: daemon.Duration(-time.Second)}, "--shutdown-timeout -1s (shutdown_timeout in the config file): must not be negative"},
+		{"store reserve", daemon.Config{DataDir: "/tmp/d", StoreReserve: "1G"}, ""},
+		{"store reserve unit", daemon.Config{DataDir: "/tmp/d", StoreReserve: "lots"}, `--store-reserve "lots" (store_reserve in the config file): `},
+		{"copy-out share", daemon.Config{DataDir: "/tmp/d", CopyOutShare: 2}, "--copy-out-share 2 (copy_out_share in the config file): must be from 0.01 to 1"},
+		{"copy-out share small", daemon.Config{DataDir: "/tmp/d", CopyOutShare: 0.001}, "must be at least 0.01"},
+		{"snapshot quota", daemon.Config{DataDir: "/tmp/d", SnapshotQuota: 70000}, "--snapshot-quota 70000 (snapshot_quota in the config file): must be from 1 to 65536"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.cfg.Validate()
@@ -75,23 +78,36 @@ nbd_listen = "127.0.0.1:10809"
 log_level = "debug"
 log_format = "json"
 shutdown_timeout = "7s"
-redirect_on_write = false
+snapshot_quota = 10
+store_reserve = "1G"
+copy_out_share = 0.5
+fuse = false
+fuse_dir = "/run/c/fuse"
 `)
-	cfg, err := daemon.LoadConfigFile(good)
+	f, err := daemon.LoadConfigFile(good)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := f.Config
 	want := daemon.Config{DataDir: "/srv/cairn", APISocket: "/run/c/api.sock", NBDSocket: "/run/c/nbd.sock",
-		NBDListen: "127.0.0.1:10809", LogLevel: "debug", LogFormat: "json", ShutdownTimeout: daemon.Duration(7 * time.Second)}
-	if cfg.DataDir != want.DataDir || cfg.APISocket != want.APISocket || cfg.NBDSocket != want.NBDSocket ||
-		cfg.NBDListen != want.NBDListen || cfg.LogLevel != want.LogLevel || cfg.LogFormat != want.LogFormat || cfg.ShutdownTimeout != want.ShutdownTimeout {
-		t.Fatalf("loaded %+v", cfg)
+		NBDListen: "127.0.0.1:10809", LogLevel: "debug", LogFormat: "json", ShutdownTimeout: daemon.Duration(7 * time.Second),
+		SnapshotQuota: 10, StoreReserve: "1G", CopyOutShare: 0.5, FUSEDir: "/run/c/fuse"}
+	if cfg.FUSE == nil || *cfg.FUSE {
+		t.Fatalf("fuse = false loaded as %v", cfg.FUSE)
 	}
-	if cfg.RedirectOnWrite == nil || *cfg.RedirectOnWrite {
-		t.Fatalf("redirect_on_write = false loaded as %v", cfg.RedirectOnWrite)
+	cfg.FUSE = nil
+	if !reflect.DeepEqual(cfg, want) {
+		t.Fatalf("loaded %+v\nwant   %+v", cfg, want)
+	}
+	if len(f.Keys) != len(daemon.Settings) || !f.Set("fuse_dir") || f.Set("nbd-listen") || len(f.Warnings) != 0 {
+		t.Fatalf("keys %q, warnings %q", f.Keys, f.Warnings)
 	}
 	for _, tc := range []struct{ name, text, err string }{
-		{"unknown key", "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n", "unknown key(s) listen"},
+		{"unknown key", "data_dir = \"/x\"\nlisten = \"0.0.0.0:1\"\n", "unknown key(s) listen (see docs/config.md)"},
+		{"unknown keys in order", "zz = 1\ndata_dir = \"/x\"\naa = 2\n", "unknown key(s) zz, aa"},
+		{"unknown table", "[nbd]\nlisten = \"127.0.0.1:1\"\n", "unknown key(s) nbd "},
+		{"removed key with an unknown one", "journal_max = \"1G\"\nlisten = 1\n", "unknown key(s) listen "},
+		{"wrong type of a bool", "fuse = \"no\"\n", "fuse"},
 		{"bad duration", "shutdown_timeout = \"soon\"\n", "shutdown_timeout"},
 		{"bad toml", "data_dir = \n", "bad.toml"},
 		{"wrong type", "data_dir = 5\n", "data_dir"},
@@ -105,6 +121,28 @@ redirect_on_write = false
 	}
 	if _, err := daemon.LoadConfigFile(filepath.Join(dir, "missing.toml")); err == nil || !strings.Contains(err.Error(), "missing.toml") {
 		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// The keys of the settings removed with copy-before-write do not stop
+// cairnd: each is ignored with a warning that names it.
+func TestLoadConfigFileRemovedKeys(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "old.toml")
+	text := "data_dir = \"/srv/cairn\"\njournal_max = \"4G\"\nredirect_on_write = false\n"
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := daemon.LoadConfigFile(p)
+	if err != nil {
+		t.Fatalf("a config file with removed keys: %v", err)
+	}
+	if f.Config.DataDir != "/srv/cairn" || len(f.Keys) != 1 || len(f.Warnings) != 2 {
+		t.Fatalf("loaded %+v", f)
+	}
+	for i, key := range []string{"journal_max", "redirect_on_write"} {
+		if w := f.Warnings[i]; !strings.Contains(w, p+": "+key+" was removed and is ignored: ") || !strings.Contains(w, "redirect-on-write is now the only write strategy") {
+			t.Errorf("warning %q", w)
+		}
 	}
 }
 

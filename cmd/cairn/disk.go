@@ -43,22 +43,18 @@ func (a *app) diskCreateCmd() *cobra.Command {
 			}
 			return nil
 		},
-		RunE: a.run(func(ctx context.Context, args []string) error {
+		RunE: show(a, func(ctx context.Context, args []string) (api.Disk, error) {
 			req.Name, req.Size, req.BlockSize = args[0], api.Size(size), api.Size(blockSize)
 			if req.Adopt != "" {
 				// cairnd runs on this host: a path relative to here is meant.
 				abs, err := filepath.Abs(req.Adopt)
 				if err != nil {
-					return err
+					return api.Disk{}, err
 				}
 				req.Adopt = abs
 			}
-			disk, err := a.client.CreateDisk(ctx, req)
-			if err != nil {
-				return err
-			}
-			return a.printDisk(disk)
-		}),
+			return a.client.CreateDisk(ctx, req)
+		}, a.printDisk),
 	}
 	f := cmd.Flags()
 	f.StringVar(&size, "size", "", "size: bytes or with a unit, such as 10G, 512M, 1T (K, M, G, T are KiB, MiB, GiB, TiB; a multiple of 4 KiB)")
@@ -74,20 +70,14 @@ func (a *app) diskListCmd() *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List disks",
 		Args:    cobra.NoArgs,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			disks, err := a.client.Disks(ctx)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(disks)
-			}
-			t := a.table("NAME", "SIZE", "BLOCK", "CLIENTS", "STATE", "DESCRIPTION")
-			for _, d := range disks {
-				t.row(d.Name, api.FormatSize(d.Size), api.FormatSize(int64(d.BlockSize)), strconv.Itoa(d.Clients), d.State, d.Description)
-			}
-			return t.flush()
-		}),
+		RunE: show(a, func(ctx context.Context, _ []string) ([]api.Disk, error) { return a.client.Disks(ctx) },
+			func(disks []api.Disk) error {
+				t := a.table("NAME", "SIZE", "BLOCK", "CLIENTS", "STATE", "DESCRIPTION")
+				for _, d := range disks {
+					t.row(d.Name, api.FormatSize(d.Size), api.FormatSize(int64(d.BlockSize)), strconv.Itoa(d.Clients), d.State, d.Description)
+				}
+				return t.flush()
+			}),
 	}
 }
 
@@ -97,13 +87,7 @@ func (a *app) diskShowCmd() *cobra.Command {
 		Short:             "Show one disk",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			disk, err := a.client.Disk(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printDisk(disk)
-		}),
+		RunE:              show(a, func(ctx context.Context, args []string) (api.Disk, error) { return a.client.Disk(ctx, args[0]) }, a.printDisk),
 	}
 }
 
@@ -120,13 +104,9 @@ func (a *app) diskGrowCmd() *cobra.Command {
 			}
 			return nil
 		},
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			disk, err := a.client.GrowDisk(ctx, args[0], api.Size(args[1]))
-			if err != nil {
-				return err
-			}
-			return a.printDisk(disk)
-		}),
+		RunE: show(a, func(ctx context.Context, args []string) (api.Disk, error) {
+			return a.client.GrowDisk(ctx, args[0], api.Size(args[1]))
+		}, a.printDisk),
 	}
 }
 
@@ -142,11 +122,10 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 			if err := a.client.DeleteDisk(ctx, args[0], opts); err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(map[string]string{"deleted": args[0]})
-			}
-			fmt.Fprintf(a.stdout, "deleted disk %s\n", args[0])
-			return nil
+			return a.print(map[string]string{"deleted": args[0]}, func() error {
+				_, err := fmt.Fprintf(a.stdout, "deleted disk %s\n", args[0])
+				return err
+			})
 		}),
 	}
 	cmd.Flags().BoolVar(&opts.Force, "force", false, "disconnect connected NBD clients first")
@@ -154,11 +133,8 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 	return cmd
 }
 
-// printDisk prints one disk as key/value lines or JSON.
+// printDisk prints one disk as key/value lines.
 func (a *app) printDisk(d api.Disk) error {
-	if a.output == "json" {
-		return a.printJSON(d)
-	}
 	t := a.table()
 	t.row("Name:", d.Name)
 	t.row("ID:", strconv.FormatUint(d.ID, 10))

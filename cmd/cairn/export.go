@@ -20,24 +20,18 @@ func (a *app) exportCmd() *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List NBD exports with their connected clients",
 		Args:    cobra.NoArgs,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			exports, err := a.client.Exports(ctx)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(exports)
-			}
-			t := a.table("EXPORT", "MODE", "SIZE", "CLIENTS", "CONNECTED SINCE")
-			for _, e := range exports {
-				mode := "rw"
-				if e.ReadOnly {
-					mode = "ro"
+		RunE: show(a, func(ctx context.Context, _ []string) ([]api.Export, error) { return a.client.Exports(ctx) },
+			func(exports []api.Export) error {
+				t := a.table("EXPORT", "MODE", "SIZE", "CLIENTS", "CONNECTED SINCE")
+				for _, e := range exports {
+					mode := "rw"
+					if e.ReadOnly {
+						mode = "ro"
+					}
+					t.row(e.Name, mode, api.FormatSize(e.Size), strconv.Itoa(len(e.Clients)), oldestClient(e.Clients))
 				}
-				t.row(e.Name, mode, api.FormatSize(e.Size), strconv.Itoa(len(e.Clients)), oldestClient(e.Clients))
-			}
-			return t.flush()
-		}),
+				return t.flush()
+			}),
 	})
 }
 
@@ -60,26 +54,22 @@ func (a *app) infoCmd() *cobra.Command {
 		Use:   "info",
 		Short: "Show cairnd's version, uptime, data directory and sockets",
 		Args:  cobra.NoArgs,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			info, err := a.client.Info(ctx)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(info)
-			}
-			t := a.table()
-			t.row("Version:", info.Version)
-			t.row("PID:", strconv.Itoa(info.PID))
-			t.row("Uptime:", (time.Duration(info.UptimeSeconds) * time.Second).String())
-			t.row("Data directory:", info.DataDir)
-			t.row("API socket:", info.APISocket)
-			t.row("NBD socket:", info.NBDSocket)
-			if info.NBDListen != "" {
-				t.row("NBD TCP:", info.NBDListen)
-			}
-			t.row("Disks:", fmt.Sprint(info.Disks))
-			return t.flush()
-		}),
+		RunE:  show(a, func(ctx context.Context, _ []string) (api.Info, error) { return a.client.Info(ctx) }, a.printInfo),
 	}
+}
+
+// printInfo prints cairnd's info as key/value lines.
+func (a *app) printInfo(info api.Info) error {
+	t := a.table()
+	t.row("Version:", info.Version)
+	t.row("PID:", strconv.Itoa(info.PID))
+	t.row("Uptime:", (time.Duration(info.UptimeSeconds) * time.Second).String())
+	t.row("Data directory:", info.DataDir)
+	t.row("API socket:", info.APISocket)
+	t.row("NBD socket:", info.NBDSocket)
+	if info.NBDListen != "" {
+		t.row("NBD TCP:", info.NBDListen)
+	}
+	t.row("Disks:", fmt.Sprint(info.Disks))
+	return t.flush()
 }

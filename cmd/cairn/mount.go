@@ -41,11 +41,10 @@ func (a *app) mountCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(info)
-			}
-			fmt.Fprintf(a.stdout, "mounted %s %s on %s, %s\n", args[0], describeVolume(info), info.Dir, access(info))
-			return nil
+			return a.print(info, func() error {
+				_, err := fmt.Fprintf(a.stdout, "mounted %s %s on %s, %s\n", args[0], describeVolume(info), info.Dir, access(info))
+				return err
+			})
 		}),
 	}
 	f := cmd.Flags()
@@ -62,17 +61,13 @@ func (a *app) umountCmd() *cobra.Command {
 		Use:   "umount DIR",
 		Short: "Undo 'cairn mount': unmount DIR, detach its loop device, remove DIR if mount created it",
 		Args:  cobra.ExactArgs(1),
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			info, err := restore.Umount(ctx, args[0], mf.stateDir)
-			if err != nil {
+		RunE: show(a, func(ctx context.Context, args []string) (restore.Info, error) {
+			return restore.Umount(ctx, args[0], mf.stateDir)
+		},
+			func(info restore.Info) error {
+				_, err := fmt.Fprintf(a.stdout, "unmounted %s and detached %s\n", info.Dir, info.Loop)
 				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(info)
-			}
-			fmt.Fprintf(a.stdout, "unmounted %s and detached %s\n", info.Dir, info.Loop)
-			return nil
-		}),
+			}),
 	}
 	mf.addCommon(cmd)
 	return cmd

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"strconv"
@@ -36,19 +37,14 @@ func (a *app) snapshotCreateCmd() *cobra.Command {
 			"  cairn snapshot create vm1-root nightly-2026-11-23 --wait",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: a.completeDisks,
-		RunE: a.run(func(ctx context.Context, args []string) error {
+		RunE: show(a, func(ctx context.Context, args []string) (api.Snapshot, error) {
 			req.Name = args[1]
 			snap, err := a.client.CreateSnapshot(ctx, args[0], req)
-			if err != nil {
-				return err
+			if err != nil || !wait {
+				return snap, err
 			}
-			if wait {
-				if snap, err = a.waitSnapshot(ctx, snap); err != nil {
-					return err
-				}
-			}
-			return a.printSnapshot(snap)
-		}),
+			return a.waitSnapshot(ctx, snap)
+		}, a.printSnapshot),
 	}
 	cmd.Flags().StringVar(&req.Description, "description", "", "free text kept with the snapshot")
 	cmd.Flags().BoolVar(&wait, "wait", false, "follow the copy with a progress bar until the snapshot is ready (exit 1 if it fails)")
@@ -58,26 +54,23 @@ func (a *app) snapshotCreateCmd() *cobra.Command {
 // waitSnapshot follows a copying snapshot until it is ready, and returns
 // it as it ended; a failed snapshot is an error stating its reason.
 func (a *app) waitSnapshot(ctx context.Context, snap api.Snapshot) (api.Snapshot, error) {
-	last := snap
-	err := a.follow(ctx, "snapshot "+snap.Export, "cairn snapshot show "+snap.Disk+" "+snap.Name, snapshotStep(snap), func(ctx context.Context) (step, error) {
-		now, err := a.client.Snapshot(ctx, snap.Disk, snap.Name)
-		if err != nil {
-			return step{}, err
-		}
-		last = now
-		return snapshotStep(now), nil
-	})
-	return last, err
+	return follow(ctx, a, "snapshot "+snap.Export, "cairn snapshot show "+snap.Disk+" "+snap.Name, snap,
+		func(ctx context.Context) (api.Snapshot, error) { return a.client.Snapshot(ctx, snap.Disk, snap.Name) }, snapshotStatus)
 }
 
-func snapshotStep(snap api.Snapshot) step {
-	s := step{progress: snap.Progress}
+// snapshotStatus is a snapshot's copy-out as a display sees it: its
+// bytes are the blocks changed in the epoch it sealed.
+func snapshotStatus(snap api.Snapshot) status {
+	s := status{state: workRunning, percent: snap.Progress, totalBytes: snap.WrittenBytes,
+		doneBytes: uint64(snap.Progress / 100 * float64(snap.WrittenBytes))}
 	switch snap.State {
 	case api.SnapshotReady:
-		s.done = true
+		s.state = workDone
 	case api.SnapshotFailed:
+		s.state = workFailed
 		s.err = fmt.Errorf("snapshot %s failed: %s", snap.Export, orNoReason(snap.Reason))
 	case api.SnapshotDeleting:
+		s.state = workFailed
 		s.err = fmt.Errorf("snapshot %s is being deleted", snap.Export)
 	}
 	return s
@@ -98,21 +91,17 @@ func (a *app) snapshotListCmd() *cobra.Command {
 		Long:              "WRITTEN is what changed in the epoch the snapshot sealed; UNIQUE what only it holds: what deleting it frees.\nHOLD is how long guest writes waited while it was taken.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			snaps, err := a.client.Snapshots(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(snaps)
-			}
-			t := a.table("NAME", "CREATED", "STATE", "PROGRESS", "KIND", "WRITTEN", "UNIQUE", "HOLD")
-			for _, s := range snaps {
-				t.row(s.Name, s.Created.Local().Format(time.DateTime), s.State, snapshotProgress(s), s.Kind,
-					formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes), formatHold(s.HoldMicros))
-			}
-			return t.flush()
-		}),
+		RunE: show(a, func(ctx context.Context, args []string) ([]api.Snapshot, error) {
+			return a.client.Snapshots(ctx, args[0])
+		},
+			func(snaps []api.Snapshot) error {
+				t := a.table("NAME", "CREATED", "STATE", "PROGRESS", "KIND", "WRITTEN", "UNIQUE", "HOLD")
+				for _, s := range snaps {
+					t.row(s.Name, s.Created.Local().Format(time.DateTime), s.State, snapshotProgress(s), s.Kind,
+						formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes), formatHold(s.HoldMicros))
+				}
+				return t.flush()
+			}),
 	}
 }
 
@@ -147,21 +136,14 @@ func (a *app) snapshotShowCmd() *cobra.Command {
 		Short:             "Show one snapshot",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: a.completeSnapshots,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			snap, err := a.client.Snapshot(ctx, args[0], args[1])
-			if err != nil {
-				return err
-			}
-			return a.printSnapshot(snap)
-		}),
+		RunE: show(a, func(ctx context.Context, args []string) (api.Snapshot, error) {
+			return a.client.Snapshot(ctx, args[0], args[1])
+		}, a.printSnapshot),
 	}
 }
 
-// printSnapshot prints one snapshot as key/value lines or JSON.
+// printSnapshot prints one snapshot as key/value lines.
 func (a *app) printSnapshot(s api.Snapshot) error {
-	if a.output == "json" {
-		return a.printJSON(s)
-	}
 	t := a.table()
 	t.row("Name:", s.Name)
 	t.row("Disk:", s.Disk)
@@ -205,11 +187,10 @@ func (a *app) snapshotDeleteCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(res)
-			}
-			fmt.Fprintf(a.stdout, "deleted snapshot %s@%s, freed %s (%d bytes)\n", args[0], args[1], formatBytes(res.FreedBytes), res.FreedBytes)
-			return nil
+			return a.print(res, func() error {
+				_, err := fmt.Fprintf(a.stdout, "deleted snapshot %s@%s, freed %s (%d bytes)\n", args[0], args[1], formatBytes(res.FreedBytes), res.FreedBytes)
+				return err
+			})
 		}),
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients reading the snapshot first")
@@ -226,20 +207,15 @@ func (a *app) snapshotRollbackCmd() *cobra.Command {
 			"task with a progress bar; Ctrl-C stops following, not the rollback (cairn task wait ID).",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: a.completeSnapshots,
-		RunE: a.run(func(ctx context.Context, args []string) error {
+		RunE: show(a, func(ctx context.Context, args []string) (api.Task, error) {
 			task, err := a.client.Rollback(ctx, args[0], args[1], force)
 			if err != nil {
-				return err
+				return task, err
 			}
-			task, err = a.followTask(ctx, task)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(task)
-			}
-			fmt.Fprintf(a.stdout, "rolled back %s to snapshot %s\n", args[0], args[1])
-			return nil
+			return a.followTask(ctx, task)
+		}, func(task api.Task) error {
+			_, err := fmt.Fprintf(a.stdout, "rolled back %s to snapshot %s\n", task.Disk, task.Target)
+			return err
 		}),
 	}
 	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients of the live disk first")
@@ -257,33 +233,29 @@ func (a *app) snapshotDiffCmd() *cobra.Command {
 			"  cairn snapshot diff vm1-root monday -o json | jq '.extents[]'",
 		Args:              cobra.RangeArgs(2, 3),
 		ValidArgsFunction: a.completeSnapshots,
-		RunE: a.run(func(ctx context.Context, args []string) error {
+		RunE: show(a, func(ctx context.Context, args []string) (api.Changes, error) {
 			to := ""
 			if len(args) == 3 {
 				to = args[2]
 			}
-			ch, err := a.client.Changes(ctx, args[0], args[1], to)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(ch)
-			}
-			t := a.table("OFFSET", "LENGTH")
-			for _, e := range ch.Extents {
-				t.row(strconv.FormatInt(e.Offset, 10), strconv.FormatInt(e.Length, 10))
-			}
-			if err := t.flush(); err != nil {
-				return err
-			}
-			if to == "" {
-				to = "live"
-			}
-			fmt.Fprintf(a.stdout, "total: %s (%d bytes) in %d extents changed from %s to %s, of %s\n",
-				api.FormatSize(ch.ChangedBytes), ch.ChangedBytes, len(ch.Extents), ch.From, to, api.FormatSize(ch.Size))
-			return nil
-		}),
+			return a.client.Changes(ctx, args[0], args[1], to)
+		}, a.printChanges),
 	}
+}
+
+// printChanges prints changed extents as a table and their total.
+func (a *app) printChanges(ch api.Changes) error {
+	t := a.table("OFFSET", "LENGTH")
+	for _, e := range ch.Extents {
+		t.row(strconv.FormatInt(e.Offset, 10), strconv.FormatInt(e.Length, 10))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	to := cmp.Or(ch.To, "live")
+	_, err := fmt.Fprintf(a.stdout, "total: %s (%d bytes) in %d extents changed from %s to %s, of %s\n",
+		api.FormatSize(ch.ChangedBytes), ch.ChangedBytes, len(ch.Extents), ch.From, to, api.FormatSize(ch.Size))
+	return err
 }
 
 func (a *app) snapshotCapacityCmd() *cobra.Command {
@@ -298,29 +270,28 @@ func (a *app) snapshotCapacityCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if a.output == "json" {
-					return a.printJSON(c)
-				}
-				return a.printChainCapacity(c)
+				return a.print(c, func() error { return a.printChainCapacity(c) })
 			}
 			c, err := a.client.Capacity(ctx)
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(c)
-			}
-			t := a.table("DISK", "SNAPSHOTS", "QUOTA", "STORED", "ENTRIES")
-			for _, ch := range c.Chains {
-				t.row(ch.Disk, strconv.Itoa(ch.Snapshots), strconv.Itoa(ch.Quota), formatBytes(ch.StoredBytes), strconv.FormatUint(ch.Entries, 10))
-			}
-			if err := t.flush(); err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout)
-			return a.printStoreStats(c.Store)
+			return a.print(c, func() error { return a.printCapacity(c) })
 		}),
 	}
+}
+
+// printCapacity prints every chain's capacity and the store's.
+func (a *app) printCapacity(c api.Capacity) error {
+	t := a.table("DISK", "SNAPSHOTS", "QUOTA", "STORED", "ENTRIES")
+	for _, ch := range c.Chains {
+		t.row(ch.Disk, strconv.Itoa(ch.Snapshots), strconv.Itoa(ch.Quota), formatBytes(ch.StoredBytes), strconv.FormatUint(ch.Entries, 10))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stdout)
+	return a.printStoreStats(c.Store)
 }
 
 func (a *app) printChainCapacity(c api.ChainCapacity) error {

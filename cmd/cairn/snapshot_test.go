@@ -88,7 +88,7 @@ func TestSnapshotCommands(t *testing.T) {
 	}
 	nbdWrite(t, in, "d", "write -P 0x44 512k 64k")
 	_, errs, code := cli(t, sock, "snapshot", "create", "d", "s3", "--wait")
-	if code != exitOK || !strings.Contains(errs, "snapshot d@s3: 100%\n") {
+	if code != exitOK || !strings.Contains(errs, "snapshot d@s3: 100% (64 KiB of 64 KiB)\n") {
 		t.Errorf("create --wait: exit %d, progress on stderr %q", code, errs)
 	}
 	ok(t, sock, "task", "list") // nothing yet, but it answers
@@ -206,4 +206,15 @@ func TestSnapshotCommands(t *testing.T) {
 		t.Errorf("after deletes:\n%q", rows)
 	}
 	ok(t, sock, "verify", "d")
+}
+
+func TestFormatHold(t *testing.T) {
+	for us, want := range map[float64]string{1.444: "1.4µs", 312.4: "312µs", 1500: "1.50ms", 2.5e6: "2.50s"} {
+		if got := formatHold(us); got != want {
+			t.Errorf("formatHold(%v) = %q, want %q", us, got, want)
+		}
+	}
+	if !strings.Contains(ratio(300, 100), "3.00x") || ratio(1, 0) != "" {
+		t.Errorf("ratio: %q %q", ratio(300, 100), ratio(1, 0))
+	}
 }

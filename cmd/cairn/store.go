@@ -31,16 +31,15 @@ func (a *app) verifyCmd() *cobra.Command {
 			if task, err = a.followTask(ctx, task); err != nil {
 				return err
 			}
-			if a.output == "json" {
-				if err := a.printJSON(task); err != nil {
-					return err
-				}
-			} else {
+			err = a.print(task, func() error {
 				res, err := verifyResult(task)
-				if err != nil {
-					return err
+				if err == nil {
+					a.printVerifyResult(res)
 				}
-				a.printVerifyResult(res)
+				return err
+			})
+			if err != nil {
+				return err
 			}
 			return taskFaults(task)
 		}),
@@ -67,16 +66,7 @@ func (a *app) storeCmd() *cobra.Command {
 		Use:   "stats",
 		Short: "Show the store's logical, stored and reclaimable bytes, and its dedup and compression ratios",
 		Args:  cobra.NoArgs,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			st, err := a.client.StoreStats(ctx)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(st)
-			}
-			return a.printStoreStats(st)
-		}),
+		RunE:  show(a, func(ctx context.Context, _ []string) (api.StoreStats, error) { return a.client.StoreStats(ctx) }, a.printStoreStats),
 	})
 }
 

@@ -20,32 +20,20 @@ func (a *app) taskCmd() *cobra.Command {
 		Aliases: []string{"ls"},
 		Short:   "List running tasks and the last finished ones",
 		Args:    cobra.NoArgs,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			tasks, err := a.client.Tasks(ctx)
-			if err != nil {
-				return err
-			}
-			if a.output == "json" {
-				return a.printJSON(tasks)
-			}
-			t := a.table("ID", "KIND", "DISK", "TARGET", "STATE", "PROGRESS", "CREATED")
-			for _, k := range tasks {
-				t.row(k.ID, k.Kind, orDash(k.Disk), orDash(k.Target), k.State, fmt.Sprintf("%.0f%%", k.Progress), k.Created.Local().Format(time.DateTime))
-			}
-			return t.flush()
-		}),
+		RunE: show(a, func(ctx context.Context, _ []string) ([]api.Task, error) { return a.client.Tasks(ctx) },
+			func(tasks []api.Task) error {
+				t := a.table("ID", "KIND", "DISK", "TARGET", "STATE", "PROGRESS", "CREATED")
+				for _, k := range tasks {
+					t.row(k.ID, k.Kind, orDash(k.Disk), orDash(k.Target), k.State, fmt.Sprintf("%.0f%%", k.Progress), k.Created.Local().Format(time.DateTime))
+				}
+				return t.flush()
+			}),
 	}, &cobra.Command{
 		Use:               "show ID",
 		Short:             "Show one task",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeTasks,
-		RunE: a.run(func(ctx context.Context, args []string) error {
-			task, err := a.client.Task(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return a.printTask(task)
-		}),
+		RunE:              show(a, func(ctx context.Context, args []string) (api.Task, error) { return a.client.Task(ctx, args[0]) }, a.printTask),
 	}, &cobra.Command{
 		Use:               "wait ID",
 		Short:             "Follow a task with a progress bar until it ends (exit 1 if it fails, or a verify finds faults)",
@@ -60,7 +48,7 @@ func (a *app) taskCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := a.printTask(task); err != nil {
+			if err := a.print(task, func() error { return a.printTask(task) }); err != nil {
 				return err
 			}
 			return taskFaults(task)
@@ -76,11 +64,8 @@ func orDash(s string) string {
 }
 
 // printTask prints a task as key/value lines (a verify's faults after
-// them) or JSON.
+// them).
 func (a *app) printTask(k api.Task) error {
-	if a.output == "json" {
-		return a.printJSON(k)
-	}
 	t := a.table()
 	t.row("ID:", k.ID)
 	t.row("Kind:", k.Kind)
@@ -159,4 +144,32 @@ func (a *app) completeTasks(cmd *cobra.Command, args []string, toComplete string
 		ids = append(ids, k.ID+"\t"+k.Kind+" "+k.State)
 	}
 	return ids, cobra.ShellCompDirectiveNoFileComp
+}
+
+// followTask follows a task until it finishes and returns it as it ended.
+// A failed task is returned with an error stating its Error.
+func (a *app) followTask(ctx context.Context, t api.Task) (api.Task, error) {
+	label := t.Kind
+	if t.Disk != "" {
+		label += " " + t.Disk
+		if t.Target != "" {
+			label += "@" + t.Target
+		}
+	}
+	return follow(ctx, a, label, "cairn task wait "+t.ID, t,
+		func(ctx context.Context) (api.Task, error) { return a.client.Task(ctx, t.ID) }, taskStatus)
+}
+
+// taskStatus is a task as a display sees it. Tasks report units of their
+// own (blocks, chunks), not bytes.
+func taskStatus(t api.Task) status {
+	s := status{state: workRunning, percent: t.Progress, message: t.Message}
+	switch t.State {
+	case api.TaskDone:
+		s.state = workDone
+	case api.TaskFailed:
+		s.state = workFailed
+		s.err = fmt.Errorf("task %s (%s) failed: %s", t.ID, t.Kind, orNoReason(t.Error))
+	}
+	return s
 }

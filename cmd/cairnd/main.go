@@ -29,7 +29,7 @@ const (
 
 // run is cairnd's whole life; it returns the exit code.
 func run(args []string, stderr io.Writer) int {
-	cfg, err := parseConfig(args, stderr)
+	cfg, warnings, err := parseConfig(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}
@@ -38,12 +38,17 @@ func run(args []string, stderr io.Writer) int {
 		return exitOK
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "cairnd: %v\n", err)
+		for _, e := range unjoin(err) { // each refused setting on a line of its own
+			fmt.Fprintf(stderr, "cairnd: %v\n", e)
+		}
 		return exitUsage
 	}
 	defer startProfile(stderr)()
 	logger := newLogger(cfg, stderr) // the journal under systemd (systemd.go)
 	cfg.Logger = logger
+	for _, w := range warnings {
+		logger.Warn(w)
+	}
 	svc, err := setupService(&cfg, logger) // activated sockets, sd_notify
 	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
@@ -69,83 +74,92 @@ func run(args []string, stderr io.Writer) int {
 
 var errVersion = errors.New("version requested")
 
-// parseConfig reads the config file (--config) and lets the flags that were
-// given override it, then validates the result.
-func parseConfig(args []string, stderr io.Writer) (daemon.Config, error) {
+// commandLine is cairnd's flags: one per daemon.Setting, and --config and
+// --version.
+type commandLine struct {
+	fs       *flag.FlagSet
+	settings *daemon.Flags
+	config   *string
+	version  *bool
+}
+
+func newCommandLine(stderr io.Writer) *commandLine {
 	fs := flag.NewFlagSet("cairnd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var (
-		configPath = fs.String("config", "", "TOML config file (docs/config.md); flags override it")
-		dataDir    = fs.String("data-dir", "", "data directory (default $STATE_DIRECTORY, else /var/lib/cairn)")
-		apiSocket  = fs.String("api-socket", "", "control API Unix socket (default $RUNTIME_DIRECTORY/cairn.sock, else DATA_DIR/cairn.sock)")
-		nbdSocket  = fs.String("nbd-socket", "", "NBD Unix socket (default $RUNTIME_DIRECTORY/nbd.sock, else DATA_DIR/nbd.sock)")
-		nbdListen  = fs.String("nbd-listen", "", "also serve NBD on this TCP host:port (loopback only until TLS exists)")
-		logLevel   = fs.String("log-level", "", "debug, info, warn or error (default info)")
-		logFormat  = fs.String("log-format", "", "text or json (default text)")
-		timeout    = fs.Duration("shutdown-timeout", 0, "bound on a graceful shutdown (default 5s)")
-		version    = fs.Bool("version", false, "print the version and exit")
-		quota      = fs.Int("snapshot-quota", 0, "most snapshots per disk (default 64)")
-		reserve    = fs.String("store-reserve", "", "free space the snapshot store leaves on its filesystem (default 256M)")
-		share      = fs.Float64("copy-out-share", 0, "share of time snapshot copy-out may run while the disk is busy, 0.01-1 (default 0.1)")
-		redirect   = fs.Bool("redirect-on-write", true, "while a snapshot copies out, redirect writes to blocks it still needs to side files; =false copies the old pages to the journal first (docs/design.md)")
-		journalMax = fs.String("journal-max", "", "most space each disk's copy-before-write journal may take while snapshots copy out (default 1G)")
-		fuse       = fs.Bool("fuse", true, "mount disks and snapshots as files on --fuse-dir (docs/fuse.md)")
-		fuseDir    = fs.String("fuse-dir", "", "where the FUSE view is mounted (default $RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse)")
-	)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: cairnd [flags]\n\nServes Cairn's disks over NBD and the control API. Flags:\n")
-		fs.PrintDefaults()
+	c := &commandLine{
+		fs:       fs,
+		config:   fs.String("config", "", "TOML file with the settings' keys (docs/config.md); a flag given overrides it"),
+		version:  fs.Bool("version", false, "print the version and exit"),
+		settings: daemon.AddFlags(fs),
 	}
-	if err := fs.Parse(args); err != nil {
-		return daemon.Config{}, err
+	fs.Usage = c.usage
+	return c
+}
+
+// usage lists --config, the settings in their order, and --version.
+func (c *commandLine) usage() {
+	w := c.fs.Output()
+	fmt.Fprintf(w, "Usage: cairnd [flags]\n\nServes Cairn's disks over NBD and the control API. Flags:\n")
+	show := func(name, arg string) {
+		if arg != "" {
+			arg = " " + arg
+		}
+		fmt.Fprintf(w, "  --%s%s\n    \t%s\n", name, arg, c.fs.Lookup(name).Usage)
 	}
-	if *version {
-		return daemon.Config{}, errVersion
+	show("config", "FILE")
+	for _, s := range daemon.Settings {
+		show(s.Flag, s.Arg)
 	}
-	if fs.NArg() > 0 {
-		return daemon.Config{}, fmt.Errorf("unexpected argument %q: cairnd takes only flags (see cairnd --help)", fs.Arg(0))
+	show("version", "")
+}
+
+// parseConfig reads the config file (--config), lays the flags given over
+// it and validates the result: flag over config file over default. It
+// also returns what reading the file warned about, for the log.
+func parseConfig(args []string, stderr io.Writer) (daemon.Config, []string, error) {
+	c := newCommandLine(stderr)
+	if err := c.fs.Parse(args); err != nil {
+		return daemon.Config{}, nil, err
 	}
-	var cfg daemon.Config
-	if *configPath != "" {
+	if *c.version {
+		return daemon.Config{}, nil, errVersion
+	}
+	if c.fs.NArg() > 0 {
+		return daemon.Config{}, nil, fmt.Errorf("unexpected argument %q: cairnd takes only flags (see cairnd --help)", c.fs.Arg(0))
+	}
+	var file daemon.ConfigFile
+	if *c.config != "" {
 		var err error
-		if cfg, err = daemon.LoadConfigFile(*configPath); err != nil {
-			return daemon.Config{}, err
+		if file, err = daemon.LoadConfigFile(*c.config); err != nil {
+			return daemon.Config{}, nil, err
 		}
 	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "data-dir":
-			cfg.DataDir = *dataDir
-		case "api-socket":
-			cfg.APISocket = *apiSocket
-		case "nbd-socket":
-			cfg.NBDSocket = *nbdSocket
-		case "nbd-listen":
-			cfg.NBDListen = *nbdListen
-		case "log-level":
-			cfg.LogLevel = *logLevel
-		case "log-format":
-			cfg.LogFormat = *logFormat
-		case "shutdown-timeout":
-			cfg.ShutdownTimeout = daemon.Duration(*timeout)
-		case "fuse":
-			cfg.FUSE = fuse
-		case "fuse-dir":
-			cfg.FUSEDir = *fuseDir
-		case "snapshot-quota":
-			cfg.SnapshotQuota = *quota
-		case "store-reserve":
-			cfg.StoreReserve = *reserve
-		case "copy-out-share":
-			cfg.CopyOutShare = *share
-		case "redirect-on-write":
-			cfg.RedirectOnWrite = redirect
-		case "journal-max":
-			cfg.JournalMax = *journalMax
-		}
-	})
+	cfg := c.settings.Over(file.Config)
 	if cfg.FUSE == nil {
-		cfg.FUSE = fuse // on unless the config file or --fuse says otherwise
+		on := true // cairnd's default (an embedded daemon's is off)
+		cfg.FUSE = &on
 	}
-	return cfg, cfg.Validate()
+	err := cfg.Validate()
+	// Name where each refused value came from: the flag, else the file.
+	for _, e := range unjoin(err) {
+		var se *daemon.SettingError
+		if errors.As(e, &se) {
+			se.FromFlag = c.settings.Given(se.Flag)
+			if !se.FromFlag && file.Set(se.Key) {
+				se.FromFile = file.Path
+			}
+		}
+	}
+	return cfg, file.Warnings, err
+}
+
+// unjoin returns the errors that errors.Join joined into err.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
 }

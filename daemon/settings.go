@@ -1,0 +1,353 @@
+package daemon
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/cairn-storage/cairn/cow"
+)
+
+// Setting is one of cairnd's settings, declared once in Settings: from it
+// come the flag (AddFlags), the config-file key (LoadConfigFile), the
+// check and the names in its error (Validate), and the row in
+// docs/config.md (a test compares them).
+type Setting struct {
+	Flag    string // the command-line flag, without dashes
+	Arg     string // what the flag's value is, as help and docs/config.md write it; "" for a bool
+	Key     string // the config file's key
+	Default string // as documented; "" for none (the feature is off)
+	Doc     string // one line
+
+	field func(c *Config) any  // a pointer to the setting's field of c
+	check func(c Config) error // why the value (defaults filled) is refused; nil accepts any
+}
+
+// Settings are cairnd's settings, in the order docs/config.md and
+// cairnd --help list them.
+var Settings = []Setting{
+	{Flag: "data-dir", Arg: "PATH", Key: "data_dir", Default: "$STATE_DIRECTORY, else /var/lib/cairn",
+		Doc:   "data directory: the lock, the store and the live images of new disks",
+		field: func(c *Config) any { return &c.DataDir }},
+	{Flag: "api-socket", Arg: "PATH", Key: "api_socket", Default: "$RUNTIME_DIRECTORY/cairn.sock, else DATA_DIR/cairn.sock",
+		Doc:   "the control API's Unix socket",
+		field: func(c *Config) any { return &c.APISocket },
+		check: func(c Config) error { return socketPathFits(c.APISocket, c.APIListener) }},
+	{Flag: "nbd-socket", Arg: "PATH", Key: "nbd_socket", Default: "$RUNTIME_DIRECTORY/nbd.sock, else DATA_DIR/nbd.sock",
+		Doc:   "the NBD Unix socket",
+		field: func(c *Config) any { return &c.NBDSocket },
+		check: func(c Config) error { return socketPathFits(c.NBDSocket, c.NBDListener) }},
+	{Flag: "nbd-listen", Arg: "ADDR", Key: "nbd_listen",
+		Doc:   "also serve NBD on this TCP host:port, loopback only until NBD over TLS exists",
+		field: func(c *Config) any { return &c.NBDListen },
+		check: func(c Config) error {
+			if c.NBDListen == "" || c.NBDTCPListener != nil {
+				return nil
+			}
+			return checkLoopback(c.NBDListen)
+		}},
+	{Flag: "log-level", Arg: "LEVEL", Key: "log_level", Default: "info",
+		Doc:   "debug, info, warn or error",
+		field: func(c *Config) any { return &c.LogLevel },
+		check: func(c Config) error { _, err := ParseLogLevel(c.LogLevel); return err }},
+	{Flag: "log-format", Arg: "FORMAT", Key: "log_format", Default: "text",
+		Doc:   "text or json",
+		field: func(c *Config) any { return &c.LogFormat },
+		check: func(c Config) error {
+			if c.LogFormat != "text" && c.LogFormat != "json" {
+				return errors.New("must be text or json")
+			}
+			return nil
+		}},
+	{Flag: "shutdown-timeout", Arg: "DURATION", Key: "shutdown_timeout", Default: DefaultShutdownTimeout.String(),
+		Doc:   "bound on a graceful shutdown; after it NBD connections are cut",
+		field: func(c *Config) any { return &c.ShutdownTimeout },
+		check: func(c Config) error {
+			if c.ShutdownTimeout < 0 {
+				return errors.New("must not be negative")
+			}
+			return nil
+		}},
+	{Flag: "copy-out-share", Arg: "SHARE", Key: "copy_out_share", Default: strconv.FormatFloat(cow.DefaultCopyOutShare, 'g', -1, 64),
+		Doc:   "share of time, 0.01 to 1, a snapshot's copy-out may run while its disk has guest I/O",
+		field: func(c *Config) any { return &c.CopyOutShare },
+		check: func(c Config) error {
+			switch share := c.CopyOutShare; {
+			case share < 0 || share > 1:
+				return errors.New("must be from 0.01 to 1 (0 for the default)")
+			case share > 0 && share < 0.01:
+				return errors.New("must be at least 0.01, or copy-out would never finish on a busy disk")
+			}
+			return nil
+		}},
+	{Flag: "snapshot-quota", Arg: "N", Key: "snapshot_quota", Default: strconv.Itoa(DefaultSnapshotQuota),
+		Doc:   "most snapshots one disk's chain may hold, 1 to 65536",
+		field: func(c *Config) any { return &c.SnapshotQuota },
+		check: func(c Config) error {
+			if c.SnapshotQuota < 1 || c.SnapshotQuota > 65536 {
+				return errors.New("must be from 1 to 65536")
+			}
+			return nil
+		}},
+	{Flag: "store-reserve", Arg: "SIZE", Key: "store_reserve", Default: "256M",
+		Doc:   "free space the snapshot store leaves on its filesystem",
+		field: func(c *Config) any { return &c.StoreReserve },
+		check: func(c Config) error { _, err := c.storeReserve(); return err }},
+	{Flag: "fuse", Key: "fuse", Default: "true",
+		Doc:   "mount disks and snapshots as files on the FUSE directory (docs/fuse.md); =false runs without",
+		field: func(c *Config) any { return &c.FUSE }},
+	{Flag: "fuse-dir", Arg: "PATH", Key: "fuse_dir", Default: "$RUNTIME_DIRECTORY/fuse, else DATA_DIR/fuse",
+		Doc:   "where the FUSE view is mounted",
+		field: func(c *Config) any { return &c.FUSEDir }},
+}
+
+// removedKeys are config-file keys of settings that no longer exist, with
+// why. A file that still has one is read with a warning rather than
+// refused, so that an upgrade does not stop cairnd.
+var removedKeys = map[string]string{
+	"journal_max":       "redirect-on-write is now the only write strategy, so there is no copy-before-write journal to bound",
+	"redirect_on_write": "redirect-on-write is now the only write strategy",
+}
+
+func settingByKey(key string) (Setting, bool) {
+	i := slices.IndexFunc(Settings, func(s Setting) bool { return s.Key == key })
+	if i < 0 {
+		return Setting{}, false
+	}
+	return Settings[i], true
+}
+
+// Usage is the setting's line in cairnd --help.
+func (s Setting) Usage() string {
+	def := ""
+	if s.Default != "" {
+		def = "default " + s.Default + "; "
+	}
+	return fmt.Sprintf("%s (%s%s in the config file)", s.Doc, def, s.Key)
+}
+
+// SettingError is a setting's value that Validate refuses. It names the
+// setting's flag and key; a program that knows where the value came from
+// says so (FromFlag, FromFile), and the error names only that.
+type SettingError struct {
+	Flag, Key string
+	Value     string // as Go writes it (quoted when text)
+	Err       error  // why it is refused
+	FromFlag  bool   // the value was given on the command line
+	FromFile  string // else: the config file that set it
+}
+
+func (e *SettingError) Error() string {
+	switch {
+	case e.FromFlag:
+		return fmt.Sprintf("--%s %s: %v", e.Flag, e.Value, e.Err)
+	case e.FromFile != "":
+		return fmt.Sprintf("config file %s: %s = %s: %v", e.FromFile, e.Key, e.Value, e.Err)
+	}
+	return fmt.Sprintf("--%s %s (%s in the config file): %v", e.Flag, e.Value, e.Key, e.Err)
+}
+
+func (e *SettingError) Unwrap() error { return e.Err }
+
+// checkSettings runs every setting's check on c (defaults filled).
+func checkSettings(c Config) []error {
+	var errs []error
+	for _, s := range Settings {
+		if s.check == nil {
+			continue
+		}
+		if err := s.check(c); err != nil {
+			errs = append(errs, &SettingError{Flag: s.Flag, Key: s.Key, Value: fieldValue{s.field(&c)}.quoted(), Err: err})
+		}
+	}
+	return errs
+}
+
+// Flags are the settings' flags on one flag.FlagSet.
+type Flags struct {
+	fs    *flag.FlagSet
+	given Config // what the flags given say
+}
+
+// AddFlags defines a flag on fs for every setting. After fs.Parse, Over
+// lays the flags given over a config file's values.
+func AddFlags(fs *flag.FlagSet) *Flags {
+	f := &Flags{fs: fs}
+	for _, s := range Settings {
+		fs.Var(fieldValue{s.field(&f.given)}, s.Flag, s.Usage())
+	}
+	return f
+}
+
+// Over returns cfg with the value of every setting whose flag was given
+// in place of cfg's: flag over config file over default.
+func (f *Flags) Over(cfg Config) Config {
+	for _, s := range Settings {
+		if f.Given(s.Flag) {
+			// Both are pointers to the same field type.
+			reflect.ValueOf(s.field(&cfg)).Elem().Set(reflect.ValueOf(s.field(&f.given)).Elem())
+		}
+	}
+	return cfg
+}
+
+// Given reports whether the flag was on the command line.
+func (f *Flags) Given(name string) bool {
+	given := false
+	f.fs.Visit(func(fl *flag.Flag) { given = given || fl.Name == name })
+	return given
+}
+
+// fieldValue is a flag.Value over one of Config's fields (a pointer).
+type fieldValue struct{ p any }
+
+func (v fieldValue) Set(s string) error {
+	switch p := v.p.(type) {
+	case *string:
+		*p = s
+	case *int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return errors.New("not a whole number")
+		}
+		*p = n
+	case *float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return errors.New("not a number")
+		}
+		*p = f
+	case *Duration:
+		return p.UnmarshalText([]byte(s))
+	case **bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("not true or false")
+		}
+		*p = &b
+	default:
+		panic(fmt.Sprintf("daemon: setting of type %T has no flag", v.p))
+	}
+	return nil
+}
+
+// String is the value, "" when it is its type's zero (flag's help then
+// prints no default of its own: Usage has the documented one).
+func (v fieldValue) String() string {
+	if v.p == nil || reflect.ValueOf(v.p).Elem().IsZero() {
+		return ""
+	}
+	return v.text()
+}
+
+// text is the value as Go writes it.
+func (v fieldValue) text() string {
+	if p, ok := v.p.(**bool); ok {
+		if *p == nil {
+			return "unset"
+		}
+		return strconv.FormatBool(**p)
+	}
+	return fmt.Sprint(reflect.ValueOf(v.p).Elem().Interface())
+}
+
+// quoted is the value as an error shows it: text quoted.
+func (v fieldValue) quoted() string {
+	if p, ok := v.p.(*string); ok {
+		return strconv.Quote(*p)
+	}
+	return v.text()
+}
+
+// IsBoolFlag lets a bool setting's flag stand alone (--fuse).
+func (v fieldValue) IsBoolFlag() bool {
+	_, ok := v.p.(**bool)
+	return ok
+}
+
+// ConfigFile is what a config file said.
+type ConfigFile struct {
+	Config   Config
+	Path     string
+	Keys     []string // the settings it set, in its order
+	Warnings []string // about keys it has that are ignored
+}
+
+// Set reports whether the file set the setting with this key.
+func (f ConfigFile) Set(key string) bool { return slices.Contains(f.Keys, key) }
+
+// LoadConfigFile reads a TOML config file. A key that is no setting is an
+// error, except the keys of removed settings, which are ignored with a
+// warning.
+func LoadConfigFile(path string) (ConfigFile, error) {
+	f := ConfigFile{Path: path}
+	var raw map[string]toml.Primitive
+	md, err := toml.DecodeFile(path, &raw)
+	if err != nil {
+		return f, fmt.Errorf("config file %s: %w", path, err)
+	}
+	var unknown []string
+	for _, k := range md.Keys() {
+		if len(k) > 1 {
+			continue // inside a table: the table itself is unknown
+		}
+		key := k[0]
+		s, ok := settingByKey(key)
+		switch {
+		case ok:
+			if err := md.PrimitiveDecode(raw[key], s.field(&f.Config)); err != nil {
+				return f, fmt.Errorf("config file %s: %s: %w", path, key, err)
+			}
+			f.Keys = append(f.Keys, key)
+		case removedKeys[key] != "":
+			f.Warnings = append(f.Warnings, fmt.Sprintf("config file %s: %s was removed and is ignored: %s", path, key, removedKeys[key]))
+		default:
+			unknown = append(unknown, key)
+		}
+	}
+	if len(unknown) > 0 {
+		return f, fmt.Errorf("config file %s: unknown key(s) %s (see docs/config.md)", path, strings.Join(unknown, ", "))
+	}
+	return f, nil
+}
+
+// maxSocketPath is the room in sockaddr_un.sun_path (108 bytes less the NUL).
+const maxSocketPath = 107
+
+// socketPathFits checks a socket path that cairnd will listen on (not
+// when it was given a listener).
+func socketPathFits(path string, given net.Listener) error {
+	if given == nil && len(path) > maxSocketPath {
+		return fmt.Errorf("a Unix socket path is limited to %d bytes; choose a shorter path", maxSocketPath)
+	}
+	return nil
+}
+
+// checkLoopback accepts host:port addresses whose host is a loopback IP
+// or "localhost". NBD over TCP carries disk contents in clear text and
+// unauthenticated until TLS is implemented, so nothing else may listen.
+func checkLoopback(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port, such as 127.0.0.1:10809: %v", err)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("bad port %q", port)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return errors.New("NBD over TLS is not implemented yet, so only a loopback address (127.0.0.1, [::1] or localhost) is allowed")
+	}
+	return nil
+}
