@@ -93,7 +93,7 @@ func groupOneInstant(t *testing.T, disks int) {
 		for i, v := range vols {
 			group[i] = Member{Volume: v, Meta: SnapshotMeta{Name: name, Kind: "manual"}}
 		}
-		if _, err := CreateSnapshots(ctx, group, nil); err != nil {
+		if _, err := CreateSnapshots(ctx, group, GroupOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		names = append(names, name)
@@ -140,7 +140,7 @@ func TestGroupSnapshotAtomic(t *testing.T) {
 		}
 	}
 	group := []Member{{vols[0], SnapshotMeta{Name: "a"}}, {vols[1], SnapshotMeta{Name: "a"}}, {vols[2], SnapshotMeta{Name: "a"}}}
-	if _, err := CreateSnapshots(ctx, group, map[string]any{"test/group": map[string]string{"name": "a"}}); err != nil {
+	if _, err := CreateSnapshots(ctx, group, GroupOptions{Records: map[string]any{"test/group": map[string]string{"name": "a"}}}); err != nil {
 		t.Fatal(err)
 	}
 	var rec map[string]string
@@ -152,7 +152,7 @@ func TestGroupSnapshotAtomic(t *testing.T) {
 		t.Fatal(err)
 	}
 	group = []Member{{vols[0], SnapshotMeta{Name: "b"}}, {vols[1], SnapshotMeta{Name: "b"}}, {vols[2], SnapshotMeta{Name: "b"}}}
-	if _, err := CreateSnapshots(ctx, group, nil); err == nil {
+	if _, err := CreateSnapshots(ctx, group, GroupOptions{}); err == nil {
 		t.Fatal("a group with a taken name was taken")
 	}
 	for i, v := range vols[:2] {
@@ -160,7 +160,7 @@ func TestGroupSnapshotAtomic(t *testing.T) {
 			t.Fatalf("volume %d kept a member of a failed group", i)
 		}
 	}
-	if _, err := CreateSnapshots(ctx, []Member{{vols[0], SnapshotMeta{Name: "c"}}, {vols[0], SnapshotMeta{Name: "d"}}}, nil); err == nil {
+	if _, err := CreateSnapshots(ctx, []Member{{vols[0], SnapshotMeta{Name: "c"}}, {vols[0], SnapshotMeta{Name: "d"}}}, GroupOptions{}); err == nil {
 		t.Fatal("a group naming one volume twice was taken")
 	}
 }
@@ -221,7 +221,7 @@ func groupCrashChild(dir string) {
 		for j, v := range vols {
 			group[j] = Member{Volume: v, Meta: SnapshotMeta{Name: name, Kind: "manual"}}
 		}
-		if _, err := CreateSnapshots(ctx, group, nil); err != nil {
+		if _, err := CreateSnapshots(ctx, group, GroupOptions{}); err != nil {
 			fmt.Fprintln(os.Stderr, "child group:", err)
 			os.Exit(5)
 		}

@@ -17,7 +17,7 @@ import (
 // snapshot's record is durable on return; the snapshot is `copying` until
 // its blocks are in the store.
 func (v *Volume) CreateSnapshot(ctx context.Context, meta SnapshotMeta) (SnapshotInfo, error) {
-	infos, err := CreateSnapshots(ctx, []Member{{Volume: v, Meta: meta}}, nil)
+	infos, err := CreateSnapshots(ctx, []Member{{Volume: v, Meta: meta}}, GroupOptions{})
 	if err != nil {
 		return SnapshotInfo{}, err
 	}
@@ -30,19 +30,31 @@ type Member struct {
 	Meta   SnapshotMeta
 }
 
+// GroupOptions are CreateSnapshots' options.
+type GroupOptions struct {
+	// Records are written in the store transaction that commits the
+	// group (keys of store/recordkeys.go, JSON values).
+	Records map[string]any
+	// Sealed, if set, runs right after the instant, before the live
+	// images are synced and the group committed: a guest frozen for the
+	// snapshot can be thawed there, so the freeze lasts microseconds plus
+	// the writes in flight, not the syncs.
+	Sealed func()
+}
+
 // CreateSnapshots takes one snapshot of every member's volume at one
 // instant: no write acknowledged after the instant is in any of them, and
 // every write acknowledged before it is in all of them (DESIGN.md
 // invariant 1 for a group). The volumes must share one store. The members'
-// records and the caller's records (keys of store/recordkeys.go) are
-// written in one store transaction, so the group is committed whole or
-// not at all, durably before it returns. On error no snapshot was taken.
+// records and opts.Records are written in one store transaction, so the
+// group is committed whole or not at all, durably before it returns. On
+// error no snapshot was taken.
 //
 // The instant: every volume's writes are held (a write arriving then
 // waits) for as long as it takes to seal all their epochs, microseconds
 // per volume; writes already in flight are not waited for and belong to
 // the snapshots.
-func CreateSnapshots(ctx context.Context, group []Member, records map[string]any) ([]SnapshotInfo, error) {
+func CreateSnapshots(ctx context.Context, group []Member, opts GroupOptions) ([]SnapshotInfo, error) {
 	if err := checkGroup(group); err != nil {
 		return nil, err
 	}
@@ -91,6 +103,9 @@ func CreateSnapshots(ctx context.Context, group []Member, records map[string]any
 		}
 	}
 	hold := time.Since(t0)
+	if opts.Sealed != nil {
+		opts.Sealed()
+	}
 	// Writes of the old epochs still in flight finish before the live
 	// images are synced for the snapshots; only reads of their pending
 	// blocks wait for them too.
@@ -103,7 +118,7 @@ func CreateSnapshots(ctx context.Context, group []Member, records map[string]any
 		sl.s.rec.Written = sl.s.total
 		sl.v.mu.Unlock()
 	}
-	if err := commitSeals(seals, records); err != nil {
+	if err := commitSeals(seals, opts.Records); err != nil {
 		for _, sl := range seals {
 			sl.v.abandonSeal(sl)
 		}

@@ -59,6 +59,15 @@ type Config struct {
 	// while its disk has guest I/O (default 0.1; 1 = flat out always).
 	// Idle disks copy out at full speed.
 	CopyOutShare float64
+	// FreezeTimeout bounds how long a guest's filesystems stay frozen
+	// for a machine snapshot (default 10s, as Windows VSS allows): past
+	// it cairnd thaws them and the snapshot is crash-consistent (or, when
+	// filesystem consistency was required, fails).
+	FreezeTimeout Duration
+	// AgentSocketDirs are the directories (comma-separated) whose Unix
+	// sockets a machine's agent_socket may name; "" means
+	// $RUNTIME_DIRECTORY/agents, else DATA_DIR/agents.
+	AgentSocketDirs string
 
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger
@@ -107,6 +116,20 @@ func (c Config) storeReserve() (uint64, error) {
 // fuseOn reports whether the FUSE view is wanted.
 func (c Config) fuseOn() bool { return c.FUSE != nil && *c.FUSE }
 
+// DefaultFreezeTimeout bounds a guest's freeze unless configured.
+const DefaultFreezeTimeout = 10 * time.Second
+
+// agentSocketDirs lists AgentSocketDirs (defaults filled).
+func (c Config) agentSocketDirs() []string {
+	var out []string
+	for _, d := range strings.Split(c.AgentSocketDirs, ",") {
+		if d = strings.TrimSpace(d); d != "" {
+			out = append(out, filepath.Clean(d))
+		}
+	}
+	return out
+}
+
 // DefaultShutdownTimeout bounds a graceful shutdown unless configured.
 const DefaultShutdownTimeout = 5 * time.Second
 
@@ -151,6 +174,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FUSEDir == "" {
 		c.FUSEDir = filepath.Join(sockDir, "fuse")
 	}
+	if c.AgentSocketDirs == "" {
+		c.AgentSocketDirs = filepath.Join(sockDir, "agents")
+	}
 	for _, p := range []*string{&c.APISocket, &c.NBDSocket, &c.FUSEDir} {
 		if *p, err = filepath.Abs(*p); err != nil {
 			return c, err
@@ -164,6 +190,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(DefaultShutdownTimeout)
+	}
+	if c.FreezeTimeout == 0 {
+		c.FreezeTimeout = Duration(DefaultFreezeTimeout)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

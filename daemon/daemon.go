@@ -83,6 +83,8 @@ type Daemon struct {
 	mu sync.Mutex
 	// disks by name; guarded by mu, as is every Disk's mutable state.
 	disks map[string]*Disk
+	// machines by name (machine.go); guarded by mu.
+	machines map[string]*machine
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
 	tasks  taskList
@@ -143,6 +145,10 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.loadDisks(); err != nil {
 		return nil, err
 	}
+	if err := d.loadMachines(); err != nil {
+		return nil, err
+	}
+	d.thawLeftovers()
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}

@@ -26,6 +26,10 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 	if err == nil && k.deleting {
 		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
 	}
+	if m := d.machineOf(name); err == nil && m != nil {
+		err = errorf(block.ErrInUse, "disk %q belongs to machine %q: take it out of the machine first (cairn machine set %s --disks ...), or delete the machine with its disks (cairn machine delete %s --with-disks)",
+			name, m.rec.Name, m.rec.Name, m.rec.Name)
+	}
 	if err == nil && !opts.Force && k.clients(nil) > 0 {
 		err = errorf(block.ErrInUse, "disk %q has %d connected NBD client(s): disconnect them, or delete with force to disconnect them", name, k.clients(nil))
 	}

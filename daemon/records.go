@@ -3,6 +3,7 @@ package daemon
 import (
 	"time"
 
+	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/store"
 )
 
@@ -10,7 +11,10 @@ import (
 // store/recordkeys.go). This file is their wire format; change it only
 // compatibly.
 //
-//	store.DiskKey(name)  diskRecord   one per disk
+//	store.DiskKey(name)                    diskRecord         one per disk
+//	store.MachineKey(name)                 machineRecord      one per machine
+//	store.MachineSnapshotKey(id, name)     machineSnapRecord  one per machine snapshot
+//	store.FreezeKey(id)                    freezeRecord       while cairnd has a guest frozen
 //
 // The sequence store.DiskIDSequence numbers disks; an id is never reused,
 // so DATA_DIR/disks/<id>.raw never names two disks.
@@ -33,4 +37,49 @@ type diskRecord struct {
 	// Adopted is the absolute path of an adopted live image; empty for a
 	// disk whose live image is DATA_DIR/disks/<id>.raw.
 	Adopted string `json:"adopted,omitempty"`
+}
+
+// machineRecord is what the daemon keeps about a machine.
+type machineRecord struct {
+	ID          uint64      `json:"id"`
+	Name        string      `json:"name"`
+	Disks       []string    `json:"disks"` // disk names, in order
+	Config      *api.Config `json:"config,omitempty"`
+	AgentSocket string      `json:"agent_socket,omitempty"`
+	Description string      `json:"description,omitempty"`
+	Created     time.Time   `json:"created"`
+}
+
+// machineSnapRecord is one machine snapshot. It is written in the same
+// store transaction as its members' snapshot records, so it exists
+// exactly when they all do.
+type machineSnapRecord struct {
+	Name        string         `json:"name"`
+	Description string         `json:"description,omitempty"`
+	Created     time.Time      `json:"created"`
+	Requested   string         `json:"requested"`
+	Consistency string         `json:"consistency"`
+	Reason      string         `json:"reason,omitempty"` // why it is less consistent than requested
+	FrozenNS    int64          `json:"frozen_ns,omitempty"`
+	HoldNS      int64          `json:"hold_ns"`
+	Members     []memberRecord `json:"members"`
+	Config      *api.Config    `json:"config,omitempty"`
+	// Deleting: a delete began; the next start finishes it.
+	Deleting bool `json:"deleting,omitempty"`
+}
+
+// memberRecord is one disk's snapshot in a machine snapshot.
+type memberRecord struct {
+	Disk     string `json:"disk"`
+	DiskID   uint64 `json:"disk_id"`
+	Snapshot string `json:"snapshot"`
+}
+
+// freezeRecord says cairnd froze a guest's filesystems and has not yet
+// seen them thawed: written (durably) before the freeze, deleted after
+// the thaw; a start that finds one thaws the guest first.
+type freezeRecord struct {
+	Machine     string    `json:"machine"`
+	AgentSocket string    `json:"agent_socket"`
+	Since       time.Time `json:"since"`
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
 
@@ -17,6 +18,35 @@ const settleTimeout = time.Second
 // the live disk must be gone (force disconnects them); no new ones connect
 // until the rollback ends.
 func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (api.Task, error) {
+	p, err := d.prepareRollback(ctx, disk, snap, force)
+	if err != nil {
+		return api.Task{}, err
+	}
+	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
+	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
+		defer p.done()
+		defer d.fuseChanged(disk)
+		err := p.vol.Rollback(ctx, snap, progress)
+		if err != nil {
+			d.log.Error("rollback failed", "disk", disk, "snapshot", snap, "err", err)
+		} else {
+			d.log.Info("rollback done", "disk", disk, "snapshot", snap)
+		}
+		return nil, err
+	}), nil
+}
+
+// rollbackPrep is a disk ready to be rolled back: its live export has no
+// clients and refuses new ones until done is called.
+type rollbackPrep struct {
+	disk string
+	vol  *cow.Volume
+	done func()
+}
+
+// prepareRollback checks that disk can be rolled back to snap now and
+// closes its live export to new clients (done reopens it).
+func (d *Daemon) prepareRollback(ctx context.Context, disk, snap string, force bool) (*rollbackPrep, error) {
 	d.settleLiveClients(ctx, disk)
 	d.mu.Lock()
 	k, err := d.liveDisk(disk)
@@ -28,7 +58,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 	}
 	if err != nil {
 		d.mu.Unlock()
-		return api.Task{}, err
+		return nil, err
 	}
 	vol := k.vol
 	k.rollingBack = true
@@ -49,20 +79,9 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 	}
 	if err != nil {
 		done()
-		return api.Task{}, fmt.Errorf("rollback %s to %s: %w", disk, snap, err)
+		return nil, fmt.Errorf("rollback %s to %s: %w", disk, snap, err)
 	}
-	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
-	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
-		defer done()
-		defer d.fuseChanged(disk)
-		err := vol.Rollback(ctx, snap, progress)
-		if err != nil {
-			d.log.Error("rollback failed", "disk", disk, "snapshot", snap, "err", err)
-		} else {
-			d.log.Info("rollback done", "disk", disk, "snapshot", snap)
-		}
-		return nil, err
-	}), nil
+	return &rollbackPrep{disk: disk, vol: vol, done: done}, nil
 }
 
 // settleLiveClients waits up to settleTimeout for the holders of a disk's

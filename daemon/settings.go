@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -101,6 +103,26 @@ var Settings = []Setting{
 		Doc:   "free space the snapshot store leaves on its filesystem",
 		field: func(c *Config) any { return &c.StoreReserve },
 		check: func(c Config) error { _, err := c.storeReserve(); return err }},
+	{Flag: "freeze-timeout", Arg: "DURATION", Key: "freeze_timeout", Default: DefaultFreezeTimeout.String(),
+		Doc:   "longest a guest's filesystems stay frozen for a machine snapshot; past it they are thawed",
+		field: func(c *Config) any { return &c.FreezeTimeout },
+		check: func(c Config) error {
+			if c.FreezeTimeout < Duration(100*time.Millisecond) || c.FreezeTimeout > Duration(10*time.Minute) {
+				return errors.New("must be from 100ms to 10m")
+			}
+			return nil
+		}},
+	{Flag: "agent-socket-dirs", Arg: "DIRS", Key: "agent_socket_dirs", Default: "$RUNTIME_DIRECTORY/agents, else DATA_DIR/agents",
+		Doc:   "comma-separated directories whose sockets a machine's guest agent socket may be",
+		field: func(c *Config) any { return &c.AgentSocketDirs },
+		check: func(c Config) error {
+			for _, d := range c.agentSocketDirs() {
+				if !filepath.IsAbs(d) {
+					return fmt.Errorf("%q is not an absolute path", d)
+				}
+			}
+			return nil
+		}},
 	{Flag: "fuse", Key: "fuse", Default: "true",
 		Doc:   "mount disks and snapshots as files on the FUSE directory (docs/fuse.md); =false runs without",
 		field: func(c *Config) any { return &c.FUSE }},

@@ -14,6 +14,15 @@ import (
 // block.ErrInUse, unless force: then it disconnects the NBD clients and
 // waits, up to forceTimeout, for every reader to go.
 func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bool) (api.DeleteSnapshotResult, error) {
+	if m, ms, ok := d.memberOf(disk, snap); ok {
+		return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is part of machine snapshot %s@%s: delete that instead (cairn machine snapshot delete %s %s)",
+			exportName{disk, snap}, m, ms, m, ms)
+	}
+	return d.deleteSnapshot(ctx, disk, snap, force)
+}
+
+// deleteSnapshot is DeleteSnapshot without the machine snapshot check.
+func (d *Daemon) deleteSnapshot(ctx context.Context, disk, snap string, force bool) (api.DeleteSnapshotResult, error) {
 	k, vol, err := d.volume(disk)
 	if err != nil {
 		return api.DeleteSnapshotResult{}, err

@@ -31,6 +31,10 @@ const (
 	fieldDescription = "description"
 	fieldAdopt       = "adopt"
 	fieldFrom        = "from"
+	fieldDisks       = "disks"
+	fieldConfig      = "config"
+	fieldAgentSocket = "agent_socket"
+	fieldConsistency = "consistency"
 )
 
 // fieldError is a request field that breaks a rule: kind (block.ErrInvalid

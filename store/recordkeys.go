@@ -14,9 +14,12 @@ import (
 //	chain/<disk>          a disk's chain bookkeeping (cow)
 //	snap/<disk>/<seq>     one snapshot of a disk, seq zero-padded to 20 digits (cow)
 //	disk/<name>           one disk (daemon)
+//	machine/<name>        one machine: its disks, configuration, agent (daemon)
+//	msnap/<machine>/<name>  one machine snapshot, by machine id (daemon)
+//	freeze/<machine>      a guest frozen by cairnd, to thaw after a crash (daemon)
 //	health/probe          the daemon's write probe
 //
-// The id sequence "disk" (NextID) numbers disks.
+// The id sequences "disk" and "machine" (NextID) number disks and machines.
 const (
 	// ChainPrefix starts every chain record key.
 	ChainPrefix = "chain/"
@@ -46,6 +49,29 @@ func SnapshotKey(disk, seq uint64) string { return fmt.Sprintf("snap/%d/%020d", 
 
 // SnapshotPrefix starts the snapshot record keys of disk.
 func SnapshotPrefix(disk uint64) string { return fmt.Sprintf("snap/%d/", disk) }
+
+// MachinePrefix starts every machine record key.
+const MachinePrefix = "machine/"
+
+// MachineIDSequence is the NextID sequence of machine ids.
+const MachineIDSequence = "machine"
+
+// MachineKey names the record of the machine called name.
+func MachineKey(name string) string { return MachinePrefix + name }
+
+// MachineSnapshotPrefix starts the machine snapshot keys of machine id.
+func MachineSnapshotPrefix(machine uint64) string { return fmt.Sprintf("msnap/%d/", machine) }
+
+// MachineSnapshotKey names snapshot name of machine id.
+func MachineSnapshotKey(machine uint64, name string) string {
+	return MachineSnapshotPrefix(machine) + name
+}
+
+// FreezePrefix starts every freeze record key.
+const FreezePrefix = "freeze/"
+
+// FreezeKey names the record of a guest cairnd froze, by machine id.
+func FreezeKey(machine uint64) string { return FreezePrefix + strconv.FormatUint(machine, 10) }
 
 // DiskKey names the record of the disk called name.
 func DiskKey(name string) string { return DiskPrefix + name }
