@@ -150,11 +150,13 @@ func (a *app) completeTasks(cmd *cobra.Command, args []string, toComplete string
 // A failed task is returned with an error stating its Error.
 func (a *app) followTask(ctx context.Context, t api.Task) (api.Task, error) {
 	label := t.Kind
-	if t.Disk != "" {
+	switch {
+	case t.Disk != "" && t.Target != "":
+		label += " " + t.Disk + "@" + t.Target
+	case t.Disk != "":
 		label += " " + t.Disk
-		if t.Target != "" {
-			label += "@" + t.Target
-		}
+	case t.Target != "":
+		label += " " + t.Target
 	}
 	return follow(ctx, a, label, "cairn task wait "+t.ID, t,
 		func(ctx context.Context) (api.Task, error) { return a.client.Task(ctx, t.ID) }, taskStatus)
