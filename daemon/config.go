@@ -64,6 +64,8 @@ type Config struct {
 	// it cairnd thaws them and the snapshot is crash-consistent (or, when
 	// filesystem consistency was required, fails).
 	FreezeTimeout Duration
+	// TaskHistory is how long finished tasks are kept (default 7 days).
+	TaskHistory Duration
 	// AgentSocketDirs are the directories (comma-separated) whose Unix
 	// sockets a machine's agent_socket may name; "" means
 	// $RUNTIME_DIRECTORY/agents, else DATA_DIR/agents.
@@ -115,6 +117,9 @@ func (c Config) storeReserve() (uint64, error) {
 
 // fuseOn reports whether the FUSE view is wanted.
 func (c Config) fuseOn() bool { return c.FUSE != nil && *c.FUSE }
+
+// DefaultTaskHistory is how long finished tasks are kept unless configured.
+const DefaultTaskHistory = 7 * 24 * time.Hour
 
 // DefaultFreezeTimeout bounds a guest's freeze unless configured.
 const DefaultFreezeTimeout = 10 * time.Second
@@ -193,6 +198,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FreezeTimeout == 0 {
 		c.FreezeTimeout = Duration(DefaultFreezeTimeout)
+	}
+	if c.TaskHistory == 0 {
+		c.TaskHistory = Duration(DefaultTaskHistory)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -149,6 +149,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.thawLeftovers()
+	if err := d.loadTasks(); err != nil {
+		return nil, fmt.Errorf("load tasks: %w", err)
+	}
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}

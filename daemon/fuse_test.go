@@ -188,7 +188,7 @@ func TestFUSECacheRollbackGrowDelete(t *testing.T) {
 	if err := untilReleased(func() (err error) { tk, err = c.Rollback(ctx, "d", "s1", false); return err }); err != nil {
 		t.Fatal(err)
 	}
-	if tk = waitTask(t, c, tk.ID); tk.State != api.TaskDone {
+	if tk = waitTask(t, c, tk.ID); tk.State != api.TaskSucceeded {
 		t.Fatalf("rollback: %+v", tk)
 	}
 	if got := fuseRead(t, nil, path, 0, 1<<20); !bytes.Equal(got, bytes.Repeat([]byte{0xaa}, 1<<20)) {

@@ -148,11 +148,20 @@ func (d *Daemon) handleVerify(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleListTasks(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, d.tasks.list(), nil)
+	q, err := queryStrings(r, "kind", "state", "disk", "target")
+	if err != nil {
+		return err
+	}
+	return reply(w, http.StatusOK, d.tasks.list(api.TaskFilter{Kind: q["kind"], State: q["state"], Disk: q["disk"], Target: q["target"]}), nil)
 }
 
 func (d *Daemon) handleGetTask(w http.ResponseWriter, r *http.Request) error {
 	task, err := d.tasks.get(r.PathValue("id"))
+	return reply(w, http.StatusOK, task, err)
+}
+
+func (d *Daemon) handleCancelTask(w http.ResponseWriter, r *http.Request) error {
+	task, err := d.CancelTask(r.Context(), r.PathValue("id"))
 	return reply(w, http.StatusOK, task, err)
 }
 

@@ -42,6 +42,7 @@ var routes = []route{
 	{http.MethodPost, "/v1/verify", (*Daemon).handleVerify},
 	{http.MethodGet, "/v1/tasks", (*Daemon).handleListTasks},
 	{http.MethodGet, "/v1/tasks/{id}", (*Daemon).handleGetTask},
+	{http.MethodPost, "/v1/tasks/{id}/cancel", (*Daemon).handleCancelTask},
 	{http.MethodGet, "/v1/machines", (*Daemon).handleListMachines},
 	{http.MethodPost, "/v1/machines", (*Daemon).handleCreateMachine},
 	{http.MethodGet, "/v1/machines/{name}", (*Daemon).handleGetMachine},

@@ -70,7 +70,8 @@ func (d *Daemon) CreateMachineSnapshot(ctx context.Context, name string, req api
 	d.mu.Unlock()
 
 	target := rec.Name + "@" + req.Name
-	return d.tasks.start(d.bg, api.TaskMachineSnapshot, "", target, func(ctx context.Context, progress progressFunc) (any, error) {
+	task, err := d.tasks.start(d.bg, taskSpec{kind: api.TaskMachineSnapshot, target: target, unit: unitBytes,
+		notCancellable: notCancellableSnapshot}, func(ctx context.Context, progress progressFunc) (any, error) {
 		defer func() {
 			d.mu.Lock()
 			delete(m.reserved, req.Name)
@@ -83,12 +84,18 @@ func (d *Daemon) CreateMachineSnapshot(ctx context.Context, name string, req api
 			d.log.Error("machine snapshot failed", "machine", rec.Name, "snapshot", req.Name, "err", err)
 			return nil, err
 		}
-		if err := d.waitMachineSnapshot(ctx, m, s, progress); err != nil {
-			return nil, err
-		}
-		return d.GetMachineSnapshot(ctx, rec.Name, req.Name)
-	}), nil
+		return d.waitMachineSnapshot(ctx, m, s, progress)
+	})
+	if err != nil {
+		d.mu.Lock()
+		delete(m.reserved, req.Name)
+		d.mu.Unlock()
+	}
+	return task, err
 }
+
+// notCancellableSnapshot is why a snapshot's copy-out is not cancelled.
+const notCancellableSnapshot = "the snapshot is taken and copies out in the background; delete it to stop that"
 
 // safeDisks is m's disks, or none after an error (so a caller can range
 // over it before checking err).
@@ -172,8 +179,9 @@ func (d *Daemon) diskID(name string) uint64 {
 }
 
 // waitMachineSnapshot reports the members' copy-out as the task's progress
-// until every one is ready; a failed member fails it.
-func (d *Daemon) waitMachineSnapshot(ctx context.Context, m *machine, s *machineSnapRecord, progress progressFunc) error {
+// until every one is ready, and returns the machine snapshot; a failed
+// member fails it.
+func (d *Daemon) waitMachineSnapshot(ctx context.Context, m *machine, s *machineSnapRecord, progress progressFunc) (any, error) {
 	tick := time.NewTicker(250 * time.Millisecond) // progress is sampled for the display; readiness is waited for
 	defer tick.Stop()
 	done := make(chan error, 1)
@@ -193,12 +201,28 @@ func (d *Daemon) waitMachineSnapshot(ctx context.Context, m *machine, s *machine
 	for {
 		select {
 		case err := <-done:
-			return err
+			if err != nil {
+				return nil, err
+			}
+			return d.machineSnapToAPI(m, s), nil
 		case <-tick.C:
-			ms := d.machineSnapToAPI(m, s)
-			progress(uint64(ms.Progress*10), 1000)
+			done, total := d.machineSnapBytes(s)
+			progress(done, total)
 		}
 	}
+}
+
+// machineSnapBytes is how many of its members' bytes are in the store.
+func (d *Daemon) machineSnapBytes(s *machineSnapRecord) (done, total uint64) {
+	for _, mem := range s.Members {
+		if _, vol, err := d.volume(mem.Disk); err == nil {
+			if in, err := vol.Snapshot(mem.Snapshot); err == nil {
+				total += in.WrittenBytes
+				done += uint64(float64(in.WrittenBytes) * in.Progress / 100)
+			}
+		}
+	}
+	return done, total
 }
 
 // ListMachineSnapshots lists a machine's snapshots, oldest first.
@@ -405,7 +429,8 @@ func (d *Daemon) RollbackMachine(ctx context.Context, name, snap string, force b
 		prepared = append(prepared, p)
 	}
 	d.log.Info("machine rollback started", "machine", name, "snapshot", snap)
-	return d.tasks.start(d.bg, api.TaskMachineRollback, "", name+"@"+snap, func(ctx context.Context, progress progressFunc) (any, error) {
+	task, err := d.tasks.start(d.bg, taskSpec{kind: api.TaskMachineRollback, target: name + "@" + snap,
+		notCancellable: notCancellableRollback}, func(ctx context.Context, progress progressFunc) (any, error) {
 		defer undo()
 		m.op.Lock()
 		defer m.op.Unlock()
@@ -421,5 +446,9 @@ func (d *Daemon) RollbackMachine(ctx context.Context, name, snap string, force b
 		}
 		d.log.Info("machine rollback done", "machine", name, "snapshot", snap)
 		return nil, nil
-	}), nil
+	})
+	if err != nil {
+		undo()
+	}
+	return task, err
 }

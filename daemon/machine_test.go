@@ -50,7 +50,7 @@ func machineSnapshot(t *testing.T, in *daemontest.Instance, req api.CreateMachin
 		t.Fatal(err)
 	}
 	task = waitTask(t, in.Client, task.ID)
-	if task.State != api.TaskDone {
+	if task.State != api.TaskSucceeded {
 		return task, api.MachineSnapshot{}
 	}
 	ms, err := in.Client.MachineSnapshot(context.Background(), "vm", req.Name)
@@ -96,7 +96,7 @@ func TestMachines(t *testing.T) {
 	qemuIO(t, nbdURI(in, "root"), "write -P 0x11 0 64k")
 	qemuIO(t, nbdURI(in, "data"), "write -P 0x22 0 64k")
 	task, ms := machineSnapshot(t, in, api.CreateMachineSnapshotRequest{Name: "s1"})
-	if task.State != api.TaskDone || ms.State != api.SnapshotReady || ms.Consistency != api.ConsistencyCrash ||
+	if task.State != api.TaskSucceeded || ms.State != api.SnapshotReady || ms.Consistency != api.ConsistencyCrash ||
 		ms.Requested != api.ConsistencyAuto || !strings.Contains(ms.Reason, "no guest agent socket") || len(ms.Members) != 2 {
 		t.Fatalf("machine snapshot: task %+v, snapshot %+v", task, ms)
 	}
@@ -130,7 +130,7 @@ func TestMachines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rb = waitTask(t, c, rb.ID); rb.State != api.TaskDone {
+	if rb = waitTask(t, c, rb.ID); rb.State != api.TaskSucceeded {
 		t.Fatalf("machine rollback: %+v", rb)
 	}
 	qemuIO(t, nbdURI(in, "root"), "read -P 0x11 0 64k")
@@ -279,7 +279,7 @@ func TestMachineFreezePaths(t *testing.T) {
 				if task.State != api.TaskFailed || !strings.Contains(task.Error, tc.wantFail) {
 					t.Fatalf("task %+v: want failed with %q", task, tc.wantFail)
 				}
-			} else if task.State != api.TaskDone || ms.Consistency != tc.wantCons || !strings.Contains(ms.Reason, tc.wantReason) {
+			} else if task.State != api.TaskSucceeded || ms.Consistency != tc.wantCons || !strings.Contains(ms.Reason, tc.wantReason) {
 				t.Fatalf("task %+v, snapshot %+v: want consistency %s, reason with %q", task, ms, tc.wantCons, tc.wantReason)
 			}
 			got := strings.Join(agent.got(), " ")

@@ -23,18 +23,27 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 		return api.Task{}, err
 	}
 	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
-	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
+	task, err := d.tasks.start(d.bg, taskSpec{kind: api.TaskRollback, disk: disk, target: snap, unit: unitBytes,
+		notCancellable: notCancellableRollback}, func(ctx context.Context, progress progressFunc) (any, error) {
 		defer p.done()
 		defer d.fuseChanged(disk)
-		err := p.vol.Rollback(ctx, snap, progress)
+		bs := uint64(p.vol.BlockSize())
+		err := p.vol.Rollback(ctx, snap, func(done, total uint64) { progress(done*bs, total*bs) })
 		if err != nil {
 			d.log.Error("rollback failed", "disk", disk, "snapshot", snap, "err", err)
 		} else {
 			d.log.Info("rollback done", "disk", disk, "snapshot", snap)
 		}
 		return nil, err
-	}), nil
+	})
+	if err != nil {
+		p.done()
+	}
+	return task, err
 }
+
+// notCancellableRollback is why a rollback is not stopped half-way.
+const notCancellableRollback = "a rollback stopped half-way leaves the disk neither as it was nor as the snapshot; let it finish (run it again if it was interrupted)"
 
 // rollbackPrep is a disk ready to be rolled back: its live export has no
 // clients and refuses new ones until done is called.

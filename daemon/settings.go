@@ -103,6 +103,15 @@ var Settings = []Setting{
 		Doc:   "free space the snapshot store leaves on its filesystem",
 		field: func(c *Config) any { return &c.StoreReserve },
 		check: func(c Config) error { _, err := c.storeReserve(); return err }},
+	{Flag: "task-history", Arg: "DURATION", Key: "task_history", Default: "168h0m0s",
+		Doc:   "how long finished tasks are kept (cairn task list)",
+		field: func(c *Config) any { return &c.TaskHistory },
+		check: func(c Config) error {
+			if c.TaskHistory < Duration(time.Minute) {
+				return errors.New("must be at least 1m")
+			}
+			return nil
+		}},
 	{Flag: "freeze-timeout", Arg: "DURATION", Key: "freeze_timeout", Default: DefaultFreezeTimeout.String(),
 		Doc:   "longest a guest's filesystems stay frozen for a machine snapshot; past it they are thawed",
 		field: func(c *Config) any { return &c.FreezeTimeout },

@@ -45,7 +45,13 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
 	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
-	return d.snapToAPI(k, info, 0, nil), nil
+	out := d.snapToAPI(k, info, 0, nil)
+	task, err := d.tasks.start(d.bg, copyOutSpec(disk, info.Name), d.copyOutTask(vol, info.Name))
+	if err != nil {
+		d.log.Warn("no task follows the snapshot's copy-out (it copies out all the same)", "disk", disk, "snapshot", info.Name, "err", err)
+	}
+	out.Task = task.ID
+	return out, nil
 }
 
 // snapToAPI describes a snapshot; clients are the NBD clients by export

@@ -184,7 +184,7 @@ func TestSnapshotsThroughNBD(t *testing.T) {
 	if line := h.line(); line != "disconnected" {
 		t.Errorf("the writer was not disconnected by a forced rollback: %q", line)
 	}
-	if tk = waitTask(t, c, tk.ID); tk.State != api.TaskDone {
+	if tk = waitTask(t, c, tk.ID); tk.State != api.TaskSucceeded {
 		t.Fatalf("rollback task: %+v", tk)
 	}
 	out2, err := exec.Command("qemu-img", "compare", "-f", "raw", "-F", "raw", live, nbdURI(in, "vm1@before-upgrade")).CombinedOutput()
@@ -209,7 +209,7 @@ func TestSnapshotsThroughNBD(t *testing.T) {
 	raw, _ := json.Marshal(vt.Result)
 	var res api.VerifyResult
 	json.Unmarshal(raw, &res)
-	if vt.State != api.TaskDone || len(res.Faults) != 0 || res.ChunksChecked == 0 {
+	if vt.State != api.TaskSucceeded || len(res.Faults) != 0 || res.ChunksChecked == 0 {
 		t.Fatalf("verify: %+v %+v", vt, res)
 	}
 }

@@ -20,7 +20,7 @@ func (d *Daemon) Verify(ctx context.Context, req api.VerifyRequest) (api.Task, e
 		}
 		id = k.rec.ID
 	}
-	return d.tasks.start(d.bg, api.TaskVerify, req.Disk, "", func(ctx context.Context, progress progressFunc) (any, error) {
+	return d.tasks.start(d.bg, taskSpec{kind: api.TaskVerify, disk: req.Disk, unit: unitChunks, cancellable: true}, func(ctx context.Context, progress progressFunc) (any, error) {
 		rep, err := d.store.Verify(ctx, id, progress)
 		res := api.VerifyResult{ChunksChecked: rep.ChunksChecked, EntriesChecked: rep.EntriesChecked, Faults: rep.Faults}
 		if res.Faults == nil {
@@ -30,5 +30,5 @@ func (d *Daemon) Verify(ctx context.Context, req api.VerifyRequest) (api.Task, e
 			d.log.Error("verify found faults", "disk", req.Disk, "faults", len(res.Faults), "first", res.Faults[0])
 		}
 		return res, err
-	}), nil
+	})
 }

@@ -17,9 +17,11 @@ import (
 //	machine/<name>        one machine: its disks, configuration, agent (daemon)
 //	msnap/<machine>/<name>  one machine snapshot, by machine id (daemon)
 //	freeze/<machine>      a guest frozen by cairnd, to thaw after a crash (daemon)
+//	task/<id>             one long operation, running or finished (daemon)
 //	health/probe          the daemon's write probe
 //
-// The id sequences "disk" and "machine" (NextID) number disks and machines.
+// The id sequences "disk", "machine" and "task" (NextID) number disks,
+// machines and tasks.
 const (
 	// ChainPrefix starts every chain record key.
 	ChainPrefix = "chain/"
@@ -66,6 +68,15 @@ func MachineSnapshotPrefix(machine uint64) string { return fmt.Sprintf("msnap/%d
 func MachineSnapshotKey(machine uint64, name string) string {
 	return MachineSnapshotPrefix(machine) + name
 }
+
+// TaskPrefix starts every task record key.
+const TaskPrefix = "task/"
+
+// TaskIDSequence is the NextID sequence of task ids.
+const TaskIDSequence = "task"
+
+// TaskKey names the record of task id.
+func TaskKey(id string) string { return TaskPrefix + id }
 
 // FreezePrefix starts every freeze record key.
 const FreezePrefix = "freeze/"

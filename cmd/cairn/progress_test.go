@@ -181,9 +181,10 @@ func TestTaskStatus(t *testing.T) {
 		want string // the status's error, or its state
 	}{
 		{api.Task{ID: "rollback-1", Kind: api.TaskRollback, State: api.TaskRunning, Progress: 30}, "running"},
-		{api.Task{ID: "rollback-1", Kind: api.TaskRollback, State: api.TaskDone}, "done"},
+		{api.Task{ID: "rollback-1", Kind: api.TaskRollback, State: api.TaskSucceeded}, "done"},
 		{api.Task{ID: "verify-2", Kind: api.TaskVerify, State: api.TaskFailed, Error: "read chunk: EIO"}, "task verify-2 (verify) failed: read chunk: EIO"},
 		{api.Task{ID: "verify-3", Kind: api.TaskVerify, State: api.TaskFailed}, "task verify-3 (verify) failed: no reason given (see cairnd's log)"},
+		{api.Task{ID: "verify-4", Kind: api.TaskVerify, State: api.TaskCancelled, Error: "cancelled: context canceled"}, "task verify-4 (verify) cancelled: cancelled: context canceled"},
 	} {
 		s := taskStatus(tc.task)
 		got := s.state

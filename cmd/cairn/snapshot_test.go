@@ -153,7 +153,7 @@ func TestSnapshotCommands(t *testing.T) {
 		t.Errorf("verify: %q", out)
 	}
 	vt := decode[api.Task](t, ok(t, sock, "verify", "d", "-o", "json"))
-	if vt.Kind != api.TaskVerify || vt.State != api.TaskDone || vt.Disk != "d" {
+	if vt.Kind != api.TaskVerify || vt.State != api.TaskSucceeded || vt.Disk != "d" {
 		t.Errorf("verify d -o json: %+v", vt)
 	}
 
@@ -163,17 +163,26 @@ func TestSnapshotCommands(t *testing.T) {
 		t.Errorf("rollback: exit %d, %q, stderr %q", code, out, errs)
 	}
 
-	tasks := decode[[]api.Task](t, ok(t, sock, "task", "list", "-o", "json"))
-	if len(tasks) != 3 {
-		t.Fatalf("task list -o json: %+v", tasks)
+	all := decode[[]api.Task](t, ok(t, sock, "task", "list", "-o", "json"))
+	var tasks []api.Task
+	for _, k := range all {
+		if k.Kind != api.TaskCopyOut {
+			tasks = append(tasks, k)
+		}
 	}
-	rows = cells(ok(t, sock, "task", "ls"))
-	if strings.Join(rows[0], " ") != "ID KIND DISK TARGET STATE PROGRESS CREATED" || len(rows) != 4 {
+	if len(tasks) != 3 || len(all) != 6 {
+		t.Fatalf("task list -o json: %+v", all)
+	}
+	if copies := decode[[]api.Task](t, ok(t, sock, "task", "list", "--kind", "copy-out", "--state", "succeeded", "-o", "json")); len(copies) != 3 {
+		t.Fatalf("task list --kind copy-out --state succeeded: %+v", copies)
+	}
+	rows = cells(ok(t, sock, "task", "ls", "--kind", "verify"))
+	if strings.Join(rows[0], " ") != "ID KIND DISK TARGET STATE PROGRESS CREATED" || len(rows) != 3 {
 		t.Errorf("task list:\n%q", rows)
 	}
 	for _, k := range tasks {
 		out := ok(t, sock, "task", "show", k.ID)
-		if m := lacks(out, "ID:", k.ID, "Kind:", k.Kind, "State:", "done", "Finished:"); m != nil {
+		if m := lacks(out, "ID:", k.ID, "Kind:", k.Kind, "State:", "succeeded", "Finished:"); m != nil {
 			t.Errorf("task show %s lacks %q:\n%s", k.ID, m, out)
 		}
 		if k.Kind == api.TaskVerify && !strings.Contains(out, "no faults") {

@@ -14,21 +14,10 @@ import (
 func (a *app) taskCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "task",
-		Short: "Long operations (rollback, verify): list, show, wait for one",
-	}, &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List running tasks and the last finished ones",
-		Args:    cobra.NoArgs,
-		RunE: show(a, func(ctx context.Context, _ []string) ([]api.Task, error) { return a.client.Tasks(ctx) },
-			func(tasks []api.Task) error {
-				t := a.table("ID", "KIND", "DISK", "TARGET", "STATE", "PROGRESS", "CREATED")
-				for _, k := range tasks {
-					t.row(k.ID, k.Kind, orDash(k.Disk), orDash(k.Target), k.State, fmt.Sprintf("%.0f%%", k.Progress), k.Created.Local().Format(time.DateTime))
-				}
-				return t.flush()
-			}),
-	}, &cobra.Command{
+		Short: "Long operations (copy-outs, machine snapshots, rollbacks, verify): list, show, wait, cancel",
+		Long: "Every long operation is a task with an id, a state (queued, running, succeeded, failed, cancelled)\n" +
+			"and progress. Tasks outlive a restart of cairnd; finished ones are kept for task_history.",
+	}, a.taskListCmd(), &cobra.Command{
 		Use:               "show ID",
 		Short:             "Show one task",
 		Args:              cobra.ExactArgs(1),
@@ -53,7 +42,40 @@ func (a *app) taskCmd() *cobra.Command {
 			}
 			return taskFaults(task)
 		}),
+	}, &cobra.Command{
+		Use:               "cancel ID",
+		Short:             "Stop a task that can be stopped safely (a verify); others are refused with why",
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeTasks,
+		RunE: show(a, func(ctx context.Context, args []string) (api.Task, error) {
+			return a.client.CancelTask(ctx, args[0])
+		}, a.printTask),
 	})
+}
+
+func (a *app) taskListCmd() *cobra.Command {
+	var f api.TaskFilter
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List tasks, newest first (--state, --kind, --disk, --target filter)",
+		Args:    cobra.NoArgs,
+		RunE: show(a, func(ctx context.Context, _ []string) ([]api.Task, error) { return a.client.Tasks(ctx, f) },
+			func(tasks []api.Task) error {
+				t := a.table("ID", "KIND", "DISK", "TARGET", "STATE", "PROGRESS", "CREATED")
+				for _, k := range tasks {
+					t.row(k.ID, k.Kind, orDash(k.Disk), orDash(k.Target), k.State, fmt.Sprintf("%.0f%%", k.Progress), k.Created.Local().Format(time.DateTime))
+				}
+				return t.flush()
+			}),
+	}
+	cmd.Flags().StringVar(&f.State, "state", "", "only tasks in this state: queued, running, succeeded, failed or cancelled")
+	cmd.Flags().StringVar(&f.Kind, "kind", "", "only tasks of this kind: copy-out, rollback, verify, machine-snapshot, machine-rollback")
+	cmd.Flags().StringVar(&f.Disk, "disk", "", "only tasks of this disk")
+	cmd.Flags().StringVar(&f.Target, "target", "", "only tasks whose target contains this")
+	cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions([]string{api.TaskQueued, api.TaskRunning, api.TaskSucceeded, api.TaskFailed, api.TaskCancelled}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RegisterFlagCompletionFunc("disk", a.completeDisks)
+	return cmd
 }
 
 func orDash(s string) string {
@@ -76,7 +98,17 @@ func (a *app) printTask(k api.Task) error {
 		t.row("Target:", k.Target)
 	}
 	t.row("State:", k.State)
-	t.row("Progress:", fmt.Sprintf("%.1f%%", k.Progress))
+	progress := fmt.Sprintf("%.1f%%", k.Progress)
+	if k.TotalBytes > 0 {
+		progress += fmt.Sprintf(", %s of %s", formatBytes(k.DoneBytes), formatBytes(k.TotalBytes))
+	}
+	if k.RateBytes > 0 && !k.Ended() {
+		progress += fmt.Sprintf(", %s/s", formatBytes(uint64(k.RateBytes)))
+	}
+	if k.ETASeconds > 0 && !k.Ended() {
+		progress += fmt.Sprintf(", %s left", (time.Duration(k.ETASeconds) * time.Second).Round(time.Second))
+	}
+	t.row("Progress:", progress)
 	if k.Message != "" {
 		t.row("Message:", k.Message)
 	}
@@ -86,6 +118,9 @@ func (a *app) printTask(k api.Task) error {
 	t.row("Created:", k.Created.Local().Format(time.RFC3339))
 	if k.Finished != nil {
 		t.row("Finished:", fmt.Sprintf("%s (took %s)", k.Finished.Local().Format(time.RFC3339), k.Finished.Sub(k.Created).Round(time.Millisecond)))
+	}
+	if !k.Ended() && !k.Cancellable {
+		t.row("Cancellable:", "no")
 	}
 	if err := t.flush(); err != nil {
 		return err
@@ -116,7 +151,7 @@ func verifyResult(k api.Task) (api.VerifyResult, error) {
 
 // taskFaults is the error of a finished verify task that found faults.
 func taskFaults(k api.Task) error {
-	if k.Kind != api.TaskVerify || k.State != api.TaskDone {
+	if k.Kind != api.TaskVerify || k.State != api.TaskSucceeded {
 		return nil
 	}
 	res, err := verifyResult(k)
@@ -135,7 +170,7 @@ func (a *app) completeTasks(cmd *cobra.Command, args []string, toComplete string
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
 	client := &api.Client{Socket: a.socketPath()}
-	tasks, err := client.Tasks(cmd.Context())
+	tasks, err := client.Tasks(cmd.Context(), api.TaskFilter{})
 	if err != nil {
 		return nil, cobra.ShellCompDirectiveNoFileComp
 	}
@@ -165,13 +200,13 @@ func (a *app) followTask(ctx context.Context, t api.Task) (api.Task, error) {
 // taskStatus is a task as a display sees it. Tasks report units of their
 // own (blocks, chunks), not bytes.
 func taskStatus(t api.Task) status {
-	s := status{state: workRunning, percent: t.Progress, message: t.Message}
+	s := status{state: workRunning, percent: t.Progress, message: t.Message, doneBytes: t.DoneBytes, totalBytes: t.TotalBytes}
 	switch t.State {
-	case api.TaskDone:
+	case api.TaskSucceeded:
 		s.state = workDone
-	case api.TaskFailed:
+	case api.TaskFailed, api.TaskCancelled:
 		s.state = workFailed
-		s.err = fmt.Errorf("task %s (%s) failed: %s", t.ID, t.Kind, orNoReason(t.Error))
+		s.err = fmt.Errorf("task %s (%s) %s: %s", t.ID, t.Kind, t.State, orNoReason(t.Error))
 	}
 	return s
 }

@@ -217,9 +217,20 @@ func (c *Client) Verify(ctx context.Context, req VerifyRequest) (Task, error) {
 	return call[Task](ctx, c, http.MethodPost, "/v1/verify", req)
 }
 
-// Tasks lists the tasks cairnd remembers (running ones and the last finished).
-func (c *Client) Tasks(ctx context.Context) ([]Task, error) {
-	return get[[]Task](ctx, c, "/v1/tasks")
+// Tasks lists the tasks f selects, newest first.
+func (c *Client) Tasks(ctx context.Context, f TaskFilter) ([]Task, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"kind": f.Kind, "state": f.State, "disk": f.Disk, "target": f.Target} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	return get[[]Task](ctx, c, withQuery("/v1/tasks", q))
+}
+
+// CancelTask stops a task that can be stopped safely.
+func (c *Client) CancelTask(ctx context.Context, id string) (Task, error) {
+	return call[Task](ctx, c, http.MethodPost, "/v1/tasks/"+url.PathEscape(id)+"/cancel", nil)
 }
 
 // Task describes one task.

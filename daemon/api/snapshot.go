@@ -31,6 +31,9 @@ type Snapshot struct {
 	DrainMicros float64 `json:"drain_us"`
 	Export      string  `json:"export"` // its read-only NBD export, DISK@SNAPSHOT
 	Clients     int     `json:"clients"`
+	// Task is the copy-out's task, in the answer to the snapshot's
+	// creation (GET /v1/tasks/{id}).
+	Task string `json:"task,omitempty"`
 }
 
 // Snapshot kinds and states.

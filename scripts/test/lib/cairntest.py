@@ -238,7 +238,7 @@ class API:
         deadline = time.monotonic() + timeout
         while True:
             t = self.req("GET", f"/v1/tasks/{self.q(task['id'])}")
-            if t["state"] != "running":
+            if t["state"] not in ("running", "queued"):
                 return t
             if time.monotonic() > deadline:
                 raise Fatal(f"task {task['id']} ({t['kind']}) still running after {timeout}s: {t}")
@@ -267,7 +267,7 @@ def verify_clean(rep, api, what, disk=""):
     t = api.verify(disk)
     res = t.get("result") or {}
     faults = res.get("faults")
-    good = t["state"] == "done" and faults == []
+    good = t["state"] == "succeeded" and faults == []
     rep.check(good, f"verify {what}: {res.get('chunks_checked')} chunks, {res.get('entries_checked')} entries, no faults",
               f"task {t['state']} error={t.get('error')!r} faults={(faults or [])[:10]}")
     return good

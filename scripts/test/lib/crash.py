@@ -331,7 +331,7 @@ class Crash:
             if target in self.snaps:
                 t = self.api.wait_task(self.api.rollback_idle(DISK, target))
                 same, out = qemu_compare(self.d.uri(DISK), self.exp(target))
-                if t["state"] != "done" or not same:
+                if t["state"] != "succeeded" or not same:
                     self.rep.bad(f"round {r}: rollback to {target} again after the kill: task {t['state']} "
                                  f"{t.get('error', '')}; compare: {out}")
                 shutil.copyfile(self.exp(target), self.oracle)
@@ -351,7 +351,7 @@ class Crash:
             self.rep.bad(f"round {r}: snapshot {name} taken after the restart differs from the oracle: {msg}")
         t = self.api.verify()
         res = t.get("result") or {}
-        if t["state"] != "done" or res.get("faults") != []:
+        if t["state"] != "succeeded" or res.get("faults") != []:
             self.rep.bad(f"round {r}: verify after the restart: {t['state']} {t.get('error', '')} "
                          f"faults {(res.get('faults') or [])[:5]}")
         return res

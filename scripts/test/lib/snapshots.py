@@ -160,7 +160,7 @@ def oracle_part(rep, d, T, rng):
         rep.check(e.status == 409, f"rollback refused while a client is connected (HTTP {e.status})", str(e))
     w.close()
     t = api.wait_task(api.rollback_idle(disk, target))
-    rep.check(t["state"] == "done", f"rollback to {target}: task done", str(t))
+    rep.check(t["state"] == "succeeded", f"rollback to {target}: task done", str(t))
     same, out = qemu_compare(d.uri(disk), chain.path(target))
     rep.check(same, f"after rollback the live disk equals {target} (qemu-img compare)", out)
     chain.check_all("after rollback", scratch)
