@@ -38,6 +38,9 @@ func (v *Volume) readImage(p []byte, off int64) error {
 		clear(p[n:])
 		err = nil
 	}
+	if err == nil && v.isClone() {
+		err = v.overlayOrigin(p, off)
+	}
 	return err
 }
 
@@ -46,6 +49,9 @@ func (v *Volume) readImage(p []byte, off int64) error {
 func (v *Volume) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	if v.isDevice {
 		return []block.Extent{{Length: length}}, nil
+	}
+	if v.isClone() {
+		return v.cloneExtents(ctx, off, length)
 	}
 	ext, err := fileExtents(int(v.f.Fd()), off, length, v.Size())
 	if err != nil {
@@ -153,7 +159,7 @@ func (v *Volume) overlayExtents(ext []block.Extent, off, length int64) []block.E
 // frontend may splice from it without a copy (block.Backed). The
 // descriptor stays valid until Close.
 func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
-	if v.overlaps(off, length) {
+	if v.overlaps(off, length) || v.isClone() && !v.allLocal(off, length) {
 		return 0, 0, false // redirected writes are not in the image
 	}
 	return v.f.Fd(), off, true
@@ -163,7 +169,7 @@ func (v *Volume) Backing(off, length int64) (fd uintptr, fdOff int64, ok bool) {
 // (preadv2 with RWF_NOWAIT), so the NBD server can answer cached small
 // reads without handing them to a worker (block.TryReader).
 func (v *Volume) TryReadAt(p []byte, off int64) bool {
-	if len(p) == 0 || v.overlaps(off, int64(len(p))) {
+	if len(p) == 0 || v.overlaps(off, int64(len(p))) || v.isClone() && !v.allLocal(off, int64(len(p))) {
 		return false
 	}
 	iov := unix.Iovec{Base: &p[0]}
@@ -172,4 +178,16 @@ func (v *Volume) TryReadAt(p []byte, off int64) bool {
 	n, _, errno := unix.Syscall6(unix.SYS_PREADV2, v.f.Fd(), uintptr(unsafe.Pointer(&iov)), 1,
 		uintptr(off), uintptr(off>>32), unix.RWF_NOWAIT)
 	return errno == 0 && int(n) == len(p)
+}
+
+// allLocal reports whether a clone holds every block of [off, off+length)
+// whole, so the live image alone has their content.
+func (v *Volume) allLocal(off, length int64) bool {
+	first, last := v.blockRange(off, length)
+	for b := first; b <= last; b++ {
+		if !v.local.isFull(b) {
+			return false
+		}
+	}
+	return true
 }

@@ -139,6 +139,9 @@ func (v *Volume) mergePages(pages []uint64, force bool) error {
 			if _, err := v.f.WriteAt(buf[:], off); err != nil {
 				return fmt.Errorf("merge redirected write into live image at %d: %w", off, err)
 			}
+			if v.isClone() {
+				v.local.markPage(pg) // the page is the clone's now: its hole read the origin
+			}
 			v.rd.mu.Lock()
 			v.rd.merged.Add(pg) // no rewrite since the read: we hold the stripe lock
 			v.rd.mu.Unlock()

@@ -26,6 +26,8 @@ type testDisk struct {
 	size   int64
 	// hooks hold or fail the volume at chosen points (kept across reopens).
 	hooks testHooks
+	// origin makes the volume a clone (Options.Origin).
+	origin []store.Layer
 }
 
 func newTestDisk(t *testing.T, size int64) *testDisk {
@@ -56,7 +58,7 @@ func newTestDisk(t *testing.T, size int64) *testDisk {
 func (d *testDisk) open() {
 	d.t.Helper()
 	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
-		TrackPrefix: filepath.Join(d.dir, "track"), hooks: &d.hooks})
+		TrackPrefix: filepath.Join(d.dir, "track"), hooks: &d.hooks, Origin: d.origin})
 	if err != nil {
 		d.t.Fatal(err)
 	}

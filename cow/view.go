@@ -114,8 +114,12 @@ func (v *Volume) readAt(ctx context.Context, seq, b uint64, buf []byte) error {
 		mu.Unlock()
 		return err
 	}
-	if _, err := v.st.ReadBlock(ctx, v.opts.DiskID, b, seq, buf); err != nil {
+	found, err := v.st.ReadBlock(ctx, v.opts.DiskID, b, seq, buf)
+	if err != nil {
 		return fmt.Errorf("read block %d of snapshot: %w", b, err)
+	}
+	if !found && v.isClone() {
+		return v.readOrigin(ctx, b, buf) // a block the clone never wrote
 	}
 	return nil
 }
@@ -145,6 +149,13 @@ func (w *View) Extents(ctx context.Context, off, length int64) ([]block.Extent, 
 // allocatedAt is the set of blocks holding data as of seq.
 func (v *Volume) allocatedAt(ctx context.Context, seq uint64, size int64) (*bitmap.Bitmap, error) {
 	bm := bitmap.New(v.blocks(size))
+	if v.isClone() {
+		alloc, err := v.originAllocated(ctx)
+		if err != nil {
+			return nil, err
+		}
+		bm.Or(alloc)
+	}
 	if err := v.st.Allocated(ctx, v.opts.DiskID, seq, bm); err != nil {
 		return nil, err
 	}

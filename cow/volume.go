@@ -41,6 +41,11 @@ type Options struct {
 	// worker may run while the disk has guest I/O (in the last
 	// busyWindow); when idle it runs flat out. 0 means DefaultCopyOutShare.
 	CopyOutShare float64
+	// Origin makes the volume a clone (clone.go): its unwritten pages read
+	// from these layers of the store (the parent's chain as of the
+	// snapshot cloned, then the parent's origin), which must exist for as
+	// long as the clone has them. Nil: an ordinary disk.
+	Origin []store.Layer
 	// OnWrite, if set, is called after every completed write, trim or zero
 	// with the request's context and range, after the write gate is
 	// released and before the write returns (the FUSE view uses it to drop
@@ -109,6 +114,10 @@ type Volume struct {
 	rd   *redirects // redirected writes (rindex.go); nil without a store
 	side *sideFiles // where they are (side.go); nil without a store
 
+	// origin and local make the volume a clone (clone.go); nil for a disk.
+	origin atomic.Pointer[[]store.Layer]
+	local  *localPages
+
 	chain // snapshot state (chain.go)
 }
 
@@ -152,6 +161,16 @@ func Open(path string, opts Options) (*Volume, error) {
 	if v.size, v.isDevice, err = imageSize(f); err != nil {
 		f.Close()
 		return nil, fmt.Errorf("live image %s: %w", path, err)
+	}
+	if len(opts.Origin) > 0 {
+		if opts.Store == nil {
+			f.Close()
+			return nil, fmt.Errorf("open clone %s: a clone needs the store its origin is in", path)
+		}
+		if err := v.openClone(); err != nil {
+			f.Close()
+			return nil, err
+		}
 	}
 	if err := v.openChain(); err != nil {
 		f.Close()

@@ -95,7 +95,12 @@ func (v *Volume) write(ctx context.Context, p []byte, off, length int64, flags b
 			return false, v.writeRedirected(ctx, data, o, n, flags)
 		}
 		return v.writeInPlace(o, n, func() error {
-			if data == nil {
+			switch {
+			case v.isClone() && data == nil && flags&block.ZeroFast != 0:
+				return block.ErrNotFast // a clone writes its zeros: a hole would read the origin
+			case v.isClone():
+				return v.writeClone(data, o, n)
+			case data == nil:
 				return v.zero(o, n, flags)
 			}
 			_, err := v.f.WriteAt(data, o)
@@ -249,6 +254,9 @@ func (v *Volume) Grow(size int64) error {
 	v.shape.Add(1)
 	if err := v.track.Load().grow(v.blocks(size)); err != nil {
 		return err
+	}
+	if v.isClone() {
+		v.local.grow(v.blocks(size))
 	}
 	if err := v.f.Truncate(size); err != nil {
 		return fmt.Errorf("grow live image: %w", err)

@@ -1,0 +1,205 @@
+package cow
+
+import (
+	"bytes"
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/store"
+)
+
+// cloneOf opens a clone of d's snapshot as a volume of its own (disk id
+// id) on d's store; layers after the first are the parent's own origin.
+func (d *testDisk) cloneOf(id uint64, origin []store.Layer) *testDisk {
+	d.t.Helper()
+	c := &testDisk{t: d.t, dir: filepath.Join(d.dir, "clone"+string(rune('0'+id))), st: d.st, diskID: id, size: d.size, origin: origin}
+	if err := os.MkdirAll(c.dir, 0o700); err != nil {
+		d.t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(c.dir, "live.raw"))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	f.Truncate(d.size)
+	f.Close()
+	c.open()
+	d.t.Cleanup(func() {
+		if c.v != nil {
+			c.v.Close()
+		}
+	})
+	return c
+}
+
+// layer is the view of d's snapshot name.
+func (d *testDisk) layer(name string) store.Layer {
+	d.t.Helper()
+	in, err := d.v.Snapshot(name)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return store.Layer{Disk: d.diskID, Seq: in.Seq}
+}
+
+// randomWrite writes random bytes at a random place (often partial
+// blocks) to d and to want.
+func randomWrite(t *testing.T, r *rand.Rand, d *testDisk, want []byte) {
+	t.Helper()
+	off := r.Int64N(int64(len(want)) - 1)
+	n := min(int64(1+r.IntN(3*testBS)), int64(len(want))-off)
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	if r.IntN(8) == 0 {
+		clear(p)
+		if err := d.v.Zero(context.Background(), off, n, 0); err != nil {
+			t.Fatal(err)
+		}
+	} else if err := d.v.WriteAt(context.Background(), p, off, false); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[off:], p)
+}
+
+// TestClone: a clone reads as its origin snapshot until written; writes
+// to the clone and to the parent never reach each other nor each other's
+// snapshots; partial writes copy up one block; zeros stay zeros (no hole
+// reading the origin); the clone's snapshots store only what it wrote;
+// a reopen (crash-like) finds what it wrote from the image's allocation;
+// a clone of a clone reads through both; Detach cuts the parent off.
+func TestClone(t *testing.T) {
+	const blocks = 48
+	p := newTestDisk(t, blocks*testBS)
+	r := rand.New(rand.NewPCG(21, 22))
+	parent := make([]byte, blocks*testBS)
+	for range 60 {
+		randomWrite(t, r, p, parent)
+	}
+	p.snapshot("base")
+	p.wait("base")
+	atBase := bytes.Clone(parent)
+	before := p.stats().Chunks
+
+	c := p.cloneOf(2, []store.Layer{p.layer("base")})
+	if !bytes.Equal(c.readLive(), atBase) {
+		t.Fatal("a new clone does not read as its origin snapshot")
+	}
+	if ext, err := c.v.Extents(context.Background(), 0, blocks*testBS); err != nil || len(ext) == 0 {
+		t.Fatalf("clone extents: %v %v", ext, err)
+	}
+	clone := bytes.Clone(atBase)
+	for range 12 {
+		randomWrite(t, r, c, clone)
+	}
+	for range 80 {
+		randomWrite(t, r, p, parent)
+	}
+	if !bytes.Equal(c.readLive(), clone) || !bytes.Equal(p.readLive(), parent) {
+		t.Fatal("clone and parent do not each read their own writes")
+	}
+	if !bytes.Equal(p.readSnap("base"), atBase) {
+		t.Fatal("the parent's snapshot changed under the clone's writes")
+	}
+	// Zeros written to an unwritten block are zeros, not the origin.
+	if err := c.v.Zero(context.Background(), 5*testBS, testBS, 0); err != nil {
+		t.Fatal(err)
+	}
+	clear(clone[5*testBS : 6*testBS])
+	if err := c.v.Trim(context.Background(), 7*testBS+100, 2000, false); err != nil {
+		t.Fatal(err)
+	}
+	clear(clone[7*testBS+100 : 7*testBS+2100])
+	if !bytes.Equal(c.readLive(), clone) {
+		t.Fatal("zeroing a clone left origin data")
+	}
+
+	c.snapshot("c1")
+	c.wait("c1")
+	atC1 := bytes.Clone(clone)
+	if !bytes.Equal(c.readSnap("c1"), atC1) {
+		t.Fatal("the clone's snapshot reads wrong")
+	}
+	in, _ := c.v.Snapshot("c1")
+	touched := 0
+	for b := 0; b < blocks; b++ {
+		if !bytes.Equal(clone[b*testBS:(b+1)*testBS], atBase[b*testBS:(b+1)*testBS]) {
+			touched++
+		}
+	}
+	if got := int(in.WrittenBytes / testBS); got > touched+2 || got >= blocks {
+		t.Fatalf("the clone's first snapshot took %d of %d blocks, %d of them changed: it should take only those the clone wrote", got, blocks, touched)
+	}
+
+	// Reopen: what the clone wrote is found from the image.
+	c.reopen()
+	if !bytes.Equal(c.readLive(), clone) || !bytes.Equal(c.readSnap("c1"), atC1) {
+		t.Fatal("after a reopen the clone reads wrong")
+	}
+
+	// A clone of the clone's snapshot reads through both.
+	cc := c.cloneOf(3, []store.Layer{c.layer("c1"), p.layer("base")})
+	if !bytes.Equal(cc.readLive(), atC1) {
+		t.Fatal("a clone of a clone does not read as its origin")
+	}
+	grand := bytes.Clone(atC1)
+	for range 20 {
+		randomWrite(t, r, cc, grand)
+	}
+
+	// Detach the first clone; the parent's snapshot can then go.
+	layers, err := c.v.Detach(context.Background(), nil)
+	if err != nil || len(layers) != 1 || layers[0].Disk != 2 || layers[0].Seq != store.BaseSeq {
+		t.Fatalf("detach: %v %v", layers, err)
+	}
+	cc.v.Close() // the grandchild still reads through the parent: detach it too
+	cc.v = nil
+	cc.open()
+	if _, err := cc.v.Detach(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.origin, cc.origin = layers, []store.Layer{{Disk: 3, Seq: store.BaseSeq}}
+	if _, err := p.v.DeleteSnapshot(context.Background(), "base"); err != nil {
+		t.Fatal(err)
+	}
+	c.reopen()
+	cc.reopen()
+	if !bytes.Equal(c.readLive(), clone) || !bytes.Equal(c.readSnap("c1"), atC1) || !bytes.Equal(cc.readLive(), grand) {
+		t.Fatal("after detaching and deleting the parent's snapshot the clones read wrong")
+	}
+	if got := p.stats().Chunks; got < before/2 {
+		t.Logf("chunks before %d, now %d", before, got)
+	}
+	c.verify()
+}
+
+// TestCloneCopyUpOneBlock: a 4 KiB write to a block the clone does not
+// hold writes that one block whole, no more.
+func TestCloneCopyUpOneBlock(t *testing.T) {
+	p := newTestDisk(t, 16*testBS)
+	ctx := context.Background()
+	if err := p.v.WriteAt(ctx, bytes.Repeat([]byte{7}, 16*testBS), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	p.snapshot("base")
+	p.wait("base")
+	c := p.cloneOf(2, []store.Layer{p.layer("base")})
+	if err := c.v.WriteAt(ctx, bytes.Repeat([]byte{9}, 4096), 3*testBS+8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := allocated(t, filepath.Join(c.dir, "live.raw")); got != testBS {
+		t.Fatalf("a 4 KiB write to a clone allocated %d bytes, want one block (%d)", got, testBS)
+	}
+	want := bytes.Repeat([]byte{7}, 16*testBS)
+	copy(want[3*testBS+8192:], bytes.Repeat([]byte{9}, 4096))
+	if !bytes.Equal(c.readLive(), want) {
+		t.Fatal("the copied-up block reads wrong")
+	}
+	if ext, err := c.v.Extents(ctx, 0, 16*testBS); err != nil || len(ext) != 1 || ext[0].Flags&block.StateHole != 0 {
+		t.Fatalf("extents of a clone of a full disk: %+v %v", ext, err)
+	}
+}
