@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/RoaringBitmap/roaring/v2/roaring64"
 	"golang.org/x/sys/unix"
@@ -328,4 +329,74 @@ func (v *Volume) cloneExtents(ctx context.Context, off, length int64) ([]block.E
 		}
 	}
 	return bitmapExtents(bm, v.shift, off, length, size, 0, block.StateHole|block.StateZero), nil
+}
+
+// Hydrate copies into the live image every block the clone does not hold
+// whole (from its origin), so its reads no longer go to the store: the
+// data copy of a flatten, after Detach. rate bounds it in bytes per
+// second (0: none); progress (may be nil) gets bytes done of total. Guest
+// I/O goes on meanwhile: each block is filled under its stripe lock, which
+// a first write to a block not held whole takes too.
+func (v *Volume) Hydrate(ctx context.Context, rate int64, progress func(done, total uint64)) error {
+	if !v.isClone() {
+		return nil
+	}
+	nblocks := v.blocks(v.Size())
+	var todo []uint64
+	for b := uint64(0); b < nblocks; b++ {
+		if !v.local.isFull(b) {
+			todo = append(todo, b)
+		}
+	}
+	total := uint64(len(todo)) * uint64(v.blockSize)
+	start := time.Now()
+	for i, b := range todo {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := v.fill(b); err != nil {
+			return fmt.Errorf("hydrate block %d: %w", b, err)
+		}
+		done := uint64(i+1) * uint64(v.blockSize)
+		if progress != nil && (i%64 == 63 || i == len(todo)-1) {
+			progress(done, total)
+		}
+		if rate > 0 {
+			if ahead := time.Duration(float64(done)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(ahead):
+				}
+			}
+		}
+	}
+	return v.sync()
+}
+
+// fill writes block b's content into the live image whole, if the clone
+// does not hold it whole yet.
+func (v *Volume) fill(b uint64) error {
+	mu := v.stripe(b)
+	mu.Lock()
+	defer mu.Unlock()
+	if v.local.isFull(b) {
+		return nil
+	}
+	bstart := int64(b) << v.shift
+	n := min(v.blockSize, v.Size()-bstart)
+	if n <= 0 {
+		return nil
+	}
+	bp := v.getBlock()
+	defer putBlock(bp)
+	buf := (*bp)[:n]
+	if err := v.readImage(buf, bstart); err != nil {
+		return err
+	}
+	if _, err := v.f.WriteAt(buf, bstart); err != nil {
+		return mapErr(err)
+	}
+	v.local.markLocal(b)
+	return nil
 }

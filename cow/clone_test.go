@@ -163,6 +163,14 @@ func TestClone(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.origin, cc.origin = layers, []store.Layer{{Disk: 3, Seq: store.BaseSeq}}
+	// Hydrate copies the data too: every block is the clone's whole.
+	var last uint64
+	if err := c.v.Hydrate(context.Background(), 0, func(done, total uint64) { last = total }); err != nil {
+		t.Fatal(err)
+	}
+	if !c.v.allLocal(0, blocks*testBS) || last == 0 {
+		t.Fatalf("after hydrating, blocks still read from the store (progress total %d)", last)
+	}
 	if _, err := p.v.DeleteSnapshot(context.Background(), "base"); err != nil {
 		t.Fatal(err)
 	}
