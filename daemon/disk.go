@@ -30,6 +30,8 @@ type Disk struct {
 	// rollingBack is set while a rollback runs: the live export refuses
 	// new clients.
 	rollingBack bool
+	// flattening is set while a flatten task runs.
+	flattening bool
 }
 
 // Volume is the disk's live volume (nil if it failed to open).
@@ -55,6 +57,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		Logger:       d.log.With("disk", rec.Name),
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
+		Origin:       rec.Origin,
 	}
 }
 
@@ -82,6 +85,9 @@ func (d *Daemon) diskToAPI(k *Disk) api.Disk {
 		Export:      k.rec.Name,
 		Clients:     k.clients(nil),
 		State:       api.DiskReady,
+		Parent:      k.rec.Parent,
+		Depth:       cloneDepth(k.rec),
+		Flattened:   k.rec.Flattened,
 	}
 	if k.vol != nil {
 		out.Size = k.vol.Size()

@@ -23,13 +23,16 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	if err := checkDescription(req.Description); err != nil {
 		return api.Disk{}, err
 	}
-	blockSize, err := parseBlockSize(req.BlockSize)
-	if err != nil {
-		return api.Disk{}, err
-	}
-	size, err := parseDiskSize(req, blockSize)
-	if err != nil {
-		return api.Disk{}, err
+	var blockSize int
+	var size int64
+	if req.From == "" {
+		var err error
+		if blockSize, err = parseBlockSize(req.BlockSize); err != nil {
+			return api.Disk{}, err
+		}
+		if size, err = parseDiskSize(req, blockSize); err != nil {
+			return api.Disk{}, err
+		}
 	}
 
 	d.mu.Lock()
@@ -53,10 +56,16 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 		return api.Disk{}, fmt.Errorf("allocate disk id: %w", err)
 	}
 	rec.ID = id
-	disk, err := d.openNewDisk(&rec, size)
+	var disk *Disk
+	if req.From != "" {
+		disk, err = d.createClone(ctx, rec, req.From, req)
+	} else {
+		disk, err = d.openNewDisk(&rec, size)
+	}
 	if err != nil {
 		return api.Disk{}, err
 	}
+	rec = disk.rec
 	if err := d.putRecord(rec); err != nil {
 		disk.close()
 		d.dropChain(rec)

@@ -26,6 +26,11 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 	if err == nil && k.deleting {
 		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
 	}
+	if err == nil {
+		if clones := d.clonesOf(k.rec.ID, 0); len(clones) > 0 {
+			err = refuseClones(fmt.Sprintf("disk %q", name), clones)
+		}
+	}
 	if m := d.machineOf(name); err == nil && m != nil {
 		err = errorf(block.ErrInUse, "disk %q belongs to machine %q: take it out of the machine first (cairn machine set %s --disks ...), or delete the machine with its disks (cairn machine delete %s --with-disks)",
 			name, m.rec.Name, m.rec.Name, m.rec.Name)

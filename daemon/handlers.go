@@ -76,6 +76,15 @@ func (d *Daemon) handleGrowDisk(w http.ResponseWriter, r *http.Request) error {
 	return reply(w, http.StatusOK, disk, err)
 }
 
+func (d *Daemon) handleFlatten(w http.ResponseWriter, r *http.Request) error {
+	var req api.FlattenRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	task, err := d.Flatten(r.Context(), r.PathValue("name"), req)
+	return replyTask(w, task, err)
+}
+
 func (d *Daemon) handleListSnapshots(w http.ResponseWriter, r *http.Request) error {
 	out, err := d.ListSnapshots(r.Context(), r.PathValue("name"))
 	return reply(w, http.StatusOK, out, err)

@@ -30,6 +30,7 @@ var routes = []route{
 	{http.MethodGet, "/v1/disks/{name}", (*Daemon).handleGetDisk},
 	{http.MethodDelete, "/v1/disks/{name}", (*Daemon).handleDeleteDisk},
 	{http.MethodPost, "/v1/disks/{name}/grow", (*Daemon).handleGrowDisk},
+	{http.MethodPost, "/v1/disks/{name}/flatten", (*Daemon).handleFlatten},
 	{http.MethodGet, "/v1/disks/{name}/snapshots", (*Daemon).handleListSnapshots},
 	{http.MethodPost, "/v1/disks/{name}/snapshots", (*Daemon).handleCreateSnapshot},
 	{http.MethodGet, "/v1/disks/{name}/snapshots/{snapshot}", (*Daemon).handleGetSnapshot},

@@ -37,6 +37,13 @@ type diskRecord struct {
 	// Adopted is the absolute path of an adopted live image; empty for a
 	// disk whose live image is DATA_DIR/disks/<id>.raw.
 	Adopted string `json:"adopted,omitempty"`
+	// Origin makes the disk a clone: the layers its unwritten blocks read
+	// from (cow.Options.Origin). Parent names what it was cloned from
+	// (DISK@SNAPSHOT, or IMAGE/DISK); once flattened, Origin is its own
+	// base and Flattened keeps the parent's name.
+	Origin    []store.Layer `json:"origin,omitempty"`
+	Parent    string        `json:"parent,omitempty"`
+	Flattened string        `json:"flattened,omitempty"`
 }
 
 // machineRecord is what the daemon keeps about a machine.

@@ -18,7 +18,39 @@ func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bo
 		return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is part of machine snapshot %s@%s: delete that instead (cairn machine snapshot delete %s %s)",
 			exportName{disk, snap}, m, ms, m, ms)
 	}
+	if err := d.checkNoClones(disk, snap); err != nil {
+		return api.DeleteSnapshotResult{}, err
+	}
 	return d.deleteSnapshot(ctx, disk, snap, force)
+}
+
+// checkNoClones refuses to delete snapshot snap of disk (every snapshot
+// when snap is "") while clones read through it.
+func (d *Daemon) checkNoClones(disk, snap string) error {
+	d.mu.Lock()
+	k := d.disks[disk]
+	d.mu.Unlock()
+	if k == nil || k.vol == nil {
+		return nil
+	}
+	seq := uint64(0)
+	if snap != "" {
+		in, err := k.vol.Snapshot(snap)
+		if err != nil {
+			return nil // the delete says it is not found
+		}
+		seq = in.Seq
+	}
+	d.mu.Lock()
+	clones := d.clonesOf(k.rec.ID, seq)
+	d.mu.Unlock()
+	if len(clones) == 0 {
+		return nil
+	}
+	if snap == "" {
+		return refuseClones(fmt.Sprintf("disk %q", disk), clones)
+	}
+	return refuseClones("snapshot "+exportName{disk, snap}.String(), clones)
 }
 
 // deleteSnapshot is DeleteSnapshot without the machine snapshot check.

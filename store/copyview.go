@@ -145,3 +145,32 @@ func (s *Store) putBaseGroup(ctx context.Context, disk uint64, blocks []uint64, 
 	}
 	return err
 }
+
+// ChainUnique is what dropping disk's whole chain would free: the stored
+// and uncompressed bytes of the chunks only its entries reference (an
+// image's own capacity).
+func (s *Store) ChainUnique(ctx context.Context, disk uint64) (stored, logical uint64, err error) {
+	counts := make(map[[32]byte]uint64)
+	err = s.scanEntries(ctx, disk, func(_, _ uint64, zero bool, h [32]byte) error {
+		if !zero {
+			counts[h]++
+		}
+		return nil
+	})
+	if err == nil {
+		err = s.db.View(func(txn *badger.Txn) error {
+			for h, n := range counts {
+				ref, _, err := getRef(txn, h)
+				if err != nil {
+					return err
+				}
+				if ref.refs == n {
+					stored += ref.stored
+					logical += ref.raw
+				}
+			}
+			return nil
+		})
+	}
+	return stored, logical, s.wrapErr(fmt.Sprintf("unique bytes of disk %d", disk), err)
+}

@@ -43,6 +43,14 @@ func TestCopyView(t *testing.T) {
 	if err := s.Changed(ctx, 3, 0, 9, bm); err != nil || bm.Count() != 0 {
 		t.Fatalf("base entries counted as changes: %v %v", bm.Members(), err)
 	}
+	// Disk 1 alone holds 2@1 (disk 2 overrides it in the view), 1@2 and
+	// 3@2 (past the view); the copy shares the rest.
+	if _, logical, err := s.ChainUnique(ctx, 1); err != nil || logical != 3*testBlock {
+		t.Fatalf("unique bytes of disk 1: %d, %v; want 3 blocks (%d)", logical, err, 3*testBlock)
+	}
+	if _, logical, err := s.ChainUnique(ctx, 3); err != nil || logical != 0 {
+		t.Fatalf("unique bytes of the copy: %d, %v; want 0 (it shares every chunk)", logical, err)
+	}
 	// The source can go; the copy keeps its chunks.
 	if err := s.DropDisk(ctx, 2); err != nil {
 		t.Fatal(err)

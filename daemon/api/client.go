@@ -153,6 +153,11 @@ func (c *Client) GrowDisk(ctx context.Context, name string, size Size) (Disk, er
 	return call[Disk](ctx, c, http.MethodPost, diskPath(name)+"/grow", GrowDiskRequest{Size: size})
 }
 
+// Flatten starts a task that makes a clone independent of its parent.
+func (c *Client) Flatten(ctx context.Context, name string, req FlattenRequest) (Task, error) {
+	return call[Task](ctx, c, http.MethodPost, diskPath(name)+"/flatten", req)
+}
+
 // DeleteDisk deletes a disk.
 func (c *Client) DeleteDisk(ctx context.Context, name string, opts DeleteDiskOptions) error {
 	q := flags(map[string]bool{"force": opts.Force, "delete_adopted": opts.DeleteAdopted})

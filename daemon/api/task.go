@@ -41,6 +41,7 @@ const (
 	TaskCopyOut  = "copy-out"
 	TaskRollback = "rollback"
 	TaskVerify   = "verify"
+	TaskFlatten  = "flatten"
 
 	TaskQueued    = "queued"
 	TaskRunning   = "running"

@@ -20,6 +20,12 @@ type Disk struct {
 	Clients     int       `json:"clients"` // connected NBD clients
 	State       string    `json:"state"`   // DiskReady or DiskError
 	Error       string    `json:"error,omitempty"`
+	// Parent is what a clone reads its unwritten blocks through
+	// (DISK@SNAPSHOT, or IMAGE/DISK), and Depth how many parents it has;
+	// Flattened is the parent a flattened clone was made from.
+	Parent    string `json:"parent,omitempty"`
+	Depth     int    `json:"depth,omitempty"`
+	Flattened string `json:"flattened,omitempty"`
 }
 
 // Disk states.
@@ -43,6 +49,18 @@ type CreateDiskRequest struct {
 	// Adopt is the absolute path of an existing raw file or block device
 	// to use as the live image instead of a new file.
 	Adopt string `json:"adopt,omitempty"`
+	// From makes the disk a clone of a snapshot, DISK@SNAPSHOT: made at
+	// once, whatever the size, its unwritten blocks read through to the
+	// snapshot (size and block size come from it).
+	From string `json:"from,omitempty"`
+}
+
+// FlattenRequest is the body of POST /v1/disks/{name}/flatten.
+type FlattenRequest struct {
+	// Hydrate also copies the clone's unwritten blocks into its live
+	// image, at most Rate bytes per second (empty: no bound).
+	Hydrate bool `json:"hydrate,omitempty"`
+	Rate    Size `json:"rate,omitempty"`
 }
 
 // GrowDiskRequest is the body of POST /v1/disks/{name}/grow.
