@@ -64,6 +64,8 @@ type Config struct {
 	// it cairnd thaws them and the snapshot is crash-consistent (or, when
 	// filesystem consistency was required, fails).
 	FreezeTimeout Duration
+	// ImageQuota is the most images the host keeps (default 64).
+	ImageQuota int
 	// TaskHistory is how long finished tasks are kept (default 7 days).
 	TaskHistory Duration
 	// AgentSocketDirs are the directories (comma-separated) whose Unix
@@ -198,6 +200,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.FreezeTimeout == 0 {
 		c.FreezeTimeout = Duration(DefaultFreezeTimeout)
+	}
+	if c.ImageQuota == 0 {
+		c.ImageQuota = DefaultImageQuota
 	}
 	if c.TaskHistory == 0 {
 		c.TaskHistory = Duration(DefaultTaskHistory)

@@ -85,6 +85,8 @@ type Daemon struct {
 	disks map[string]*Disk
 	// machines by name (machine.go); guarded by mu.
 	machines map[string]*machine
+	// images by name (image.go); guarded by mu.
+	images map[string]*image
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
 	tasks  taskList
@@ -146,6 +148,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if err := d.loadMachines(); err != nil {
+		return nil, err
+	}
+	if err := d.loadImages(); err != nil {
 		return nil, err
 	}
 	d.thawLeftovers()

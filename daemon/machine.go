@@ -200,16 +200,38 @@ func (d *Daemon) CreateMachine(ctx context.Context, req api.CreateMachineRequest
 	if d.machines[req.Name] != nil {
 		return api.Machine{}, fieldError(block.ErrExists, fieldName, "machine %q already exists", req.Name)
 	}
-	if err := d.checkMachineDisks(req.Disks, nil); err != nil {
+	rec := machineRecord{Name: req.Name, Disks: slices.Clone(req.Disks), Config: req.Config,
+		AgentSocket: req.AgentSocket, Description: req.Description, Created: time.Now().UTC()}
+	var created []*Disk
+	if req.FromImage != "" {
+		if len(req.Disks) > 0 || req.Config != nil {
+			return api.Machine{}, invalidField(fieldFromImage, "from_image: the machine takes its disks and configuration from the image; leave disks and config out")
+		}
+		prov, disks, err := d.provisionFromImage(ctx, req.Name, req.FromImage)
+		if err != nil {
+			return api.Machine{}, err
+		}
+		rec.Disks, rec.Config, created = prov.Disks, prov.Config, disks
+	} else if err := d.checkMachineDisks(req.Disks, nil); err != nil {
 		return api.Machine{}, err
+	}
+	undo := func() {
+		for _, k := range created {
+			k.close()
+			d.dropChain(k.rec)
+			delete(d.disks, k.rec.Name)
+			d.deleteDurable(diskKey(k.rec.Name))
+			os.Remove(d.livePath(k.rec))
+		}
 	}
 	id, err := d.store.NextID(store.MachineIDSequence)
 	if err != nil {
+		undo()
 		return api.Machine{}, fmt.Errorf("allocate machine id: %w", err)
 	}
-	rec := machineRecord{ID: id, Name: req.Name, Disks: slices.Clone(req.Disks), Config: req.Config,
-		AgentSocket: req.AgentSocket, Description: req.Description, Created: time.Now().UTC()}
+	rec.ID = id
 	if err := d.putDurable(store.MachineKey(rec.Name), rec); err != nil {
+		undo()
 		return api.Machine{}, err
 	}
 	m := &machine{rec: rec, snaps: map[string]*machineSnapRecord{}, reserved: map[string]bool{}}

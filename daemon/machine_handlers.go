@@ -87,3 +87,28 @@ func (d *Daemon) handleRollbackMachine(w http.ResponseWriter, r *http.Request) e
 	task, err := d.RollbackMachine(r.Context(), r.PathValue("name"), r.PathValue("snapshot"), q["force"])
 	return replyTask(w, task, err)
 }
+
+func imagePath(name string) string { return "/v1/images/" + url.PathEscape(name) }
+
+func (d *Daemon) handleListImages(w http.ResponseWriter, r *http.Request) error {
+	return reply(w, http.StatusOK, d.ListImages(r.Context()), nil)
+}
+
+func (d *Daemon) handleCreateImage(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateImageRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	task, err := d.CreateImage(r.Context(), req)
+	return replyTask(w, task, err)
+}
+
+func (d *Daemon) handleGetImage(w http.ResponseWriter, r *http.Request) error {
+	im, err := d.GetImage(r.Context(), r.PathValue("name"))
+	return reply(w, http.StatusOK, im, err)
+}
+
+func (d *Daemon) handleDeleteImage(w http.ResponseWriter, r *http.Request) error {
+	out, err := d.DeleteImage(r.Context(), r.PathValue("name"))
+	return reply(w, http.StatusOK, out, err)
+}

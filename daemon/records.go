@@ -90,3 +90,25 @@ type freezeRecord struct {
 	AgentSocket string    `json:"agent_socket"`
 	Since       time.Time `json:"since"`
 }
+
+// imageRecord is a whole-machine image. Its disks are chains of their own
+// in the store (numbered from the disk id sequence, so no disk ever has
+// one's id), holding only a base of entries copied by reference.
+type imageRecord struct {
+	Name        string      `json:"name"`
+	Description string      `json:"description,omitempty"`
+	Created     time.Time   `json:"created"`
+	State       string      `json:"state"` // api.ImageCreating until every chain is written
+	Source      string      `json:"source,omitempty"`
+	Disks       []imageDisk `json:"disks"`
+	Config      *api.Config `json:"config,omitempty"`
+}
+
+// imageDisk is one disk of an image.
+type imageDisk struct {
+	Name      string `json:"name"`
+	Chain     uint64 `json:"chain"`
+	Size      int64  `json:"size"`
+	BlockSize int    `json:"block_size"`
+	Boot      bool   `json:"boot,omitempty"`
+}

@@ -103,6 +103,15 @@ var Settings = []Setting{
 		Doc:   "free space the snapshot store leaves on its filesystem",
 		field: func(c *Config) any { return &c.StoreReserve },
 		check: func(c Config) error { _, err := c.storeReserve(); return err }},
+	{Flag: "image-quota", Arg: "N", Key: "image_quota", Default: strconv.Itoa(DefaultImageQuota),
+		Doc:   "most whole-machine images the host keeps, 1 to 65536",
+		field: func(c *Config) any { return &c.ImageQuota },
+		check: func(c Config) error {
+			if c.ImageQuota < 1 || c.ImageQuota > 65536 {
+				return errors.New("must be from 1 to 65536")
+			}
+			return nil
+		}},
 	{Flag: "task-history", Arg: "DURATION", Key: "task_history", Default: "168h0m0s",
 		Doc:   "how long finished tasks are kept (cairn task list)",
 		field: func(c *Config) any { return &c.TaskHistory },

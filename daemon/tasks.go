@@ -323,5 +323,21 @@ func (l *taskList) cancelTask(ctx context.Context, id string, why func(api.Task)
 	return l.get(id)
 }
 
+// waitEnded waits, bounded by ctx, for a task to end and returns it.
+func (l *taskList) waitEnded(ctx context.Context, id string) (api.Task, error) {
+	l.mu.Lock()
+	tk, ok := l.tasks[id]
+	l.mu.Unlock()
+	if !ok {
+		return api.Task{}, errorf(block.ErrNotFound, "task %q not found", id)
+	}
+	select {
+	case <-tk.done:
+	case <-ctx.Done():
+		return api.Task{}, ctx.Err()
+	}
+	return l.get(id)
+}
+
 // wait waits for running tasks (shutdown).
 func (l *taskList) wait() { l.wg.Wait() }

@@ -35,6 +35,7 @@ const (
 	fieldConfig      = "config"
 	fieldAgentSocket = "agent_socket"
 	fieldConsistency = "consistency"
+	fieldFromImage   = "from_image"
 )
 
 // fieldError is a request field that breaks a rule: kind (block.ErrInvalid

@@ -18,6 +18,7 @@ import (
 //	msnap/<machine>/<name>  one machine snapshot, by machine id (daemon)
 //	freeze/<machine>      a guest frozen by cairnd, to thaw after a crash (daemon)
 //	task/<id>             one long operation, running or finished (daemon)
+//	image/<name>          one whole-machine image: its disks' chains, configuration (daemon)
 //	health/probe          the daemon's write probe
 //
 // The id sequences "disk", "machine" and "task" (NextID) number disks,
@@ -68,6 +69,12 @@ func MachineSnapshotPrefix(machine uint64) string { return fmt.Sprintf("msnap/%d
 func MachineSnapshotKey(machine uint64, name string) string {
 	return MachineSnapshotPrefix(machine) + name
 }
+
+// ImagePrefix starts every image record key.
+const ImagePrefix = "image/"
+
+// ImageKey names the record of the image called name.
+func ImageKey(name string) string { return ImagePrefix + name }
 
 // TaskPrefix starts every task record key.
 const TaskPrefix = "task/"

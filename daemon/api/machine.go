@@ -28,7 +28,12 @@ type Config struct {
 // CreateMachineRequest is the body of POST /v1/machines.
 type CreateMachineRequest struct {
 	Name        string   `json:"name"`
-	Disks       []string `json:"disks"` // existing disks, in order; each in at most one machine
+	Disks       []string `json:"disks,omitempty"` // existing disks, in order; each in at most one machine
+	// FromImage provisions the machine from an image instead: every disk an
+	// instant clone of the image's, named NAME-DISK, and the image's
+	// configuration with its disk names rewritten to the new ones (the
+	// answer's config, for libvirt to define).
+	FromImage string `json:"from_image,omitempty"`
 	Config      *Config  `json:"config,omitempty"`
 	AgentSocket string   `json:"agent_socket,omitempty"`
 	Description string   `json:"description,omitempty"`

@@ -64,3 +64,25 @@ func (c *Client) RollbackMachine(ctx context.Context, machine, snap string, forc
 	path := withQuery(machineSnapPath(machine, snap)+"/rollback", flags(map[string]bool{"force": force}))
 	return call[Task](ctx, c, http.MethodPost, path, nil)
 }
+
+func imagePath(name string) string { return "/v1/images/" + url.PathEscape(name) }
+
+// Images lists every image, by name.
+func (c *Client) Images(ctx context.Context) ([]Image, error) {
+	return get[[]Image](ctx, c, "/v1/images")
+}
+
+// Image describes one image.
+func (c *Client) Image(ctx context.Context, name string) (Image, error) {
+	return get[Image](ctx, c, imagePath(name))
+}
+
+// CreateImage starts making an image and returns its task.
+func (c *Client) CreateImage(ctx context.Context, req CreateImageRequest) (Task, error) {
+	return call[Task](ctx, c, http.MethodPost, "/v1/images", req)
+}
+
+// DeleteImage deletes an image.
+func (c *Client) DeleteImage(ctx context.Context, name string) (DeleteSnapshotResult, error) {
+	return call[DeleteSnapshotResult](ctx, c, http.MethodDelete, imagePath(name), nil)
+}
