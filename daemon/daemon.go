@@ -140,6 +140,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, MinFreeBytes: reserve}); err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
+	d.tasks.nextID = d.nextTaskID
 	if err := d.loadDisks(); err != nil {
 		return nil, err
 	}

@@ -52,7 +52,7 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 		return api.Task{}, fmt.Errorf("rollback %s to %s: %w", disk, snap, err)
 	}
 	d.log.Info("rollback started", "disk", disk, "snapshot", snap)
-	return d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
+	task, err := d.tasks.start(d.bg, api.TaskRollback, disk, snap, func(ctx context.Context, progress progressFunc) (any, error) {
 		defer done()
 		defer d.fuseChanged(disk)
 		err := vol.Rollback(ctx, snap, progress)
@@ -62,7 +62,11 @@ func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (a
 			d.log.Info("rollback done", "disk", disk, "snapshot", snap)
 		}
 		return nil, err
-	}), nil
+	})
+	if err != nil {
+		done()
+	}
+	return task, err
 }
 
 // settleLiveClients waits up to settleTimeout for the holders of a disk's

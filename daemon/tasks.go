@@ -18,10 +18,12 @@ const keepFinished = 100
 // taskList is the registry of long operations: each runs in its own
 // goroutine, owned by the registry, and reports progress here.
 type taskList struct {
-	mu    sync.Mutex
-	next  uint64
-	tasks map[string]*task // guarded by mu
-	wg    sync.WaitGroup   // running tasks
+	// nextID numbers tasks (durably, from the store's task sequence, so
+	// an id is never reused for the data directory's lifetime).
+	nextID func() (uint64, error)
+	mu     sync.Mutex
+	tasks  map[string]*task // guarded by mu
+	wg     sync.WaitGroup   // running tasks
 }
 
 // task is one long operation; its fields are guarded by taskList.mu.
@@ -29,19 +31,33 @@ type task struct {
 	t api.Task
 }
 
+// nextTaskID takes the next task number from the store's task sequence and
+// makes it durable, so no restart or power cut ever hands it out again.
+func (d *Daemon) nextTaskID() (uint64, error) {
+	n, err := d.store.NextID(taskIDSeq)
+	if err == nil {
+		err = d.store.Sync()
+	}
+	return n, err
+}
+
 // progressFunc reports done of total units of a task's work.
 type progressFunc func(done, total uint64)
 
 // start registers a task and runs fn in a goroutine. fn's error fails the
 // task; its result is kept as Task.Result. ctx bounds the work (the
-// daemon's lifetime, not the request's).
-func (l *taskList) start(ctx context.Context, kind, disk, target string, fn func(ctx context.Context, progress progressFunc) (any, error)) api.Task {
+// daemon's lifetime, not the request's). It fails, running nothing, if no
+// id can be had from the store.
+func (l *taskList) start(ctx context.Context, kind, disk, target string, fn func(ctx context.Context, progress progressFunc) (any, error)) (api.Task, error) {
+	n, err := l.nextID()
+	if err != nil {
+		return api.Task{}, fmt.Errorf("start %s task: number it: %w", kind, err)
+	}
+	id := kind + "-" + strconv.FormatUint(n, 10)
 	l.mu.Lock()
 	if l.tasks == nil {
 		l.tasks = map[string]*task{}
 	}
-	l.next++
-	id := kind + "-" + strconv.FormatUint(l.next, 10)
 	tk := &task{t: api.Task{ID: id, Kind: kind, Disk: disk, Target: target, State: api.TaskRunning, Created: time.Now().UTC()}}
 	l.tasks[id] = tk
 	snapshot := tk.t
@@ -73,7 +89,7 @@ func (l *taskList) start(ctx context.Context, kind, disk, target string, fn func
 		}
 		l.pruneLocked()
 	}()
-	return snapshot
+	return snapshot, nil
 }
 
 // pruneLocked forgets the oldest finished tasks beyond keepFinished.
@@ -113,7 +129,7 @@ func (l *taskList) get(id string) (api.Task, error) {
 	defer l.mu.Unlock()
 	tk, ok := l.tasks[id]
 	if !ok {
-		return api.Task{}, errorf(block.ErrNotFound, "task %q not found (finished tasks are forgotten after %d newer ones finish, and at restart)", id, keepFinished)
+		return api.Task{}, errorf(block.ErrNotFound, "task %q not found (finished tasks are forgotten after %d newer ones finish, and at restart; ids are never reused)", id, keepFinished)
 	}
 	return tk.t, nil
 }

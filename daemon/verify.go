@@ -30,5 +30,5 @@ func (d *Daemon) Verify(ctx context.Context, req api.VerifyRequest) (api.Task, e
 			d.log.Error("verify found faults", "disk", req.Disk, "faults", len(res.Faults), "first", res.Faults[0])
 		}
 		return res, err
-	}), nil
+	})
 }

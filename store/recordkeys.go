@@ -16,7 +16,7 @@ import (
 //	disk/<name>           one disk (daemon)
 //	health/probe          the daemon's write probe
 //
-// The id sequence "disk" (NextID) numbers disks.
+// The id sequences (NextID): "disk" numbers disks, "task" numbers tasks.
 const (
 	// ChainPrefix starts every chain record key.
 	ChainPrefix = "chain/"
@@ -24,6 +24,9 @@ const (
 	DiskPrefix = "disk/"
 	// DiskIDSequence is the NextID sequence of disk ids.
 	DiskIDSequence = "disk"
+	// TaskIDSequence is the NextID sequence of task ids: a task id is
+	// never reused for the lifetime of the data directory.
+	TaskIDSequence = "task"
 	// HealthProbeKey is written and read back by health checks.
 	HealthProbeKey = "health/probe"
 )
