@@ -41,8 +41,14 @@ func (d *Daemon) livePath(rec diskRecord) string {
 	if rec.Adopted != "" {
 		return rec.Adopted
 	}
-	return filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".raw")
+	return filepath.Join(d.disksDir(), liveFileName(strconv.FormatUint(rec.ID, 10)))
 }
+
+// The names of the files cairnd writes for the disk with id in the disks
+// directory: the live image of a disk not adopted, and the prefix of its
+// volume's files (cow.TrackFile lists them).
+func liveFileName(id string) string { return id + ".raw" }
+func trackBase(id string) string    { return id + ".track" }
 
 // volOptions are the cow options of a disk: its chain in the store and its
 // change-tracking files beside the live images (named by id).
@@ -51,7 +57,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		BlockSize:    rec.BlockSize,
 		Store:        d.store,
 		DiskID:       rec.ID,
-		TrackPrefix:  filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
+		TrackPrefix:  filepath.Join(d.disksDir(), trackBase(strconv.FormatUint(rec.ID, 10))),
 		Logger:       d.log.With("disk", rec.Name),
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
