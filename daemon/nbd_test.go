@@ -188,10 +188,10 @@ func TestForceDeleteDiskWithSnapshotReader(t *testing.T) {
 	mustSnapshot(t, in.Client, "vm", "s1")
 	h := holdExport(t, in, "vm@s1")
 
-	err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{})
+	err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{WithSnapshots: true})
 	wantAPIError(t, err, 409, api.CodeInUse, "1 connected NBD client")
 	start := time.Now()
-	if err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{Force: true}); err != nil {
+	if err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{Force: true, WithSnapshots: true}); err != nil {
 		t.Fatalf("forced delete with a snapshot reader: %v", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {

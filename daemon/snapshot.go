@@ -36,6 +36,9 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	}
 	d.snapMu.Lock()
 	defer d.snapMu.Unlock()
+	if _, _, err := d.volume(disk); err != nil {
+		return api.Snapshot{}, err // deleted, or being deleted, meanwhile
+	}
 	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota {
 		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
 			disk, n, d.cfg.SnapshotQuota, disk)

@@ -115,7 +115,10 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:               "delete NAME",
 		Aliases:           []string{"rm"},
-		Short:             "Delete a disk (refused while NBD clients are connected, unless --force)",
+		Short:             "Delete a disk (refused while it has snapshots, unless --with-snapshots, or NBD clients, unless --force)",
+		Long: "Deletes the disk's record and its live image (an adopted file is kept unless --delete-adopted).\n" +
+			"A disk that has snapshots is not deleted unless --with-snapshots says to delete them with it; the\n" +
+			"refusal says how many there are. Refused while NBD clients are connected, unless --force disconnects them.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
 		RunE: a.run(func(ctx context.Context, args []string) error {
@@ -130,6 +133,7 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&opts.Force, "force", false, "disconnect connected NBD clients first")
 	cmd.Flags().BoolVar(&opts.DeleteAdopted, "delete-adopted", false, "also remove an adopted image file (kept by default)")
+	cmd.Flags().BoolVar(&opts.WithSnapshots, "with-snapshots", false, "delete the disk's snapshots with it (without it a disk that has snapshots is not deleted)")
 	return cmd
 }
 

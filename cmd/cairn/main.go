@@ -62,16 +62,19 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	_, err := root.ExecuteContextC(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
 	var re runError
 	if errors.As(err, &re) {
-		fmt.Fprintf(stderr, "cairn: %v\n", re.err)
+		fmt.Fprintf(stderr, "cairn: %s\n", inCLIWords(cmd, re.err))
 		return exitError
 	}
-	fmt.Fprintf(stderr, "cairn: %v\nRun 'cairn --help' for usage.\n", err)
+	if cmd == nil {
+		cmd = root
+	}
+	fmt.Fprintf(stderr, "cairn: %v\nusage: %s\n", err, usageLine(cmd))
 	return exitUsage
 }
 

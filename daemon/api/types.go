@@ -57,6 +57,10 @@ type DeleteDiskOptions struct {
 	// DeleteAdopted also removes an adopted regular file (delete_adopted=true);
 	// without it an adopted live image is left in place.
 	DeleteAdopted bool
+	// WithSnapshots deletes the disk's snapshots with it
+	// (with_snapshots=true); without it a disk that has snapshots is not
+	// deleted.
+	WithSnapshots bool
 }
 
 // Export is one NBD export name (GET /v1/exports).
