@@ -113,9 +113,9 @@ func (a *app) diskGrowCmd() *cobra.Command {
 func (a *app) diskDeleteCmd() *cobra.Command {
 	var opts api.DeleteDiskOptions
 	cmd := &cobra.Command{
-		Use:               "delete NAME",
-		Aliases:           []string{"rm"},
-		Short:             "Delete a disk (refused while it has snapshots, unless --with-snapshots, or NBD clients, unless --force)",
+		Use:     "delete NAME",
+		Aliases: []string{"rm"},
+		Short:   "Delete a disk (refused while it has snapshots, unless --with-snapshots, or NBD clients, unless --force)",
 		Long: "Deletes the disk's record and its live image (an adopted file is kept unless --delete-adopted).\n" +
 			"A disk that has snapshots is not deleted unless --with-snapshots says to delete them with it; the\n" +
 			"refusal says how many there are. Refused while NBD clients are connected, unless --force disconnects them.",
