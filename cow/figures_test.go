@@ -18,7 +18,8 @@ import (
 // The figures people see (a snapshot's WRITTEN and UNIQUE, a chain's
 // capacity, the store's stats) checked against a model of the chain after
 // every step of random writes, trims, snapshots, deletes at any position,
-// rollbacks and restarts: each figure must say what the model says, and
+// rollbacks (also to a snapshot taken before the disk grew), grows and
+// restarts: each figure must say what the model says, and
 // every delete must free exactly what UNIQUE said it would.
 //
 // The model states the chain's rules, not the code's: a snapshot holds the
@@ -158,12 +159,25 @@ func (m *figureModel) rollback(i int) []int {
 	for _, s := range m.snaps[i+1:] {
 		maps.Copy(changed, s.written)
 	}
+	// Blocks past the snapshot's size are zeroed (the disk keeps its size).
+	for b := len(m.snaps[i].content); b < m.nblocks; b++ {
+		changed[b] = true
+	}
 	blocks := slices.Sorted(maps.Keys(changed))
 	for _, b := range blocks {
-		c := m.snaps[i].content[b]
+		c := 0
+		if b < len(m.snaps[i].content) {
+			c = m.snaps[i].content[b]
+		}
 		m.write(b, c, c != 0)
 	}
 	return blocks
+}
+
+func (m *figureModel) grow(n int) {
+	m.nblocks += n
+	m.live = append(m.live, make([]int, n)...)
+	m.alloc = append(m.alloc, make([]bool, n)...)
 }
 
 // contentBytes is what content id c holds: zeros for 0, else a block
@@ -188,9 +202,9 @@ func contentBytes(c, bs int) []byte {
 // and after every step checks each snapshot's WRITTEN and UNIQUE, the
 // chain's capacity and the store's stats against the model, and that
 // every delete frees exactly what UNIQUE said. CAIRN_FIGURES_SEEDS and
-// CAIRN_FIGURES_STEPS make it longer (make test-long).
+// CAIRN_FIGURES_STEPS make it longer (make test-long runs 40 x 400).
 func TestFiguresAgainstModel(t *testing.T) {
-	seeds, steps := 6, 120
+	seeds, steps := 4, 100
 	if s, err := strconv.Atoi(os.Getenv("CAIRN_FIGURES_SEEDS")); err == nil {
 		seeds = s
 	}
@@ -203,17 +217,16 @@ func TestFiguresAgainstModel(t *testing.T) {
 }
 
 func runFigures(t *testing.T, seed uint64, steps int) {
-	const nblocks = 12
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, 13))
-	d := newTestDisk(t, nblocks*testBS)
-	m := newFigureModel(nblocks)
+	d := newTestDisk(t, 8*testBS)
+	m := newFigureModel(8)
 	nextContent, names := 1, 0
 	for step := range steps {
 		var what string
 		switch op := rng.IntN(100); {
 		case op < 40: // write a block: new content, shared content, or zeros
-			b := rng.IntN(nblocks)
+			b := rng.IntN(m.nblocks)
 			c := rng.IntN(4) // a few contents recur, so chunks are shared
 			if rng.IntN(3) == 0 {
 				nextContent++
@@ -225,7 +238,7 @@ func runFigures(t *testing.T, seed uint64, steps int) {
 			m.write(b, c, true)
 			what = fmt.Sprintf("write block %d content %d", b, c)
 		case op < 45:
-			b := rng.IntN(nblocks)
+			b := rng.IntN(m.nblocks)
 			if err := d.v.Trim(ctx, int64(b)*testBS, testBS, false); err != nil {
 				t.Fatal(err)
 			}
@@ -272,6 +285,22 @@ func runFigures(t *testing.T, seed uint64, steps int) {
 			}
 			blocks := m.rollback(i)
 			what = fmt.Sprintf("rollback to %s (blocks %v)", m.snaps[i].name, blocks)
+			changes, err := d.v.Changes(ctx, m.snaps[i].name, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for b := len(m.snaps[i].content); b < m.nblocks; b++ {
+				if !changes.Test(uint64(b)) {
+					t.Fatalf("seed %d step %d, %s: the changes since it leave out block %d, past its size", seed, step, what, b)
+				}
+			}
+		case op < 93 && m.nblocks < 20:
+			n := 1 + rng.IntN(3)
+			if err := d.v.Grow(int64(m.nblocks+n) * testBS); err != nil {
+				t.Fatal(err)
+			}
+			m.grow(n)
+			what = fmt.Sprintf("grow by %d blocks", n)
 		default:
 			d.reopen()
 			what = "restart"
