@@ -74,8 +74,9 @@ func (k *Disk) close() error {
 	return err
 }
 
-// diskToAPI describes the disk. Caller holds Daemon.mu.
-func (d *Daemon) diskToAPI(k *Disk) api.Disk {
+// diskToAPI describes the disk; clients are the NBD clients by export
+// (nbdClients; nil: none). Caller holds Daemon.mu.
+func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk {
 	out := api.Disk{
 		Name:        k.rec.Name,
 		ID:          k.rec.ID,
@@ -84,9 +85,9 @@ func (d *Daemon) diskToAPI(k *Disk) api.Disk {
 		Description: k.rec.Description,
 		Path:        d.livePath(k.rec),
 		Adopted:     k.rec.Adopted != "",
-		Created:     k.rec.Created,
+		Created:     api.At(k.rec.Created),
 		Export:      k.rec.Name,
-		Clients:     k.clients(nil),
+		Clients:     exportClients(clients, k.rec.Name),
 		State:       api.DiskReady,
 	}
 	if k.vol != nil {
@@ -112,24 +113,26 @@ func (d *Daemon) sortedDisks() []*Disk {
 
 // ListDisks returns every disk, by name.
 func (d *Daemon) ListDisks() []api.Disk {
+	clients := d.nbdClients()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]api.Disk, 0, len(d.disks))
 	for _, k := range d.sortedDisks() {
-		out = append(out, d.diskToAPI(k))
+		out = append(out, d.diskToAPI(k, clients))
 	}
 	return out
 }
 
 // GetDisk returns one disk.
 func (d *Daemon) GetDisk(name string) (api.Disk, error) {
+	clients := d.nbdClients()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	k, err := d.lookup(name)
 	if err != nil {
 		return api.Disk{}, err
 	}
-	return d.diskToAPI(k), nil
+	return d.diskToAPI(k, clients), nil
 }
 
 // lookup finds a disk by the name in a request's path. Caller holds d.mu.

@@ -61,11 +61,11 @@ func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, u cow.Usage, clients ma
 	export := exportName{k.rec.Name, in.Name}.String()
 	return api.Snapshot{
 		Disk: k.rec.Name, Name: in.Name, Seq: in.Seq, Description: in.Description, Kind: in.Kind,
-		Created: in.Created, State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
+		Created: api.At(in.Created), State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
 		WrittenBytes: u.WrittenBytes, UniqueBytes: u.Unique.Bytes, UniqueStoredBytes: u.Unique.StoredBytes,
 		HoldMicros:  float64(in.Hold) / float64(time.Microsecond),
 		DrainMicros: float64(in.Drain) / float64(time.Microsecond),
-		Export:      export, Clients: len(clients[export]),
+		Export:      export, Clients: exportClients(clients, export),
 	}
 }
 

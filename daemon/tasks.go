@@ -58,7 +58,7 @@ func (l *taskList) start(ctx context.Context, kind, disk, target string, fn func
 	if l.tasks == nil {
 		l.tasks = map[string]*task{}
 	}
-	tk := &task{t: api.Task{ID: id, Kind: kind, Disk: disk, Target: target, State: api.TaskRunning, Created: time.Now().UTC()}}
+	tk := &task{t: api.Task{ID: id, Kind: kind, Disk: disk, Target: target, State: api.TaskRunning, Created: api.At(time.Now())}}
 	l.tasks[id] = tk
 	snapshot := tk.t
 	l.mu.Unlock()
@@ -78,7 +78,8 @@ func (l *taskList) start(ctx context.Context, kind, disk, target string, fn func
 		now := time.Now().UTC()
 		l.mu.Lock()
 		defer l.mu.Unlock()
-		tk.t.Finished = &now
+		finished := api.At(now)
+		tk.t.Finished = &finished
 		tk.t.Result = result
 		if err != nil {
 			tk.t.State = api.TaskFailed
@@ -103,7 +104,7 @@ func (l *taskList) pruneLocked() {
 	if len(finished) <= keepFinished {
 		return
 	}
-	sort.Slice(finished, func(i, j int) bool { return finished[i].t.Finished.Before(*finished[j].t.Finished) })
+	sort.Slice(finished, func(i, j int) bool { return finished[i].t.Finished.Before(finished[j].t.Finished.Time) })
 	for _, tk := range finished[:len(finished)-keepFinished] {
 		delete(l.tasks, tk.t.ID)
 	}
@@ -118,7 +119,7 @@ func (l *taskList) list() []api.Task {
 		out = append(out, tk.t)
 	}
 	sort.Slice(out, func(i, j int) bool {
-		return out[i].Created.After(out[j].Created) || out[i].Created.Equal(out[j].Created) && out[i].ID > out[j].ID
+		return out[i].Created.After(out[j].Created.Time) || out[i].Created.Equal(out[j].Created.Time) && out[i].ID > out[j].ID
 	})
 	return out
 }

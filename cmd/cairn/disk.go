@@ -74,7 +74,7 @@ func (a *app) diskListCmd() *cobra.Command {
 			func(disks []api.Disk) error {
 				t := a.table("NAME", "SIZE", "BLOCK", "CLIENTS", "STATE", "DESCRIPTION")
 				for _, d := range disks {
-					t.row(d.Name, api.FormatSize(d.Size), api.FormatSize(int64(d.BlockSize)), strconv.Itoa(d.Clients), d.State, d.Description)
+					t.row(d.Name, api.FormatSize(d.Size), api.FormatSize(int64(d.BlockSize)), strconv.Itoa(len(d.Clients)), d.State, d.Description)
 				}
 				return t.flush()
 			}),
@@ -157,7 +157,7 @@ func (a *app) printDisk(d api.Disk) error {
 	}
 	t.row("Live image:", image)
 	t.row("Export:", d.Export)
-	t.row("Clients:", strconv.Itoa(d.Clients))
+	t.row("Clients:", strconv.Itoa(len(d.Clients)))
 	t.row("Created:", d.Created.Local().Format(time.RFC3339))
 	return t.flush()
 }

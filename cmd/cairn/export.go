@@ -42,7 +42,7 @@ func oldestClient(clients []api.NBDClient) string {
 	}
 	oldest := clients[0].Since
 	for _, c := range clients[1:] {
-		if c.Since.Before(oldest) {
+		if c.Since.Before(oldest.Time) {
 			oldest = c.Since
 		}
 	}

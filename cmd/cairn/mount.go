@@ -92,8 +92,8 @@ func (a *app) mount(ctx context.Context, target, dir string, mf mountFlags) (res
 		if _, err := a.client.Snapshot(ctx, diskName, snap); err != nil {
 			return restore.Info{}, err
 		}
-	} else if !mf.opts.ReadOnly && disk.Clients > 0 && !mf.force {
-		return restore.Info{}, fmt.Errorf("disk %s has %d client(s) (a VM?): mounting it read-write beside them corrupts it; use --read-only, or a snapshot (%s@SNAPSHOT), or --force", diskName, disk.Clients, diskName)
+	} else if !mf.opts.ReadOnly && len(disk.Clients) > 0 && !mf.force {
+		return restore.Info{}, fmt.Errorf("disk %s has %d NBD client(s) (a VM?): mounting it read-write beside them corrupts it; use --read-only, or a snapshot (%s@SNAPSHOT), or --force", diskName, len(disk.Clients), diskName)
 	}
 	tree, err := findTree(mf.fuseDir, diskName)
 	if err != nil {

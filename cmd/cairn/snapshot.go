@@ -167,7 +167,7 @@ func (a *app) printSnapshot(s api.Snapshot) error {
 	t.row("Write hold:", formatHold(s.HoldMicros))
 	t.row("Drain:", formatHold(s.DrainMicros)+" (writes in flight at the seal finishing)")
 	t.row("Export:", s.Export+" (read-only)")
-	t.row("Clients:", strconv.Itoa(s.Clients))
+	t.row("Clients:", strconv.Itoa(len(s.Clients)))
 	return t.flush()
 }
 

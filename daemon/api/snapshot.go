@@ -1,17 +1,13 @@
 package api
 
-import (
-	"time"
-)
-
 // Snapshot is one snapshot of a disk (GET /v1/disks/{name}/snapshots/{snapshot}).
 type Snapshot struct {
-	Disk        string    `json:"disk"`
-	Name        string    `json:"name"`
-	Seq         uint64    `json:"seq"` // position in the chain: increasing, never reused
-	Description string    `json:"description,omitempty"`
-	Kind        string    `json:"kind"` // SnapshotManual or SnapshotAuto
-	Created     time.Time `json:"created"`
+	Disk        string `json:"disk"`
+	Name        string `json:"name"`
+	Seq         uint64 `json:"seq"` // position in the chain: increasing, never reused
+	Description string `json:"description,omitempty"`
+	Kind        string `json:"kind"` // SnapshotManual or SnapshotAuto
+	Created     Time   `json:"created"`
 	// State is SnapshotCopying (Progress says how far), SnapshotReady,
 	// SnapshotFailed (Reason says why) or SnapshotDeleting.
 	State    string  `json:"state"`
@@ -34,9 +30,9 @@ type Snapshot struct {
 	// DrainMicros: from the seal until the writes already in flight in
 	// the sealed epoch had finished (only writes that had to copy one of
 	// the snapshot's blocks out first waited that long).
-	DrainMicros float64 `json:"drain_us"`
-	Export      string  `json:"export"` // its read-only NBD export, DISK@SNAPSHOT
-	Clients     int     `json:"clients"`
+	DrainMicros float64     `json:"drain_us"`
+	Export      string      `json:"export"`  // its read-only NBD export, DISK@SNAPSHOT
+	Clients     []NBDClient `json:"clients"` // NBD clients reading its export, as in Export
 }
 
 // Snapshot kinds and states.

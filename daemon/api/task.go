@@ -1,19 +1,17 @@
 package api
 
-import "time"
-
 // Task is a long operation (GET /v1/tasks/{id}).
 type Task struct {
-	ID       string     `json:"id"`
-	Kind     string     `json:"kind"` // TaskRollback, TaskVerify
-	Disk     string     `json:"disk,omitempty"`
-	Target   string     `json:"target,omitempty"` // e.g. the snapshot rolled back to
-	State    string     `json:"state"`            // TaskRunning, TaskDone, TaskFailed
-	Progress float64    `json:"progress"`         // percent
-	Message  string     `json:"message,omitempty"`
-	Error    string     `json:"error,omitempty"`
-	Created  time.Time  `json:"created"`
-	Finished *time.Time `json:"finished,omitempty"`
+	ID       string  `json:"id"`
+	Kind     string  `json:"kind"` // TaskRollback, TaskVerify
+	Disk     string  `json:"disk,omitempty"`
+	Target   string  `json:"target,omitempty"` // e.g. the snapshot rolled back to
+	State    string  `json:"state"`            // TaskRunning, TaskDone, TaskFailed
+	Progress float64 `json:"progress"`         // percent
+	Message  string  `json:"message,omitempty"`
+	Error    string  `json:"error,omitempty"`
+	Created  Time    `json:"created"`
+	Finished *Time   `json:"finished,omitempty"`
 	// Result is kind specific: VerifyResult for TaskVerify.
 	Result any `json:"result,omitempty"`
 }
