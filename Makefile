@@ -4,7 +4,7 @@ PREFIX    ?= /usr/local
 DESTDIR   ?=
 BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION)
+LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION) -X main.version=$(VERSION)
 DATA      ?= $(CURDIR)/.cairn
 
 .PHONY: build test test-go test-e2e test-long run bench install uninstall deps fuzz clean

@@ -290,4 +290,59 @@ func TestCompletion(t *testing.T) {
 	if !strings.Contains(out, "alpha\nbeta\n") {
 		t.Errorf("disk name completion: %q", out)
 	}
+	ok(t, sock, "snapshot", "create", "alpha", "s1")
+	ok(t, sock, "snapshot", "create", "alpha", "s2")
+	// Every command that takes a disk or a snapshot completes them
+	// (":4" is cobra's "no file completion", ":16" "directories only").
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"mount", "alpha@"}, "alpha@s1\nalpha@s2\n:4\n"},
+		{[]string{"mount", "alpha@s1", ""}, ":16\n"},
+		{[]string{"snapshot", "list", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"snap", "show", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "delete", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "rollback", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "diff", "alpha", "s1", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "create", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"snapshot", "capacity", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"disk", "grow", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"disk", "delete", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"export", "list", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"verify", ""}, "alpha\nbeta\n:4\n"},
+	} {
+		out := ok(t, sock, append([]string{"__complete"}, c.args...)...)
+		if !strings.HasPrefix(out, c.want) {
+			t.Errorf("cairn __complete %q: %q; want %q first", c.args, out, c.want)
+		}
+	}
+}
+
+func TestVersionAndExportFilter(t *testing.T) {
+	in := daemontest.Start(t, nil)
+	sock := in.Client.Socket
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		if out := ok(t, sock, args...); out != "cairn dev\ncairnd "+in.Info().Version+"\n" {
+			t.Errorf("cairn %s: %q", args[0], out)
+		}
+	}
+	out, _, code := cli(t, "/nonexistent.sock", "version")
+	if code != exitOK || !strings.HasPrefix(out, "cairn dev\ncairnd: unknown (cannot reach cairnd") {
+		t.Errorf("cairn version without cairnd: exit %d, %q", code, out)
+	}
+	ok(t, sock, "disk", "create", "a", "--size", "1M")
+	ok(t, sock, "disk", "create", "b", "--size", "1M")
+	ok(t, sock, "snapshot", "create", "a", "s1", "--wait")
+	rows := cells(ok(t, sock, "export", "list", "a"))
+	if len(rows) != 3 || rows[1][0] != "a" || rows[2][0] != "a@s1" {
+		t.Errorf("export list a: %q", rows)
+	}
+	if rows := cells(ok(t, sock, "export", "list")); len(rows) != 4 {
+		t.Errorf("export list: %q", rows)
+	}
+	if _, errs, code := cli(t, sock, "export", "list", "nope"); code != exitError || errs != "cairn: disk \"nope\" not found\n" {
+		t.Errorf("export list nope: exit %d, %q", code, errs)
+	}
 }

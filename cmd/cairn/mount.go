@@ -35,7 +35,8 @@ func (a *app) mountCmd() *cobra.Command {
 		Example: "  cairn mount vm1-root@nightly-1122 /mnt/restore\n" +
 			"  cairn mount vm1-root@nightly-1122 /mnt/restore --partition 2\n" +
 			"  cairn umount /mnt/restore",
-		Args: cobra.ExactArgs(2),
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeMountTarget,
 		RunE: a.run(func(ctx context.Context, args []string) error {
 			info, err := a.mount(ctx, args[0], args[1], mf)
 			if err != nil {
@@ -76,6 +77,26 @@ func (a *app) umountCmd() *cobra.Command {
 func (mf *mountFlags) addCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&mf.fuseDir, "fuse-dir", "", "cairnd's FUSE view (default: found in the mount table)")
 	cmd.Flags().StringVar(&mf.stateDir, "state-dir", restore.DefaultStateDir, "where restore mounts are recorded")
+}
+
+// completeMountTarget completes DISK[@SNAPSHOT] from cairnd (a word with
+// '@' from the disk's snapshots), then DIR with directories.
+func (a *app) completeMountTarget(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	switch {
+	case len(args) == 1:
+		return nil, cobra.ShellCompDirectiveFilterDirs
+	case len(args) > 1:
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	disk, _, isSnap := strings.Cut(toComplete, "@")
+	if !isSnap {
+		return a.completeDisks(cmd, args, toComplete)
+	}
+	names, directive := a.completeSnapshots(cmd, []string{disk}, "")
+	for i, n := range names {
+		names[i] = disk + "@" + n
+	}
+	return names, directive
 }
 
 // mount checks DISK[@SNAPSHOT] with cairnd and mounts its file.
