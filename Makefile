@@ -4,10 +4,10 @@ PREFIX    ?= /usr/local
 DESTDIR   ?=
 BIN       := bin
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION)
+LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION) -X main.version=$(VERSION)
 DATA      ?= $(CURDIR)/.cairn
 
-.PHONY: build test test-go test-e2e run bench install uninstall deps fuzz clean
+.PHONY: build test test-go test-e2e test-long run bench install uninstall deps fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cairnd ./cmd/cairnd
@@ -21,6 +21,12 @@ test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	./scripts/test/run-all.sh
+
+# Long runs of the model-based tests (make test runs a few seeds of each).
+FIGURES_SEEDS ?= 40
+FIGURES_STEPS ?= 400
+test-long:
+	CAIRN_FIGURES_SEEDS=$(FIGURES_SEEDS) CAIRN_FIGURES_STEPS=$(FIGURES_STEPS) $(GO) test -count=1 -timeout 60m -run TestFiguresAgainstModel ./cow
 
 # Long fuzzing run (the seed corpora run in make test): FUZZTIME=10m make fuzz
 FUZZTIME ?= 60s

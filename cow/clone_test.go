@@ -131,7 +131,7 @@ func TestClone(t *testing.T) {
 			touched++
 		}
 	}
-	if got := int(in.WrittenBytes / testBS); got > touched+2 || got >= blocks {
+	if got := int(in.CopyBytes / testBS); got > touched+2 || got >= blocks {
 		t.Fatalf("the clone's first snapshot took %d of %d blocks, %d of them changed: it should take only those the clone wrote", got, blocks, touched)
 	}
 

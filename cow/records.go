@@ -36,18 +36,20 @@ type SnapshotMeta struct {
 
 // SnapshotInfo describes one snapshot.
 type SnapshotInfo struct {
-	Seq          uint64        `json:"seq"`
-	Name         string        `json:"name"`
-	Description  string        `json:"description,omitempty"`
-	Kind         string        `json:"kind"`
-	Created      time.Time     `json:"created"`
-	State        string        `json:"state"`
-	Progress     float64       `json:"progress"` // 0..100
-	Reason       string        `json:"reason,omitempty"`
-	Size         int64         `json:"size"`
-	WrittenBytes uint64        `json:"written_bytes"` // bytes changed in the epoch it sealed
-	Hold         time.Duration `json:"hold_ns"`       // how long the epoch was sealed (writes arriving then wait at most this)
-	Drain        time.Duration `json:"drain_ns"`      // from the seal until the old epoch's writes in flight had finished
+	Seq         uint64        `json:"seq"`
+	Name        string        `json:"name"`
+	Description string        `json:"description,omitempty"`
+	Kind        string        `json:"kind"`
+	Created     time.Time     `json:"created"`
+	State       string        `json:"state"`
+	Progress    float64       `json:"progress"` // 0..100
+	Reason      string        `json:"reason,omitempty"`
+	Size        int64         `json:"size"`
+	Hold        time.Duration `json:"hold_ns"`  // how long the epoch was sealed (writes arriving then wait at most this)
+	Drain       time.Duration `json:"drain_ns"` // from the seal until the old epoch's writes in flight had finished
+	// CopyBytes is how much its copy-out stores: the blocks pending at
+	// the seal and those passed to it since (Progress is of these).
+	CopyBytes uint64 `json:"copy_bytes"`
 }
 
 // Readable reports whether the snapshot can be read (see Readable).
@@ -69,7 +71,7 @@ type snapRecord struct {
 	Size        int64     `json:"size"`
 	HoldNS      int64     `json:"hold_ns"`
 	DrainNS     int64     `json:"drain_ns,omitempty"`
-	Written     uint64    `json:"written_blocks"`
+	Written     uint64    `json:"written_blocks"` // blocks it sealed (Usage counts what it holds now)
 	// Pending is the set of blocks to copy out while copying (bitmap's
 	// portable roaring encoding).
 	Pending []byte `json:"pending,omitempty"`

@@ -46,7 +46,7 @@ func (v *Volume) openChain() error {
 
 	// Entries at or past NextSeq belong to a seal whose record never
 	// became durable: drop them.
-	if _, err := v.st.Merge(ctx, disk, cr.NextSeq-1, math.MaxUint64, 0, func(uint64) bool { return true }); err != nil {
+	if _, _, err := v.st.Merge(ctx, disk, cr.NextSeq-1, math.MaxUint64, 0, func(uint64) bool { return true }); err != nil {
 		return fmt.Errorf("drop unfinished snapshot of disk %d: %w", disk, err)
 	}
 	if err := v.loadSnaps(ctx); err != nil {

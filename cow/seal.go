@@ -357,7 +357,7 @@ func (v *Volume) abandonSeal(sl *sealing) {
 	v.gate.Unlock()
 	v.sealing.Store(nil)
 	next.remove()
-	if _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {
+	if _, _, err := v.st.Merge(context.Background(), v.opts.DiskID, s.seq()-1, s.seq(), 0, func(uint64) bool { return true }); err != nil {
 		v.log.Warn("could not drop the entries of an abandoned snapshot; they are dropped at the next start", "snapshot", s.rec.Name, "err", err)
 	}
 }

@@ -154,8 +154,8 @@ func TestAlibabaExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if freed != testBS {
-		t.Errorf("deleting snapshot 2 freed %d bytes, want %d (B1 only)", freed, testBS)
+	if freed.Bytes != testBS {
+		t.Errorf("deleting snapshot 2 freed %d bytes, want %d (B1 only)", freed.Bytes, testBS)
 	}
 	after, _ := d.st.Stats(ctx)
 	if before.Chunks-after.Chunks != 1 {

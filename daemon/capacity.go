@@ -15,17 +15,22 @@ func (d *Daemon) ChainCapacity(ctx context.Context, disk string) (api.ChainCapac
 	if err != nil {
 		return api.ChainCapacity{}, err
 	}
-	stored, entries, err := d.store.ChainBytes(ctx, k.rec.ID)
+	chain, err := d.store.ChainBytes(ctx, k.rec.ID)
 	if err != nil {
 		return api.ChainCapacity{}, err
 	}
-	out := api.ChainCapacity{Disk: disk, Quota: d.cfg.SnapshotQuota, StoredBytes: stored, Entries: entries, PerSnapshot: []api.SnapshotCapacity{}}
+	out := api.ChainCapacity{Disk: disk, Quota: d.cfg.SnapshotQuota, StoredBytes: chain.Stored, UncompressedBytes: chain.Uncompressed,
+		Entries: chain.Entries, PerSnapshot: []api.SnapshotCapacity{}}
 	for _, in := range vol.Snapshots() {
-		_, unique, err := vol.UniqueBytes(ctx, in.Name)
-		if err != nil && !errors.Is(err, block.ErrNotFound) {
+		u, err := vol.Usage(ctx, in.Name)
+		if errors.Is(err, block.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
 			return api.ChainCapacity{}, err
 		}
-		out.PerSnapshot = append(out.PerSnapshot, api.SnapshotCapacity{Name: in.Name, State: in.State, WrittenBytes: in.WrittenBytes, UniqueBytes: unique})
+		out.PerSnapshot = append(out.PerSnapshot, api.SnapshotCapacity{Name: in.Name, State: in.State, WrittenBytes: u.WrittenBytes,
+			UniqueBytes: u.Unique.Bytes, UniqueStoredBytes: u.Unique.StoredBytes})
 	}
 	out.Snapshots = len(out.PerSnapshot)
 	return out, nil

@@ -86,6 +86,7 @@ fuse_dir = "/run/c/fuse"
 freeze_timeout = "3s"
 task_history = "48h"
 agent_socket_dirs = "/run/c/agents,/srv/agents"
+image_quota = 5
 `)
 	f, err := daemon.LoadConfigFile(good)
 	if err != nil {
@@ -95,7 +96,7 @@ agent_socket_dirs = "/run/c/agents,/srv/agents"
 	want := daemon.Config{DataDir: "/srv/cairn", APISocket: "/run/c/api.sock", NBDSocket: "/run/c/nbd.sock",
 		NBDListen: "127.0.0.1:10809", LogLevel: "debug", LogFormat: "json", ShutdownTimeout: daemon.Duration(7 * time.Second),
 		SnapshotQuota: 10, StoreReserve: "1G", CopyOutShare: 0.5, FUSEDir: "/run/c/fuse",
-		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents"}
+		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents", ImageQuota: 5}
 	if cfg.FUSE == nil || *cfg.FUSE {
 		t.Fatalf("fuse = false loaded as %v", cfg.FUSE)
 	}

@@ -36,8 +36,9 @@
 //
 // Locks:
 //
-//  1. Daemon.snapMu makes the quota check and the snapshot one step; it is
-//     held alone (Daemon.mu is not taken under it, nor it under Daemon.mu).
+//  1. Daemon.snapMu makes the quota check and the snapshot one step, and a
+//     disk delete's count of snapshots and its start another. Daemon.mu
+//     may be taken under it (briefly: a lookup), never it under Daemon.mu.
 //  2. Daemon.mu guards the disk map and every Disk's mutable state (its
 //     holders among them). A volume's own locks (cow) may be taken under
 //     it, never the other way round; NBD calls (Disconnect, Connections)

@@ -43,8 +43,14 @@ func (d *Daemon) livePath(rec diskRecord) string {
 	if rec.Adopted != "" {
 		return rec.Adopted
 	}
-	return filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".raw")
+	return filepath.Join(d.disksDir(), liveFileName(strconv.FormatUint(rec.ID, 10)))
 }
+
+// The names of the files cairnd writes for the disk with id in the disks
+// directory: the live image of a disk not adopted, and the prefix of its
+// volume's files (cow.TrackFile lists them).
+func liveFileName(id string) string { return id + ".raw" }
+func trackBase(id string) string    { return id + ".track" }
 
 // volOptions are the cow options of a disk: its chain in the store and its
 // change-tracking files beside the live images (named by id).
@@ -53,7 +59,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		BlockSize:    rec.BlockSize,
 		Store:        d.store,
 		DiskID:       rec.ID,
-		TrackPrefix:  filepath.Join(d.disksDir(), strconv.FormatUint(rec.ID, 10)+".track"),
+		TrackPrefix:  filepath.Join(d.disksDir(), trackBase(strconv.FormatUint(rec.ID, 10))),
 		Logger:       d.log.With("disk", rec.Name),
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
@@ -71,8 +77,9 @@ func (k *Disk) close() error {
 	return err
 }
 
-// diskToAPI describes the disk. Caller holds Daemon.mu.
-func (d *Daemon) diskToAPI(k *Disk) api.Disk {
+// diskToAPI describes the disk; clients are the NBD clients by export
+// (nbdClients; nil: none). Caller holds Daemon.mu.
+func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk {
 	out := api.Disk{
 		Name:        k.rec.Name,
 		ID:          k.rec.ID,
@@ -81,9 +88,9 @@ func (d *Daemon) diskToAPI(k *Disk) api.Disk {
 		Description: k.rec.Description,
 		Path:        d.livePath(k.rec),
 		Adopted:     k.rec.Adopted != "",
-		Created:     k.rec.Created,
+		Created:     api.At(k.rec.Created),
 		Export:      k.rec.Name,
-		Clients:     k.clients(nil),
+		Clients:     exportClients(clients, k.rec.Name),
 		State:       api.DiskReady,
 		Parent:      k.rec.Parent,
 		Depth:       cloneDepth(k.rec),
@@ -112,24 +119,26 @@ func (d *Daemon) sortedDisks() []*Disk {
 
 // ListDisks returns every disk, by name.
 func (d *Daemon) ListDisks() []api.Disk {
+	clients := d.nbdClients()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	out := make([]api.Disk, 0, len(d.disks))
 	for _, k := range d.sortedDisks() {
-		out = append(out, d.diskToAPI(k))
+		out = append(out, d.diskToAPI(k, clients))
 	}
 	return out
 }
 
 // GetDisk returns one disk.
 func (d *Daemon) GetDisk(name string) (api.Disk, error) {
+	clients := d.nbdClients()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	k, err := d.lookup(name)
 	if err != nil {
 		return api.Disk{}, err
 	}
-	return d.diskToAPI(k), nil
+	return d.diskToAPI(k, clients), nil
 }
 
 // lookup finds a disk by the name in a request's path. Caller holds d.mu.

@@ -76,7 +76,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	}
 	d.disks[rec.Name] = disk
 	d.log.Info("disk created", "disk", rec.Name, "id", rec.ID, "size", rec.Size, "block_size", rec.BlockSize, "path", d.livePath(rec))
-	return d.diskToAPI(disk), nil
+	return d.diskToAPI(disk, nil), nil
 }
 
 // openNewDisk creates (or, adopting, checks) the live image and opens it,

@@ -8,21 +8,26 @@ import (
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/store"
 )
 
-// DeleteDisk deletes a disk: its record, its snapshots, and its live image
-// unless it was adopted (opts.DeleteAdopted removes an adopted regular
-// file too). While NBD clients or FUSE files have any of its exports open
-// it fails with block.ErrInUse, unless opts.Force: then it disconnects the
-// NBD clients (requests in flight finish) and waits, up to forceTimeout,
-// for every holder to go. No export of the disk opens once it has begun.
+// DeleteDisk deletes a disk: its record, its live image unless it was
+// adopted (opts.DeleteAdopted removes an adopted regular file too), and
+// its snapshots, which it refuses to do unless opts.WithSnapshots (a
+// block.ErrFailed naming how many, with Field with_snapshots). While NBD
+// clients or FUSE files have any of its exports open it fails with
+// block.ErrInUse, unless opts.Force: then it disconnects the NBD clients
+// (requests in flight finish) and waits, up to forceTimeout, for every
+// holder to go. No export of the disk opens and no snapshot of it is
+// taken once it has begun.
 func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDiskOptions) error {
+	d.snapMu.Lock() // no snapshot is taken between the count and the delete
 	d.mu.Lock()
-	if err := d.checkChange(); err != nil {
-		d.mu.Unlock()
-		return err
+	err := d.checkChange()
+	var k *Disk
+	if err == nil {
+		k, err = d.lookup(name)
 	}
-	k, err := d.lookup(name)
 	if err == nil && k.deleting {
 		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
 	}
@@ -35,15 +40,20 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 		err = errorf(block.ErrInUse, "disk %q belongs to machine %q: take it out of the machine first (cairn machine set %s --disks ...), or delete the machine with its disks (cairn machine delete %s --with-disks)",
 			name, m.rec.Name, m.rec.Name, m.rec.Name)
 	}
-	if err == nil && !opts.Force && k.clients(nil) > 0 {
-		err = errorf(block.ErrInUse, "disk %q has %d connected NBD client(s): disconnect them, or delete with force to disconnect them", name, k.clients(nil))
+	if err == nil && !opts.WithSnapshots {
+		err = d.refuseSnapshots(k)
 	}
+	if err == nil && !opts.Force && k.clients(nil) > 0 {
+		err = fieldError(block.ErrInUse, fieldForce, "disk %q has %d connected NBD client(s): disconnect them, or delete with force=true to disconnect them", name, k.clients(nil))
+	}
+	if err == nil {
+		k.deleting = true
+	}
+	d.mu.Unlock()
+	d.snapMu.Unlock()
 	if err != nil {
-		d.mu.Unlock()
 		return err
 	}
-	k.deleting = true
-	d.mu.Unlock()
 
 	wctx, cancel := context.WithTimeout(ctx, forceTimeout)
 	defer cancel()
@@ -93,6 +103,33 @@ func (d *Daemon) removeDisk(k *Disk, opts api.DeleteDiskOptions) error {
 	}
 	d.log.Info("disk deleted", "disk", name, "id", k.rec.ID)
 	return nil
+}
+
+// refuseSnapshots is the error for deleting a disk that has snapshots
+// without with_snapshots, or nil when it has none. Caller holds d.mu.
+func (d *Daemon) refuseSnapshots(k *Disk) error {
+	n, err := d.snapshotCount(k)
+	if err != nil {
+		return fmt.Errorf("delete disk %s: count its snapshots: %w", k.rec.Name, err)
+	}
+	if n == 0 {
+		return nil
+	}
+	return fieldError(block.ErrFailed, fieldWithSnapshots,
+		"disk %q has %d snapshot(s), which would be deleted with it: delete them first (cairn snapshot list %s), or delete with with_snapshots=true to delete them too",
+		k.rec.Name, n, k.rec.Name)
+}
+
+// snapshotCount counts a disk's snapshots: its volume's, or for a disk
+// whose live image did not open, the snapshot records of its chain.
+// Caller holds d.mu.
+func (d *Daemon) snapshotCount(k *Disk) (int, error) {
+	if k.vol != nil {
+		return len(k.vol.Snapshots()), nil
+	}
+	n := 0
+	err := d.store.ListRecords(store.SnapshotPrefix(k.rec.ID), func(string, []byte) error { n++; return nil })
+	return n, err
 }
 
 func isRegular(path string) bool {

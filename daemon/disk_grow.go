@@ -18,6 +18,7 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 		return api.Disk{}, err
 	}
 	defer d.fuseChanged(name) // after d.mu is released: the tree calls back into the daemon
+	clients := d.nbdClients() // NBD calls are made without d.mu
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if err := d.checkChange(); err != nil {
@@ -46,5 +47,5 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 	}
 	k.rec = rec
 	d.log.Info("disk grown", "disk", name, "size", size)
-	return d.diskToAPI(k), nil
+	return d.diskToAPI(k, clients), nil
 }

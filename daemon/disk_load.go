@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/cairn-storage/cairn/cow"
 )
 
 // Loading the disks at start-up, and cleaning up after a crash: chains
-// whose disk is gone are dropped, live images no disk names are reported.
+// whose disk is gone are dropped, files no disk owns are reported.
 
 // loadDisks opens every disk recorded in the store. A live image that does
 // not open leaves its disk in the error state instead of stopping cairnd.
@@ -36,8 +38,8 @@ func (d *Daemon) loadDisks() error {
 	if err != nil {
 		return fmt.Errorf("load disks: %w", err)
 	}
-	d.warnOrphans()
 	d.sweepChains()
+	d.warnOrphans()
 	return nil
 }
 
@@ -60,23 +62,52 @@ func (d *Daemon) sweepChains() {
 	}
 }
 
-// warnOrphans logs live images no disk record names (left by a crash
-// between creating the file and recording the disk, or by a store that was
-// replaced). They are kept: only an operator can tell which case it is.
+// warnOrphans logs the files in the disks directory that belong to no disk
+// (left by a crash between creating a live image and recording its disk,
+// or by a store that was replaced), saying what each is. The files cairnd
+// writes for a known disk (its live image, change-tracking and side files:
+// cow.TrackFile) are not warned about, whatever the disk's state. Orphans
+// are kept: only an operator can tell which case it is.
 func (d *Daemon) warnOrphans() {
 	entries, err := os.ReadDir(d.disksDir())
 	if err != nil {
 		return
 	}
-	known := make(map[string]bool, len(d.disks))
+	known := make(map[string]*Disk, len(d.disks))
 	for _, disk := range d.disks {
-		known[filepath.Base(d.livePath(disk.rec))] = true
+		known[strconv.FormatUint(disk.rec.ID, 10)] = disk
 	}
 	for _, e := range entries {
-		if !known[e.Name()] {
-			d.log.Warn("live image belongs to no disk; remove it if it is not needed", "path", filepath.Join(d.disksDir(), e.Name()))
+		id, _, _ := strings.Cut(e.Name(), ".")
+		what, ours := diskFile(id, e.Name())
+		disk := known[id]
+		switch {
+		case !ours:
+			d.log.Warn("file belongs to no disk; remove it if it is not needed", "path", filepath.Join(d.disksDir(), e.Name()),
+				"what", "not a file cairnd writes")
+		case disk == nil:
+			d.log.Warn("file belongs to no disk; remove it if it is not needed", "path", filepath.Join(d.disksDir(), e.Name()),
+				"what", what+" of disk id "+id+", which no disk record names")
+		case what == liveImageFile && disk.rec.Adopted != "":
+			d.log.Warn("file belongs to no disk; remove it if it is not needed", "path", filepath.Join(d.disksDir(), e.Name()),
+				"what", "a live image for disk id "+id+", but disk "+strconv.Quote(disk.rec.Name)+" uses its adopted image "+disk.rec.Adopted)
 		}
 	}
+}
+
+const liveImageFile = "live image"
+
+// diskFile says what the file called name in the disks directory is when
+// it is one cairnd writes for the disk with id: its live image
+// (livePath) or one of its volume's files (volOptions' TrackPrefix).
+func diskFile(id, name string) (what string, ours bool) {
+	if _, err := strconv.ParseUint(id, 10, 64); err != nil {
+		return "", false
+	}
+	if name == liveFileName(id) {
+		return liveImageFile, true
+	}
+	return cow.TrackFile(trackBase(id), name)
 }
 
 // dropChain deletes the snapshot chain and change tracking of a disk that

@@ -112,13 +112,18 @@ func (d *Daemon) Exports() []api.Export {
 	var out []api.Export
 	for x := range d.exports("") {
 		name := x.name.String()
-		e := api.Export{Name: name, Disk: x.disk.rec.Name, ReadOnly: x.snap != nil, Size: x.size(), Description: x.description(), Clients: clients[name]}
-		if e.Clients == nil {
-			e.Clients = []api.NBDClient{}
-		}
-		out = append(out, e)
+		out = append(out, api.Export{Name: name, Disk: x.disk.rec.Name, ReadOnly: x.snap != nil, Size: x.size(), Description: x.description(),
+			Clients: exportClients(clients, name)})
 	}
 	return out
+}
+
+// exportClients is the clients of one export, never nil (JSON: []).
+func exportClients(clients map[string][]api.NBDClient, export string) []api.NBDClient {
+	if c := clients[export]; c != nil {
+		return c
+	}
+	return []api.NBDClient{}
 }
 
 // nbdClients lists the connected NBD clients by the export they opened.
@@ -127,7 +132,7 @@ func (d *Daemon) nbdClients() map[string][]api.NBDClient {
 	out := make(map[string][]api.NBDClient)
 	for _, c := range d.nbd.Connections() {
 		if c.Export != "" {
-			out[c.Export] = append(out[c.Export], api.NBDClient{ID: c.ID, Remote: c.Remote, Since: c.Since, ReadOnly: c.ReadOnly})
+			out[c.Export] = append(out[c.Export], api.NBDClient{ID: c.ID, Remote: c.Remote, Since: api.At(c.Since), ReadOnly: c.ReadOnly})
 		}
 	}
 	return out

@@ -209,7 +209,7 @@ func TestFUSECacheRollbackGrowDelete(t *testing.T) {
 	}
 
 	fuseRead(t, nil, path, 0, 1<<20) // cached: a disk of the same name must not show it
-	if err := untilReleased(func() error { return c.DeleteDisk(ctx, "d", api.DeleteDiskOptions{}) }); err != nil {
+	if err := untilReleased(func() error { return c.DeleteDisk(ctx, "d", api.DeleteDiskOptions{WithSnapshots: true}) }); err != nil {
 		t.Fatal(err)
 	}
 	createDisk(t, in, "d", "16M")

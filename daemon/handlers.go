@@ -55,11 +55,11 @@ func (d *Daemon) handleGetDisk(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleDeleteDisk(w http.ResponseWriter, r *http.Request) error {
-	q, err := queryBools(r, "force", "delete_adopted")
+	q, err := queryBools(r, fieldForce, fieldDeleteAdopted, fieldWithSnapshots)
 	if err != nil {
 		return err
 	}
-	opts := api.DeleteDiskOptions{Force: q["force"], DeleteAdopted: q["delete_adopted"]}
+	opts := api.DeleteDiskOptions{Force: q[fieldForce], DeleteAdopted: q[fieldDeleteAdopted], WithSnapshots: q[fieldWithSnapshots]}
 	if err := d.DeleteDisk(r.Context(), r.PathValue("name"), opts); err != nil {
 		return err
 	}
@@ -106,20 +106,20 @@ func (d *Daemon) handleGetSnapshot(w http.ResponseWriter, r *http.Request) error
 }
 
 func (d *Daemon) handleDeleteSnapshot(w http.ResponseWriter, r *http.Request) error {
-	q, err := queryBools(r, "force")
+	q, err := queryBools(r, fieldForce)
 	if err != nil {
 		return err
 	}
-	out, err := d.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snapshot"), q["force"])
+	out, err := d.DeleteSnapshot(r.Context(), r.PathValue("name"), r.PathValue("snapshot"), q[fieldForce])
 	return reply(w, http.StatusOK, out, err)
 }
 
 func (d *Daemon) handleRollback(w http.ResponseWriter, r *http.Request) error {
-	q, err := queryBools(r, "force")
+	q, err := queryBools(r, fieldForce)
 	if err != nil {
 		return err
 	}
-	task, err := d.Rollback(r.Context(), r.PathValue("name"), r.PathValue("snapshot"), q["force"])
+	task, err := d.Rollback(r.Context(), r.PathValue("name"), r.PathValue("snapshot"), q[fieldForce])
 	return replyTask(w, task, err)
 }
 

@@ -271,7 +271,7 @@ func (d *Daemon) GetImage(ctx context.Context, name string) (api.Image, error) {
 		clones += len(d.clonesOf(disk.Chain, 0))
 	}
 	d.mu.Unlock()
-	out := api.Image{Name: rec.Name, Description: rec.Description, Created: rec.Created, State: rec.State,
+	out := api.Image{Name: rec.Name, Description: rec.Description, Created: api.At(rec.Created), State: rec.State,
 		Source: rec.Source, Config: rec.Config, Clones: clones}
 	for _, disk := range rec.Disks {
 		out.Disks = append(out.Disks, api.ImageDisk{Name: disk.Name, Size: disk.Size, BlockSize: disk.BlockSize, Boot: disk.Boot})

@@ -110,7 +110,7 @@ func TestRestartKeepsDisks(t *testing.T) {
 	}
 	got := disks[0]
 	if got.ID != a.ID || got.Size != 3<<20 || got.BlockSize != 128<<10 || got.Description != "disk a" ||
-		got.Path != a.Path || !got.Created.Equal(a.Created) || got.State != api.DiskReady {
+		got.Path != a.Path || !got.Created.Equal(a.Created.Time) || got.State != api.DiskReady {
 		t.Errorf("disk a after restart: %+v, was %+v", got, a)
 	}
 	if gb := disks[1]; gb.State != api.DiskError || !strings.Contains(gb.Error, "no such file") {

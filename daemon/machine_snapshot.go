@@ -217,8 +217,8 @@ func (d *Daemon) machineSnapBytes(s *machineSnapRecord) (done, total uint64) {
 	for _, mem := range s.Members {
 		if _, vol, err := d.volume(mem.Disk); err == nil {
 			if in, err := vol.Snapshot(mem.Snapshot); err == nil {
-				total += in.WrittenBytes
-				done += uint64(float64(in.WrittenBytes) * in.Progress / 100)
+				total += in.CopyBytes
+				done += uint64(float64(in.CopyBytes) * in.Progress / 100)
 			}
 		}
 	}
@@ -273,7 +273,7 @@ func (d *Daemon) machineSnapshot(name, snap string) (*machine, *machineSnapRecor
 
 // machineSnapToAPI describes s, its state aggregated from its members'.
 func (d *Daemon) machineSnapToAPI(m *machine, s *machineSnapRecord) api.MachineSnapshot {
-	out := api.MachineSnapshot{Machine: m.rec.Name, Name: s.Name, Description: s.Description, Created: s.Created,
+	out := api.MachineSnapshot{Machine: m.rec.Name, Name: s.Name, Description: s.Description, Created: api.At(s.Created),
 		Requested: s.Requested, Consistency: s.Consistency, Reason: s.Reason, Config: s.Config,
 		FrozenMicros: float64(s.FrozenNS) / 1e3, HoldMicros: float64(s.HoldNS) / 1e3}
 	states := map[string]int{}
@@ -284,7 +284,7 @@ func (d *Daemon) machineSnapToAPI(m *machine, s *machineSnapRecord) api.MachineS
 		if _, vol, err := d.volume(mem.Disk); err == nil {
 			if in, err := vol.Snapshot(mem.Snapshot); err == nil {
 				mm.State, mm.Progress = in.State, in.Progress
-				w := float64(max(in.WrittenBytes, 1))
+				w := float64(max(in.CopyBytes, 1))
 				written += w
 				done += w * in.Progress / 100
 				if in.Reason != "" {

@@ -145,14 +145,14 @@ func TestDeleteWhileConnected(t *testing.T) {
 	h := holdExport(t, in, "busy")
 
 	d, err := in.Client.Disk(ctx, "busy")
-	if err != nil || d.Clients != 1 {
+	if err != nil || len(d.Clients) != 1 {
 		t.Fatalf("disk with a client: %+v, %v", d, err)
 	}
 	exports, err := in.Client.Exports(ctx)
 	if err != nil || len(exports) != 2 || exports[0].Name != "busy" || len(exports[0].Clients) != 1 || len(exports[1].Clients) != 0 {
 		t.Fatalf("exports: %+v, %v", exports, err)
 	}
-	if c := exports[0].Clients[0]; c.ReadOnly || c.Since.IsZero() || time.Since(c.Since) > time.Minute {
+	if c := exports[0].Clients[0]; c.ReadOnly || c.Since.IsZero() || time.Since(c.Since.Time) > time.Minute {
 		t.Errorf("client %+v", c)
 	}
 
@@ -188,10 +188,10 @@ func TestForceDeleteDiskWithSnapshotReader(t *testing.T) {
 	mustSnapshot(t, in.Client, "vm", "s1")
 	h := holdExport(t, in, "vm@s1")
 
-	err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{})
+	err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{WithSnapshots: true})
 	wantAPIError(t, err, 409, api.CodeInUse, "1 connected NBD client")
 	start := time.Now()
-	if err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{Force: true}); err != nil {
+	if err := in.Client.DeleteDisk(ctx, "vm", api.DeleteDiskOptions{Force: true, WithSnapshots: true}); err != nil {
 		t.Fatalf("forced delete with a snapshot reader: %v", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {

@@ -92,6 +92,13 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"Task":                  api.Task{},
 		"VerifyRequest":         api.VerifyRequest{},
 		"VerifyResult":          api.VerifyResult{},
+		"FlattenRequest":        api.FlattenRequest{},
+		"Image":                 api.Image{},
+		"CreateImageRequest":    api.CreateImageRequest{},
+		"Machine":               api.Machine{},
+		"CreateMachineRequest":  api.CreateMachineRequest{},
+		"UpdateMachineRequest":  api.UpdateMachineRequest{},
+		"MachineSnapshot":       api.MachineSnapshot{},
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {

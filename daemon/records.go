@@ -17,11 +17,14 @@ import (
 //	store.FreezeKey(id)                    freezeRecord       while cairnd has a guest frozen
 //
 // The sequence store.DiskIDSequence numbers disks; an id is never reused,
-// so DATA_DIR/disks/<id>.raw never names two disks.
+// so DATA_DIR/disks/<id>.raw never names two disks. store.TaskIDSequence
+// numbers tasks, so a script waiting on a task id never waits on another
+// task after a restart.
 
 const (
 	diskKeyPrefix = store.DiskPrefix
 	diskIDSeq     = store.DiskIDSequence
+	taskIDSeq     = store.TaskIDSequence
 )
 
 func diskKey(name string) string { return store.DiskKey(name) }

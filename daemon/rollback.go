@@ -63,7 +63,7 @@ func (d *Daemon) prepareRollback(ctx context.Context, disk, snap string, force b
 		err = errorf(block.ErrInUse, "disk %q is already being rolled back", disk)
 	}
 	if err == nil && !force && k.clients(liveExport) > 0 {
-		err = errorf(block.ErrInUse, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with --force (force=true) to disconnect them", disk, k.clients(liveExport))
+		err = fieldError(block.ErrInUse, fieldForce, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with force=true to disconnect them", disk, k.clients(liveExport))
 	}
 	if err != nil {
 		d.mu.Unlock()

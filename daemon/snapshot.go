@@ -36,6 +36,9 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	}
 	d.snapMu.Lock()
 	defer d.snapMu.Unlock()
+	if _, _, err := d.volume(disk); err != nil {
+		return api.Snapshot{}, err // deleted, or being deleted, meanwhile
+	}
 	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota {
 		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
 			disk, n, d.cfg.SnapshotQuota, disk)
@@ -44,8 +47,12 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
-	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "blocks", info.WrittenBytes/uint64(vol.BlockSize()))
-	out := d.snapToAPI(k, info, 0, nil)
+	u, err := vol.Usage(ctx, info.Name)
+	if err != nil && !errors.Is(err, block.ErrNotFound) {
+		return api.Snapshot{}, fmt.Errorf("disk %q: snapshot %q taken, but: %w", disk, info.Name, err)
+	}
+	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "written_bytes", u.WrittenBytes)
+	out := d.snapToAPI(k, info, u, nil)
 	task, err := d.tasks.start(d.bg, copyOutSpec(disk, info.Name), d.copyOutTask(vol, info.Name))
 	if err != nil {
 		d.log.Warn("no task follows the snapshot's copy-out (it copies out all the same)", "disk", disk, "snapshot", info.Name, "err", err)
@@ -56,19 +63,20 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 
 // snapToAPI describes a snapshot; clients are the NBD clients by export
 // (nbdClients; nil: none).
-func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, unique uint64, clients map[string][]api.NBDClient) api.Snapshot {
+func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, u cow.Usage, clients map[string][]api.NBDClient) api.Snapshot {
 	export := exportName{k.rec.Name, in.Name}.String()
 	return api.Snapshot{
 		Disk: k.rec.Name, Name: in.Name, Seq: in.Seq, Description: in.Description, Kind: in.Kind,
-		Created: in.Created, State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
-		WrittenBytes: in.WrittenBytes, UniqueBytes: unique, HoldMicros: float64(in.Hold) / float64(time.Microsecond),
+		Created: api.At(in.Created), State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
+		WrittenBytes: u.WrittenBytes, UniqueBytes: u.Unique.Bytes, UniqueStoredBytes: u.Unique.StoredBytes,
+		HoldMicros:  float64(in.Hold) / float64(time.Microsecond),
 		DrainMicros: float64(in.Drain) / float64(time.Microsecond),
-		Export:      export, Clients: len(clients[export]),
+		Export:      export, Clients: exportClients(clients, export),
 	}
 }
 
-// ListSnapshots lists a disk's chain, oldest first, with what deleting
-// each would free.
+// ListSnapshots lists a disk's chain, oldest first, with what each holds
+// and what deleting it would free.
 func (d *Daemon) ListSnapshots(ctx context.Context, disk string) ([]api.Snapshot, error) {
 	k, vol, err := d.volume(disk)
 	if err != nil {
@@ -78,11 +86,14 @@ func (d *Daemon) ListSnapshots(ctx context.Context, disk string) ([]api.Snapshot
 	infos := vol.Snapshots()
 	out := make([]api.Snapshot, 0, len(infos))
 	for _, in := range infos {
-		_, unique, err := vol.UniqueBytes(ctx, in.Name)
-		if err != nil && !errors.Is(err, block.ErrNotFound) {
+		u, err := vol.Usage(ctx, in.Name)
+		if errors.Is(err, block.ErrNotFound) {
+			continue // deleted meanwhile
+		}
+		if err != nil {
 			return nil, err
 		}
-		out = append(out, d.snapToAPI(k, in, unique, clients))
+		out = append(out, d.snapToAPI(k, in, u, clients))
 	}
 	return out, nil
 }
@@ -97,11 +108,11 @@ func (d *Daemon) GetSnapshot(ctx context.Context, disk, snap string) (api.Snapsh
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
-	_, unique, err := vol.UniqueBytes(ctx, snap)
+	u, err := vol.Usage(ctx, snap)
 	if err != nil {
-		return api.Snapshot{}, err
+		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
-	return d.snapToAPI(k, in, unique, d.nbdClients()), nil
+	return d.snapToAPI(k, in, u, d.nbdClients()), nil
 }
 
 // SnapshotsCopying counts the snapshots of every disk still copying out.

@@ -67,13 +67,13 @@ func (d *Daemon) deleteSnapshot(ctx context.Context, disk, snap string, force bo
 		freed, err := vol.DeleteSnapshot(ctx, snap)
 		switch {
 		case err == nil:
-			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed", freed)
-			if freed > 0 {
+			d.log.Info("snapshot deleted", "disk", disk, "snapshot", snap, "freed_bytes", freed.Bytes, "freed_stored_bytes", freed.StoredBytes)
+			if freed.Bytes > 0 {
 				d.kickGC()
 			}
-			return api.DeleteSnapshotResult{FreedBytes: freed}, nil
+			return api.DeleteSnapshotResult{FreedBytes: freed.Bytes, FreedStoredBytes: freed.StoredBytes}, nil
 		case errors.Is(err, block.ErrInUse) && !force:
-			return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with --force (force=true) to disconnect NBD clients; open FUSE files must be closed", export, export)
+			return api.DeleteSnapshotResult{}, fieldError(block.ErrInUse, fieldForce, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with force=true to disconnect NBD clients; open FUSE files must be closed", export, export)
 		case errors.Is(err, block.ErrInUse):
 			// Every view is opened through openExport, so the snapshot
 			// has no reader once its holders are gone; one that opens

@@ -18,7 +18,7 @@ func (d *Daemon) Info() api.Info {
 	return api.Info{
 		Version:       Version,
 		PID:           os.Getpid(),
-		Started:       d.started.UTC(),
+		Started:       api.At(d.started),
 		UptimeSeconds: time.Since(d.started).Seconds(),
 		DataDir:       d.cfg.DataDir,
 		APISocket:     d.apiAddr(),

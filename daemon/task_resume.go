@@ -69,7 +69,7 @@ func (d *Daemon) copyOutTask(vol *cow.Volume, snap string) taskFunc {
 				return nil, err
 			case <-tick.C:
 				if in, err := vol.Snapshot(snap); err == nil {
-					progress(uint64(float64(in.WrittenBytes)*in.Progress/100), in.WrittenBytes)
+					progress(uint64(float64(in.CopyBytes)*in.Progress/100), in.CopyBytes)
 				}
 			}
 		}

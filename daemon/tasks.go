@@ -113,7 +113,7 @@ func (l *taskList) start(ctx context.Context, spec taskSpec, fn taskFunc) (api.T
 	if err != nil {
 		return api.Task{}, fmt.Errorf("allocate a task id: %w", err)
 	}
-	now := time.Now().UTC()
+	now := api.At(time.Now())
 	t := api.Task{ID: spec.kind + "-" + strconv.FormatUint(n, 10), Kind: spec.kind, Disk: spec.disk, Target: spec.target,
 		State: api.TaskRunning, Cancellable: spec.cancellable, Created: now, Started: &now}
 	return l.run(ctx, t, spec, fn)
@@ -131,7 +131,7 @@ func (l *taskList) resume(ctx context.Context, t api.Task, spec taskSpec, fn tas
 
 // abandon ends a task a restart interrupted and that cannot resume.
 func (l *taskList) abandon(t api.Task, why string) {
-	now := time.Now().UTC()
+	now := api.At(time.Now())
 	t.State, t.Finished = api.TaskFailed, &now
 	t.Error = "interrupted by a restart of cairnd: " + why
 	done := make(chan struct{})
@@ -170,7 +170,7 @@ func (l *taskList) run(parent context.Context, t api.Task, spec taskSpec, fn tas
 			l.save(tk, true)
 			return
 		}
-		now := time.Now().UTC()
+		now := api.At(time.Now())
 		l.mu.Lock()
 		tk.t.Finished = &now
 		tk.t.Result = result
@@ -190,7 +190,7 @@ func (l *taskList) run(parent context.Context, t api.Task, spec taskSpec, fn tas
 			tk.t.Error = err.Error()
 		}
 		tk.cancel = nil
-		l.pruneLocked(now)
+		l.pruneLocked(now.Time)
 		l.mu.Unlock()
 		if err := l.save(tk, true); err != nil {
 			l.log.Warn("could not record a task's end; after a restart it shows as interrupted", "task", tk.t.ID, "err", err)
@@ -214,7 +214,7 @@ func (l *taskList) progress(tk *task, done, total uint64) {
 	}
 	tk.t.RateBytes, tk.t.ETASeconds = 0, 0
 	if tk.t.Started != nil && done > 0 {
-		elapsed := time.Since(*tk.t.Started).Seconds()
+		elapsed := time.Since(tk.t.Started.Time).Seconds()
 		rate := float64(done) / max(elapsed, 1e-3)
 		if tk.unit == unitBytes {
 			tk.t.RateBytes = rate
@@ -254,9 +254,9 @@ func (l *taskList) pruneLocked(now time.Time) {
 			finished = append(finished, tk)
 		}
 	}
-	sort.Slice(finished, func(i, j int) bool { return finished[i].t.Finished.Before(*finished[j].t.Finished) })
+	sort.Slice(finished, func(i, j int) bool { return finished[i].t.Finished.Before(finished[j].t.Finished.Time) })
 	for i, tk := range finished {
-		if now.Sub(*tk.t.Finished) > l.history || len(finished)-i > maxTasks {
+		if now.Sub(tk.t.Finished.Time) > l.history || len(finished)-i > maxTasks {
 			delete(l.tasks, tk.t.ID)
 			if err := l.st.DeleteRecord(store.TaskKey(tk.t.ID)); err != nil {
 				l.log.Warn("could not forget an old task", "task", tk.t.ID, "err", err)
@@ -278,7 +278,7 @@ func (l *taskList) list(f api.TaskFilter) []api.Task {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
-		return out[i].Created.After(out[j].Created) || out[i].Created.Equal(out[j].Created) && out[i].ID > out[j].ID
+		return out[i].Created.After(out[j].Created.Time) || out[i].Created.Equal(out[j].Created.Time) && out[i].ID > out[j].ID
 	})
 	return out
 }

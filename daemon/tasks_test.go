@@ -137,7 +137,7 @@ func TestTasksAcrossRestarts(t *testing.T) {
 	if err := st.GetRecord(store.TaskKey(snap.Task), &stopped); err != nil || stopped.State != api.TaskRunning {
 		t.Fatalf("the copy-out's record after the stop: %+v, %v (want running: the test needs a copy-out under way)", stopped, err)
 	}
-	now := time.Now().UTC()
+	now := api.At(time.Now())
 	rec := api.Task{ID: "rollback-9999", Kind: api.TaskRollback, Disk: "big", Target: "s1", State: api.TaskRunning, Created: now, Started: &now}
 	if err := st.PutRecord(store.TaskKey(rec.ID), rec); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,12 @@ const (
 	fieldAgentSocket = "agent_socket"
 	fieldConsistency = "consistency"
 	fieldFromImage   = "from_image"
+	// Query parameters that let a request past a refusal; an error that
+	// such a parameter would lift names it in Field and says
+	// "FIELD=true" in its message (the CLI shows its flag instead).
+	fieldForce         = "force"
+	fieldDeleteAdopted = "delete_adopted"
+	fieldWithSnapshots = "with_snapshots"
 )
 
 // fieldError is a request field that breaks a rule: kind (block.ErrInvalid

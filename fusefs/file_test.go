@@ -396,3 +396,44 @@ func TestStatfs(t *testing.T) {
 		t.Errorf("stat of a missing disk: %v", err)
 	}
 }
+
+// TestNamesRefused: the tree's names change only through the API. rm,
+// rmdir, mv, ln, ln -s, mkdir, mknod and creating a file fail with EPERM
+// everywhere in a real mount, and the disk and its snapshot stay (go-fuse
+// alone answers unlink and rmdir with success and drops the name).
+func TestNamesRefused(t *testing.T) {
+	tree, src, _ := oneDisk(t, fusefs.Options{})
+	src.addSnapshot("d", "s1", newTestFile(t, t.TempDir(), diskSize))
+	live, snap := livePath(tree, "d"), snapPath(tree, "d", "s1")
+	diskDir, snapDir := filepath.Dir(live), filepath.Dir(snap)
+	for _, c := range []struct {
+		name string
+		do   func() error
+	}{
+		{"rm disk.raw", func() error { return os.Remove(live) }},
+		{"rm snapshot", func() error { return os.Remove(snap) }},
+		{"rmdir disk", func() error { return syscall.Rmdir(diskDir) }},
+		{"rmdir snapshots", func() error { return syscall.Rmdir(snapDir) }},
+		{"mv disk.raw", func() error { return os.Rename(live, filepath.Join(diskDir, "other.raw")) }},
+		{"mv snapshot", func() error { return os.Rename(snap, filepath.Join(snapDir, "s2.raw")) }},
+		{"mv disk dir", func() error { return os.Rename(diskDir, filepath.Join(tree.Dir(), "e")) }},
+		{"ln", func() error { return os.Link(live, filepath.Join(diskDir, "hard.raw")) }},
+		{"ln -s", func() error { return os.Symlink(live, filepath.Join(diskDir, "soft.raw")) }},
+		{"mkdir", func() error { return os.Mkdir(filepath.Join(tree.Dir(), "e"), 0o755) }},
+		{"mknod", func() error { return syscall.Mknod(filepath.Join(diskDir, "fifo"), syscall.S_IFIFO|0o644, 0) }},
+		{"create", func() error { return openClose(filepath.Join(snapDir, "new.raw"), os.O_CREATE|os.O_WRONLY) }},
+	} {
+		if err := c.do(); !errors.Is(err, syscall.EPERM) {
+			t.Errorf("%s: %v, want EPERM", c.name, err)
+		}
+	}
+	for _, p := range []string{live, snap} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("after the refusals: %v", err)
+		}
+	}
+	entries, err := os.ReadDir(diskDir)
+	if err != nil || len(entries) != 3 {
+		t.Errorf("disk directory after the refusals: %v, %v; want disk.raw, scratch, snapshots", entries, err)
+	}
+}

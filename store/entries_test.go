@@ -81,9 +81,9 @@ func TestDedupAcrossDisks(t *testing.T) {
 	if refs := storedRefs(t, s); refs[hashBlock(img)] != 3 {
 		t.Errorf("refcount %d, want 3", refs[hashBlock(img)])
 	}
-	stored1, n1, err := s.ChainBytes(ctx, 1)
-	if err != nil || n1 != 2 || stored1 != st.StoredBytes {
-		t.Errorf("ChainBytes(1) = %d, %d, %v; want %d, 2 (a chunk counted once per disk)", stored1, n1, err, st.StoredBytes)
+	u1, err := s.ChainBytes(ctx, 1)
+	if err != nil || u1.Entries != 2 || u1.Stored != st.StoredBytes || u1.Uncompressed != st.UniqueBytes {
+		t.Errorf("ChainBytes(1) = %+v, %v; want %d stored, %d uncompressed, 2 entries (a chunk counted once per disk)", u1, err, st.StoredBytes, st.UniqueBytes)
 	}
 	if err := s.DropDisk(ctx, 1); err != nil {
 		t.Fatal(err)
@@ -209,7 +209,7 @@ func TestPutEntriesLargeBatch(t *testing.T) {
 			for _, i := range []int{0, putGroupEntries, len(entries) - 1} {
 				wantRead(t, s, 1, uint64(i), 1, entries[i].Data)
 			}
-			if freed, err := s.Merge(context.Background(), 1, 0, 1, 0, func(uint64) bool { return true }); err != nil || freed != 500*testBlock {
+			if _, freed, err := s.Merge(context.Background(), 1, 0, 1, 0, func(uint64) bool { return true }); err != nil || freed != 500*testBlock {
 				t.Errorf("Merge of the whole batch freed %d, %v; want 500 blocks", freed, err)
 			}
 			wantClean(t, s)
@@ -278,7 +278,7 @@ func TestConcurrentDedup(t *testing.T) {
 				return err
 			}
 			if r > 1 { // delete the previous snapshot: it is overridden
-				if _, err := s.Merge(context.Background(), d, 0, r-1, r, nil); err != nil {
+				if _, _, err := s.Merge(context.Background(), d, 0, r-1, r, nil); err != nil {
 					return err
 				}
 			}

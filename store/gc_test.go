@@ -27,7 +27,7 @@ func TestGCGivesSpaceBack(t *testing.T) {
 		put(t, s, 1, seq, last...)
 	}
 	for seq := uint64(1); seq <= 3; seq++ {
-		if _, err := s.Merge(ctx, 1, 0, seq, seq+1, nil); err != nil {
+		if _, _, err := s.Merge(ctx, 1, 0, seq, seq+1, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -108,15 +108,15 @@ func planDrops(txn *badger.Txn, a mergeArgs, page []seqBlock) ([]dropped, error)
 	return drops, nil
 }
 
-func (s *Store) merge(ctx context.Context, a mergeArgs) (freed uint64, err error) {
+func (s *Store) merge(ctx context.Context, a mergeArgs) (stored, logical uint64, err error) {
 	if err := a.validate(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var cursor []byte
 	for {
 		page, next, err := s.snapshotPage(a, cursor)
 		if err != nil || len(page) == 0 {
-			return freed, s.wrapErr(fmt.Sprintf("merge disk %d seq %d", a.disk, a.seq), err)
+			return stored, logical, s.wrapErr(fmt.Sprintf("merge disk %d seq %d", a.disk, a.seq), err)
 		}
 		var done applied
 		err = s.updateGuarded(ctx, writeMeta, uint64(len(page))*entryOverhead, func(txn *badger.Txn) error {
@@ -137,9 +137,10 @@ func (s *Store) merge(ctx context.Context, a mergeArgs) (freed uint64, err error
 			return err
 		})
 		if err != nil {
-			return freed, s.wrapErr(fmt.Sprintf("merge disk %d seq %d", a.disk, a.seq), err)
+			return stored, logical, s.wrapErr(fmt.Sprintf("merge disk %d seq %d", a.disk, a.seq), err)
 		}
-		freed += done.freedRaw
+		stored += done.freedStored
+		logical += done.freedRaw
 		s.reclaim.add(done.freedStored)
 		cursor = next
 	}
@@ -243,10 +244,10 @@ func (s *Store) dropDisk(ctx context.Context, disk uint64) error {
 	}
 }
 
-func (s *Store) chainBytes(ctx context.Context, disk uint64) (stored, entries uint64, err error) {
+func (s *Store) chainBytes(ctx context.Context, disk uint64) (u ChainUsage, err error) {
 	chunks := make(map[[32]byte]struct{})
 	err = s.scanEntries(ctx, disk, func(_, _ uint64, zero bool, h [32]byte) error {
-		entries++
+		u.Entries++
 		if !zero {
 			chunks[h] = struct{}{}
 		}
@@ -259,10 +260,11 @@ func (s *Store) chainBytes(ctx context.Context, disk uint64) (stored, entries ui
 				if err != nil {
 					return err
 				}
-				stored += ref.stored
+				u.Stored += ref.stored
+				u.Uncompressed += ref.raw
 			}
 			return nil
 		})
 	}
-	return stored, entries, s.wrapErr(fmt.Sprintf("chain bytes of disk %d", disk), err)
+	return u, s.wrapErr(fmt.Sprintf("chain bytes of disk %d", disk), err)
 }

@@ -33,9 +33,12 @@ func TestAlibabaExample(t *testing.T) {
 	if logical != 64<<10 || stored != uint64(len(rawGet(t, s, chunkKey(hashBlock(blk("B1")))))) {
 		t.Errorf("Unique(snapshot 2) = %d stored, %d logical; want B1's chunk alone", stored, logical)
 	}
-	freed, err := s.Merge(ctx, disk, 1, 2, 3, nil)
+	freedStored, freed, err := s.Merge(ctx, disk, 1, 2, 3, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if freedStored != stored {
+		t.Errorf("Merge freed %d stored bytes, Unique said %d", freedStored, stored)
 	}
 	if freed != logical {
 		t.Errorf("Merge freed %d bytes, Unique said %d", freed, logical)
@@ -107,7 +110,7 @@ func TestMergeFirstMiddleLast(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			freed, err := s.Merge(ctx, 1, tc.prev, tc.seq, tc.next, over)
+			_, freed, err := s.Merge(ctx, 1, tc.prev, tc.seq, tc.next, over)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +133,7 @@ func TestMergeFirstMiddleLast(t *testing.T) {
 			}
 			wantClean(t, s)
 			// Merging again is harmless: a retried delete after a crash.
-			if again, err := s.Merge(ctx, 1, tc.prev, tc.seq, tc.next, over); err != nil || again != 0 {
+			if _, again, err := s.Merge(ctx, 1, tc.prev, tc.seq, tc.next, over); err != nil || again != 0 {
 				t.Errorf("second Merge freed %d, %v; want 0", again, err)
 			}
 		})
@@ -153,7 +156,7 @@ func TestMergeSharedChunkKept(t *testing.T) {
 	put(t, s, 1, 1, Entry{0, same})
 	put(t, s, 1, 2, Entry{0, textBlock(6, testBlock)})
 	put(t, s, 2, 1, Entry{9, same}) // another disk holds the same bytes
-	freed, err := s.Merge(ctx, 1, 0, 1, 2, nil)
+	_, freed, err := s.Merge(ctx, 1, 0, 1, 2, nil)
 	if err != nil || freed != 0 {
 		t.Errorf("Merge = %d, %v; want 0 freed (chunk shared with disk 2)", freed, err)
 	}
@@ -164,7 +167,7 @@ func TestMergeSharedChunkKept(t *testing.T) {
 func TestMergeBadArguments(t *testing.T) {
 	s := openTest(t, "")
 	for _, a := range [][3]uint64{{2, 2, 3}, {0, 0, 0}, {1, 3, 2}, {1, 3, 3}} {
-		if _, err := s.Merge(context.Background(), 1, a[0], a[1], a[2], nil); err == nil {
+		if _, _, err := s.Merge(context.Background(), 1, a[0], a[1], a[2], nil); err == nil {
 			t.Errorf("Merge(prev %d, seq %d, next %d) succeeded", a[0], a[1], a[2])
 		}
 	}
@@ -283,11 +286,14 @@ func TestRefcountsAgainstModel(t *testing.T) {
 				dirty := copyMap(dm.dirty)
 				over = func(b uint64) bool { return dirty[b] }
 			}
-			_, unique, err := s.Unique(ctx, d, prev, seq, next, over)
+			uniqueStored, unique, err := s.Unique(ctx, d, prev, seq, next, over)
 			if err != nil {
 				t.Fatal(err)
 			}
-			freed, err := s.Merge(ctx, d, prev, seq, next, over)
+			freedStored, freed, err := s.Merge(ctx, d, prev, seq, next, over)
+			if freedStored != uniqueStored {
+				t.Fatalf("step %d: Merge freed %d stored bytes, Unique said %d", step, freedStored, uniqueStored)
+			}
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -30,6 +30,9 @@ const (
 	DiskPrefix = "disk/"
 	// DiskIDSequence is the NextID sequence of disk ids.
 	DiskIDSequence = "disk"
+	// TaskIDSequence is the NextID sequence of task ids: a task id is
+	// never reused for the lifetime of the data directory.
+	TaskIDSequence = "task"
 	// HealthProbeKey is written and read back by health checks.
 	HealthProbeKey = "health/probe"
 )
@@ -78,9 +81,6 @@ func ImageKey(name string) string { return ImagePrefix + name }
 
 // TaskPrefix starts every task record key.
 const TaskPrefix = "task/"
-
-// TaskIDSequence is the NextID sequence of task ids.
-const TaskIDSequence = "task"
 
 // TaskKey names the record of task id.
 func TaskKey(id string) string { return TaskPrefix + id }

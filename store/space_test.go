@@ -76,7 +76,7 @@ func TestFullFilesystem(t *testing.T) {
 	if err := s.PutEntries(ctx, 1, 2, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.Merge(ctx, 1, 0, 1, 0, func(b uint64) bool { return b%2 == 0 }); err != nil {
+	if _, _, err := s.Merge(ctx, 1, 0, 1, 0, func(b uint64) bool { return b%2 == 0 }); err != nil {
 		t.Errorf("Merge on a full store: %v", err)
 	}
 	if err := s.Sync(); err != nil {

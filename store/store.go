@@ -191,10 +191,11 @@ func (s *Store) Allocated(ctx context.Context, disk, seq uint64, into *bitmap.Bi
 // when the block has an entry in (seq, next] (next = the successor's
 // sequence; 0 means the successor is the live epoch and only overridden
 // applies) or overridden(block) is true (the block is dirty or pending in a
-// later epoch). Other entries stay. Returns the bytes freed (uncompressed
-// size of chunks whose last reference went). Cost: proportional to the
-// snapshot's own entries, never to the chain's length. Durable after Sync.
-func (s *Store) Merge(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (freed uint64, err error) {
+// later epoch). Other entries stay. Returns the bytes freed: the stored
+// (compressed) and uncompressed size of the chunks whose last reference
+// went. Cost: proportional to the snapshot's own entries, never to the
+// chain's length. Durable after Sync.
+func (s *Store) Merge(ctx context.Context, disk, prev, seq, next uint64, overridden func(block uint64) bool) (stored, logical uint64, err error) {
 	return s.merge(ctx, mergeArgs{disk, prev, seq, next, overridden})
 }
 
@@ -204,10 +205,17 @@ func (s *Store) Unique(ctx context.Context, disk, prev, seq, next uint64, overri
 	return s.unique(ctx, mergeArgs{disk, prev, seq, next, overridden})
 }
 
-// ChainBytes returns the stored bytes referenced by disk's entries
-// (chunks shared with other disks counted in full for each disk) and the
-// number of entries.
-func (s *Store) ChainBytes(ctx context.Context, disk uint64) (stored uint64, entries uint64, err error) {
+// ChainUsage is what one disk's entries hold in the store.
+type ChainUsage struct {
+	Entries uint64 // data and zero entries
+	// Stored and Uncompressed: the stored (compressed) and uncompressed
+	// size of the distinct chunks the entries reference, each chunk once
+	// (chunks shared with other disks counted in full for each disk).
+	Stored, Uncompressed uint64
+}
+
+// ChainBytes returns what disk's entries hold.
+func (s *Store) ChainBytes(ctx context.Context, disk uint64) (ChainUsage, error) {
 	return s.chainBytes(ctx, disk)
 }
 

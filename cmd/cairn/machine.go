@@ -65,10 +65,13 @@ func (a *app) machineCreateCmd() *cobra.Command {
 	var req api.CreateMachineRequest
 	var cfg configFlags
 	cmd := &cobra.Command{
-		Use:   "create NAME --disk DISK [--disk DISK]...",
-		Short: "Group existing disks into a machine (the first is the boot disk)",
+		Use:   "create NAME --disk DISK [--disk DISK]... | --from-image IMAGE",
+		Short: "Group existing disks into a machine (the first is the boot disk), or provision one from an image",
+		Long: "With --from-image every disk is an instant clone of the image's (named NAME-DISK), and the\n" +
+			"image's configuration comes back with its disk names rewritten (cairn machine show NAME --config).",
 		Example: "  cairn machine create vm1 --disk vm1-root --disk vm1-data --config vm1.xml \\\n" +
-			"      --agent-socket /run/cairn/agents/vm1.sock",
+			"      --agent-socket /run/cairn/agents/vm1.sock\n" +
+			"  cairn machine create vm2 --from-image web-golden",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: cobra.NoFileCompletions,
 		RunE: show(a, func(ctx context.Context, args []string) (api.Machine, error) {
@@ -82,6 +85,8 @@ func (a *app) machineCreateCmd() *cobra.Command {
 	}
 	cmd.Flags().StringSliceVar(&req.Disks, "disk", nil, "a disk of the machine, in order (repeat, or comma-separate)")
 	cmd.Flags().StringVar(&req.AgentSocket, "agent-socket", "", "the host's end of the guest agent's virtio-serial port (inside agent_socket_dirs)")
+	cmd.Flags().StringVar(&req.FromImage, "from-image", "", "provision the machine from an image: its disks as instant clones")
+	cmd.RegisterFlagCompletionFunc("from-image", a.completeImages)
 	cmd.Flags().StringVar(&req.Description, "description", "", "free text kept with the machine")
 	cfg.add(cmd)
 	cmd.RegisterFlagCompletionFunc("disk", a.completeDisks)

@@ -24,6 +24,9 @@ const (
 	exitUsage = 2 // the command line is wrong
 )
 
+// version is cairn's version (make build sets it, as cairnd's).
+var version = "dev"
+
 // Socket paths tried when neither --socket nor CAIRN_SOCKET is given.
 const (
 	localSocket  = ".cairn/cairn.sock" // what `make run` uses, relative to the current directory
@@ -55,6 +58,14 @@ type runError struct{ err error }
 func (e runError) Error() string { return e.err.Error() }
 func (e runError) Unwrap() error { return e.err }
 
+// orNil is e, or nil when it holds no error.
+func (e runError) orNil() error {
+	if e.err == nil {
+		return nil
+	}
+	return e
+}
+
 // execute runs the command line and returns the exit code.
 func execute(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
 	a := &app{stdout: stdout, stderr: stderr, getenv: getenv}
@@ -62,16 +73,19 @@ func execute(ctx context.Context, args []string, stdout, stderr io.Writer, geten
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	_, err := root.ExecuteContextC(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
 	var re runError
 	if errors.As(err, &re) {
-		fmt.Fprintf(stderr, "cairn: %v\n", re.err)
+		fmt.Fprintf(stderr, "cairn: %s\n", inCLIWords(cmd, re.err))
 		return exitError
 	}
-	fmt.Fprintf(stderr, "cairn: %v\nRun 'cairn --help' for usage.\n", err)
+	if cmd == nil {
+		cmd = root
+	}
+	fmt.Fprintf(stderr, "cairn: %v\nusage: %s\n", err, usageLine(cmd))
 	return exitUsage
 }
 
@@ -92,12 +106,20 @@ func (a *app) rootCmd() *cobra.Command {
 			return nil
 		},
 	}
+	var showVersion bool
+	root.Flags().BoolVarP(&showVersion, "version", "v", false, "print cairn's version and, when it answers, cairnd's")
+	root.RunE = func(cmd *cobra.Command, args []string) error {
+		if showVersion {
+			return runError{a.printVersion(cmd.Context())}.orNil()
+		}
+		return cmd.Help()
+	}
 	root.PersistentFlags().StringVar(&a.socket, "socket", "", "cairnd's API socket (default $CAIRN_SOCKET, ./"+localSocket+" or "+systemSocket+")")
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return err })
-	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.machineCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.infoCmd(),
-		a.mountCmd(), a.umountCmd())
+	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.machineCmd(), a.imageCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.infoCmd(),
+		a.mountCmd(), a.umountCmd(), a.versionCmd())
 	return root
 }
 

@@ -123,7 +123,9 @@ func TestExitCodes(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{"unknown subcommand", []string{"disk", "frobnicate"}, exitUsage, `unknown command "frobnicate" for "cairn disk"`},
 		{"unknown flag", []string{"disk", "list", "--colour"}, exitUsage, `unknown flag: --colour`},
-		{"missing arg", []string{"disk", "show"}, exitUsage, `accepts 1 arg`},
+		{"missing arg", []string{"disk", "show"}, exitUsage, `^cairn: accepts 1 arg\(s\), received 0\nusage: cairn disk show NAME\n$`},
+		{"usage of a group", []string{"disk", "frob"}, exitUsage, `\nusage: cairn disk COMMAND \(cairn disk --help lists them\)\n$`},
+		{"usage of a flag error", []string{"disk", "create", "x", "--sise", "1M"}, exitUsage, `^cairn: unknown flag: --sise\nusage: cairn disk create NAME --size SIZE \| --adopt PATH \| --from DISK@SNAPSHOT\n$`},
 		{"extra arg", []string{"disk", "list", "x"}, exitUsage, `unknown command "x"`},
 		{"no size", []string{"disk", "create", "x"}, exitUsage, `needs --size`},
 		{"bad size", []string{"disk", "create", "x", "--size", "10X"}, exitUsage, `invalid --size: invalid size "10X"`},
@@ -132,9 +134,12 @@ func TestExitCodes(t *testing.T) {
 		{"bad grow size", []string{"disk", "grow", "taken", "lots"}, exitUsage, `invalid SIZE`},
 		{"bad output", []string{"-o", "yaml", "info"}, exitUsage, `invalid -o "yaml": use table or json`},
 		{"bad name", []string{"disk", "create", "-x", "--size", "1M"}, exitUsage, `unknown shorthand flag: 'x'`},
-		{"bad name after --", []string{"disk", "create", "--size", "1M", "--", "-x"}, exitError, `^cairn: name "-x": a name is 1 to 64 characters`},
+		{"bad name after --", []string{"disk", "create", "--size", "1M", "--", "-x"}, exitError, `^cairn: NAME "-x": a name is 1 to 64 characters`},
 		{"duplicate", []string{"disk", "create", "taken", "--size", "1M"}, exitError, `^cairn: disk "taken" already exists\n$`},
-		{"server-side size rule", []string{"disk", "create", "odd", "--size", "1000"}, exitError, `^cairn: size: 1000 bytes is not a multiple of 4 KiB`},
+		{"server-side size rule", []string{"disk", "create", "odd", "--size", "1000"}, exitError, `^cairn: --size: 1000 bytes is not a multiple of 4 KiB`},
+		{"server-side block size rule", []string{"disk", "create", "odd", "--size", "1M", "--block-size", "3K"}, exitError, `^cairn: --block-size: 3072 bytes: must be a power of two`},
+		{"grow size rule", []string{"disk", "grow", "taken", "1000"}, exitError, `^cairn: SIZE: 1000 B is smaller than`},
+		{"bad disk name in a path", []string{"disk", "show", "a!b"}, exitError, `^cairn: NAME "a!b": a name is`},
 		{"shrink", []string{"disk", "grow", "taken", "4K"}, exitError, `only grow`},
 		{"delete missing", []string{"disk", "delete", "nope"}, exitError, `^cairn: disk "nope" not found\n$`},
 	})
@@ -253,11 +258,22 @@ func TestExportListAndInfo(t *testing.T) {
 	if len(rows) != 2 || rows[1][4] != "1" {
 		t.Fatalf("export list with a client: %q", rows)
 	}
-	_, errs, code := cli(t, sock, "disk", "delete", "a")
-	if code != exitError || !strings.Contains(errs, "1 connected NBD client") {
-		t.Fatalf("delete with a client: exit %d, %q", code, errs)
+	// Refusals name the flags that lift them, never the API's fields.
+	ok(t, sock, "snapshot", "create", "a", "s1", "--wait")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"disk", "delete", "a"}, `cairn: disk "a" has 1 snapshot(s), which would be deleted with it: delete them first (cairn snapshot list a), or delete with --with-snapshots to delete them too` + "\n"},
+		{[]string{"disk", "delete", "a", "--with-snapshots"}, `cairn: disk "a" has 1 connected NBD client(s): disconnect them, or delete with --force to disconnect them` + "\n"},
+		{[]string{"snapshot", "rollback", "a", "s1"}, `or roll back with --force to disconnect them` + "\n"},
+	} {
+		_, errs, code := cli(t, sock, c.args...)
+		if code != exitError || !strings.HasSuffix(errs, c.want) || strings.Contains(errs, "=true") || strings.Contains(errs, "with_snapshots") {
+			t.Errorf("cairn %s with a client: exit %d, %q; want exit 1 ending %q", strings.Join(c.args, " "), code, errs, c.want)
+		}
 	}
-	ok(t, sock, "disk", "delete", "a", "--force")
+	ok(t, sock, "disk", "delete", "a", "--force", "--with-snapshots")
 }
 
 func TestCompletion(t *testing.T) {
@@ -273,5 +289,60 @@ func TestCompletion(t *testing.T) {
 	out := ok(t, sock, "__complete", "disk", "show", "")
 	if !strings.Contains(out, "alpha\nbeta\n") {
 		t.Errorf("disk name completion: %q", out)
+	}
+	ok(t, sock, "snapshot", "create", "alpha", "s1")
+	ok(t, sock, "snapshot", "create", "alpha", "s2")
+	// Every command that takes a disk or a snapshot completes them
+	// (":4" is cobra's "no file completion", ":16" "directories only").
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"mount", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"mount", "alpha@"}, "alpha@s1\nalpha@s2\n:4\n"},
+		{[]string{"mount", "alpha@s1", ""}, ":16\n"},
+		{[]string{"snapshot", "list", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"snap", "show", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "delete", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "rollback", "alpha", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "diff", "alpha", "s1", ""}, "s1\ns2\n:4\n"},
+		{[]string{"snapshot", "create", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"snapshot", "capacity", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"disk", "grow", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"disk", "delete", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"export", "list", ""}, "alpha\nbeta\n:4\n"},
+		{[]string{"verify", ""}, "alpha\nbeta\n:4\n"},
+	} {
+		out := ok(t, sock, append([]string{"__complete"}, c.args...)...)
+		if !strings.HasPrefix(out, c.want) {
+			t.Errorf("cairn __complete %q: %q; want %q first", c.args, out, c.want)
+		}
+	}
+}
+
+func TestVersionAndExportFilter(t *testing.T) {
+	in := daemontest.Start(t, nil)
+	sock := in.Client.Socket
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		if out := ok(t, sock, args...); out != "cairn dev\ncairnd "+in.Info().Version+"\n" {
+			t.Errorf("cairn %s: %q", args[0], out)
+		}
+	}
+	out, _, code := cli(t, "/nonexistent.sock", "version")
+	if code != exitOK || !strings.HasPrefix(out, "cairn dev\ncairnd: unknown (cannot reach cairnd") {
+		t.Errorf("cairn version without cairnd: exit %d, %q", code, out)
+	}
+	ok(t, sock, "disk", "create", "a", "--size", "1M")
+	ok(t, sock, "disk", "create", "b", "--size", "1M")
+	ok(t, sock, "snapshot", "create", "a", "s1", "--wait")
+	rows := cells(ok(t, sock, "export", "list", "a"))
+	if len(rows) != 3 || rows[1][0] != "a" || rows[2][0] != "a@s1" {
+		t.Errorf("export list a: %q", rows)
+	}
+	if rows := cells(ok(t, sock, "export", "list")); len(rows) != 4 {
+		t.Errorf("export list: %q", rows)
+	}
+	if _, errs, code := cli(t, sock, "export", "list", "nope"); code != exitError || errs != "cairn: disk \"nope\" not found\n" {
+		t.Errorf("export list nope: exit %d, %q", code, errs)
 	}
 }

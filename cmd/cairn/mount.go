@@ -35,7 +35,8 @@ func (a *app) mountCmd() *cobra.Command {
 		Example: "  cairn mount vm1-root@nightly-1122 /mnt/restore\n" +
 			"  cairn mount vm1-root@nightly-1122 /mnt/restore --partition 2\n" +
 			"  cairn umount /mnt/restore",
-		Args: cobra.ExactArgs(2),
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: a.completeMountTarget,
 		RunE: a.run(func(ctx context.Context, args []string) error {
 			info, err := a.mount(ctx, args[0], args[1], mf)
 			if err != nil {
@@ -78,6 +79,26 @@ func (mf *mountFlags) addCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&mf.stateDir, "state-dir", restore.DefaultStateDir, "where restore mounts are recorded")
 }
 
+// completeMountTarget completes DISK[@SNAPSHOT] from cairnd (a word with
+// '@' from the disk's snapshots), then DIR with directories.
+func (a *app) completeMountTarget(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+	switch {
+	case len(args) == 1:
+		return nil, cobra.ShellCompDirectiveFilterDirs
+	case len(args) > 1:
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	disk, _, isSnap := strings.Cut(toComplete, "@")
+	if !isSnap {
+		return a.completeDisks(cmd, args, toComplete)
+	}
+	names, directive := a.completeSnapshots(cmd, []string{disk}, "")
+	for i, n := range names {
+		names[i] = disk + "@" + n
+	}
+	return names, directive
+}
+
 // mount checks DISK[@SNAPSHOT] with cairnd and mounts its file.
 func (a *app) mount(ctx context.Context, target, dir string, mf mountFlags) (restore.Info, error) {
 	if os.Geteuid() != 0 {
@@ -92,8 +113,8 @@ func (a *app) mount(ctx context.Context, target, dir string, mf mountFlags) (res
 		if _, err := a.client.Snapshot(ctx, diskName, snap); err != nil {
 			return restore.Info{}, err
 		}
-	} else if !mf.opts.ReadOnly && disk.Clients > 0 && !mf.force {
-		return restore.Info{}, fmt.Errorf("disk %s has %d client(s) (a VM?): mounting it read-write beside them corrupts it; use --read-only, or a snapshot (%s@SNAPSHOT), or --force", diskName, disk.Clients, diskName)
+	} else if !mf.opts.ReadOnly && len(disk.Clients) > 0 && !mf.force {
+		return restore.Info{}, fmt.Errorf("disk %s has %d NBD client(s) (a VM?): mounting it read-write beside them corrupts it; use --read-only, or a snapshot (%s@SNAPSHOT), or --force", diskName, len(disk.Clients), diskName)
 	}
 	tree, err := findTree(mf.fuseDir, diskName)
 	if err != nil {

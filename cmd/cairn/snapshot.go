@@ -88,7 +88,7 @@ func (a *app) snapshotListCmd() *cobra.Command {
 		Use:               "list DISK",
 		Aliases:           []string{"ls"},
 		Short:             "List a disk's snapshots, oldest first",
-		Long:              "WRITTEN is what changed in the epoch the snapshot sealed; UNIQUE what only it holds: what deleting it frees.\nHOLD is how long guest writes waited while it was taken.",
+		Long:              "WRITTEN is what the snapshot holds itself: the blocks changed since the snapshot before it. UNIQUE is what\nonly it holds: what deleting it frees now (uncompressed). HOLD is how long guest writes waited while it was taken.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
 		RunE: show(a, func(ctx context.Context, args []string) ([]api.Snapshot, error) {
@@ -162,12 +162,12 @@ func (a *app) printSnapshot(s api.Snapshot) error {
 	}
 	t.row("Created:", s.Created.Local().Format(time.RFC3339))
 	t.row("Disk size:", fmt.Sprintf("%s (%d bytes)", api.FormatSize(s.Size), s.Size))
-	t.row("Written:", formatBytes(s.WrittenBytes)+" (changed in its epoch)")
-	t.row("Unique:", formatBytes(s.UniqueBytes)+" (freed by deleting it)")
+	t.row("Written:", formatBytes(s.WrittenBytes)+" (changed since the snapshot before it)")
+	t.row("Unique:", fmt.Sprintf("%s (%s stored; what deleting it frees)", formatBytes(s.UniqueBytes), formatBytes(s.UniqueStoredBytes)))
 	t.row("Write hold:", formatHold(s.HoldMicros))
 	t.row("Drain:", formatHold(s.DrainMicros)+" (writes in flight at the seal finishing)")
 	t.row("Export:", s.Export+" (read-only)")
-	t.row("Clients:", strconv.Itoa(s.Clients))
+	t.row("Clients:", strconv.Itoa(len(s.Clients)))
 	return t.flush()
 }
 
@@ -188,7 +188,8 @@ func (a *app) snapshotDeleteCmd() *cobra.Command {
 				return err
 			}
 			return a.print(res, func() error {
-				_, err := fmt.Fprintf(a.stdout, "deleted snapshot %s@%s, freed %s (%d bytes)\n", args[0], args[1], formatBytes(res.FreedBytes), res.FreedBytes)
+				_, err := fmt.Fprintf(a.stdout, "deleted snapshot %s@%s, freed %s (%d bytes; %s stored)\n", args[0], args[1],
+					formatBytes(res.FreedBytes), res.FreedBytes, formatBytes(res.FreedStoredBytes))
 				return err
 			})
 		}),
@@ -283,9 +284,10 @@ func (a *app) snapshotCapacityCmd() *cobra.Command {
 
 // printCapacity prints every chain's capacity and the store's.
 func (a *app) printCapacity(c api.Capacity) error {
-	t := a.table("DISK", "SNAPSHOTS", "QUOTA", "STORED", "ENTRIES")
+	t := a.table("DISK", "SNAPSHOTS", "QUOTA", "STORED", "UNCOMPRESSED", "ENTRIES")
 	for _, ch := range c.Chains {
-		t.row(ch.Disk, strconv.Itoa(ch.Snapshots), strconv.Itoa(ch.Quota), formatBytes(ch.StoredBytes), strconv.FormatUint(ch.Entries, 10))
+		t.row(ch.Disk, strconv.Itoa(ch.Snapshots), strconv.Itoa(ch.Quota), formatBytes(ch.StoredBytes), formatBytes(ch.UncompressedBytes),
+			strconv.FormatUint(ch.Entries, 10))
 	}
 	if err := t.flush(); err != nil {
 		return err
@@ -298,7 +300,7 @@ func (a *app) printChainCapacity(c api.ChainCapacity) error {
 	t := a.table()
 	t.row("Disk:", c.Disk)
 	t.row("Snapshots:", fmt.Sprintf("%d of %d", c.Snapshots, c.Quota))
-	t.row("Stored:", formatBytes(c.StoredBytes)+" (shared chunks counted in full)")
+	t.row("Stored:", fmt.Sprintf("%s (%s uncompressed; chunks shared with other disks counted in full)", formatBytes(c.StoredBytes), formatBytes(c.UncompressedBytes)))
 	t.row("Entries:", strconv.FormatUint(c.Entries, 10))
 	if err := t.flush(); err != nil {
 		return err
@@ -307,9 +309,9 @@ func (a *app) printChainCapacity(c api.ChainCapacity) error {
 		return nil
 	}
 	fmt.Fprintln(a.stdout)
-	t = a.table("SNAPSHOT", "STATE", "WRITTEN", "UNIQUE")
+	t = a.table("SNAPSHOT", "STATE", "WRITTEN", "UNIQUE", "UNIQUE STORED")
 	for _, s := range c.PerSnapshot {
-		t.row(s.Name, s.State, formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes))
+		t.row(s.Name, s.State, formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes), formatBytes(s.UniqueStoredBytes))
 	}
 	return t.flush()
 }

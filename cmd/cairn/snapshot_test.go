@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os/exec"
 	"regexp"
@@ -129,7 +130,7 @@ func TestSnapshotCommands(t *testing.T) {
 		t.Errorf("snapshot capacity d lacks %q:\n%s", m, out)
 	}
 	cc := decode[api.ChainCapacity](t, ok(t, sock, "snapshot", "capacity", "d", "-o", "json"))
-	if cc.Snapshots != 3 || cc.Quota != 64 || len(cc.PerSnapshot) != 3 || cc.PerSnapshot[0] != (api.SnapshotCapacity{Name: "s1", State: api.SnapshotReady, WrittenBytes: 128 << 10, UniqueBytes: snaps[0].UniqueBytes}) {
+	if cc.Snapshots != 3 || cc.Quota != 64 || len(cc.PerSnapshot) != 3 || cc.PerSnapshot[0] != (api.SnapshotCapacity{Name: "s1", State: api.SnapshotReady, WrittenBytes: 128 << 10, UniqueBytes: snaps[0].UniqueBytes, UniqueStoredBytes: snaps[0].UniqueStoredBytes}) {
 		t.Errorf("snapshot capacity d -o json: %+v", cc)
 	}
 	out = ok(t, sock, "snapshot", "capacity")
@@ -205,7 +206,7 @@ func TestSnapshotCommands(t *testing.T) {
 	}
 
 	out = ok(t, sock, "snapshot", "delete", "d", "s1")
-	if out != "deleted snapshot d@s1, freed 64 KiB (65536 bytes)\n" {
+	if out != fmt.Sprintf("deleted snapshot d@s1, freed 64 KiB (65536 bytes; %s stored)\n", api.FormatSize(int64(snaps[0].UniqueStoredBytes))) {
 		t.Errorf("snapshot delete: %q", out)
 	}
 	if res := decode[api.DeleteSnapshotResult](t, ok(t, sock, "snapshot", "rm", "d", "s3", "-o", "json")); res.FreedBytes != 64<<10 {

@@ -117,7 +117,7 @@ func (a *app) printTask(k api.Task) error {
 	}
 	t.row("Created:", k.Created.Local().Format(time.RFC3339))
 	if k.Finished != nil {
-		t.row("Finished:", fmt.Sprintf("%s (took %s)", k.Finished.Local().Format(time.RFC3339), k.Finished.Sub(k.Created).Round(time.Millisecond)))
+		t.row("Finished:", fmt.Sprintf("%s (took %s)", k.Finished.Local().Format(time.RFC3339), k.Finished.Sub(k.Created.Time).Round(time.Millisecond)))
 	}
 	if !k.Ended() && !k.Cancellable {
 		t.row("Cancellable:", "no")

@@ -153,7 +153,7 @@ func (s *service) statusText() string {
 	disks := d.ListDisks()
 	clients, broken := 0, 0
 	for _, k := range disks {
-		clients += k.Clients
+		clients += len(k.Clients)
 		if k.State != api.DiskReady {
 			broken++
 		}

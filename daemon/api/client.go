@@ -160,7 +160,7 @@ func (c *Client) Flatten(ctx context.Context, name string, req FlattenRequest) (
 
 // DeleteDisk deletes a disk.
 func (c *Client) DeleteDisk(ctx context.Context, name string, opts DeleteDiskOptions) error {
-	q := flags(map[string]bool{"force": opts.Force, "delete_adopted": opts.DeleteAdopted})
+	q := flags(map[string]bool{"force": opts.Force, "delete_adopted": opts.DeleteAdopted, "with_snapshots": opts.WithSnapshots})
 	return c.Do(ctx, http.MethodDelete, withQuery(diskPath(name), q), nil, nil)
 }
 

@@ -1,7 +1,5 @@
 package api
 
-import "time"
-
 // Image is a whole-machine image (GET /v1/images/{name}): the content of
 // every disk of a machine (or of one disk) at one instant, kept as chunk
 // references, with the machine's configuration, independent of its
@@ -9,7 +7,7 @@ import "time"
 type Image struct {
 	Name        string      `json:"name"`
 	Description string      `json:"description,omitempty"`
-	Created     time.Time   `json:"created"`
+	Created     Time        `json:"created"`
 	State       string      `json:"state"`            // ImageCreating, ImageAvailable, ImageNormal
 	Source      string      `json:"source,omitempty"` // what it was made from: MACHINE@SNAPSHOT or DISK@SNAPSHOT
 	Disks       []ImageDisk `json:"disks"`

@@ -1,7 +1,5 @@
 package api
 
-import "time"
-
 // Machine is a VM as Cairn sees it (GET /v1/machines/{name}): its disks in
 // order (the first is the boot disk unless said otherwise), its
 // configuration document, and the Unix socket of its guest agent.
@@ -12,10 +10,10 @@ type Machine struct {
 	// AgentSocket is the host's end of the guest agent's virtio-serial
 	// port (qemu -chardev socket,path=...); empty: no agent, snapshots
 	// are crash-consistent.
-	AgentSocket string    `json:"agent_socket,omitempty"`
-	Description string    `json:"description,omitempty"`
-	Created     time.Time `json:"created"`
-	Snapshots   int       `json:"snapshots"` // machine snapshots
+	AgentSocket string `json:"agent_socket,omitempty"`
+	Description string `json:"description,omitempty"`
+	Created     Time   `json:"created"`
+	Snapshots   int    `json:"snapshots"` // machine snapshots
 }
 
 // Config is a VM's configuration document, kept verbatim: a libvirt domain
@@ -27,16 +25,16 @@ type Config struct {
 
 // CreateMachineRequest is the body of POST /v1/machines.
 type CreateMachineRequest struct {
-	Name        string   `json:"name"`
-	Disks       []string `json:"disks,omitempty"` // existing disks, in order; each in at most one machine
+	Name  string   `json:"name"`
+	Disks []string `json:"disks,omitempty"` // existing disks, in order; each in at most one machine
 	// FromImage provisions the machine from an image instead: every disk an
 	// instant clone of the image's, named NAME-DISK, and the image's
 	// configuration with its disk names rewritten to the new ones (the
 	// answer's config, for libvirt to define).
-	FromImage string `json:"from_image,omitempty"`
-	Config      *Config  `json:"config,omitempty"`
-	AgentSocket string   `json:"agent_socket,omitempty"`
-	Description string   `json:"description,omitempty"`
+	FromImage   string  `json:"from_image,omitempty"`
+	Config      *Config `json:"config,omitempty"`
+	AgentSocket string  `json:"agent_socket,omitempty"`
+	Description string  `json:"description,omitempty"`
 }
 
 // UpdateMachineRequest is the body of PATCH /v1/machines/{name}: the fields
@@ -77,10 +75,10 @@ type CreateMachineSnapshotRequest struct {
 // MachineSnapshot is one snapshot of every disk of a machine at one instant
 // (GET /v1/machines/{name}/snapshots/{snapshot}).
 type MachineSnapshot struct {
-	Machine     string    `json:"machine"`
-	Name        string    `json:"name"`
-	Description string    `json:"description,omitempty"`
-	Created     time.Time `json:"created"`
+	Machine     string `json:"machine"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Created     Time   `json:"created"`
 	// State aggregates the members': copying while any copies, ready when
 	// all are, failed if any failed, deleting while it is deleted.
 	State    string  `json:"state"`

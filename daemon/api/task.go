@@ -1,7 +1,5 @@
 package api
 
-import "time"
-
 // Task is a long operation (GET /v1/tasks/{id}): a snapshot's copy-out, a
 // machine snapshot, a rollback, a verify. Its id is unique for the life of
 // the data directory; tasks outlive a restart of cairnd (one that was
@@ -27,10 +25,10 @@ type Task struct {
 	Error      string  `json:"error,omitempty"` // why it failed or was cancelled, and what to do
 	// Cancellable: POST /v1/tasks/{id}/cancel stops it safely; otherwise
 	// the refusal says why.
-	Cancellable bool       `json:"cancellable"`
-	Created     time.Time  `json:"created"`
-	Started     *time.Time `json:"started,omitempty"`
-	Finished    *time.Time `json:"finished,omitempty"`
+	Cancellable bool  `json:"cancellable"`
+	Created     Time  `json:"created"`
+	Started     *Time `json:"started,omitempty"`
+	Finished    *Time `json:"finished,omitempty"`
 	// Result is kind specific: VerifyResult for TaskVerify,
 	// MachineSnapshot for TaskMachineSnapshot.
 	Result any `json:"result,omitempty"`

@@ -4,22 +4,20 @@
 // decodes them, so the wire format lives here and nowhere else.
 package api
 
-import "time"
-
 // Disk is one virtual disk (GET /v1/disks/{name}).
 type Disk struct {
-	Name        string    `json:"name"`
-	ID          uint64    `json:"id"`
-	Size        int64     `json:"size"`       // bytes
-	BlockSize   int       `json:"block_size"` // bytes: the unit of change tracking
-	Description string    `json:"description,omitempty"`
-	Path        string    `json:"path"`    // the live image: a raw file or a block device
-	Adopted     bool      `json:"adopted"` // the live image was an existing file or device
-	Created     time.Time `json:"created"`
-	Export      string    `json:"export"`  // the NBD export name of the live disk
-	Clients     int       `json:"clients"` // connected NBD clients
-	State       string    `json:"state"`   // DiskReady or DiskError
-	Error       string    `json:"error,omitempty"`
+	Name        string      `json:"name"`
+	ID          uint64      `json:"id"`
+	Size        int64       `json:"size"`       // bytes
+	BlockSize   int         `json:"block_size"` // bytes: the unit of change tracking
+	Description string      `json:"description,omitempty"`
+	Path        string      `json:"path"`    // the live image: a raw file or a block device
+	Adopted     bool        `json:"adopted"` // the live image was an existing file or device
+	Created     Time        `json:"created"`
+	Export      string      `json:"export"`  // the NBD export name of the live disk
+	Clients     []NBDClient `json:"clients"` // NBD clients connected to its live export, as in Export
+	State       string      `json:"state"`   // DiskReady or DiskError
+	Error       string      `json:"error,omitempty"`
 	// Parent is what a clone reads its unwritten blocks through
 	// (DISK@SNAPSHOT, or IMAGE/DISK), and Depth how many parents it has;
 	// Flattened is the parent a flattened clone was made from.
@@ -75,6 +73,10 @@ type DeleteDiskOptions struct {
 	// DeleteAdopted also removes an adopted regular file (delete_adopted=true);
 	// without it an adopted live image is left in place.
 	DeleteAdopted bool
+	// WithSnapshots deletes the disk's snapshots with it
+	// (with_snapshots=true); without it a disk that has snapshots is not
+	// deleted.
+	WithSnapshots bool
 }
 
 // Export is one NBD export name (GET /v1/exports).
@@ -89,23 +91,23 @@ type Export struct {
 
 // NBDClient is one connected NBD client.
 type NBDClient struct {
-	ID       uint64    `json:"id"`
-	Remote   string    `json:"remote"`
-	Since    time.Time `json:"since"`
-	ReadOnly bool      `json:"read_only"`
+	ID       uint64 `json:"id"`
+	Remote   string `json:"remote"`
+	Since    Time   `json:"since"`
+	ReadOnly bool   `json:"read_only"`
 }
 
 // Info describes the running daemon (GET /v1/info).
 type Info struct {
-	Version       string    `json:"version"`
-	PID           int       `json:"pid"`
-	Started       time.Time `json:"started"`
-	UptimeSeconds float64   `json:"uptime_seconds"`
-	DataDir       string    `json:"data_dir"`
-	APISocket     string    `json:"api_socket"`
-	NBDSocket     string    `json:"nbd_socket"`
-	NBDListen     string    `json:"nbd_listen,omitempty"`
-	Disks         int       `json:"disks"`
+	Version       string  `json:"version"`
+	PID           int     `json:"pid"`
+	Started       Time    `json:"started"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	DataDir       string  `json:"data_dir"`
+	APISocket     string  `json:"api_socket"`
+	NBDSocket     string  `json:"nbd_socket"`
+	NBDListen     string  `json:"nbd_listen,omitempty"`
+	Disks         int     `json:"disks"`
 }
 
 // Health is the body of GET /v1/health: status "ok" with 200, or

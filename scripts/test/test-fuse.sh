@@ -147,7 +147,12 @@ check "fio randwrite 4k qd16 O_DIRECT, verify=crc32c" fio --name=verify --filena
 contains "fio verified without errors" "err= 0"
 
 # --- the tree follows the API
-check "disk delete raw --force" "$CAIRN" disk delete raw --force
+"$CAIRN" disk delete raw --force >"$T/out" 2>&1
+rc=$?
+[ $rc -eq 1 ] && ok "disk delete of a disk with snapshots exits 1" || bad "disk delete of a disk with snapshots exited $rc"
+contains "the refusal counts the snapshots" 'disk "raw" has 1 snapshot(s)'
+contains "the refusal names the flag" "delete with --with-snapshots"
+check "disk delete raw --force --with-snapshots" "$CAIRN" disk delete raw --force --with-snapshots
 check "the deleted disk left the tree" test ! -e "$FUSE/raw"
 
 # --- crash: SIGKILL leaves a dead mount; the next start detaches it
