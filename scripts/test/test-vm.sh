@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Smoke test of the test VM harness (scripts/test/vm/README.md), one boot:
+# a real cairnd serves disk "vm" over NBD as the guest's /dev/vda; in the
+# guest, mkfs.ext4 and a file written and synced, nbd.ko loaded and
+# /dev/nbd0 present (what kernel attach needs); on the host, the real guest
+# agent answers over its virtio-serial socket (guest-sync-delimited,
+# guest-ping, guest-info, and a freeze and thaw of the guest's ext4 — only
+# ever inside the VM); after the guest powers off, a snapshot of the disk,
+# read through cairnd's NBD export, passes e2fsck -fn and holds the guest's
+# files byte for byte.
+# Exit 77 (skip) only when qemu-system-x86_64 or Debian's kernel package
+# cannot be had (or bin/cairnd is not built).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+CAIRND=${CAIRND:-$PWD/bin/cairnd}
+CAIRN=${CAIRN:-$PWD/bin/cairn}
+VM=$PWD/scripts/test/vm
+PY=/usr/bin/python3
+skip() { echo "test-vm: $*"; exit 77; }
+for b in "$CAIRND" "$CAIRN"; do
+	[ -x "$b" ] || skip "$b is missing: run 'make build' first"
+done
+command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is missing (scripts/deps.sh installs qemu-system-x86)"
+for tool in qemu-img e2fsck debugfs sha256sum; do
+	command -v $tool >/dev/null || skip "$tool is missing (scripts/deps.sh installs it)"
+done
+"$VM/setup.sh" >/dev/null || {
+	rc=$?
+	[ $rc -eq 77 ] && skip "the VM cannot be set up (see above)"
+	echo "test-vm: FAIL scripts/test/vm/setup.sh exited $rc"
+	exit 1
+}
+
+T=$(mktemp -d /tmp/cairn-vm-test.XXXXXX)
+DATA=$T/data
+export CAIRN_SOCKET=$DATA/cairn.sock
+unset RUNTIME_DIRECTORY
+PID= VMPID=
+pass=0 fail=0
+cleanup() {
+	[ -n "$VMPID" ] && kill -TERM "$VMPID" 2>/dev/null && wait "$VMPID" 2>/dev/null
+	[ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID" 2>/dev/null
+	if [ $fail -gt 0 ] || [ -n "${KEEP:-}" ]; then echo "kept $T"; else rm -rf "$T"; fi
+}
+trap cleanup EXIT
+ok() { pass=$((pass + 1)); echo "ok   $*"; }
+bad() { fail=$((fail + 1)); echo "FAIL $*"; }
+check() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then ok "$d"; else bad "$d: $(tail -5 "$T/out")"; fi; }
+die() { bad "$*"; echo "test-vm: $pass passed, $fail failed"; exit 1; }
+qga() { "$PY" "$VM/vmctl.py" qga "$T/qga.sock" "$@"; }
+
+: >"$T/cairnd.log"
+"$CAIRND" --data-dir "$DATA" --fuse=false 2>>"$T/cairnd.log" &
+PID=$!
+for ((i = 0; i < 400; i++)); do
+	grep -q "cairnd ready" "$T/cairnd.log" && break
+	kill -0 "$PID" 2>/dev/null || break
+	sleep 0.05
+done
+grep -q "cairnd ready" "$T/cairnd.log" || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
+check "disk create vm (64 MiB)" "$CAIRN" disk create vm --size 64M
+
+# The files the guest writes, made the same way on the host to compare.
+content() { seq "$1" 20000 | sed "s/^/cairn vm harness line /"; }
+
+cat >"$T/guest.sh" <<'EOF'
+set -u
+dev=$(vm_disk vm)
+vm_check "the cairnd disk is /dev/vda" test "$dev" = /dev/vda
+vm_check "mkfs.ext4 $dev" mkfs.ext4 -q "$dev"
+mkdir -p /mnt/vm
+vm_check "mount $dev" mount -t ext4 "$dev" /mnt/vm
+seq 1 20000 | sed "s/^/cairn vm harness line /" >/mnt/vm/before-freeze.txt
+vm_check "sync" sync
+vm_check "nbd is not loaded at boot" sh -c '! grep -q "^nbd " /proc/modules'
+vm_check "modprobe nbd (modules.dep from the kernel package)" modprobe nbd
+vm_check "/dev/nbd0 is a block device" test -b /dev/nbd0
+vm_event ready
+line=$(vm_recv 120) || vm_fail "no word from the host on the control channel"
+vm_check "the host's word is 'thawed'" test "$line" = thawed
+# The filesystem takes writes again after the agent's thaw.
+seq 2 20000 | sed "s/^/cairn vm harness line /" >/mnt/vm/after-thaw.txt
+vm_check "sync after the thaw" sync
+vm_check "umount" umount /mnt/vm
+EOF
+
+"$VM/run.sh" --script "$T/guest.sh" --nbd "$DATA/nbd.sock" --disk vm \
+	--agent "$T/qga.sock" --ctl "$T/ctl.sock" --log "$T/console.log" \
+	--work "$T/vm" --timeout 240 >"$T/vm.out" 2>&1 &
+VMPID=$!
+if "$PY" "$VM/vmctl.py" wait-event "$T/console.log" ready --timeout 180 2>"$T/out"; then
+	ok "the guest made ext4 on the cairnd disk, wrote a file and loaded nbd"
+else
+	bad "the guest did not get ready: $(cat "$T/out")"
+fi
+
+check "guest-ping" qga guest-ping
+qga guest-info >"$T/info.json" 2>"$T/out" && ok "guest-info" || bad "guest-info: $(cat "$T/out")"
+check "guest-info names qemu-ga's version and guest-fsfreeze-freeze" "$PY" -c '
+import json, sys
+info = json.load(open(sys.argv[1]))
+assert info["version"].startswith(sys.argv[2]), info["version"]
+cmds = {c["name"]: c["enabled"] for c in info["supported_commands"]}
+assert cmds.get("guest-fsfreeze-freeze") is True, cmds.get("guest-fsfreeze-freeze")
+' "$T/info.json" "$(dpkg-query -W -f='${Version}' qemu-guest-agent | sed 's/^[0-9]*://; s/[+~-].*//')"
+check "guest-fsfreeze-freeze froze the guest's one ext4" test "$(qga guest-fsfreeze-freeze)" = 1
+check "guest-fsfreeze-status: frozen" test "$(qga guest-fsfreeze-status)" = '"frozen"'
+check "guest-fsfreeze-thaw thawed it" test "$(qga guest-fsfreeze-thaw)" = 1
+check "guest-fsfreeze-status: thawed" test "$(qga guest-fsfreeze-status)" = '"thawed"'
+check "an unknown command is the agent's error" sh -c "! '$PY' '$VM/vmctl.py' qga '$T/qga.sock' guest-no-such-command"
+check "tell the guest over the control channel" "$PY" "$VM/vmctl.py" send "$T/ctl.sock" thawed
+
+wait "$VMPID"
+rc=$?
+VMPID=
+if [ $rc -eq 0 ]; then ok "the guest passed: $(head -1 "$T/vm.out")"; else bad "the guest did not pass (run.sh exited $rc): $(cat "$T/vm.out")"; fi
+
+# --- on the host, through cairnd: a snapshot of what the guest left
+check "snapshot create vm@after --wait" "$CAIRN" snapshot create vm after --wait
+check "read the snapshot's NBD export" qemu-img convert -f raw -O raw "nbd+unix:///vm@after?socket=$DATA/nbd.sock" "$T/after.raw"
+check "e2fsck -fn: the guest's filesystem is clean" e2fsck -fn "$T/after.raw"
+for f in "before-freeze.txt 1" "after-thaw.txt 2"; do
+	read -r name first <<<"$f"
+	debugfs -R "cat /$name" "$T/after.raw" 2>/dev/null >"$T/$name"
+	check "the guest's $name is in the snapshot, byte for byte" cmp "$T/$name" <(content "$first")
+done
+
+echo "test-vm: $pass passed, $fail failed"
+[ $fail -eq 0 ]
