@@ -46,6 +46,12 @@ trap cleanup EXIT
 ok() { pass=$((pass + 1)); echo "ok   $*"; }
 bad() { fail=$((fail + 1)); echo "FAIL $*"; }
 check() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then ok "$d"; else bad "$d: $(tail -5 "$T/out")"; fi; }
+# expect DESCRIPTION WANT COMMAND...: COMMAND prints exactly WANT.
+expect() {
+	local d=$1 want=$2 got
+	shift 2
+	if got=$("$@" 2>"$T/out") && [ "$got" = "$want" ]; then ok "$d"; else bad "$d: got '$got', want '$want' $(tail -3 "$T/out")"; fi
+}
 die() { bad "$*"; echo "test-vm: $pass passed, $fail failed"; exit 1; }
 qga() { "$PY" "$VM/vmctl.py" qga "$T/qga.sock" "$@"; }
 
@@ -103,10 +109,10 @@ assert info["version"].startswith(sys.argv[2]), info["version"]
 cmds = {c["name"]: c["enabled"] for c in info["supported_commands"]}
 assert cmds.get("guest-fsfreeze-freeze") is True, cmds.get("guest-fsfreeze-freeze")
 ' "$T/info.json" "$(dpkg-query -W -f='${Version}' qemu-guest-agent | sed 's/^[0-9]*://; s/[+~-].*//')"
-check "guest-fsfreeze-freeze froze the guest's one ext4" test "$(qga guest-fsfreeze-freeze)" = 1
-check "guest-fsfreeze-status: frozen" test "$(qga guest-fsfreeze-status)" = '"frozen"'
-check "guest-fsfreeze-thaw thawed it" test "$(qga guest-fsfreeze-thaw)" = 1
-check "guest-fsfreeze-status: thawed" test "$(qga guest-fsfreeze-status)" = '"thawed"'
+expect "guest-fsfreeze-freeze froze the guest's one ext4" 1 qga guest-fsfreeze-freeze
+expect "guest-fsfreeze-status: frozen" '"frozen"' qga guest-fsfreeze-status
+expect "guest-fsfreeze-thaw thawed it" 1 qga guest-fsfreeze-thaw
+expect "guest-fsfreeze-status: thawed" '"thawed"' qga guest-fsfreeze-status
 check "an unknown command is the agent's error" sh -c "! '$PY' '$VM/vmctl.py' qga '$T/qga.sock' guest-no-such-command"
 check "tell the guest over the control channel" "$PY" "$VM/vmctl.py" send "$T/ctl.sock" thawed
 
