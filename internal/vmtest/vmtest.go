@@ -110,20 +110,35 @@ const (
 	exitUnavailable = 77
 )
 
+// Require skips t when no VM can be had here (qemu-system-x86_64 or
+// Debian's kernel package missing: setup.sh says which), and prepares the
+// cached kernel and initramfs otherwise. Start calls it; a test that builds
+// something for the guest first calls it before.
+func Require(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("no test VM here: qemu-system-x86_64 is missing (scripts/deps.sh installs qemu-system-x86)")
+	}
+	setup := filepath.Join(repoRoot(t), "scripts", "test", "vm", "setup.sh")
+	var stderr bytes.Buffer
+	cmd := exec.Command(setup)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if exitCode(err) == exitUnavailable {
+			t.Skipf("no test VM here: %s", strings.TrimSpace(stderr.String()))
+		}
+		t.Fatalf("scripts/test/vm/setup.sh: %v: %s", err, stderr.String())
+	}
+}
+
 // Start boots a VM for t and returns at once; the boot is ended when t
 // ends, and its directory removed unless t failed. It skips t when the
 // VM cannot be had here (qemu-system-x86_64 or Debian's kernel package
 // missing: setup.sh says which).
 func Start(t testing.TB, cfg Config) *VM {
 	t.Helper()
-	root := repoRoot(t)
-	vmDir := filepath.Join(root, "scripts", "test", "vm")
-	if out, err := exec.Command(filepath.Join(vmDir, "setup.sh")).CombinedOutput(); err != nil {
-		if exitCode(err) == exitUnavailable {
-			t.Skipf("no test VM here: %s", strings.TrimSpace(string(out)))
-		}
-		t.Fatalf("scripts/test/vm/setup.sh: %v: %s", err, out)
-	}
+	Require(t)
+	vmDir := filepath.Join(repoRoot(t), "scripts", "test", "vm")
 	// Not t.TempDir: a Unix socket path must fit in 108 bytes.
 	dir, err := os.MkdirTemp("", "cairn-vmtest.")
 	if err != nil {

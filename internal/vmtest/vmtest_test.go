@@ -14,6 +14,7 @@ import (
 // and libmount the base initramfs lacks), an extra kernel module loaded from
 // the tree (brd), an event, and the control channel both ways.
 func TestBoot(t *testing.T) {
+	Require(t)
 	payload := filepath.Join(t.TempDir(), "payload.txt")
 	if err := os.WriteFile(payload, []byte("cairn payload 42\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -35,11 +35,10 @@ mkdir -p "$cache/debs" "$cache/kernels"
 exec 9>"$cache/lock"
 flock 9
 
-for tool in busybox qemu-ga mke2fs e2fsck debugfs tune2fs dumpe2fs depmod dpkg-deb apt-get ldd; do
-	command -v "$tool" >/dev/null || PATH=$PATH:/usr/sbin:/sbin command -v "$tool" >/dev/null ||
-		unavailable "$tool is missing (scripts/deps.sh installs it)"
-done
 export PATH=$PATH:/usr/sbin:/sbin
+for tool in busybox qemu-ga mke2fs e2fsck debugfs tune2fs dumpe2fs depmod dpkg-deb apt-get ldd; do
+	command -v "$tool" >/dev/null || unavailable "$tool is missing (scripts/deps.sh installs it)"
+done
 [ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 || true)
 case "${file_is_static:-}" in
 *"not a dynamic executable"*) ;;
@@ -48,8 +47,20 @@ esac
 
 # kernel_package: the versioned kernel package linux-image-amd64 depends on
 # now, e.g. linux-image-6.1.0-57-amd64 (apt-get update first if apt has no
-# lists yet).
+# lists yet). apt-cache takes a second or more, so the answer is kept for a
+# day in $cache/candidate.
 kernel_package() {
+	local pkg
+	if [ -n "$(find "$cache/candidate" -mmin -1440 2>/dev/null)" ]; then
+		cat "$cache/candidate"
+		return
+	fi
+	pkg=$(kernel_package_now)
+	[ -z "$pkg" ] || echo "$pkg" >"$cache/candidate"
+	echo "$pkg"
+}
+
+kernel_package_now() {
 	local pkg
 	pkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
 	if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
@@ -88,6 +99,9 @@ fetch_kernel() {
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
 	touch "$dir/.complete"
+	# A new kernel replaces the older ones (~400 MB each unpacked).
+	find "$cache/kernels" -mindepth 1 -maxdepth 1 ! -name "$rel" ! -name '.unpack.*' -exec rm -rf {} +
+	find "$cache/debs" -name '*.deb' ! -name "${pkg}_*" -delete
 	echo "$rel"
 }
 
@@ -100,6 +114,7 @@ if [ -z "$rel" ] && [ "$(id -u)" = 0 ]; then
 	# Stale apt lists name a package the archive no longer has: refresh
 	# them once and ask again.
 	apt-get update -qq >/dev/null 2>&1 || true
+	rm -f "$cache/candidate"
 	pkg=$(kernel_package)
 	[ -n "$pkg" ] && { rel=$(fetch_kernel "$pkg") || rel=; }
 fi
