@@ -44,8 +44,7 @@ type Config struct {
 	Env map[string]string
 	// NBDSocket is the NBD server's Unix socket for Disks.
 	NBDSocket string
-	// Disks are virtio disks served over NBD, in order (vda, vdb, ...);
-	// the guest finds each as /dev/disk/cairn/EXPORT.
+	// Disks are the guest's virtio disks, in order (vda, vdb, ...).
 	Disks []Disk
 	// Agent wires qemu-ga's virtio-serial port to VM.AgentSocket; the guest
 	// starts qemu-ga on it unless Env["CAIRN_VM_AGENT"] is "manual".
@@ -66,9 +65,12 @@ type File struct {
 	Dst string
 }
 
-// Disk is one NBD export the guest sees as a virtio disk.
+// Disk is one virtio disk: an NBD export (served from Config.NBDSocket),
+// or a raw file on the host. The guest finds it as /dev/disk/cairn/EXPORT
+// or /dev/disk/cairn/BASENAME.
 type Disk struct {
 	Export   string
+	File     string
 	ReadOnly bool
 }
 
@@ -199,11 +201,14 @@ func (vm *VM) args(cfg Config, script string) []string {
 		args = append(args, "--nbd", cfg.NBDSocket)
 	}
 	for _, d := range cfg.Disks {
-		flag := "--disk"
-		if d.ReadOnly {
-			flag = "--disk-ro"
+		flag, target := "--disk", d.Export
+		if d.File != "" {
+			flag, target = "--disk-file", d.File
 		}
-		args = append(args, flag, d.Export)
+		if d.ReadOnly {
+			flag += "-ro"
+		}
+		args = append(args, flag, target)
 	}
 	if cfg.Agent {
 		vm.AgentSocket = filepath.Join(vm.Dir, "qga.sock")

@@ -9,18 +9,32 @@ import (
 	"time"
 )
 
-// TestBoot boots the real VM once: the script's environment, a copied file,
+// TestBoot boots the real VM once: two file disks in order (one read-only),
+// the script's environment, a copied file,
 // a dynamically linked binary with its libraries (lsblk, whose libsmartcols
 // and libmount the base initramfs lacks), an extra kernel module loaded from
 // the tree (brd), an event, and the control channel both ways.
 func TestBoot(t *testing.T) {
 	Require(t)
-	payload := filepath.Join(t.TempDir(), "payload.txt")
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.txt")
 	if err := os.WriteFile(payload, []byte("cairn payload 42\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	scratch, golden := filepath.Join(dir, "scratch.raw"), filepath.Join(dir, "golden.raw")
+	if err := os.WriteFile(scratch, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(golden, append([]byte("GOLDEN"), make([]byte, 1<<20-6)...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	vm := Start(t, Config{
 		Script: `
+vm_check "scratch.raw is vda" test "$(vm_disk scratch.raw)" = /dev/vda
+vm_check "golden.raw is vdb" test "$(vm_disk golden.raw)" = /dev/vdb
+vm_check "golden.raw's bytes" test "$(head -c 6 /dev/vdb)" = GOLDEN
+if echo x | dd of=/dev/vdb conv=fsync 2>/dev/null; then vm_fail "the read-only disk took a write"; fi
+echo "written by the guest" | dd of=/dev/vda conv=fsync 2>/dev/null || vm_fail "write to scratch.raw"
 test "$GREETING" = "it's here" || vm_fail "GREETING is '$GREETING'"
 vm_check "the payload's content" grep -qx "cairn payload 42" /etc/payload.txt
 vm_check "lsblk runs with its libraries" lsblk --version
@@ -33,6 +47,7 @@ vm_send "guest got: $line"
 vm_recv 60 >/dev/null || vm_fail "no goodbye"
 `,
 		Files:   []File{{Src: payload, Dst: "/etc/payload.txt"}, {Src: "/usr/bin/lsblk"}, {Src: StaticBinary(t, "./cmd/cairn")}},
+		Disks:   []Disk{{File: scratch}, {File: golden, ReadOnly: true}},
 		Modules: []string{"brd"},
 		Env:     map[string]string{"GREETING": "it's here"},
 		Control: true,
@@ -59,6 +74,13 @@ vm_recv 60 >/dev/null || vm_fail "no goodbye"
 	vm.RequirePass(t)
 	if r := vm.Wait(); r.Verdict != "PASS" {
 		t.Errorf("verdict %q, want PASS", r.Verdict)
+	}
+	got, err = readPrefix(scratch, len("written by the guest"))
+	if err != nil || got != "written by the guest" {
+		t.Errorf("scratch.raw starts with %q (%v), want the guest's write", got, err)
+	}
+	if got, _ := readPrefix(golden, 7); got != "GOLDEN\x00" {
+		t.Errorf("golden.raw starts with %q: the read-only disk changed", got)
 	}
 }
 
@@ -92,4 +114,12 @@ func TestVerdictLine(t *testing.T) {
 			t.Errorf("verdictLine(%q) = %q, want %q", c.out, got, c.want)
 		}
 	}
+}
+
+func readPrefix(path string, n int) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	return string(b[:n]), nil
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Smoke test of the test VM harness (scripts/test/vm/README.md), one boot:
-# a real cairnd serves disk "vm" over NBD as the guest's /dev/vda; in the
-# guest, mkfs.ext4 and a file written and synced, nbd.ko loaded and
+# a real cairnd serves disk "vm" over NBD as the guest's /dev/vda, disk "db"
+# as /dev/vdb and its snapshot db@s0 read-only as /dev/vdc; in the guest,
+# the snapshot holds what the host wrote and refuses writes, a write to db
+# lands in cairnd, mkfs.ext4 on vda and a file written and synced, nbd.ko loaded and
 # /dev/nbd0 present (what kernel attach needs); on the host, the real guest
 # agent answers over its virtio-serial socket (guest-sync-delimited,
 # guest-ping, guest-info, and a freeze and thaw of the guest's ext4 — only
@@ -52,7 +54,10 @@ expect() {
 	shift 2
 	if got=$("$@" 2>"$T/out") && [ "$got" = "$want" ]; then ok "$d"; else bad "$d: got '$got', want '$want' $(tail -3 "$T/out")"; fi
 }
-die() { bad "$*"; echo "test-vm: $pass passed, $fail failed"; exit 1; }
+die() { bad "$*"; check "the guest's write to db is in cairnd" qemu-io -f raw -r "nbd+unix:///db?socket=$DATA/nbd.sock" -c "read -P 0xcd 0 4" -c "read -P 0xab 4 1048572"
+check "db@s0 is unchanged" qemu-io -f raw -r "nbd+unix:///db@s0?socket=$DATA/nbd.sock" -c "read -P 0xab 0 1M"
+
+echo "test-vm: $pass passed, $fail failed"; exit 1; }
 qga() { "$PY" "$VM/vmctl.py" qga "$T/qga.sock" "$@"; }
 
 : >"$T/cairnd.log"
@@ -65,6 +70,9 @@ for ((i = 0; i < 400; i++)); do
 done
 grep -q "cairnd ready" "$T/cairnd.log" || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
 check "disk create vm (64 MiB)" "$CAIRN" disk create vm --size 64M
+check "disk create db (16 MiB)" "$CAIRN" disk create db --size 16M
+check "write 0xab to db's first MiB" qemu-io -f raw "nbd+unix:///db?socket=$DATA/nbd.sock" -c "write -P 0xab 0 1M"
+check "snapshot db@s0" "$CAIRN" snapshot create db s0 --wait
 
 # The files the guest writes, made the same way on the host to compare.
 content() { seq "$1" 20000 | sed "s/^/cairn vm harness line /"; }
@@ -81,6 +89,13 @@ vm_check "sync" sync
 vm_check "nbd is not loaded at boot" sh -c '! grep -q "^nbd " /proc/modules'
 vm_check "modprobe nbd (modules.dep from the kernel package)" modprobe nbd
 vm_check "/dev/nbd0 is a block device" test -b /dev/nbd0
+# Two more disks, in order: db (vdb) and its snapshot db@s0 (vdc), read-only.
+vm_check "db is /dev/vdb" test "$(vm_disk db)" = /dev/vdb
+vm_check "db@s0 is /dev/vdc" test "$(vm_disk db@s0)" = /dev/vdc
+printf '\253\253\253\253' >/tmp/ab
+vm_check "db@s0 holds the host's 0xab" cmp /tmp/ab /dev/vdc -n 4
+if echo x | dd of=/dev/vdc conv=fsync 2>/dev/null; then vm_fail "the read-only snapshot took a write"; fi
+printf '\315\315\315\315' | dd of=/dev/vdb conv=fsync 2>/dev/null || vm_fail "write to db"
 vm_event ready
 line=$(vm_recv 120) || vm_fail "no word from the host on the control channel"
 vm_check "the host's word is 'thawed'" test "$line" = thawed
@@ -90,7 +105,7 @@ vm_check "sync after the thaw" sync
 vm_check "umount" umount /mnt/vm
 EOF
 
-"$VM/run.sh" --script "$T/guest.sh" --nbd "$DATA/nbd.sock" --disk vm \
+"$VM/run.sh" --script "$T/guest.sh" --nbd "$DATA/nbd.sock" --disk vm --disk db --disk-ro db@s0 \
 	--agent "$T/qga.sock" --ctl "$T/ctl.sock" --log "$T/console.log" \
 	--work "$T/vm" --timeout 240 >"$T/vm.out" 2>&1 &
 VMPID=$!
@@ -130,6 +145,9 @@ for f in "before-freeze.txt 1" "after-thaw.txt 2"; do
 	debugfs -R "cat /$name" "$T/after.raw" 2>/dev/null >"$T/$name"
 	check "the guest's $name is in the snapshot, byte for byte" cmp "$T/$name" <(content "$first")
 done
+
+check "the guest's write to db is in cairnd" qemu-io -f raw -r "nbd+unix:///db?socket=$DATA/nbd.sock" -c "read -P 0xcd 0 4" -c "read -P 0xab 4 1048572"
+check "db@s0 is unchanged" qemu-io -f raw -r "nbd+unix:///db@s0?socket=$DATA/nbd.sock" -c "read -P 0xab 0 1M"
 
 echo "test-vm: $pass passed, $fail failed"
 [ $fail -eq 0 ]

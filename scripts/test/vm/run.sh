@@ -21,6 +21,7 @@
 #   --disk-ro EXPORT    the same, read-only
 #   --disk-file FILE    a virtio disk on a raw FILE on the host; in the
 #                       guest: /dev/disk/cairn/BASENAME
+#   --disk-file-ro FILE the same, read-only
 #   --agent SOCKET      the guest agent's virtio-serial port
 #                       (org.qemu.guest_agent.0) on the host's Unix socket
 #                       SOCKET, as libvirt wires it; /init starts qemu-ga on
@@ -53,6 +54,7 @@ while [ $# -gt 0 ]; do
 	--disk) disks+=("nbd rw $2") ;;
 	--disk-ro) disks+=("nbd ro $2") ;;
 	--disk-file) disks+=("file rw $2") ;;
+	--disk-file-ro) disks+=("file ro $2") ;;
 	--agent) agent=$2 ;;
 	--ctl) ctl=$2 ;;
 	--log) log=$2 ;;
@@ -135,7 +137,9 @@ for d in ${disks[@]+"${disks[@]}"}; do
 		echo "d$n $target" >>"$x/cairn/disks"
 	else
 		[ -f "$target" ] || die "--disk-file $target: no such file"
-		qemu+=(-drive "file=$target,format=raw,if=none,id=d$n,cache=none$ro")
+		# qemu's default cache mode: cache=none needs O_DIRECT, which tmpfs
+		# only has in recent kernels.
+		qemu+=(-drive "file=$target,format=raw,if=none,id=d$n$ro")
 		echo "d$n $(basename "$target")" >>"$x/cairn/disks"
 	fi
 	qemu+=(-device "virtio-blk-pci,drive=d$n,serial=d$n")
