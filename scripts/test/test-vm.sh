@@ -54,10 +54,7 @@ expect() {
 	shift 2
 	if got=$("$@" 2>"$T/out") && [ "$got" = "$want" ]; then ok "$d"; else bad "$d: got '$got', want '$want' $(tail -3 "$T/out")"; fi
 }
-die() { bad "$*"; check "the guest's write to db is in cairnd" qemu-io -f raw -r "nbd+unix:///db?socket=$DATA/nbd.sock" -c "read -P 0xcd 0 4" -c "read -P 0xab 4 1048572"
-check "db@s0 is unchanged" qemu-io -f raw -r "nbd+unix:///db@s0?socket=$DATA/nbd.sock" -c "read -P 0xab 0 1M"
-
-echo "test-vm: $pass passed, $fail failed"; exit 1; }
+die() { bad "$*"; echo "test-vm: $pass passed, $fail failed"; exit 1; }
 qga() { "$PY" "$VM/vmctl.py" qga "$T/qga.sock" "$@"; }
 
 : >"$T/cairnd.log"
