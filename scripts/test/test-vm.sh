@@ -23,7 +23,7 @@ for b in "$CAIRND" "$CAIRN"; do
 	[ -x "$b" ] || skip "$b is missing: run 'make build' first"
 done
 command -v qemu-system-x86_64 >/dev/null || skip "qemu-system-x86_64 is missing (scripts/deps.sh installs qemu-system-x86)"
-for tool in qemu-img e2fsck debugfs sha256sum; do
+for tool in qemu-img qemu-io e2fsck debugfs; do
 	command -v $tool >/dev/null || skip "$tool is missing (scripts/deps.sh installs it)"
 done
 why=$("$VM/setup.sh" 2>&1 >/dev/null)

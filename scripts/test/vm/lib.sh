@@ -61,7 +61,8 @@ vm_recv() {
 	return 1
 }
 
-# vm_send LINE...: write LINE to the host on the control channel.
+# vm_send LINE...: write LINE to the host on the control channel. Blocks
+# until the host has connected to the socket (qemu holds the bytes).
 vm_send() {
 	vm_ctl_open
 	echo "$*" >&7
