@@ -108,12 +108,8 @@ for f in ${files[@]+"${files[@]}"}; do
 	done
 done
 if [ ${#modules[@]} -gt 0 ]; then
-	paths=$(awk -v want="${modules[*]}" '
-		function modname(p) { sub(/.*\//, "", p); sub(/\.ko.*/, "", p); gsub(/-/, "_", p); return p }
-		BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) { gsub(/-/, "_", w[i]); need[w[i]] = 1 } }
-		{ sub(/:$/, "", $1); if (modname($1) in need) { found[modname($1)] = 1; for (i = 1; i <= NF; i++) print $i } }
-		END { for (m in need) if (!(m in found)) { print "vm run: --module: no kernel module " m > "/dev/stderr"; exit 1 } }' \
-		"$VM_MODULES/modules.dep") || exit 2
+	paths=$(awk -v want="${modules[*]}" -f "$here/modules.awk" "$VM_MODULES/modules.dep" 2>&1) ||
+		die "--module: $paths"
 	for p in $paths; do
 		mkdir -p "$x/lib/modules/$VM_RELEASE/$(dirname "$p")"
 		cp "$VM_MODULES/$p" "$x/lib/modules/$VM_RELEASE/$p"

@@ -139,27 +139,13 @@ tools=(mke2fs e2fsck debugfs tune2fs dumpe2fs)
 key=$( {
 	echo "$rel ${boot_modules[*]} ${tree_modules[*]}"
 	dpkg-query -W busybox-static e2fsprogs qemu-guest-agent libc6 2>/dev/null
-	cat "$here/init" "$here/lib.sh" "$0"
+	cat "$here/init" "$here/lib.sh" "$here/modules.awk" "$0"
 } | sha256sum | cut -c1-16)
 base=$kdir/base-$key.cpio
 
 # module_paths NAME...: the module files NAME needs, dependencies first,
 # relative to $mods, each once.
-module_paths() {
-	awk -v want="$*" '
-		function modname(p) { sub(/.*\//, "", p); sub(/\.ko.*/, "", p); gsub(/-/, "_", p); return p }
-		BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) { gsub(/-/, "_", w[i]); order[i] = w[i] } }
-		{ sub(/:$/, "", $1); line[modname($1)] = $0 }
-		END {
-			for (i = 1; i <= n; i++) {
-				if (!(order[i] in line)) { print "missing " order[i] > "/dev/stderr"; exit 1 }
-				k = split(line[order[i]], f, " ")
-				sub(/:$/, "", f[1])
-				for (j = k; j >= 2; j--) if (!(f[j] in seen)) { seen[f[j]] = 1; print f[j] }
-				if (!(f[1] in seen)) { seen[f[1]] = 1; print f[1] }
-			}
-		}' "$mods/modules.dep"
-}
+module_paths() { awk -v want="$*" -f "$here/modules.awk" "$mods/modules.dep"; }
 
 # copy_with_libs ROOT FILE...: FILE at the same path under ROOT, with every
 # shared library ldd names at its path (symlinks resolved).
