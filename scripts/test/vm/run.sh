@@ -40,7 +40,11 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 usage() { sed -n '/^# usage:/,/^# Prints/p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
-die() { echo "vm run: $*" >&2; exit 2; }
+die() {
+	echo "vm run: $*" >&2
+	[ -n "${own_work:-}" ] && rm -rf "$work"
+	exit 2
+}
 
 script= nbd= agent= ctl= log= work= timeout=300 mem=512
 files=() modules=() envs=() disks=()
