@@ -49,6 +49,8 @@ die() {
 script= nbd= agent= ctl= log= work= timeout=300 mem=512
 files=() modules=() envs=() disks=()
 while [ $# -gt 0 ]; do
+	case $1 in -h | --help) usage ;; esac
+	[ $# -ge 2 ] || die "$1 needs a value"
 	case $1 in
 	--script) script=$2 ;;
 	--file) files+=("$2") ;;
@@ -65,10 +67,8 @@ while [ $# -gt 0 ]; do
 	--timeout) timeout=$2 ;;
 	--mem) mem=$2 ;;
 	--work) work=$2 ;;
-	-h | --help) usage ;;
 	*) echo "vm run: unknown option $1" >&2; usage ;;
 	esac
-	[ $# -ge 2 ] || die "$1 needs a value"
 	shift 2
 done
 [ -n "$script" ] || die "--script is required"
