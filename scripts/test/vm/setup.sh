@@ -34,6 +34,8 @@ cache=$CAIRN_VM_CACHE
 mkdir -p "$cache/debs" "$cache/kernels"
 exec 9>"$cache/lock"
 flock 9
+# Left by a set-up that was interrupted (the lock says none is running).
+rm -rf "$cache"/kernels/.unpack.* "$cache"/kernels/*/.base.*
 
 export PATH=$PATH:/usr/sbin:/sbin
 for tool in busybox qemu-ga mke2fs e2fsck debugfs tune2fs dumpe2fs depmod dpkg-deb apt-get ldd; do
