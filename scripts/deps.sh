@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs what Cairn's tests need from Debian's packages. Idempotent: it
 # only calls apt-get when a package is missing. Needs root for the install.
+# qemu-system-x86, busybox-static and qemu-guest-agent are for the test VM
+# (scripts/test/vm/README.md), whose kernel package setup.sh there fetches
+# and unpacks without installing it. qemu-guest-agent's service only starts
+# where a guest-agent port exists, never on a host: its freeze must only
+# ever run inside the VM.
 set -euo pipefail
-pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs util-linux kmod systemd dbus)
+pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs util-linux kmod systemd dbus
+	qemu-system-x86 busybox-static qemu-guest-agent)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
