@@ -127,8 +127,12 @@ func openTracker(path string, blockSize int) (*tracker, error) {
 		f.Close()
 		return nil, fmt.Errorf("read change-tracking file %s: %w", path, err)
 	}
-	if string(hdr[:8]) != trackMagic || binary.LittleEndian.Uint32(hdr[8:]) != trackVersion ||
-		int(binary.LittleEndian.Uint32(hdr[12:])) != blockSize {
+	if string(hdr[:8]) == trackMagic && binary.LittleEndian.Uint32(hdr[8:]) != trackVersion {
+		f.Close()
+		return nil, fmt.Errorf("change-tracking file %s is version %d; this cairnd reads version %d: run the cairnd that wrote it",
+			path, binary.LittleEndian.Uint32(hdr[8:]), trackVersion)
+	}
+	if string(hdr[:8]) != trackMagic || int(binary.LittleEndian.Uint32(hdr[12:])) != blockSize {
 		f.Close()
 		return nil, fmt.Errorf("change-tracking file %s: bad header (not a Cairn tracker or another block size)", path)
 	}

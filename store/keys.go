@@ -10,9 +10,9 @@ package store
 //	s<disk u64><seq u64><block u64>  chain entry by sequence: empty value
 //	m<key string>                record: JSON
 //	i<name string>               id sequence: last id handed out, u64
-//	z<name string>               store bookkeeping: reclaim estimate u64; flush marker
+//	z<name string>               store bookkeeping: format version u64 (format.go); reclaim estimate u64; flush marker
 //
-// Changing any of these is an on-disk format change.
+// Changing any of these is an on-disk format change: bump FormatVersion.
 
 import (
 	"encoding/binary"

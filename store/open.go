@@ -74,6 +74,10 @@ func open(opts Options) (*Store, error) {
 		}
 		return nil, fmt.Errorf("store: open %s: %v", opts.Dir, err)
 	}
+	if err := checkFormat(db, opts.Dir); err != nil {
+		db.Close()
+		return nil, err
+	}
 	s := &Store{
 		db:      db,
 		minFree: opts.MinFreeBytes,
