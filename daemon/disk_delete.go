@@ -32,19 +32,7 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 		err = errorf(block.ErrInUse, "disk %q is already being deleted", name)
 	}
 	if err == nil {
-		if clones := d.clonesOf(k.rec.ID, 0); len(clones) > 0 {
-			err = refuseClones(fmt.Sprintf("disk %q", name), clones)
-		}
-	}
-	if m := d.machineOf(name); err == nil && m != nil {
-		err = errorf(block.ErrInUse, "disk %q belongs to machine %q: take it out of the machine first (cairn machine set %s --disks ...), or delete the machine with its disks (cairn machine delete %s --with-disks)",
-			name, m.rec.Name, m.rec.Name, m.rec.Name)
-	}
-	if err == nil && !opts.WithSnapshots {
-		err = d.refuseSnapshots(k)
-	}
-	if err == nil && !opts.Force && k.clients(nil) > 0 {
-		err = fieldError(block.ErrInUse, fieldForce, "disk %q has %d connected NBD client(s): disconnect them, or delete with force=true to disconnect them", name, k.clients(nil))
+		err = d.refuseDiskDelete(k, opts, nil)
 	}
 	if err == nil {
 		k.deleting = true
@@ -64,6 +52,29 @@ func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDis
 		return fmt.Errorf("delete disk %s: %w", name, err)
 	}
 	return d.removeDisk(k, opts)
+}
+
+// refuseDiskDelete says why disk k cannot be deleted with opts, or nil.
+// with is the machine being deleted with its disks (its membership is no
+// reason). Caller holds d.mu.
+func (d *Daemon) refuseDiskDelete(k *Disk, opts api.DeleteDiskOptions, with *machine) error {
+	name := k.rec.Name
+	if clones := d.clonesOf(k.rec.ID, 0); len(clones) > 0 {
+		return refuseClones(fmt.Sprintf("disk %q", name), clones)
+	}
+	if m := d.machineOf(name); m != nil && m != with {
+		return errorf(block.ErrInUse, "disk %q belongs to machine %q: take it out of the machine first (cairn machine set %s --disks ...), or delete the machine with its disks (cairn machine delete %s --with-disks)",
+			name, m.rec.Name, m.rec.Name, m.rec.Name)
+	}
+	if !opts.WithSnapshots {
+		if err := d.refuseSnapshots(k); err != nil {
+			return err
+		}
+	}
+	if !opts.Force && k.clients(nil) > 0 {
+		return fieldError(block.ErrInUse, fieldForce, "disk %q has %d connected NBD client(s): disconnect them, or delete with force=true to disconnect them", name, k.clients(nil))
+	}
+	return nil
 }
 
 // removeDisk deletes a disk nobody uses any more (deleting is set).

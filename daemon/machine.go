@@ -319,7 +319,9 @@ func (d *Daemon) GetMachine(name string) (api.Machine, error) {
 
 // DeleteMachine deletes a machine's record. Its machine snapshots go with
 // it only with opts.WithSnapshots (their member snapshots are deleted);
-// its disks stay unless opts.WithDisks.
+// its disks stay unless opts.WithDisks, and then their own snapshots go
+// too only with opts.WithSnapshots. Every refusal comes before anything
+// is deleted.
 func (d *Daemon) DeleteMachine(ctx context.Context, name string, opts api.DeleteMachineOptions) error {
 	d.mu.Lock()
 	m, err := d.lookupMachine(name)
@@ -328,6 +330,19 @@ func (d *Daemon) DeleteMachine(ctx context.Context, name string, opts api.Delete
 	}
 	if err == nil && len(m.snaps)+len(m.reserved) > 0 && !opts.WithSnapshots {
 		err = errorf(block.ErrInUse, "machine %q has %d machine snapshot(s): delete them first (cairn machine snapshot delete %s NAME), or delete the machine with --with-snapshots", name, len(m.snaps)+len(m.reserved), name)
+	}
+	diskOpts := api.DeleteDiskOptions{Force: opts.Force, WithSnapshots: opts.WithSnapshots}
+	if err == nil && opts.WithDisks {
+		// Every disk must be deletable before anything is: a refusal
+		// half-way would leave the machine gone and some disks not.
+		for _, disk := range m.rec.Disks {
+			if k := d.disks[disk]; k != nil {
+				if err = d.refuseDiskDelete(k, diskOpts, m); err != nil {
+					err = fmt.Errorf("machine %q is kept: %w", name, err)
+					break
+				}
+			}
+		}
 	}
 	d.mu.Unlock()
 	if err != nil {
@@ -356,7 +371,7 @@ func (d *Daemon) DeleteMachine(ctx context.Context, name string, opts api.Delete
 	d.log.Info("machine deleted", "machine", name, "with_disks", opts.WithDisks)
 	if opts.WithDisks {
 		for _, disk := range disks {
-			if err := d.DeleteDisk(ctx, disk, api.DeleteDiskOptions{Force: opts.Force}); err != nil {
+			if err := d.DeleteDisk(ctx, disk, diskOpts); err != nil {
 				return fmt.Errorf("machine %q deleted; deleting its disk %q: %w", name, disk, err)
 			}
 		}

@@ -358,3 +358,34 @@ func TestMachineThawAfterKill(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestMachineDeleteWithDisks: deleting a machine with its disks refuses
+// before deleting anything when one disk cannot go (its own snapshots
+// without with_snapshots, a connected client without force), and with
+// with_snapshots takes the disks' own snapshots too.
+func TestMachineDeleteWithDisks(t *testing.T) {
+	need(t, "nbdsh")
+	in, _ := twoDiskMachine(t, time.Second)
+	ctx := context.Background()
+	c := in.Client
+	waitSnapshot(t, c, "data", mustSnapshot(t, c, "data", "own"))
+	err := c.DeleteMachine(ctx, "vm", api.DeleteMachineOptions{WithDisks: true})
+	wantAPIError(t, err, 409, api.CodeFailedPrecondition, `machine "vm" is kept`, `"data" has 1 snapshot`)
+	holdExport(t, in, "root")
+	err = c.DeleteMachine(ctx, "vm", api.DeleteMachineOptions{WithDisks: true, WithSnapshots: true})
+	wantAPIError(t, err, 409, api.CodeInUse, `machine "vm" is kept`, "NBD client")
+	for _, name := range []string{"root", "data"} {
+		if _, err := c.Disk(ctx, name); err != nil {
+			t.Fatalf("a refused machine delete took disk %s: %v", name, err)
+		}
+	}
+	if _, err := c.Machine(ctx, "vm"); err != nil {
+		t.Fatalf("a refused machine delete took the machine: %v", err)
+	}
+	if err := c.DeleteMachine(ctx, "vm", api.DeleteMachineOptions{WithDisks: true, WithSnapshots: true, Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := c.Disks(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("disks after deleting the machine with them: %+v, %v", list, err)
+	}
+}

@@ -61,7 +61,7 @@ func waitTask(t *testing.T, c *api.Client, id string) api.Task {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if tk.State != api.TaskRunning {
+		if tk.State != api.TaskRunning && tk.State != api.TaskQueued {
 			return tk
 		}
 		time.Sleep(10 * time.Millisecond)
