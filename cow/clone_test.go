@@ -6,6 +6,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/cairn-storage/cairn/block"
@@ -210,4 +212,95 @@ func TestCloneCopyUpOneBlock(t *testing.T) {
 	if ext, err := c.v.Extents(ctx, 0, 16*testBS); err != nil || len(ext) != 1 || ext[0].Flags&block.StateHole != 0 {
 		t.Fatalf("extents of a clone of a full disk: %+v %v", ext, err)
 	}
+}
+
+// TestFlattenUnderWrites: detaching and hydrating a clone while a writer
+// keeps writing to it (whole blocks, partial blocks, zeros, to blocks
+// not yet copied and to blocks being copied) ends with the writer's
+// bytes everywhere, its snapshot taken mid-way intact; the parent's
+// snapshot then goes and a reopen reads the same.
+func TestFlattenUnderWrites(t *testing.T) {
+	const blocks = 256
+	p := newTestDisk(t, blocks*testBS)
+	r := rand.New(rand.NewPCG(31, 32))
+	parent := make([]byte, blocks*testBS)
+	for range 300 {
+		randomWrite(t, r, p, parent)
+	}
+	p.snapshot("base")
+	p.wait("base")
+	c := p.cloneOf(2, []store.Layer{p.layer("base")})
+	want := bytes.Clone(parent)
+
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	var mu sync.Mutex // a write and its record in want are one step for the snapshot
+	go func() {
+		wr := rand.New(rand.NewPCG(33, 34))
+		ctx := context.Background()
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			off := wr.Int64N(int64(len(want)) - 1)
+			size := min(int64(1+wr.IntN(2*testBS)), int64(len(want))-off)
+			buf := make([]byte, size)
+			var err error
+			mu.Lock() // the write and its record, with no snapshot between
+			if wr.IntN(6) == 0 {
+				err = c.v.Zero(ctx, off, size, 0)
+			} else {
+				for i := range buf {
+					buf[i] = byte(wr.Uint32())
+				}
+				err = c.v.WriteAt(ctx, buf, off, false)
+			}
+			if err != nil {
+				mu.Unlock()
+				done <- err
+				return
+			}
+			copy(want[off:], buf)
+			mu.Unlock()
+			if n++; n%50 == 0 {
+				runtime.Gosched()
+			}
+		}
+	}()
+	ctx := context.Background()
+	layers, err := c.v.Detach(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	c.snapshot("mid") // between the detach and the hydrate
+	atMid := bytes.Clone(want)
+	mu.Unlock()
+	if err := c.v.Hydrate(ctx, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c.readLive(), want) {
+		t.Fatal("after a flatten under writes the clone does not read as written")
+	}
+	c.wait("mid")
+	if !bytes.Equal(c.readSnap("mid"), atMid) {
+		t.Fatal("the clone's snapshot taken during the flatten reads wrong")
+	}
+	if _, err := p.v.DeleteSnapshot(ctx, "base"); err != nil {
+		t.Fatal(err)
+	}
+	c.origin = layers
+	c.reopen()
+	if !bytes.Equal(c.readLive(), want) || !bytes.Equal(c.readSnap("mid"), atMid) {
+		t.Fatal("after deleting the parent's snapshot and a reopen the flattened clone reads wrong")
+	}
+	c.verify()
 }
