@@ -125,8 +125,19 @@ func (d *Daemon) Flatten(ctx context.Context, name string, req api.FlattenReques
 				k.flattening = false
 				d.mu.Unlock()
 			}()
-			bs := uint64(vol.BlockSize())
-			layers, err := vol.Detach(ctx, func(done, total uint64) { progress(done*bs, total*bs) })
+			// One progress over both phases, in bytes of the disk: the
+			// detach (metadata) is its first tenth when hydrating, the
+			// copy of the data the rest.
+			bs, size := uint64(vol.BlockSize()), uint64(vol.Size())
+			detachShare := size
+			if req.Hydrate {
+				detachShare = size / 10
+			}
+			layers, err := vol.Detach(ctx, func(done, total uint64) {
+				if total > 0 {
+					progress(uint64(float64(done*bs)/float64(total*bs)*float64(detachShare)), size)
+				}
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -142,7 +153,12 @@ func (d *Daemon) Flatten(ctx context.Context, name string, req api.FlattenReques
 			d.mu.Unlock()
 			d.log.Info("clone flattened", "disk", name, "was", rec.Flattened)
 			if req.Hydrate {
-				if err := vol.Hydrate(ctx, rate, progress); err != nil {
+				err := vol.Hydrate(ctx, rate, func(done, total uint64) {
+					if total > 0 {
+						progress(detachShare+uint64(float64(done)/float64(total)*float64(size-detachShare)), size)
+					}
+				})
+				if err != nil {
 					return nil, fmt.Errorf("the clone no longer depends on its parent, but copying its data into its image stopped: %w", err)
 				}
 			}

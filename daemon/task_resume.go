@@ -42,6 +42,11 @@ func (d *Daemon) loadTasks() error {
 			d.tasks.abandon(t, "it stopped before every disk was sealed, so no machine snapshot was taken; take it again")
 		case api.TaskRollback, api.TaskMachineRollback:
 			d.tasks.abandon(t, "the disks are partly rolled back; run the rollback again to finish it")
+		case api.TaskFlatten:
+			d.tasks.abandon(t, "the clone still reads through its parent or is already independent (cairn disk show "+t.Disk+
+				" says which: parent or flattened), and its data is intact either way; run cairn disk flatten "+t.Disk+" again to finish")
+		case api.TaskImageCreate:
+			d.tasks.abandon(t, "the half-made image "+t.Target+" was dropped; create it again (cairn image create "+t.Target+" ...)")
 		default:
 			d.tasks.abandon(t, "run it again")
 		}

@@ -13,6 +13,10 @@ CRASH_ROUNDS times (default 10): run one scenario against a 256 MiB disk
             deleted, killed during the delete
   rollback  the live disk made to differ from a snapshot, rolled back,
             killed during the rollback
+  clone     a clone of a ready snapshot (made when there is none) written
+            with random operations and snapshots, killed during them
+  flatten   the clone flattened (sometimes hydrating) while it is written,
+            killed during the flatten
 
 then restart cairnd and check:
   - every snapshot is there (unless its create or delete was interrupted:
@@ -26,6 +30,11 @@ then restart cairnd and check:
   - verify finds no fault
   - a snapshot taken right after the restart equals the live disk
     (qemu-img compare of the two exports): change tracking survived.
+  - the clone likewise: its snapshots, its live disk against its own
+    oracle (the parent's writes never reach it), a new snapshot of it;
+    after an interrupted flatten, flattening again succeeds, the parent's
+    snapshot can then be deleted and the clone still reads as its oracle
+    (then the clone is deleted and a later round makes a new one).
 
 Environment: T, CAIRND, SEED, CRASH_ROUNDS, CRASH_SIZE (MiB),
 STRICT_UNFLUSHED, SCENARIOS (comma-separated subset).
@@ -46,7 +55,8 @@ MiB = 1024 * 1024
 DISK = "crash"
 # What a call to a killed daemon raises.
 DEAD = (nbd.Error, OSError, http.client.HTTPException)
-SCENARIOS = ["writes", "copyout", "cow", "delete", "rollback"]
+SCENARIOS = ["writes", "copyout", "cow", "delete", "rollback", "clone", "flatten"]
+CLONE = "crashc"
 MAX_SNAPS = 4  # snapshots kept between rounds (each is an expected file of the disk's size)
 
 
@@ -83,6 +93,28 @@ class Killer:
         self.d.proc.wait()
 
 
+class Clone:
+    """The clone under test: a disk made from one of the crash disk's
+    snapshots, with its own oracle and snapshots."""
+
+    def __init__(self, crash, origin):
+        self.disk = CLONE
+        self.origin = origin  # the crash disk's snapshot it reads through
+        self.oracle = os.path.join(crash.T, "clone.raw")
+        self.exp_dir = crash.exp_dir
+        self.snaps = []
+        self.maybe = set()
+        self.flatten_task = None  # a flatten the kill may have interrupted
+
+    def exp(self, name):
+        return os.path.join(self.exp_dir, f"{CLONE}@{name}.raw")
+
+    def forget(self, name):
+        self.snaps.remove(name)
+        self.maybe.discard(name)
+        os.unlink(self.exp(name))
+
+
 class Crash:
     def __init__(self, rep, T, rng):
         self.rep = rep
@@ -97,6 +129,8 @@ class Crash:
         self.scratch = os.path.join(T, "scratch.raw")
         self.exp_dir = os.path.join(T, "expected")
         os.makedirs(self.exp_dir, exist_ok=True)
+        self.disk = DISK
+        self.clone = None
         self.snaps = []  # names believed to exist, oldest first
         self.maybe = set()  # names whose create or delete was interrupted
         self.n = 0
@@ -150,9 +184,16 @@ class Crash:
     def trim_chain(self):
         """Keeps at most MAX_SNAPS snapshots (ordinary deletes, no kill)."""
         while len(self.snaps) > MAX_SNAPS:
-            victim = self.rng.choice(self.snaps[:-1])
+            victims = [n for n in self.snaps[:-1] if n != self.pinned()]
+            if not victims:
+                break
+            victim = self.rng.choice(victims)
             self.api.delete_snapshot(DISK, victim)
             self.forget(victim)
+
+    def pinned(self):
+        """The snapshot the clone reads through (cannot be deleted)."""
+        return self.clone.origin if self.clone is not None else None
 
     # ---------------------------------------------------------- scenarios
 
@@ -203,13 +244,13 @@ class Crash:
         return f"{ops} ops during the copy-out of {name}"
 
     def sc_delete(self):
-        if len(self.snaps) < 2 or self.rng.random() < 0.3:
+        free = [n for n in self.snaps if n != self.pinned()]
+        if len(free) < 2 or self.rng.random() < 0.3:
             victim = self._big_snapshot()  # deleted while still copying
             which = "copying"
         else:
             which = self.rng.choice(["first", "middle", "last"])
-            victim = {"first": self.snaps[0], "middle": self.snaps[len(self.snaps) // 2],
-                      "last": self.snaps[-1]}[which]
+            victim = {"first": free[0], "middle": free[len(free) // 2], "last": free[-1]}[which]
         self.drop_writer()
         k = Killer(self.d, self.rng.uniform(0, 0.03))
         self.maybe.add(victim)
@@ -242,11 +283,131 @@ class Crash:
         k.wait()
         return f"to {target}, killed at {k.note or 'timeout'}"
 
+    def _ensure_clone(self):
+        """Makes the clone of a ready snapshot when there is none."""
+        if self.clone is not None:
+            return "", self.clone
+        ready = [n for n in self.snaps if n not in self.maybe]
+        if not ready:
+            self.snapshot("o")
+            ready = [self.snaps[-1]]
+        origin = self.rng.choice(ready)
+        self.api.wait_snapshot(DISK, origin)
+        c = Clone(self, origin)
+        shutil.copyfile(self.exp(origin), c.oracle)
+        self.api.req("POST", "/v1/disks", {"name": CLONE, "from": f"{DISK}@{origin}"})
+        self.clone = c
+        return f"new clone of {origin}; ", c
+
+    def _clone_writer(self, c):
+        return Writer(self.d.uri(CLONE), c.oracle, self.size, self.rng)
+
+    def _clone_snapshot(self, c, w):
+        self.n += 1
+        name = f"k{self.n}"
+        if w is not None:
+            w.sync_oracle()
+        shutil.copyfile(c.oracle, c.exp(name))
+        c.snaps.append(name)
+        c.maybe.add(name)
+        self.api.snapshot(CLONE, name)
+        c.maybe.discard(name)
+
+    def sc_clone(self):
+        made, c = self._ensure_clone()
+        while len(c.snaps) > 2:
+            victim = c.snaps[0]
+            self.api.delete_snapshot(CLONE, victim)
+            c.forget(victim)
+        self.drop_writer()
+        w = self._clone_writer(c)
+        self.clone_w = w
+        k = Killer(self.d, self.rng.uniform(0.05, 1.0))
+        try:
+            while True:
+                if self.rng.random() < 0.01:
+                    self._clone_snapshot(c, w)
+                w.random_op()
+        except DEAD:
+            pass
+        k.wait()
+        return f"{made}{w.ops} on the clone"
+
+    def sc_flatten(self):
+        made, c = self._ensure_clone()
+        self.drop_writer()
+        w = self._clone_writer(c)
+        self.clone_w = w
+        hydrate = self.rng.random() < 0.5
+        # Hydrating at a bounded rate lasts seconds, so the kill lands in
+        # it; without it the flatten is metadata only and a short delay
+        # lands in it.
+        t = self.api.req("POST", f"/v1/disks/{CLONE}/flatten", {"hydrate": hydrate, "rate": "64M"})
+        c.flatten_task = t["id"]
+        target_pct = self.rng.uniform(0, 100)
+
+        def when():
+            t = self.api.req("GET", f"/v1/tasks/{c.flatten_task}")
+            if t["state"] != "running" or t["progress"] >= target_pct:
+                return f"flatten {t['state']} {t['progress']:.0f}%"
+            return None
+        k = Killer(self.d, 20 if hydrate else self.rng.uniform(0.001, 0.05), when)
+        try:
+            while not k.fired.is_set():
+                w.random_op()
+        except DEAD:
+            pass
+        k.wait()
+        return f"{made}{'hydrating, ' if hydrate else ''}killed at {k.note or 'timeout'}"
+
+    def check_clone(self, r, w):
+        """The clone after a restart: snapshots, live disk, a finished
+        flatten, a new snapshot."""
+        c = self.clone
+        self.check_snapshots(r, c)
+        if not self.check_live(r, w, CLONE, c.oracle):
+            return
+        if c.flatten_task is not None:
+            t = self.api.req("GET", f"/v1/tasks/{c.flatten_task}")
+            d = self.api.req("GET", f"/v1/disks/{CLONE}")
+            if d.get("parent"):  # not done before the kill: again
+                t = self.api.wait_task(self.api.req("POST", f"/v1/disks/{CLONE}/flatten", {"hydrate": True}))
+                if t["state"] != "succeeded":
+                    self.rep.bad(f"round {r}: flatten again after the kill: {t['state']} {t.get('error', '')}")
+                    return
+            origin = c.origin
+            self.api.delete_snapshot(DISK, origin)
+            self.forget(origin)
+            c.origin = None
+            same, out = qemu_compare(self.d.uri(CLONE), c.oracle)
+            if not same:
+                self.rep.bad(f"round {r}: the flattened clone differs from its oracle once {origin} is deleted: {out}")
+            for name in list(c.snaps):
+                same, msg = compare_export(self.d.uri(f"{CLONE}@{name}"), c.exp(name), self.scratch)
+                if not same:
+                    self.rep.bad(f"round {r}: clone snapshot {name} differs once {origin} is deleted: {msg}")
+            self.api.req("DELETE", f"/v1/disks/{CLONE}?with_snapshots=true")
+            for name in list(c.snaps):
+                c.forget(name)
+            os.unlink(c.oracle)
+            self.clone = None
+            return
+        self._clone_snapshot(c, None)
+        name = c.snaps[-1]
+        s = self.api.wait_snapshot(CLONE, name)
+        same, out = qemu_compare(self.d.uri(f"{CLONE}@{name}"), self.d.uri(CLONE))
+        if s["state"] != "ready" or not same:
+            self.rep.bad(f"round {r}: clone snapshot {name} taken after the restart is {s['state']} "
+                         f"and does not equal the live clone: {out}")
+
     # ---------------------------------------------------------- checks
 
-    def check_snapshots(self, r):
+    def check_snapshots(self, r, ch=None):
+        """Every snapshot of ch (self: the crash disk; or the clone)."""
+        ch = ch or self
+        DISK = ch.disk
         listed = {s["name"]: s for s in self.api.snapshots(DISK)}
-        for name in list(self.snaps):
+        for name in list(ch.snaps):
             s = listed.pop(name, None)
             deadline = time.monotonic() + 60
             while s is not None and s["state"] in ("copying", "deleting") and time.monotonic() < deadline:
@@ -258,17 +419,17 @@ class Crash:
                 if s is not None and s["state"] == "ready" and was == "copying":
                     self.stats["resumed"] += 1
             if s is None:
-                if name in self.maybe:
-                    self.forget(name)
+                if name in ch.maybe:
+                    ch.forget(name)
                 else:
                     self.rep.bad(f"round {r}: snapshot {name} is gone after the restart")
-                    self.forget(name)
+                    ch.forget(name)
                 continue
             if s["state"] != "ready":
                 self.rep.bad(f"round {r}: snapshot {name} is {s['state']} after the restart: {s.get('reason')}")
                 continue
-            self.maybe.discard(name)
-            same, msg = compare_export(self.d.uri(f"{DISK}@{name}"), self.exp(name), self.scratch)
+            ch.maybe.discard(name)
+            same, msg = compare_export(self.d.uri(f"{DISK}@{name}"), ch.exp(name), self.scratch)
             if not same:
                 self.rep.bad(f"round {r}: snapshot {name} differs from its oracle after the restart: {msg}")
             else:
@@ -276,9 +437,10 @@ class Crash:
         for name in listed:
             self.rep.bad(f"round {r}: unexpected snapshot {name} after the restart: {listed[name]}")
 
-    def check_live(self, r, w):
+    def check_live(self, r, w, disk=DISK, oracle=None):
         """The live disk against the oracle of the writer that was killed."""
-        export_to_file(self.d.uri(DISK), self.scratch)
+        oracle = oracle or self.oracle
+        export_to_file(self.d.uri(disk), self.scratch)
         pending = None
         if w is not None and w.pending and w.pending[0] != "flush":
             _, off, data = w.pending
@@ -287,7 +449,7 @@ class Crash:
         lost_flushed = []
         lost_unflushed = []
         torn = []
-        for a, b in diff_ranges(self.scratch, self.oracle):
+        for a, b in diff_ranges(self.scratch, oracle):
             if pending and a >= pending[0] and b <= pending[1]:
                 with open(self.scratch, "rb") as f:
                     f.seek(a)
@@ -310,22 +472,24 @@ class Crash:
         if unflushed:
             self.stats["unflushed_lost" if lost_unflushed else "unflushed_present"] += 1
         if lost_flushed:
-            self.rep.bad(f"round {r}: flushed writes lost after the kill: {lost_flushed[:5]}")
+            self.rep.bad(f"round {r}: {disk}: flushed writes lost after the kill: {lost_flushed[:5]}")
         if torn:
-            self.rep.bad(f"round {r}: bytes neither old nor new around the in-flight write {pending[:2]}: {torn[:5]}")
+            self.rep.bad(f"round {r}: {disk}: bytes neither old nor new around the in-flight write {pending[:2]}: {torn[:5]}")
         if lost_unflushed:
-            msg = f"round {r}: acknowledged (unflushed) writes lost after a SIGKILL of cairnd: {lost_unflushed[:5]}"
+            msg = f"round {r}: {disk}: acknowledged (unflushed) writes lost after a SIGKILL of cairnd: {lost_unflushed[:5]}"
             if self.strict:
                 self.rep.bad(msg)
             else:
                 self.rep.info(msg)
-        shutil.copyfile(self.scratch, self.oracle)  # the in-flight op's outcome is now known
+        shutil.copyfile(self.scratch, oracle)  # the in-flight op's outcome is now known
         os.unlink(self.scratch)
         return not (lost_flushed or torn or (lost_unflushed and self.strict))
 
-    def after_restart(self, r, w):
+    def after_restart(self, r, w, cw=None):
         self.checked = 0
         self.check_snapshots(r)
+        if self.clone is not None:
+            self.check_clone(r, cw)
         if self.rollback_target is not None:
             target, self.rollback_target = self.rollback_target, None
             if target in self.snaps:
@@ -385,13 +549,15 @@ class Crash:
             sc = order.pop()
             self.trim_chain()
             t0 = time.monotonic()
+            self.clone_w = None
             what = getattr(self, "sc_" + sc)()
             killed = self.w or self.last_w
             self.w = self.last_w = None
             start = self.d.start()
-            res = self.after_restart(r, killed)
-            if killed is not None:
-                killed.close()
+            res = self.after_restart(r, killed, self.clone_w)
+            for w in (killed, self.clone_w):
+                if w is not None:
+                    w.close()
             ok = rep.failed == failed_before
             rep.check(ok, f"round {r}/{rounds} {sc}: {what}; restart {start:.2f}s; {self.checked} snapshots intact, "
                       f"live disk as acknowledged, verify {res.get('chunks_checked')} chunks clean, "
