@@ -374,6 +374,21 @@ func (v *Volume) Hydrate(ctx context.Context, rate int64, progress func(done, to
 	return v.sync()
 }
 
+// copyOnRead fills the blocks of [off, off+length) the clone does not
+// hold whole (Options.CopyOnRead).
+func (v *Volume) copyOnRead(off, length int64) error {
+	first, last := v.blockRange(off, length)
+	for b := first; b <= last; b++ {
+		if v.local.isFull(b) {
+			continue
+		}
+		if err := v.fill(b); err != nil {
+			return fmt.Errorf("copy-on-read of block %d: %w", b, err)
+		}
+	}
+	return nil
+}
+
 // fill writes block b's content into the live image whole, if the clone
 // does not hold it whole yet.
 func (v *Volume) fill(b uint64) error {

@@ -304,3 +304,44 @@ func TestFlattenUnderWrites(t *testing.T) {
 	}
 	c.verify()
 }
+
+// TestCloneCopyOnRead: with CopyOnRead a read of a block the clone does
+// not hold copies that block (whole, no more) into its live image, the
+// bytes read are the origin's, and the block then reads from there.
+func TestCloneCopyOnRead(t *testing.T) {
+	p := newTestDisk(t, 16*testBS)
+	ctx := context.Background()
+	want := bytes.Repeat([]byte{7}, 16*testBS)
+	for i := range want {
+		want[i] = byte(i / 509)
+	}
+	if err := p.v.WriteAt(ctx, want, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	p.snapshot("base")
+	p.wait("base")
+	c := p.cloneOf(2, []store.Layer{p.layer("base")})
+	live := filepath.Join(c.dir, "live.raw")
+	buf := make([]byte, 4096)
+	if err := c.v.ReadAt(ctx, buf, 5*testBS+100); err != nil {
+		t.Fatal(err)
+	}
+	if got := allocated(t, live); got != 0 {
+		t.Fatalf("without copy-on-read a read allocated %d bytes", got)
+	}
+	c.copyOnRead = true
+	c.reopen()
+	if err := c.v.ReadAt(ctx, buf, 5*testBS+100); err != nil || !bytes.Equal(buf, want[5*testBS+100:5*testBS+4196]) {
+		t.Fatalf("copy-on-read read %v, wrong bytes: %v", buf[:8], err)
+	}
+	if got := allocated(t, live); got != testBS || !c.v.local.isFull(5) {
+		t.Fatalf("a 4 KiB read copied %d bytes, want one block (%d)", got, testBS)
+	}
+	if !bytes.Equal(c.readLive(), want) {
+		t.Fatal("after copy-on-read the clone reads wrong")
+	}
+	c.reopen() // the copied block is found again from the image
+	if !c.v.local.isFull(5) || !bytes.Equal(c.readLive(), want) {
+		t.Fatal("after a reopen the copied-on-read block is not the clone's")
+	}
+}

@@ -14,6 +14,11 @@ import (
 // ReadAt reads the live disk: the live image, and redirected writes.
 func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	v.touch()
+	if v.opts.CopyOnRead && v.isClone() && !v.readOnly && len(p) > 0 {
+		if err := v.copyOnRead(off, int64(len(p))); err != nil {
+			return err
+		}
+	}
 	if v.rd.countOrZero() > 0 {
 		// Held across the image read: a retire merging a page between
 		// the two reads must not leave the older content in p.

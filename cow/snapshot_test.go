@@ -27,7 +27,8 @@ type testDisk struct {
 	// hooks hold or fail the volume at chosen points (kept across reopens).
 	hooks testHooks
 	// origin makes the volume a clone (Options.Origin).
-	origin []store.Layer
+	origin     []store.Layer
+	copyOnRead bool
 }
 
 func newTestDisk(t *testing.T, size int64) *testDisk {
@@ -58,7 +59,7 @@ func newTestDisk(t *testing.T, size int64) *testDisk {
 func (d *testDisk) open() {
 	d.t.Helper()
 	v, err := Open(filepath.Join(d.dir, "live.raw"), Options{BlockSize: testBS, Store: d.st, DiskID: d.diskID,
-		TrackPrefix: filepath.Join(d.dir, "track"), hooks: &d.hooks, Origin: d.origin})
+		TrackPrefix: filepath.Join(d.dir, "track"), hooks: &d.hooks, Origin: d.origin, CopyOnRead: d.copyOnRead})
 	if err != nil {
 		d.t.Fatal(err)
 	}

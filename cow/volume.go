@@ -46,6 +46,10 @@ type Options struct {
 	// snapshot cloned, then the parent's origin), which must exist for as
 	// long as the clone has them. Nil: an ordinary disk.
 	Origin []store.Layer
+	// CopyOnRead makes a clone's reads copy the blocks they read from
+	// the origin into its live image (as a first write would, without
+	// changing a byte), so data read once is read locally afterwards.
+	CopyOnRead bool
 	// OnWrite, if set, is called after every completed write, trim or zero
 	// with the request's context and range, after the write gate is
 	// released and before the write returns (the FUSE view uses it to drop

@@ -47,7 +47,7 @@ func (d *Daemon) createClone(ctx context.Context, rec diskRecord, from string, r
 		return nil, fieldError(block.ErrFailed, fieldFrom, "from: snapshot %s is %s and cannot be cloned: %s", name, in.State, in.Reason)
 	}
 	origin := append([]store.Layer{{Disk: parent.rec.ID, Seq: in.Seq}}, parent.rec.Origin...)
-	rec.Origin, rec.Parent, rec.BlockSize = origin, name.String(), parent.rec.BlockSize
+	rec.Origin, rec.Parent, rec.BlockSize, rec.CopyOnRead = origin, name.String(), parent.rec.BlockSize, req.CopyOnRead
 	return d.openCloneDisk(&rec, in.Size)
 }
 

@@ -6,12 +6,23 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/daemon/daemontest"
 	"github.com/cairn-storage/cairn/store"
 )
+
+// allocatedBytes is what a file holds on disk.
+func allocatedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
 
 // sameExports checks two exports hold the same bytes (qemu-img compare).
 func sameExports(t *testing.T, in *daemontest.Instance, a, b string) {
@@ -51,6 +62,19 @@ func TestClones(t *testing.T) {
 	} {
 		_, err := c.CreateDisk(ctx, tc.req)
 		wantAPIError(t, err, tc.status, tc.code, tc.reason)
+	}
+
+	_, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "x", Size: "1M", CopyOnRead: true})
+	wantAPIError(t, err, 400, api.CodeInvalidArgument, "copy_on_read")
+	cor, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "cor", From: "src@s1", CopyOnRead: true})
+	if err != nil || !cor.CopyOnRead {
+		t.Fatalf("a copy-on-read clone: %+v, %v", cor, err)
+	}
+	sameExports(t, in, "cor", "src@s1") // reads it all: every block copied
+	// The source wrote 256 KiB and 64 KiB; read whole, the clone holds
+	// at least those blocks (and its holes read the snapshot's zeros).
+	if got := allocatedBytes(t, cor.Path); got < 320<<10 {
+		t.Fatalf("a copy-on-read clone read whole holds %d bytes", got)
 	}
 
 	c1, err := c.CreateDisk(ctx, api.CreateDiskRequest{Name: "c1", From: "src@s1"})
@@ -113,6 +137,9 @@ func TestClones(t *testing.T) {
 	}
 	if _, err := c.DeleteSnapshot(ctx, "c1", "k1", false); err != nil {
 		t.Fatalf("delete the flattened clone's parent snapshot: %v", err)
+	}
+	if err := c.DeleteDisk(ctx, "cor", api.DeleteDiskOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	if err := c.DeleteDisk(ctx, "src", api.DeleteDiskOptions{WithSnapshots: true}); err != nil {
 		t.Fatalf("delete the flattened clones' source disk: %v", err)

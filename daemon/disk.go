@@ -64,6 +64,7 @@ func (d *Daemon) volOptions(rec diskRecord) cow.Options {
 		OnWrite:      d.fuseWriteHook(rec.Name),
 		CopyOutShare: d.cfg.CopyOutShare,
 		Origin:       rec.Origin,
+		CopyOnRead:   rec.CopyOnRead,
 	}
 }
 
@@ -95,6 +96,7 @@ func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk
 		Parent:      k.rec.Parent,
 		Depth:       cloneDepth(k.rec),
 		Flattened:   k.rec.Flattened,
+		CopyOnRead:  k.rec.CopyOnRead && len(k.rec.Origin) > 0,
 	}
 	if k.vol != nil {
 		out.Size = k.vol.Size()

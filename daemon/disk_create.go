@@ -25,6 +25,9 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	}
 	var blockSize int
 	var size int64
+	if req.CopyOnRead && req.From == "" {
+		return api.Disk{}, invalidField("copy_on_read", "copy_on_read: only a clone (from) reads through to a parent")
+	}
 	if req.From == "" {
 		var err error
 		if blockSize, err = parseBlockSize(req.BlockSize); err != nil {

@@ -47,6 +47,8 @@ type diskRecord struct {
 	Origin    []store.Layer `json:"origin,omitempty"`
 	Parent    string        `json:"parent,omitempty"`
 	Flattened string        `json:"flattened,omitempty"`
+	// CopyOnRead: the clone's reads copy from its origin (cow.Options).
+	CopyOnRead bool `json:"copy_on_read,omitempty"`
 }
 
 // machineRecord is what the daemon keeps about a machine.

@@ -69,6 +69,7 @@ func (a *app) diskCreateCmd() *cobra.Command {
 	f.StringVar(&req.Adopt, "adopt", "", "path of an existing raw file or block device to use as the live image")
 	f.StringVar(&req.From, "from", "", "make an instant clone of snapshot DISK@SNAPSHOT: no data copied, its unwritten blocks read through to the snapshot")
 	cmd.RegisterFlagCompletionFunc("from", a.completeExports)
+	f.BoolVar(&req.CopyOnRead, "copy-on-read", false, "with --from: reads copy what they read from the snapshot into the clone's image")
 	f.StringVar(&req.Description, "description", "", "free text, shown to NBD clients")
 	return cmd
 }
@@ -170,6 +171,9 @@ func (a *app) printDisk(d api.Disk) error {
 	}
 	if d.Flattened != "" {
 		t.row("Cloned from:", d.Flattened+" (flattened: independent of it)")
+	}
+	if d.CopyOnRead {
+		t.row("Copy-on-read:", "yes (what it reads from its parent is copied into its image)")
 	}
 	t.row("Export:", d.Export)
 	t.row("Clients:", strconv.Itoa(len(d.Clients)))

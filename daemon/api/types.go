@@ -24,6 +24,9 @@ type Disk struct {
 	Parent    string `json:"parent,omitempty"`
 	Depth     int    `json:"depth,omitempty"`
 	Flattened string `json:"flattened,omitempty"`
+	// CopyOnRead: a clone's reads copy what they read from its parent
+	// into its own image.
+	CopyOnRead bool `json:"copy_on_read,omitempty"`
 }
 
 // Disk states.
@@ -51,6 +54,10 @@ type CreateDiskRequest struct {
 	// once, whatever the size, its unwritten blocks read through to the
 	// snapshot (size and block size come from it).
 	From string `json:"from,omitempty"`
+	// CopyOnRead (with From): the clone's reads copy the blocks they
+	// read from the snapshot into its own image, so what the guest reads
+	// once is local from then on.
+	CopyOnRead bool `json:"copy_on_read,omitempty"`
 }
 
 // FlattenRequest is the body of POST /v1/disks/{name}/flatten.
