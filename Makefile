@@ -7,7 +7,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION) -X main.version=$(VERSION)
 DATA      ?= $(CURDIR)/.cairn
 
-.PHONY: build test test-go test-e2e test-long run bench install uninstall deps fuzz clean
+.PHONY: build test test-go test-e2e test-long run bench bench-clone install uninstall deps fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cairnd ./cmd/cairnd
@@ -40,6 +40,10 @@ run: build
 
 bench: deps build
 	./scripts/bench/nbd.sh
+
+# The clone and image benchmarks (docs/performance.md, "Clones and images").
+bench-clone: deps build
+	./scripts/bench/clone.sh
 
 install: build
 	./scripts/install.sh
