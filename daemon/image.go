@@ -372,15 +372,7 @@ func (d *Daemon) provisionFromImage(ctx context.Context, name, imageName string)
 		}
 		renames[disk.Name] = newName
 	}
-	undo := func() {
-		for _, k := range created {
-			k.close()
-			d.dropChain(k.rec)
-			delete(d.disks, k.rec.Name)
-			d.deleteDurable(diskKey(k.rec.Name))
-			os.Remove(d.livePath(k.rec))
-		}
-	}
+	undo := func() { d.unprovision(created) }
 	for _, disk := range im.rec.Disks {
 		id, err := d.store.NextID(diskIDSeq)
 		if err != nil {
@@ -414,6 +406,18 @@ func (d *Daemon) provisionFromImage(ctx context.Context, name, imageName string)
 		rec.Config = &cfg
 	}
 	return rec, created, nil
+}
+
+// unprovision removes disks a failed provision created. Caller holds
+// d.mu.
+func (d *Daemon) unprovision(created []*Disk) {
+	for _, k := range created {
+		k.close()
+		d.dropChain(k.rec)
+		delete(d.disks, k.rec.Name)
+		d.deleteDurable(diskKey(k.rec.Name))
+		os.Remove(d.livePath(k.rec))
+	}
 }
 
 // renameDisks replaces each disk name in a configuration document by its

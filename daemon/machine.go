@@ -215,15 +215,7 @@ func (d *Daemon) CreateMachine(ctx context.Context, req api.CreateMachineRequest
 	} else if err := d.checkMachineDisks(req.Disks, nil); err != nil {
 		return api.Machine{}, err
 	}
-	undo := func() {
-		for _, k := range created {
-			k.close()
-			d.dropChain(k.rec)
-			delete(d.disks, k.rec.Name)
-			d.deleteDurable(diskKey(k.rec.Name))
-			os.Remove(d.livePath(k.rec))
-		}
-	}
+	undo := func() { d.unprovision(created) }
 	id, err := d.store.NextID(store.MachineIDSequence)
 	if err != nil {
 		undo()
