@@ -42,6 +42,8 @@ func (d *Daemon) loadTasks() error {
 			d.tasks.abandon(t, "it stopped before every disk was sealed, so no machine snapshot was taken; take it again")
 		case api.TaskRollback, api.TaskMachineRollback:
 			d.tasks.abandon(t, "the disks are partly rolled back; run the rollback again to finish it")
+		case api.TaskExport, api.TaskImageExport, api.TaskImport:
+			d.abandonTransfer(t)
 		default:
 			d.tasks.abandon(t, "run it again")
 		}
