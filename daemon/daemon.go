@@ -90,11 +90,11 @@ type Daemon struct {
 	images map[string]*image
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
-	tasks  taskList
+	tasks taskList
 	// transfers are the exports and imports whose clients report to
 	// them (transfer.go); own lock.
 	transfers transferList
-	snapMu sync.Mutex // serialises snapshot creation so the quota holds
+	snapMu    sync.Mutex // serialises snapshot creation so the quota holds
 	// gcRunning is set while a GC kicked by a delete runs.
 	gcRunning atomic.Bool
 	bg        context.Context

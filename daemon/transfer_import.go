@@ -55,8 +55,14 @@ func (d *Daemon) Import(ctx context.Context, req api.ImportRequest) (api.Transfe
 		},
 		cleanup: func(ctx context.Context, failed bool) error {
 			if !failed && req.Machine != nil {
+				cfg := req.Machine.Config
+				if cfg != nil && len(req.Machine.RenameDisks) > 0 {
+					renamed := *cfg
+					renamed.Data = renameDisks(cfg.Data, req.Machine.RenameDisks)
+					cfg = &renamed
+				}
 				_, err := d.CreateMachine(ctx, api.CreateMachineRequest{Name: req.Machine.Name, Disks: names,
-					Config: req.Machine.Config, Description: req.Machine.Description})
+					Config: cfg, Description: req.Machine.Description})
 				if err == nil {
 					return nil
 				}
@@ -125,6 +131,11 @@ func (d *Daemon) checkImport(req api.ImportRequest) (names []string, data uint64
 		}
 		if err := checkDescription(m.Description); err != nil {
 			return nil, 0, err
+		}
+		for from, to := range m.RenameDisks {
+			if !ValidName(from) || !seen[to] {
+				return nil, 0, invalidField("rename_disks", "rename_disks: %q -> %q: each maps a disk name to one of the imported disks", from, to)
+			}
 		}
 		if d.machines[m.Name] != nil {
 			return nil, 0, fieldError(block.ErrExists, fieldName, "machine %q already exists: choose another name", m.Name)

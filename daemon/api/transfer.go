@@ -98,6 +98,9 @@ type ImportMachine struct {
 	Name        string  `json:"name"`
 	Config      *Config `json:"config,omitempty"`
 	Description string  `json:"description,omitempty"`
+	// RenameDisks maps disk names in the configuration to the imported
+	// disks' names; each is replaced where it stands as a whole name.
+	RenameDisks map[string]string `json:"rename_disks,omitempty"`
 }
 
 // TransferProgress is the body of POST /v1/tasks/{id}/progress.
