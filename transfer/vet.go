@@ -58,10 +58,39 @@ func refused(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
 }
 
-// Vet looks an image file and its backing chain over, then checks the
-// image's metadata (qemu-img check, where the format has one) and
-// measures its data.
+// Vet looks an image file and its backing chain over (VetChain), then
+// checks the metadata of each (qemu-img check, where the format has one)
+// and measures its data.
 func Vet(ctx context.Context, file string, o VetOptions) (Vetted, error) {
+	v, err := VetChain(ctx, file, o)
+	if err != nil {
+		return Vetted{}, err
+	}
+	for _, in := range v.Chain {
+		res, err := qemuCheck(ctx, in.Filename, in.Format)
+		if err != nil {
+			return Vetted{}, err
+		}
+		if !res.Clean() {
+			return Vetted{}, refused("%s is corrupt: qemu-img check found %d corruption(s) and %d error(s)%s; repair a copy with qemu-img check -r all, or export it again",
+				in.Filename, res.Corruptions, res.CheckErrors, suffix(res.Message))
+		}
+		if in.Filename == v.File {
+			r := res
+			v.Check = &r
+		}
+	}
+	if v.DataBytes, err = measure(ctx, v.File, v.Chain[0].Format); err != nil {
+		return Vetted{}, fmt.Errorf("%w: %s: %v", ErrRefused, file, err)
+	}
+	return v, nil
+}
+
+// VetChain looks an image file and its backing chain over without reading
+// any data: a regular file, a format Cairn imports, a virtual size within
+// MaxSize, and a backing chain of plain files in the allowed directories
+// with no loop.
+func VetChain(ctx context.Context, file string, o VetOptions) (Vetted, error) {
 	if o.MaxSize <= 0 {
 		o.MaxSize = MaxDiskSize
 	}
@@ -106,24 +135,12 @@ func Vet(ctx context.Context, file string, o VetOptions) (Vetted, error) {
 		return Vetted{}, refused("%s: virtual size %s is more than the largest disk cairn makes (%s): the image is damaged or hostile",
 			file, api.FormatSize(v.Size), api.FormatSize(o.MaxSize))
 	}
-	for _, in := range chain {
-		res, err := qemuCheck(ctx, in.Filename, in.Format)
-		if err != nil {
-			return Vetted{}, err
-		}
-		if !res.Clean() {
-			return Vetted{}, refused("%s is corrupt: qemu-img check found %d corruption(s) and %d error(s)%s; repair a copy with qemu-img check -r all, or export it again",
-				in.Filename, res.Corruptions, res.CheckErrors, suffix(res.Message))
-		}
-		if in.Filename == abs {
-			r := res
-			v.Check = &r
-		}
-	}
-	if v.DataBytes, err = measure(ctx, abs, chain[0].Format); err != nil {
-		return Vetted{}, fmt.Errorf("%w: %s: %v", ErrRefused, file, err)
-	}
 	return v, nil
+}
+
+// Check runs qemu-img check on a vetted image file (read-only).
+func Check(ctx context.Context, v Vetted) (CheckResult, error) {
+	return qemuCheck(ctx, v.File, v.Format.Qemu)
 }
 
 func suffix(msg string) string {
