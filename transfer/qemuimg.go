@@ -136,7 +136,10 @@ func parseProgress(line string) (float64, bool) {
 		return 0, false
 	}
 	p, err := strconv.ParseFloat(num, 64)
-	return p, err == nil && p >= 0 && p <= 100
+	if err != nil || p < 0 || p > 100 {
+		return 0, false
+	}
+	return p, true
 }
 
 // Info is what qemu-img info --output=json says of one image (the fields
