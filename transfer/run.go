@@ -81,6 +81,9 @@ func run(ctx context.Context, c *api.Client, tr api.Transfer, show Progress, wor
 	}
 	fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 	defer fcancel()
+	if err == nil && total > 0 { // the last figures, which the ticker may not have sent
+		c.ReportProgress(fctx, tr.Task.ID, api.TransferProgress{DoneBytes: done, TotalBytes: total})
+	}
 	t, ferr := c.FinishTransfer(fctx, tr.Task.ID, msg)
 	switch {
 	case err != nil:

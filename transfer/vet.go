@@ -177,6 +177,9 @@ func vetChain(ctx context.Context, file, format string, allowed []string) ([]Inf
 			return nil, err
 		}
 		in, err := info(ctx, file, format)
+		if err == nil && format == "" && in.Format == "raw" && hasVHDFooter(real) {
+			in, err = info(ctx, file, "vpc") // a fixed VHD: raw data and a footer, which qemu does not probe
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %s cannot be read as an image: %v", ErrRefused, file, err)
 		}
@@ -218,6 +221,22 @@ func refuseDescriptor(file string) error {
 		return refused("%s is a vmdk descriptor that names its data files elsewhere: import the data file itself (a monolithic vmdk or the flat file as raw)", file)
 	}
 	return nil
+}
+
+// hasVHDFooter reports whether file ends with a VHD footer (a fixed VHD).
+func hasVHDFooter(file string) bool {
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() < 512 {
+		return false
+	}
+	cookie := make([]byte, 8)
+	_, err = f.ReadAt(cookie, st.Size()-512)
+	return err == nil && string(cookie) == "conectix"
 }
 
 // vetOne refuses what Cairn does not import of one image's metadata.
