@@ -158,10 +158,10 @@ func (d *Daemon) transferOf(id string) (*transfer, error) {
 	switch {
 	case err != nil:
 		return nil, err
-	case t.Ended():
-		return nil, errorf(block.ErrFailed, "task %s has already ended (%s): %s", id, t.State, t.Error)
 	case t.Kind != api.TaskExport && t.Kind != api.TaskImageExport && t.Kind != api.TaskImport:
 		return nil, errorf(block.ErrInvalid, "task %s is a %s task: only transfers (export, image-export, import) take progress from their client", id, t.Kind)
+	case t.Ended():
+		return nil, errorf(block.ErrFailed, "task %s has already ended (%s): %s", id, t.State, t.Error)
 	}
 	return nil, errorf(block.ErrFailed, "task %s is still setting up; report again", id)
 }
