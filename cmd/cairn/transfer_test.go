@@ -303,3 +303,63 @@ func TestMachineImageExportImport(t *testing.T) {
 		t.Fatalf("export into an existing directory: exit %d, %s", code, errs)
 	}
 }
+
+func TestCheck(t *testing.T) {
+	needTools(t, "qemu-img", "mkfs.ext4", "nbdfuse", "e2fsck")
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loop devices and mounts")
+	}
+	in := daemontest.Start(t, nil)
+	sock := in.Client.Socket
+	dir := t.TempDir()
+	raw := diskWithExt4(t, in, dir, "vm1")
+	q := filepath.Join(dir, "vm1.qcow2")
+	sh(t, "qemu-img", "convert", "-O", "qcow2", raw, q)
+
+	report := func(args ...string) (inspectReport, int, string) {
+		t.Helper()
+		out, errs, code := cli(t, sock, append([]string{"check", "-o", "json"}, args...)...)
+		var r inspectReport
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			t.Fatalf("check %v: %v\n%s\n%s", args, err, out, errs)
+		}
+		return r, code, errs
+	}
+	for _, target := range []string{q, raw, "vm1@s1", "vm1"} {
+		r, code, errs := report(target)
+		if code != exitOK || r.Format == "" || len(r.Partitions) != 1 || r.Partitions[0].FSType != "ext4" || r.Partitions[0].Fsck != "clean" || !r.Partitions[0].Mounted {
+			t.Fatalf("check %s: exit %d %s\n%+v", target, code, errs, r)
+		}
+	}
+	if snaps, _ := in.Client.Snapshots(context.Background(), "vm1"); len(snaps) != 1 {
+		t.Fatalf("check of the live disk left its snapshot: %+v", snaps)
+	}
+	// A damaged file: an error finding, exit 1, and nothing read further.
+	data, _ := os.ReadFile(q)
+	os.WriteFile(q, data[:len(data)/3], 0o644)
+	r, code, _ := report(q)
+	if code != exitError || r.Status != "error" || len(r.Findings) == 0 || r.Findings[0].Check != "image" {
+		t.Fatalf("check of a truncated qcow2: exit %d\n%+v", code, r)
+	}
+	// The human form names each finding with what to do.
+	out, _, _ := cli(t, sock, "check", raw)
+	for _, want := range []string{"Partition table:", "STATUS", "fsck", "e2fsck -f -n: clean"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check's table lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// inspectReport is cairn check -o json's answer (inspect.Report).
+type inspectReport struct {
+	Format     string `json:"format"`
+	Status     string `json:"status"`
+	Partitions []struct {
+		FSType  string `json:"fstype"`
+		Fsck    string `json:"fsck"`
+		Mounted bool   `json:"mounted"`
+	} `json:"partitions"`
+	Findings []struct {
+		Check, Status, Message, Fix string
+	} `json:"findings"`
+}
