@@ -61,7 +61,7 @@ func Import(ctx context.Context, c *api.Client, file, name string, o ImportOptio
 // convertIn writes a vetted image into a new disk: only its data (the
 // disk is new and sparse, so qemu-img writes no zeros), under limits.
 func convertIn(ctx context.Context, tr api.Transfer, td api.TransferDisk, v Vetted, progress Progress, base, total uint64) error {
-	args := []string{"-n", "--target-is-zero", "-W", "-f", v.Format.Qemu, "-O", "raw", "--", v.File, nbdURI(tr, td.Export)}
+	args := []string{"-n", "--target-is-zero", "-m", "16", "-W", "-f", v.Format.Qemu, "-O", "raw", "--", v.File, nbdURI(tr, td.Export)}
 	err := convert(ctx, &convertLimits, args, func(p float64) {
 		progress(base+uint64(p/100*float64(v.Size)), total)
 	})
