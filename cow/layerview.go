@@ -61,8 +61,14 @@ func (w *LayerView) ReadAt(ctx context.Context, p []byte, off int64) error {
 
 // readBlock fills buf with block b of the first layer holding it.
 func (w *LayerView) readBlock(ctx context.Context, b uint64, buf []byte) error {
-	for _, l := range w.layers {
-		found, err := w.st.ReadBlock(ctx, l.Disk, b, l.Seq, buf)
+	return readLayers(ctx, w.st, w.layers, b, buf)
+}
+
+// readLayers fills buf (one block) with block b of the first of layers
+// that holds it, else zeros (a view's reads, a clone's origin).
+func readLayers(ctx context.Context, st *store.Store, layers []store.Layer, b uint64, buf []byte) error {
+	for _, l := range layers {
+		found, err := st.ReadBlock(ctx, l.Disk, b, l.Seq, buf)
 		if err != nil {
 			return fmt.Errorf("read block %d (chain %d as of %d): %w", b, l.Disk, l.Seq, err)
 		}
@@ -72,6 +78,18 @@ func (w *LayerView) readBlock(ctx context.Context, b uint64, buf []byte) error {
 	}
 	clear(buf)
 	return nil
+}
+
+// layersAllocated is the set of nblocks blocks that some layer holds
+// data in; its cost is the layers' entries.
+func layersAllocated(ctx context.Context, st *store.Store, layers []store.Layer, nblocks uint64) (*bitmap.Bitmap, error) {
+	bm := bitmap.New(nblocks)
+	for i := len(layers) - 1; i >= 0; i-- { // the first layer wins: apply it last
+		if err := st.Allocated(ctx, layers[i].Disk, layers[i].Seq, bm); err != nil {
+			return nil, err
+		}
+	}
+	return bm, nil
 }
 
 // WriteAt fails: the view is read-only.
@@ -92,14 +110,7 @@ func (w *LayerView) Flush(context.Context) error { return nil }
 // zero) are holes. Its cost, once, is the layers' entries.
 func (w *LayerView) Extents(ctx context.Context, off, length int64) ([]block.Extent, error) {
 	w.allocOnce.Do(func() {
-		bm := bitmap.New(uint64((w.size + w.blockSize - 1) >> w.shift))
-		for i := len(w.layers) - 1; i >= 0; i-- { // the first layer wins: apply it last
-			if err := w.st.Allocated(ctx, w.layers[i].Disk, w.layers[i].Seq, bm); err != nil {
-				w.allocErr = err
-				return
-			}
-		}
-		w.alloc = bm
+		w.alloc, w.allocErr = layersAllocated(ctx, w.st, w.layers, uint64((w.size+w.blockSize-1)>>w.shift))
 	})
 	if w.allocErr != nil {
 		return nil, w.allocErr
