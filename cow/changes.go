@@ -69,6 +69,10 @@ type dirtyContext struct {
 	upto  uint64
 	size  int64
 
+	// asAllocation reports changed blocks as data and the rest as holes
+	// (not zero), in base:allocation's bits: cairn:since:SNAP.
+	asAllocation bool
+
 	once   sync.Once
 	stored *bitmap.Bitmap // changes already in the store at the first query
 	err    error
@@ -76,7 +80,13 @@ type dirtyContext struct {
 
 // DirtyBitmapContexts returns the qemu:dirty-bitmap:NAME contexts for the
 // export of snapshot at ("" for the live disk): one per earlier snapshot,
-// each reporting the blocks changed since it (flag block.StateDirty).
+// each reporting the blocks changed since it (flag block.StateDirty). Each
+// has a twin, cairn:since:NAME, that reports the same blocks in
+// base:allocation's bits: changed blocks are data, the rest holes that
+// do not read as zero. qemu's nbd driver reads it in place of
+// base:allocation (its x-dirty-bitmap option), so qemu-img convert onto an
+// overlay with a backing file copies exactly the changed blocks
+// (incremental exports, docs/export.md).
 func (v *Volume) DirtyBitmapContexts(at string) map[string]block.ExtentMap {
 	if v.st == nil {
 		return nil
@@ -98,6 +108,7 @@ func (v *Volume) DirtyBitmapContexts(at string) map[string]block.ExtentMap {
 			continue
 		}
 		out["qemu:dirty-bitmap:"+s.rec.Name] = &dirtyContext{v: v, after: s.seq(), upto: upto, size: size}
+		out["cairn:since:"+s.rec.Name] = &dirtyContext{v: v, after: s.seq(), upto: upto, size: size, asAllocation: true}
 	}
 	return out
 }
@@ -115,6 +126,9 @@ func (c *dirtyContext) Extents(ctx context.Context, off, length int64) ([]block.
 		size = c.v.Size()
 		bm = bm.Grow(c.v.blocks(size))
 		c.v.addLiveChanges(bm, c.after, c.upto)
+	}
+	if c.asAllocation {
+		return bitmapExtents(bm, c.v.shift, off, length, size, 0, block.StateHole), nil
 	}
 	return bitmapExtents(bm, c.v.shift, off, length, size, block.StateDirty, 0), nil
 }

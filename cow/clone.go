@@ -145,16 +145,9 @@ func (lp *localPages) markPage(pg uint64) {
 // readOrigin fills buf (one block) with block b of the origin: the first
 // layer holding it, else zeros.
 func (v *Volume) readOrigin(ctx context.Context, b uint64, buf []byte) error {
-	for _, l := range v.Origin() {
-		found, err := v.st.ReadBlock(ctx, l.Disk, b, l.Seq, buf)
-		if err != nil {
-			return fmt.Errorf("read block %d of the clone's origin (disk %d as of %d): %w", b, l.Disk, l.Seq, err)
-		}
-		if found {
-			return nil
-		}
+	if err := readLayers(ctx, v.st, v.Origin(), b, buf); err != nil {
+		return fmt.Errorf("the clone's origin: %w", err)
 	}
-	clear(buf)
 	return nil
 }
 
@@ -297,15 +290,7 @@ func (lp *localPages) grow(n uint64) { lp.full.Store(lp.full.Load().Grow(n)) }
 func (v *Volume) originAllocated(ctx context.Context) (*bitmap.Bitmap, error) {
 	lp := v.local
 	lp.allocOnce.Do(func() {
-		bm := bitmap.New(v.blocks(v.Size()))
-		layers := v.Origin()
-		for i := len(layers) - 1; i >= 0; i-- { // the first layer wins: apply it last
-			if err := v.st.Allocated(ctx, layers[i].Disk, layers[i].Seq, bm); err != nil {
-				lp.allocErr = err
-				return
-			}
-		}
-		lp.alloc = bm
+		lp.alloc, lp.allocErr = layersAllocated(ctx, v.st, v.Origin(), v.blocks(v.Size()))
 	})
 	return lp.alloc, lp.allocErr
 }

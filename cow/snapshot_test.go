@@ -381,7 +381,7 @@ func TestChanges(t *testing.T) {
 	}
 	ctxs := d.v.DirtyBitmapContexts("b")
 	mc, ok := ctxs["qemu:dirty-bitmap:a"]
-	if !ok || len(ctxs) != 1 {
+	if !ok || len(ctxs) != 2 {
 		t.Fatalf("contexts at b: %v", ctxs)
 	}
 	ext, err := mc.Extents(ctx, 0, 16*testBS)
@@ -395,6 +395,19 @@ func TestChanges(t *testing.T) {
 	}
 	if fmt.Sprint(got) != wantExt {
 		t.Errorf("dirty bitmap extents %v, want %v", got, wantExt)
+	}
+	// Its twin reports the same blocks as allocation: changed ones as
+	// data (0), the rest as holes (StateHole, not StateZero).
+	ext, err = ctxs["cairn:since:a"].Extents(ctx, 0, 16*testBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	for _, e := range ext {
+		got = append(got, fmt.Sprintf("%d:%d", e.Length/testBS, e.Flags))
+	}
+	if want := fmt.Sprint([]string{"3:1", "2:0", "11:1"}); fmt.Sprint(got) != want {
+		t.Errorf("cairn:since extents %v, want %v", got, want)
 	}
 }
 

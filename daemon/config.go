@@ -73,6 +73,11 @@ type Config struct {
 	// $RUNTIME_DIRECTORY/agents, else DATA_DIR/agents.
 	AgentSocketDirs string
 
+	// TransferLease is how long an export or import waits for its client's
+	// next progress report before it fails and is cleaned up; 0 means
+	// DefaultTransferLease (tests shorten it).
+	TransferLease time.Duration
+
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger
 	// APIListener, when set, is used instead of listening on APISocket

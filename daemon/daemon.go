@@ -31,6 +31,9 @@
 // disk_grow.go, disk_delete.go; exports.go, holders.go, fuse.go;
 // snapshot.go (create, list, get), snapshot_delete.go, rollback.go,
 // changes.go, capacity.go, verify.go, tasks.go (long operations);
+// transfer.go (exports and imports the client runs, with a lease),
+// transfer_export.go, transfer_image.go (image:NAME/DISK exports),
+// transfer_import.go, transfer_handlers.go;
 // http.go (routes and request decoding), handlers.go, errors.go (errors
 // to API codes), status.go (info and health), validate.go.
 //
@@ -90,8 +93,11 @@ type Daemon struct {
 	images map[string]*image
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
-	tasks  taskList
-	snapMu sync.Mutex // serialises snapshot creation so the quota holds
+	tasks taskList
+	// transfers are the exports and imports whose clients report to
+	// them (transfer.go); own lock.
+	transfers transferList
+	snapMu    sync.Mutex // serialises snapshot creation so the quota holds
 	// gcRunning is set while a GC kicked by a delete runs.
 	gcRunning atomic.Bool
 	bg        context.Context

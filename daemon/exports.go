@@ -172,9 +172,17 @@ type exporter struct{ d *Daemon }
 
 var _ nbd.Exporter = exporter{}
 
-// Open opens "DISK" (the live disk, read-write) or "DISK@SNAPSHOT" (a
-// readable snapshot, read-only).
+// Open opens "DISK" (the live disk, read-write), "DISK@SNAPSHOT" (a
+// readable snapshot, read-only) or "image:IMAGE/DISK" (an image's disk,
+// read-only: transfer_image.go).
 func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), error) {
+	if image, disk, ok := parseImageExport(s); ok {
+		exp, release, err := e.d.openImageExport(image, disk)
+		if err != nil && !errors.Is(err, block.ErrShutdown) {
+			err = fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
+		}
+		return exp, release, err
+	}
 	name, ok := parseExport(s)
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %q is not an export name (DISK or DISK@SNAPSHOT)", nbd.ErrUnknownExport, s)

@@ -29,6 +29,9 @@ const DefaultImageQuota = 64
 // image is one image in memory (guarded by Daemon.mu).
 type image struct {
 	rec imageRecord
+	// readers: open NBD exports of its disks and exports to files in
+	// progress (transfer_image.go); it is not deleted while any.
+	readers int
 }
 
 // loadImages reads the images; one a stop interrupted while it was being
@@ -300,6 +303,8 @@ func (d *Daemon) DeleteImage(ctx context.Context, name string) (api.DeleteSnapsh
 		err = errorf(block.ErrNotFound, "image %q not found", name)
 	case im.rec.State == api.ImageCreating:
 		err = errorf(block.ErrInUse, "image %q is being made; delete it when it is done", name)
+	case im.readers > 0:
+		err = errorf(block.ErrInUse, "image %q is being read (%d NBD export(s) of its disks open or exports to files running); delete it when they are done", name, im.readers)
 	}
 	var clones []string
 	if err == nil {

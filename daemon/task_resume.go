@@ -47,6 +47,8 @@ func (d *Daemon) loadTasks() error {
 				" says which: parent or flattened), and its data is intact either way; run cairn disk flatten "+t.Disk+" again to finish")
 		case api.TaskImageCreate:
 			d.tasks.abandon(t, "the half-made image "+t.Target+" was dropped; create it again (cairn image create "+t.Target+" ...)")
+		case api.TaskExport, api.TaskImageExport, api.TaskImport:
+			d.abandonTransfer(t)
 		default:
 			d.tasks.abandon(t, "run it again")
 		}

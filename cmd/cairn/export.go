@@ -9,12 +9,24 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/transfer"
 )
 
 func (a *app) exportCmd() *cobra.Command {
-	return group(&cobra.Command{
-		Use:   "export",
-		Short: "NBD exports and their connected clients",
+	var out outputFlags
+	var opts transfer.ExportOptions
+	cmd := group(&cobra.Command{
+		Use:   "export DISK[@SNAPSHOT] FILE | list [DISK]",
+		Short: "Export a disk or snapshot to an image file (qcow2, vmdk, vhd, vhdx, raw); list NBD exports",
+		Long: "export DISK[@SNAPSHOT] FILE writes the disk to FILE with qemu-img, as the user who runs cairn, reading only\n" +
+			"allocated data from the snapshot's NBD export. A live disk is exported from a snapshot cairnd takes for it\n" +
+			"(filesystem-consistent through the guest agent of the disk's machine, when it has one) and deletes afterwards.\n" +
+			"--incremental-from SNAP --backing FILE0 writes a qcow2 overlay of FILE0 (the export of SNAP) holding only the\n" +
+			"blocks changed since SNAP. export list shows the NBD exports (a disk named list: cairn export -- list FILE).",
+		Example: "  cairn export vm1 vm1.qcow2 --compress\n" +
+			"  cairn export vm1@nightly vm1.vhd --format vhd --subformat fixed --force-size\n" +
+			"  cairn export vm1@monday vm1-tue.qcow2 --incremental-from sunday --backing vm1-sun.qcow2",
+		ValidArgsFunction: a.completeExports,
 	}, &cobra.Command{
 		Use:               "list [DISK]",
 		Aliases:           []string{"ls"},
@@ -49,6 +61,18 @@ func (a *app) exportCmd() *cobra.Command {
 				return t.flush()
 			}),
 	})
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return c.Help()
+		}
+		return a.exportRun(&out, &opts)(c, args)
+	}
+	out.add(cmd)
+	f := cmd.Flags()
+	f.StringVar(&opts.Consistency, "consistency", "", "for a live disk: crash, filesystem or auto (default: auto for a disk of a machine with a guest agent, else crash)")
+	f.StringVar(&opts.IncrementalFrom, "incremental-from", "", "an earlier snapshot: write only the blocks changed since (with --backing)")
+	f.StringVar(&opts.Backing, "backing", "", "the export of --incremental-from's snapshot: the new file's backing file")
+	return cmd
 }
 
 // oldestClient says since when the export has had a client.

@@ -18,7 +18,7 @@ func (a *app) imageCmd() *cobra.Command {
 		Long: "An image holds every disk of a machine (or one disk) at one instant, as references to stored\n" +
 			"chunks, with the machine's configuration: making one copies no data, and it outlives its sources\n" +
 			"(docs/images.md). New machines are made from it as instant clones.",
-	}, a.imageCreateCmd(), a.imageListCmd(), a.imageShowCmd(), a.imageDeleteCmd())
+	}, a.imageCreateCmd(), a.imageListCmd(), a.imageShowCmd(), a.imageDeleteCmd(), a.imageExportCmd())
 }
 
 func (a *app) imageCreateCmd() *cobra.Command {

@@ -118,7 +118,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.PersistentFlags().StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return err })
-	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.machineCmd(), a.imageCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.infoCmd(),
+	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.machineCmd(), a.imageCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.importCmd(), a.checkCmd(), a.infoCmd(),
 		a.mountCmd(), a.umountCmd(), a.versionCmd())
 	return root
 }

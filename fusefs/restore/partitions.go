@@ -12,7 +12,17 @@ import (
 type partition struct {
 	Number       int
 	Offset, Size int64
+	// Type is the entry's type: "0x83" (MBR's type byte) or a GPT type
+	// GUID ("c12a7328-f81f-11d2-ba4b-00a0c93ec93b").
+	Type string
 }
+
+// Partition-table schemes, as ReadTable names them.
+const (
+	SchemeNone = "none"
+	SchemeMBR  = "mbr"
+	SchemeGPT  = "gpt"
+)
 
 // Partition-table layouts: the MBR ("DOS") table of the IBM PC with
 // extended boot records for logical partitions, and the UEFI GPT (UEFI
@@ -35,26 +45,33 @@ func isExtended(typ byte) bool { return typ == 0x05 || typ == 0x0F || typ == 0x8
 // or none when it has no partition table. The image is untrusted: every
 // entry outside the image is dropped.
 func readPartitions(r io.ReaderAt, size int64) ([]partition, error) {
+	_, parts, err := readTable(r, size)
+	return parts, err
+}
+
+// readTable is readPartitions with the table's scheme.
+func readTable(r io.ReaderAt, size int64) (scheme string, parts []partition, err error) {
 	mbr := make([]byte, sector)
 	if _, err := r.ReadAt(mbr, 0); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, nil
+			return SchemeNone, nil, nil
 		}
-		return nil, fmt.Errorf("read partition table: %w", err)
+		return SchemeNone, nil, fmt.Errorf("read partition table: %w", err)
 	}
 	if mbr[510] != 0x55 || mbr[511] != 0xAA {
-		return nil, nil
+		return SchemeNone, nil, nil
 	}
 	for i := range 4 {
 		if mbr[mbrEntries+i*mbrEntrySize+4] == mbrProtective {
-			return readGPT(r, size)
+			parts, err := readGPT(r, size)
+			return SchemeGPT, parts, err
 		}
 	}
 	var out []partition
 	for i := range 4 {
 		e := mbr[mbrEntries+i*mbrEntrySize:]
 		if boot := e[0]; boot != 0 && boot != 0x80 {
-			return nil, nil // not a partition table (a FAT boot sector, say)
+			return SchemeNone, nil, nil // not a partition table (a FAT boot sector, say)
 		}
 		typ, start, count := e[4], int64(binary.LittleEndian.Uint32(e[8:])), int64(binary.LittleEndian.Uint32(e[12:]))
 		if typ == 0 || count == 0 {
@@ -63,14 +80,22 @@ func readPartitions(r io.ReaderAt, size int64) ([]partition, error) {
 		if isExtended(typ) {
 			logical, err := readLogical(r, size, start)
 			if err != nil {
-				return nil, err
+				return SchemeMBR, nil, err
 			}
 			out = append(out, logical...)
 			continue
 		}
-		out = appendInside(out, size, partition{i + 1, start * sector, count * sector})
+		out = appendInside(out, size, partition{i + 1, start * sector, count * sector, mbrType(typ)})
 	}
-	return out, nil
+	return SchemeMBR, out, nil
+}
+
+func mbrType(typ byte) string { return fmt.Sprintf("0x%02x", typ) }
+
+// guid formats a GPT GUID (its first three fields little-endian).
+func guid(b []byte) string {
+	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", binary.LittleEndian.Uint32(b), binary.LittleEndian.Uint16(b[4:]),
+		binary.LittleEndian.Uint16(b[6:]), b[8:10], b[10:16])
 }
 
 // readLogical follows the chain of extended boot records from the
@@ -89,7 +114,7 @@ func readLogical(r io.ReaderAt, size, ext int64) ([]partition, error) {
 		this, link := ebr[mbrEntries:], ebr[mbrEntries+mbrEntrySize:]
 		start, count := int64(binary.LittleEndian.Uint32(this[8:])), int64(binary.LittleEndian.Uint32(this[12:]))
 		if this[4] != 0 && count != 0 {
-			out = appendInside(out, size, partition{n, (ext + next + start) * sector, count * sector})
+			out = appendInside(out, size, partition{n, (ext + next + start) * sector, count * sector, mbrType(this[4])})
 		}
 		following := int64(binary.LittleEndian.Uint32(link[8:]))
 		if !isExtended(link[4]) || following == 0 || following == next {
@@ -128,7 +153,7 @@ func readGPT(r io.ReaderAt, size int64) ([]partition, error) {
 			if start <= 0 || end < start || end >= size/lba {
 				continue // outside the image (or overflowing)
 			}
-			out = appendInside(out, size, partition{int(i) + 1, start * lba, (end - start + 1) * lba})
+			out = appendInside(out, size, partition{int(i) + 1, start * lba, (end - start + 1) * lba, guid(e[:16])})
 		}
 		return out, nil
 	}

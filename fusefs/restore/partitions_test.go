@@ -66,6 +66,8 @@ func TestReadPartitions(t *testing.T) {
 		binary.LittleEndian.PutUint64(e[40:], r[1])
 	}
 
+	const gptOne = "00000001-0000-0000-0000-000000000000" // the type GUID above
+
 	fat := image{}
 	copy(fat.sector(0), bytes.Repeat([]byte{0xEB}, 512)) // jump code where boot flags would be
 	fat.sector(0)[510], fat.sector(0)[511] = 0x55, 0xAA
@@ -77,12 +79,12 @@ func TestReadPartitions(t *testing.T) {
 	}{
 		{"blank", image{}, nil},
 		{"mbr with logical partitions", mbr, []partition{
-			{1, 2048 * sector, 4096 * sector},
-			{5, 10063 * sector, 1000 * sector},
-			{6, 15063 * sector, 500 * sector},
+			{1, 2048 * sector, 4096 * sector, "0x83"},
+			{5, 10063 * sector, 1000 * sector, "0x83"},
+			{6, 15063 * sector, 500 * sector, "0x07"},
 		}},
-		{"ebr chain pointing at itself", loopy, []partition{{5, 101 * sector, 10 * sector}}},
-		{"gpt", gpt, []partition{{1, 2048 * sector, 2048 * sector}, {4, 8192 * sector, 8192 * sector}}},
+		{"ebr chain pointing at itself", loopy, []partition{{5, 101 * sector, 10 * sector, "0x83"}}},
+		{"gpt", gpt, []partition{{1, 2048 * sector, 2048 * sector, gptOne}, {4, 8192 * sector, 8192 * sector, gptOne}}},
 		{"fat boot sector", fat, nil},
 	} {
 		got, err := readPartitions(c.im, size)

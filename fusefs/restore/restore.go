@@ -78,6 +78,7 @@ type Volume struct {
 	Number int    `json:"number"`
 	Offset int64  `json:"offset"`
 	Size   int64  `json:"size"`
+	Type   string `json:"type,omitempty"` // the partition's type (ReadLayout)
 	FSType string `json:"fstype"`
 }
 

@@ -24,6 +24,9 @@ failed=0 n=0
 while IFS= read -r line; do
 	case "$line" in '' | \#*) continue ;; esac
 	n=$((n + 1))
+	# The tour says sudo where a user needs root; the test runs as root,
+	# where sudo may not be installed.
+	[ "$(id -u)" = 0 ] && line=${line#sudo }
 	if out=$(bash -c "set -e; export CAIRN_SOCKET=$T/.cairn/cairn.sock; NBD=$T/.cairn/nbd.sock; $line" 2>&1); then
 		echo "PASS $line"
 	else
