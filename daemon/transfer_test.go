@@ -39,8 +39,15 @@ func TestTransferCleanup(t *testing.T) {
 	if _, err := c.ReportProgress(ctx, tr.Task.ID, api.TransferProgress{DoneBytes: 1 << 20, TotalBytes: 16 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	if task, _ := c.Task(ctx, tr.Task.ID); task.DoneBytes != 1<<20 || task.TotalBytes != 16<<20 {
-		t.Fatalf("progress not recorded: %+v", task)
+	// The task's goroutine takes the report: wait for it to land.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		task, _ := c.Task(ctx, tr.Task.ID)
+		if task.DoneBytes == 1<<20 && task.TotalBytes == 16<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("progress not recorded: %+v", task)
+		}
 	}
 	task, err := c.FinishTransfer(ctx, tr.Task.ID, "qemu-img convert: Could not read image")
 	if err != nil || task.State != api.TaskFailed || !strings.Contains(task.Error, "Could not read image") {
