@@ -7,7 +7,7 @@
 # where a guest-agent port exists, never on a host: its freeze must only
 # ever run inside the VM.
 set -euo pipefail
-pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs util-linux kmod systemd dbus
+pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs linux-libc-dev util-linux kmod systemd dbus
 	qemu-system-x86 busybox-static qemu-guest-agent)
 missing=()
 for p in "${pkgs[@]}"; do
