@@ -19,8 +19,8 @@ import (
 
 // The transmission-only entry point, as the kernel's nbd driver uses it:
 // the peer says nothing before its first request. The kernel itself is
-// the real peer of this mode; it runs in the test VM (cmd/cairnd's
-// TestKernelAttachInVM). Here the byte-level client plays it, over a real
+// the real peer of this mode; it runs in the test VM (nbd/kernel's
+// TestAttachInVM). Here the byte-level client plays it, over a real
 // socketpair like the one cairnd hands the kernel.
 
 // socketPair returns both ends of a Unix stream socketpair as net.Conns.

@@ -13,8 +13,8 @@ import (
 // LoadModule against module trees made here, with the real kmod reading
 // them. Only the final finit_module(2) is replaced (Driver.insmod): this
 // machine's kernel has no modules to load. The real load, in a kernel
-// that has nbd as a module, is in the test VM (cmd/cairnd's
-// TestKernelAttachInVM: nbd absent at boot, loaded by the first attach).
+// that has nbd as a module, is in the test VM (TestAttachInVM: nbd
+// absent at boot, loaded by the first attach).
 
 // moduleTree makes MODULES/RELEASE with modules.dep holding deps (and
 // empty modules.alias and modules.builtin, as depmod writes them).
