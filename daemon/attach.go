@@ -243,6 +243,9 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 	if err != nil {
 		return api.Attachment{}, err
 	}
+	if err := d.exportExists(name); err != nil {
+		return api.Attachment{}, err // named before the kernel is asked anything
+	}
 	d.attachMu.Lock()
 	defer d.attachMu.Unlock()
 	if err := d.kernelReady(); err != nil {
@@ -280,6 +283,19 @@ func (d *Daemon) Attach(ctx context.Context, req api.AttachRequest) (api.Attachm
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return a.toAPI(), nil
+}
+
+// exportExists refuses an export that does not open now (the disk or
+// snapshot does not exist, is not readable, or is being deleted).
+func (d *Daemon) exportExists(name exportName) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for x := range d.exports(name.disk) {
+		if x.name == name {
+			return nil
+		}
+	}
+	return fieldError(block.ErrNotFound, fieldExport, "export %s: no such disk or readable snapshot (cairn export list names them)", name)
 }
 
 // backendID is a new attachment's backend identifier: the export, and a
@@ -449,8 +465,11 @@ func (d *Daemon) connectAttachment(a *attachment, fresh bool) error {
 		for _, c := range a.conns {
 			c.Close()
 		}
-		if errors.Is(err, unix.EBUSY) {
+		switch {
+		case errors.Is(err, unix.EBUSY):
 			return fieldError(block.ErrInUse, fieldDevice, "kernel attach of %s: %s is in use: %v", a.name, a.device(), err)
+		case errors.Is(err, unix.EPERM):
+			return errorf(block.ErrFailed, "kernel attach of %s: %v: cairnd needs CAP_SYS_ADMIN to configure nbd devices (run it as root, as the systemd unit does)", a.name, err)
 		}
 		return errorf(block.ErrFailed, "kernel attach of %s as %s: %v", a.name, a.device(), err)
 	}

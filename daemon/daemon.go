@@ -246,13 +246,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	disks := len(d.disks)
 	d.mu.Unlock()
+	// Before the API answers: it lists the attachments as restored, and
+	// no attach can take a recorded device meanwhile.
+	d.restoreAttachments()
 	fatal := make(chan error, 1)
 	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
 	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
 	if d.tcpListener != nil {
 		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
 	}
-	d.restoreAttachments()
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
 		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)
 	d.notify("READY=1")

@@ -76,7 +76,7 @@ echo >/proc/sys/kernel/modprobe
 
 start_cairnd
 vm_check "disk create" cairn disk create d1 --size 64M
-dev=$(cairn disk attach d1 --connections 2 --reconnect-timeout 3m) || vm_fail "attach d1: $dev"
+dev=$(cairn disk attach d1 --connections 2 --reconnect-timeout 3m 2>/tmp/err) || vm_fail "attach d1: $(cat /tmp/err)"
 vm_check "the first free device" test "$dev" = /dev/nbd0
 vm_check "cairnd loaded nbd" grep -q "loaded the nbd kernel module" /tmp/cairnd.1.log
 vm_check "nbd is loaded" test -e /sys/module/nbd
@@ -128,7 +128,7 @@ want=$(sums /mnt/d1/random)
 vm_check "a new file reads back uncached" test "$(sums /mnt/d1/random)" = "$want"
 
 # The snapshot, read-only.
-ro=$(cairn disk attach d1@s1) || vm_fail "attach d1@s1: $ro"
+ro=$(cairn disk attach d1@s1 2>/tmp/err) || vm_fail "attach d1@s1: $(cat /tmp/err)"
 vm_check "the snapshot's device" test "$ro" = /dev/nbd1
 vm_check "the kernel marks it read-only" test "$(cat /sys/block/nbd1/ro)" = 1
 vm_check "listed read-only" sh -c 'cairn disk attachments | grep -q "^/dev/nbd1 *d1@s1 *ro "'
