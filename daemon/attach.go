@@ -103,7 +103,7 @@ type attachment struct {
 	links    sync.WaitGroup
 
 	// Guarded by Daemon.mu.
-	live     int        // sockets served now
+	live     int        // sockets served now (counted as they are made)
 	stopping bool       // stop is closed
 	failed   bool       // could not be (re)connected: err says why
 	err      error      // why it is failed or reconnecting
@@ -446,7 +446,7 @@ func (d *Daemon) connectAttachment(a *attachment, fresh bool) error {
 		fds = append(fds, int(kernelEnd.Fd()))
 	}
 	d.mu.Lock()
-	a.conns = conns
+	a.conns, a.live = conns, len(conns)
 	d.mu.Unlock()
 	for slot, c := range conns {
 		a.links.Add(1)

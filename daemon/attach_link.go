@@ -16,14 +16,11 @@ import (
 // remote is how the NBD server lists a's connections.
 func (a *attachment) remote() string { return "kernel:" + a.device() }
 
-// serveLink serves a's socket number slot, and replaces it whenever its
-// connection ends while a lives on.
+// serveLink serves a's socket number slot, counted in a.live by whoever
+// made it, and replaces it whenever its connection ends while a lives on.
 func (d *Daemon) serveLink(a *attachment, slot int, nc net.Conn) {
 	defer a.links.Done()
 	for nc != nil {
-		d.mu.Lock()
-		a.live++
-		d.mu.Unlock()
 		err := d.nbd.ServeTransmission(nc, a.exp, a.remote())
 		d.mu.Lock()
 		a.live--
@@ -46,10 +43,9 @@ func (d *Daemon) linkStopped(a *attachment) bool {
 
 // relink hands the kernel a new socket for a dead one of a's device
 // (NBD_CMD_RECONFIGURE) and returns its server end, now a's socket slot,
-// or nil when a stops.
-// It retries, backing off, while the device lives; a device that was
-// disconnected behind cairnd's back (or now serves another backend) is
-// forgotten.
+// or nil when a stops. It retries, backing off, while the device lives;
+// a device that was disconnected behind cairnd's back (or now serves
+// another backend) is forgotten.
 func (d *Daemon) relink(a *attachment, slot int) net.Conn {
 	wait := relinkDelay
 	for {
@@ -66,6 +62,7 @@ func (d *Daemon) relink(a *attachment, slot int) net.Conn {
 			if err == nil {
 				d.mu.Lock()
 				a.conns[slot] = server
+				a.live++
 				a.err = nil
 				d.mu.Unlock()
 				// When the kernel had no dead socket to replace, it

@@ -24,7 +24,8 @@ import (
 //   - a snapshot attaches read-only: the kernel marks the device
 //     read-only and writes to it fail; it mounts and holds the files;
 //   - detach is refused while the device is mounted, works once it is
-//     unmounted (by device or by export name), and disconnects it.
+//     unmounted (by device or by export name), and disconnects it; a
+//     forced delete of the snapshot or the disk detaches their devices.
 func TestAttachInVM(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM (-short)")
@@ -146,9 +147,16 @@ vm_check "umount d1" umount /mnt/d1
 vm_check "detach /dev/nbd0" cairn disk detach /dev/nbd0
 vm_check "the device is disconnected" test "$(cat /sys/block/nbd0/size)" = 0
 vm_check "umount s1" umount /mnt/s1
-vm_check "detach by export name" cairn disk detach d1@s1
+vm_check "a forced snapshot delete detaches its device" cairn snapshot delete d1 s1 --force
+vm_check "the snapshot's device is disconnected" test "$(cat /sys/block/nbd1/size)" = 0
 vm_check "no attachment left" test -z "$(cairn disk attachments -o json | grep device)"
-vm_check "the disk deletes once detached" cairn disk delete d1 --with-snapshots
+vm_check "attach again" test "$(cairn disk attach d1)" = /dev/nbd0
+vm_check "detach by export name" cairn disk detach d1
+vm_check "attach once more" test "$(cairn disk attach d1 --device /dev/nbd5)" = /dev/nbd5
+fail_with "delete of the attached disk" "1 kernel attachment" cairn disk delete d1
+vm_check "a forced delete detaches the device" cairn disk delete d1 --force
+vm_check "the deleted disk's device is disconnected" test "$(cat /sys/block/nbd5/size)" = 0
+vm_check "no attachment left after the delete" test -z "$(cairn disk attachments -o json | grep device)"
 kill -TERM $pid
 wait $pid
 grep -h "level=WARN" /tmp/cairnd.*.log
