@@ -95,8 +95,9 @@ func (d *Daemon) restoreAttachment(rec attachRecord) error {
 	s, ok, err := d.kernel.Status(rec.Index)
 	fresh := err == nil && (!ok || !s.Connected)
 	if err == nil && !fresh {
+		// No backend file: a kernel before 5.16, which cannot tell.
 		backend, berr := d.kernel.Backend(rec.Index)
-		if berr == nil && backend != rec.Backend {
+		if berr == nil && backend != "" && backend != rec.Backend {
 			err = fmt.Errorf("%s is connected to another backend (%q) now", kernel.DevicePath(rec.Index), backend)
 		}
 	}

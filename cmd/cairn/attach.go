@@ -80,13 +80,12 @@ func (a *app) diskDetachCmd() *cobra.Command {
 	return cmd
 }
 
-// attachedDevice is the device arg names: itself when it is a device,
-// else the one device its export is attached as.
+// attachedDevice is the device arg names: /dev/nbdN itself; the one
+// device the export arg is attached as; or nbdN, unless a disk of that
+// name is attached too.
 func (a *app) attachedDevice(ctx context.Context, arg string) (string, error) {
-	if strings.HasPrefix(arg, "/dev/") || strings.HasPrefix(arg, "nbd") && !strings.Contains(arg, "@") {
-		if _, err := strconv.Atoi(strings.TrimPrefix(strings.TrimPrefix(arg, "/dev/"), "nbd")); err == nil {
-			return arg, nil
-		}
+	if strings.HasPrefix(arg, "/dev/") {
+		return arg, nil // a disk name has no '/'
 	}
 	all, err := a.client.Attachments(ctx)
 	if err != nil {
@@ -98,10 +97,16 @@ func (a *app) attachedDevice(ctx context.Context, arg string) (string, error) {
 			devices = append(devices, at.Device)
 		}
 	}
-	switch len(devices) {
-	case 1:
+	n, err := strconv.Atoi(strings.TrimPrefix(arg, "nbd"))
+	isDevice := strings.HasPrefix(arg, "nbd") && err == nil && n >= 0
+	switch {
+	case isDevice && len(devices) > 0:
+		return "", fmt.Errorf("%s is both a device and an attached disk (as %s): say /dev/%s for the device", arg, strings.Join(devices, " and "), arg)
+	case isDevice:
+		return arg, nil
+	case len(devices) == 1:
 		return devices[0], nil
-	case 0:
+	case len(devices) == 0:
 		return "", fmt.Errorf("%s is not attached (cairn disk attachments lists what is)", arg)
 	}
 	return "", fmt.Errorf("%s is attached as %s: name the device to detach", arg, strings.Join(devices, " and "))
