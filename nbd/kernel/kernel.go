@@ -14,8 +14,8 @@
 // Config. This package knows nothing of exports or of the server; the
 // daemon wires the two (daemon/attach.go).
 //
-// Everything here needs CAP_SYS_ADMIN (the nbd commands) and, to load the
-// module, CAP_SYS_MODULE.
+// Connect, Reconfigure and Disconnect need CAP_SYS_ADMIN; LoadModule needs
+// CAP_SYS_MODULE when it has a module to load.
 package kernel
 
 import (
