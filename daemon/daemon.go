@@ -29,6 +29,7 @@
 // dirlock.go, records.go (the store records' wire format); disk.go (the
 // Disk and its lookups), disk_load.go (start-up), disk_create.go,
 // disk_grow.go, disk_delete.go; exports.go, holders.go, fuse.go;
+// attach*.go (kernel attach: exports as /dev/nbdN);
 // snapshot.go (create, list, get), snapshot_delete.go, rollback.go,
 // changes.go, capacity.go, verify.go, tasks.go (long operations);
 // transfer.go (exports and imports the client runs, with a lease),
@@ -47,6 +48,9 @@
 //     it, never the other way round; NBD calls (Disconnect, Connections)
 //     are made without it.
 //  3. taskList.mu guards the task registry; nothing else is taken under it.
+//
+// Daemon.attachMu (attach.go) serialises kernel attach and detach; it is
+// taken before Daemon.mu and never under it or Daemon.snapMu.
 //
 // The FUSE tree calls back into the daemon (taking Daemon.mu), so the
 // daemon never calls into the tree while holding Daemon.mu.
@@ -67,6 +71,7 @@ import (
 
 	"github.com/cairn-storage/cairn/fusefs"
 	"github.com/cairn-storage/cairn/nbd"
+	"github.com/cairn-storage/cairn/nbd/kernel"
 	"github.com/cairn-storage/cairn/store"
 )
 
@@ -91,6 +96,11 @@ type Daemon struct {
 	machines map[string]*machine
 	// images by name (image.go); guarded by mu.
 	images map[string]*image
+	// attachments by device index (attach.go); guarded by mu. attachMu
+	// serialises attach, detach and their restoring at start-up.
+	attachments map[int]*attachment
+	attachMu    sync.Mutex
+	kernel      *kernel.Driver
 	// tasks are the long operations (rollback, verify); own lock. They run
 	// under bg, which shutdown cancels before the disks close.
 	tasks taskList
@@ -132,6 +142,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 		started: time.Now(),
 		disks:   make(map[string]*Disk),
 		stop:    make(chan struct{}),
+
+		attachments: make(map[int]*attachment),
+		kernel:      &kernel.Driver{},
 	}
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	defer func() {
@@ -239,6 +252,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mu.Lock()
 	disks := len(d.disks)
 	d.mu.Unlock()
+	// Before the API answers: it lists the attachments as restored, and
+	// no attach can take a recorded device meanwhile.
+	d.restoreAttachments()
 	fatal := make(chan error, 1)
 	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
 	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
@@ -314,6 +330,7 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 		d.notify("STOPPING=1")
 		d.mu.Lock()
 		d.closing = true
+		d.stopAttachments() // their devices wait for the next start
 		d.mu.Unlock()
 		d.shutdownErr = d.release(ctx)
 		if d.shutdownErr != nil {
@@ -345,6 +362,7 @@ func (d *Daemon) release(ctx context.Context) error {
 			l.Close() // already closed by a server's shutdown unless Run never served it
 		}
 	}
+	d.closeAttachments() // their sockets are closed: release their exports
 	if d.bgCancel != nil {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
 		d.tasks.wait()

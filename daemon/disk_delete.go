@@ -15,10 +15,10 @@ import (
 // adopted (opts.DeleteAdopted removes an adopted regular file too), and
 // its snapshots, which it refuses to do unless opts.WithSnapshots (a
 // block.ErrFailed naming how many, with Field with_snapshots). While NBD
-// clients or FUSE files have any of its exports open it fails with
-// block.ErrInUse, unless opts.Force: then it disconnects the NBD clients
-// (requests in flight finish) and waits, up to forceTimeout, for every
-// holder to go. No export of the disk opens and no snapshot of it is
+// clients, FUSE files or kernel attachments have any of its exports open
+// it fails with block.ErrInUse, unless opts.Force: then it detaches the
+// kernel attachments, disconnects the NBD clients (requests in flight
+// finish) and waits, up to forceTimeout, for every holder to go. No export of the disk opens and no snapshot of it is
 // taken once it has begun.
 func (d *Daemon) DeleteDisk(ctx context.Context, name string, opts api.DeleteDiskOptions) error {
 	d.snapMu.Lock() // no snapshot is taken between the count and the delete
@@ -72,7 +72,7 @@ func (d *Daemon) refuseDiskDelete(k *Disk, opts api.DeleteDiskOptions, with *mac
 		}
 	}
 	if !opts.Force && k.clients(nil) > 0 {
-		return fieldError(block.ErrInUse, fieldForce, "disk %q has %d connected NBD client(s): disconnect them, or delete with force=true to disconnect them", name, k.clients(nil))
+		return fieldError(block.ErrInUse, fieldForce, "disk %q has %s: disconnect or detach them, or delete with force=true to disconnect NBD clients and detach kernel attachments", name, k.holdersText(nil))
 	}
 	return nil
 }

@@ -138,13 +138,13 @@ func (d *Daemon) nbdClients() map[string][]api.NBDClient {
 	return out
 }
 
-// openExport opens the export name for one client (an NBD connection, or
-// a FUSE file when fuse is set) and counts the client as a holder of the
-// disk. release, to be called once when the client is done, closes the
+// openExport opens the export name for one client of kind (an NBD
+// connection, a FUSE file, a kernel attachment) and counts the client as
+// a holder of the disk. release, to be called once when the client is done, closes the
 // snapshot's view and wakes those who wait for the disk's holders. The
 // error is block.ErrShutdown while cairnd stops and block.ErrNotFound for
 // anything else that does not open.
-func (d *Daemon) openExport(name exportName, fuse bool) (exp *nbd.Export, release func(), err error) {
+func (d *Daemon) openExport(name exportName, kind holderKind) (exp *nbd.Export, release func(), err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closing {
@@ -162,7 +162,7 @@ func (d *Daemon) openExport(name exportName, fuse bool) (exp *nbd.Export, releas
 	} else if k.rollingBack {
 		return nil, nil, errorf(block.ErrNotFound, "disk %q is being rolled back; connect when the rollback task is done", name.disk)
 	}
-	h := holder{snap: name.snap, fuse: fuse}
+	h := holder{snap: name.snap, kind: kind}
 	k.hold(h)
 	return k.nbdExport(view), d.releaseFunc(k, h, view), nil
 }
@@ -187,7 +187,7 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %q is not an export name (DISK or DISK@SNAPSHOT)", nbd.ErrUnknownExport, s)
 	}
-	exp, release, err := e.d.openExport(name, false)
+	exp, release, err := e.d.openExport(name, nbdClient)
 	switch {
 	case errors.Is(err, block.ErrShutdown):
 		return nil, nil, err

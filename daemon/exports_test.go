@@ -53,7 +53,7 @@ func TestWaitReleased(t *testing.T) {
 		t.Fatalf("wait with no holders: %v", err)
 	}
 	open(holder{}) // the live export's, never released
-	releaseFUSE := open(holder{snap: "s", fuse: true})
+	releaseFUSE := open(holder{snap: "s", kind: fuseFile})
 	releaseNBD := open(holder{snap: "s"})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -87,5 +87,27 @@ func TestWaitReleased(t *testing.T) {
 	defer d.mu.Unlock()
 	if n, live := k.clients(nil), k.clients(liveExport); n != 1 || live != 1 {
 		t.Errorf("%d holders, %d of the live export; want the live one alone", n, live)
+	}
+}
+
+// TestHoldersText: the refusals name every kind of holder, counted, and
+// point at the attachments' list when there are some.
+func TestHoldersText(t *testing.T) {
+	k := &Disk{}
+	for _, h := range []holder{{kind: nbdClient}, {kind: nbdClient}, {snap: "s", kind: kernelDevice}, {snap: "s", kind: fuseFile}} {
+		k.hold(h)
+	}
+	for _, c := range []struct {
+		match func(string) bool
+		want  string
+	}{
+		{nil, "2 connected NBD clients and 1 open FUSE file and 1 kernel attachment (cairn disk attachments)"},
+		{liveExport, "2 connected NBD clients"},
+		{onlySnapshot("s"), "1 open FUSE file and 1 kernel attachment (cairn disk attachments)"},
+		{onlySnapshot("t"), ""},
+	} {
+		if got := k.holdersText(c.match); got != c.want {
+			t.Errorf("holdersText = %q, want %q", got, c.want)
+		}
 	}
 }

@@ -64,7 +64,7 @@ func (s fuseSource) OpenSnapshot(ctx context.Context, disk, snap string) (block.
 
 // open opens an export for one FUSE file.
 func (s fuseSource) open(name exportName) (block.Device, func(), error) {
-	exp, release, err := s.d.openExport(name, true)
+	exp, release, err := s.d.openExport(name, fuseFile)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", fs.ErrNotExist, err)
 	}

@@ -178,6 +178,36 @@ func (d *Daemon) handleListExports(w http.ResponseWriter, r *http.Request) error
 	return reply(w, http.StatusOK, d.Exports(), nil)
 }
 
+func (d *Daemon) handleListAttachments(w http.ResponseWriter, r *http.Request) error {
+	return reply(w, http.StatusOK, d.Attachments(), nil)
+}
+
+func (d *Daemon) handleAttach(w http.ResponseWriter, r *http.Request) error {
+	var req api.AttachRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return err
+	}
+	a, err := d.Attach(r.Context(), req)
+	return replyAt(w, http.StatusCreated, "/v1/attachments/"+strings.TrimPrefix(a.Device, "/dev/"), a, err)
+}
+
+func (d *Daemon) handleGetAttachment(w http.ResponseWriter, r *http.Request) error {
+	a, err := d.GetAttachment(r.PathValue("device"))
+	return reply(w, http.StatusOK, a, err)
+}
+
+func (d *Daemon) handleDetach(w http.ResponseWriter, r *http.Request) error {
+	q, err := queryBools(r, fieldForce)
+	if err != nil {
+		return err
+	}
+	if err := d.Detach(r.Context(), r.PathValue("device"), q[fieldForce]); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
 func (d *Daemon) handleInfo(w http.ResponseWriter, r *http.Request) error {
 	return reply(w, http.StatusOK, d.Info(), nil)
 }

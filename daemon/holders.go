@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cairn-storage/cairn/block"
@@ -9,14 +11,25 @@ import (
 )
 
 // Holders: who has a disk's exports open, and how a delete or a rollback
-// makes them let go. Every NBD connection and FUSE file that opened an
-// export (exports.go) is a holder of its disk until it releases; a release
-// wakes whoever waits for the disk's holders to go, so nobody polls for it.
+// makes them let go. Every NBD connection, FUSE file and kernel attachment
+// that opened an export (exports.go) is a holder of its disk until it
+// releases; a release wakes whoever waits for the disk's holders to go, so
+// nobody polls for it.
+
+// holderKind is what kind of client holds an export, which says how a
+// forced delete or rollback makes it let go.
+type holderKind int
+
+const (
+	nbdClient    holderKind = iota // an NBD connection: disconnected
+	fuseFile                       // a FUSE file: closed only by whoever has it open
+	kernelDevice                   // a kernel attachment, /dev/nbdN (attach.go): detached
+)
 
 // holder is what an open handle of an export is counted under.
 type holder struct {
 	snap string // "" for the live disk
-	fuse bool   // a FUSE file: closed only by whoever has it open
+	kind holderKind
 }
 
 // forceTimeout bounds how long a forced delete or rollback waits for
@@ -82,6 +95,32 @@ func (k *Disk) clients(match func(snap string) bool) int {
 	return n
 }
 
+// holdersText says who holds the disk's exports that match (nil: all),
+// for the messages that refuse to pull them away: "1 NBD client and 1
+// kernel attachment (cairn disk attachments)". Caller holds d.mu.
+func (k *Disk) holdersText(match func(snap string) bool) string {
+	var n [3]int
+	for h, c := range k.holders {
+		if match == nil || match(h.snap) {
+			n[h.kind] += c
+		}
+	}
+	var parts []string
+	for kind, what := range []string{"connected NBD client", "open FUSE file", "kernel attachment"} {
+		switch {
+		case n[kind] == 1:
+			parts = append(parts, "1 "+what)
+		case n[kind] > 1:
+			parts = append(parts, fmt.Sprintf("%d %ss", n[kind], what))
+		}
+	}
+	text := strings.Join(parts, " and ")
+	if n[kernelDevice] > 0 {
+		text += " (cairn disk attachments)"
+	}
+	return text
+}
+
 // Matchers of clients and waitReleased: which of a disk's exports.
 func anyExport(string) bool       { return true }
 func liveExport(snap string) bool { return snap == "" }
@@ -92,8 +131,9 @@ func onlySnapshot(name string) func(string) bool {
 }
 
 // waitReleased waits until no handle of k's exports that match is open,
-// or ctx ends (block.ErrInUse). With disconnect it disconnects their NBD
-// clients; FUSE files are waited for. Each turn is woken by a release,
+// or ctx ends (block.ErrInUse). With disconnect it detaches their kernel
+// attachments and disconnects their NBD clients; FUSE files are waited
+// for. Each turn is woken by a release,
 // with one exception: a client still negotiating holds its export before
 // the NBD server lists it under the export's name, so Disconnect cannot
 // find it, and nothing tells when it is listed. While such clients
@@ -104,18 +144,24 @@ func (d *Daemon) waitReleased(ctx context.Context, k *Disk, match func(snap stri
 		total := k.clients(match)
 		nbdHeld := make(map[string]int)
 		for h, n := range k.holders {
-			if match(h.snap) && !h.fuse {
+			if match(h.snap) && h.kind == nbdClient {
 				nbdHeld[h.snap] += n
 			}
 		}
+		attached := d.attachmentsOf(k, match)
 		released := k.nextRelease()
 		d.mu.Unlock()
 		if total == 0 {
 			return nil
 		}
 		var retry <-chan time.Time // nil: woken by releases alone
-		if disconnect && d.disconnect(ctx, k, nbdHeld) > 0 {
-			retry = time.After(negotiatingRetry)
+		if disconnect {
+			for _, a := range attached {
+				d.forceDetach(ctx, a)
+			}
+			if d.disconnect(ctx, k, nbdHeld) > 0 {
+				retry = time.After(negotiatingRetry)
+			}
 		}
 		select {
 		case <-released:

@@ -64,6 +64,10 @@ var routes = []route{
 	{http.MethodGet, "/v1/images/{name}", (*Daemon).handleGetImage},
 	{http.MethodDelete, "/v1/images/{name}", (*Daemon).handleDeleteImage},
 	{http.MethodGet, "/v1/exports", (*Daemon).handleListExports},
+	{http.MethodGet, "/v1/attachments", (*Daemon).handleListAttachments},
+	{http.MethodPost, "/v1/attachments", (*Daemon).handleAttach},
+	{http.MethodGet, "/v1/attachments/{device}", (*Daemon).handleGetAttachment},
+	{http.MethodDelete, "/v1/attachments/{device}", (*Daemon).handleDetach},
 	{http.MethodGet, "/v1/info", (*Daemon).handleInfo},
 	{http.MethodGet, "/v1/health", (*Daemon).handleHealth},
 }

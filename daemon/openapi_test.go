@@ -99,6 +99,8 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CreateMachineRequest":  api.CreateMachineRequest{},
 		"UpdateMachineRequest":  api.UpdateMachineRequest{},
 		"MachineSnapshot":       api.MachineSnapshot{},
+		"Attachment":            api.Attachment{},
+		"AttachRequest":         api.AttachRequest{},
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {

@@ -15,6 +15,7 @@ import (
 //	store.MachineKey(name)                 machineRecord      one per machine
 //	store.MachineSnapshotKey(id, name)     machineSnapRecord  one per machine snapshot
 //	store.FreezeKey(id)                    freezeRecord       while cairnd has a guest frozen
+//	store.AttachKey(index)                 attachRecord       one per /dev/nbdN cairnd serves (versioned)
 //
 // The sequence store.DiskIDSequence numbers disks; an id is never reused,
 // so DATA_DIR/disks/<id>.raw never names two disks. store.TaskIDSequence
@@ -28,6 +29,8 @@ const (
 )
 
 func diskKey(name string) string { return store.DiskKey(name) }
+
+func attachKey(index int) string { return store.AttachKey(index) }
 
 // diskRecord is what the daemon keeps about a disk.
 type diskRecord struct {
@@ -116,4 +119,29 @@ type imageDisk struct {
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
 	Boot      bool   `json:"boot,omitempty"`
+}
+
+// attachRecordVersion is the format of attachRecord. A record of another
+// version is refused at start-up with a message, never guessed at.
+const attachRecordVersion = 1
+
+// attachRecord is an export attached to the kernel as /dev/nbd<Index>
+// (attach.go): written, durably, before the device is connected and
+// deleted once it is disconnected, so a cairnd that restarts reconnects
+// every device it served.
+type attachRecord struct {
+	Version int    `json:"version"`
+	Index   int    `json:"index"`
+	Disk    string `json:"disk"`
+	DiskID  uint64 `json:"disk_id"`
+	// Snapshot is the snapshot attached read-only; "" for the live disk.
+	Snapshot    string `json:"snapshot,omitempty"`
+	Connections int    `json:"connections"`
+	// Backend is the device's backend identifier (kernel.Config.Backend):
+	// the kernel reconfigures it only for whoever names it.
+	Backend string `json:"backend"`
+	// ReconnectTimeout is the kernel's dead-connection timeout, in
+	// seconds: how long I/O waits for a restarted cairnd.
+	ReconnectTimeout int       `json:"reconnect_timeout"`
+	Created          time.Time `json:"created"`
 }

@@ -15,8 +15,9 @@ import (
 const settleTimeout = time.Second
 
 // Rollback starts rolling a disk back to a snapshot as a task. Clients of
-// the live disk must be gone (force disconnects them); no new ones connect
-// until the rollback ends.
+// the live disk, kernel attachments among them, must be gone (force
+// disconnects and detaches them); no new ones connect until the rollback
+// ends.
 func (d *Daemon) Rollback(ctx context.Context, disk, snap string, force bool) (api.Task, error) {
 	p, err := d.prepareRollback(ctx, disk, snap, force)
 	if err != nil {
@@ -63,7 +64,7 @@ func (d *Daemon) prepareRollback(ctx context.Context, disk, snap string, force b
 		err = errorf(block.ErrInUse, "disk %q is already being rolled back", disk)
 	}
 	if err == nil && !force && k.clients(liveExport) > 0 {
-		err = fieldError(block.ErrInUse, fieldForce, "disk %q has %d NBD client(s) on its live export: stop the VM or disconnect them, or roll back with force=true to disconnect them", disk, k.clients(liveExport))
+		err = fieldError(block.ErrInUse, fieldForce, "disk %q has %s on its live export: stop the VM, disconnect or detach them, or roll back with force=true to disconnect NBD clients and detach kernel attachments", disk, k.holdersText(liveExport))
 	}
 	if err != nil {
 		d.mu.Unlock()

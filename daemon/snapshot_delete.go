@@ -10,9 +10,10 @@ import (
 )
 
 // DeleteSnapshot deletes a snapshot (metadata only: its entries merge into
-// its successor). While NBD clients or FUSE files read it, it fails with
-// block.ErrInUse, unless force: then it disconnects the NBD clients and
-// waits, up to forceTimeout, for every reader to go.
+// its successor). While NBD clients, FUSE files or kernel attachments read
+// it, it fails with block.ErrInUse, unless force: then it detaches the
+// attachments, disconnects the NBD clients and waits, up to forceTimeout,
+// for every reader to go.
 func (d *Daemon) DeleteSnapshot(ctx context.Context, disk, snap string, force bool) (api.DeleteSnapshotResult, error) {
 	if m, ms, ok := d.memberOf(disk, snap); ok {
 		return api.DeleteSnapshotResult{}, errorf(block.ErrInUse, "snapshot %s is part of machine snapshot %s@%s: delete that instead (cairn machine snapshot delete %s %s)",
@@ -73,7 +74,13 @@ func (d *Daemon) deleteSnapshot(ctx context.Context, disk, snap string, force bo
 			}
 			return api.DeleteSnapshotResult{FreedBytes: freed.Bytes, FreedStoredBytes: freed.StoredBytes}, nil
 		case errors.Is(err, block.ErrInUse) && !force:
-			return api.DeleteSnapshotResult{}, fieldError(block.ErrInUse, fieldForce, "snapshot %s is being read (NBD export %s, or its file in the FUSE view): disconnect the clients, or delete with force=true to disconnect NBD clients; open FUSE files must be closed", export, export)
+			d.mu.Lock()
+			who := k.holdersText(onlySnapshot(snap))
+			d.mu.Unlock()
+			if who == "" {
+				who = "a reader"
+			}
+			return api.DeleteSnapshotResult{}, fieldError(block.ErrInUse, fieldForce, "snapshot %s is being read by %s (NBD export %s, its file in the FUSE view, or a kernel attachment): disconnect or detach them, or delete with force=true to disconnect NBD clients and detach kernel attachments; open FUSE files must be closed", export, who, export)
 		case errors.Is(err, block.ErrInUse):
 			// Every view is opened through openExport, so the snapshot
 			// has no reader once its holders are gone; one that opens

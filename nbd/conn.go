@@ -64,8 +64,12 @@ type conn struct {
 	tx transmission // transmission-phase machinery
 }
 
-func newConn(s *Server, nc net.Conn, id uint64) *conn {
-	remote := remoteName(nc)
+// newConn makes connection id on nc; remote names the peer ("": found
+// from the socket, remoteName).
+func newConn(s *Server, nc net.Conn, id uint64, remote string) *conn {
+	if remote == "" {
+		remote = remoteName(nc)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &conn{
 		srv:    s,
@@ -106,9 +110,14 @@ func (c *conn) info() ConnInfo {
 	return ConnInfo{ID: c.id, Export: c.exportName, Remote: c.remote, Since: c.since, ReadOnly: c.readOnly}
 }
 
-// serve runs the connection to its end. A panic (in the Exporter, say)
-// ends this connection only.
-func (c *conn) serve() {
+// serve runs the connection to its end: negotiation, then, when it
+// reaches one, the transmission phase.
+func (c *conn) serve() { c.run(c.negotiate) }
+
+// run runs the connection to its end: start prepares the transmission
+// phase (false ends the connection), then transmit serves it. A panic (in
+// the Exporter, say) ends this connection only.
+func (c *conn) run(start func() bool) {
 	defer close(c.done)
 	defer c.cancel()
 	defer c.teardown()
@@ -118,7 +127,7 @@ func (c *conn) serve() {
 		}
 	}()
 	c.br = bufio.NewReaderSize(c.nc, readBufSize)
-	if c.negotiate() {
+	if start() {
 		c.transmit()
 	}
 }

@@ -18,6 +18,9 @@
 //	srv.Shutdown(ctx)               // on SIGTERM
 //
 // ServeConn serves one already accepted connection (socket activation).
+// ServeTransmission serves a connection that skips negotiation, from the
+// first byte in the transmission phase of a given export: the kernel's
+// nbd driver, told the size and Export.Flags over netlink (nbd/kernel).
 // Package nbdtest has backends, an Exporter and a test server.
 //
 // # Negotiation

@@ -389,13 +389,20 @@ func (h *handshake) metaContext(opt uint32, data []byte) error {
 
 // enter records what the client chose for the transmission phase.
 func (h *handshake) enter(name string, exp *Export, release func(), lim limits) {
-	c := h.c
-	c.exp, c.release, c.lim, c.structured = exp, release, lim, h.structured
+	var contexts []selectedContext
+	if h.metaExport == name {
+		contexts = rebind(h.meta, exp)
+	}
+	h.c.enter(exp, release, lim, h.structured, contexts)
+}
+
+// enter sets the connection's transmission-phase state: the export, its
+// release (nil: none), the limits, whether replies are structured and the
+// selected meta contexts.
+func (c *conn) enter(exp *Export, release func(), lim limits, structured bool, contexts []selectedContext) {
+	c.exp, c.release, c.lim, c.structured, c.contexts = exp, release, lim, structured, contexts
 	c.tryReader, _ = exp.Device.(block.TryReader)
 	c.backed, _ = exp.Device.(block.Backed)
-	if h.metaExport == name {
-		c.contexts = rebind(h.meta, exp)
-	}
 	c.mu.Lock()
 	c.exportName, c.readOnly = exp.Name, exp.ReadOnly
 	c.mu.Unlock()

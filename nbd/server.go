@@ -140,7 +140,7 @@ func transientAcceptError(err error) bool {
 // socket handed over by systemd) and returns when it is closed. It closes
 // nc.
 func (s *Server) ServeConn(nc net.Conn) {
-	c := s.register(nc)
+	c := s.register(nc, "")
 	if c == nil {
 		nc.Close()
 		return
@@ -155,14 +155,16 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-func (s *Server) register(nc net.Conn) *conn {
+// register adds a connection on nc (remote: see newConn), or returns nil
+// once Shutdown has begun.
+func (s *Server) register(nc net.Conn, remote string) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return nil
 	}
 	s.nextID++
-	c := newConn(s, nc, s.nextID)
+	c := newConn(s, nc, s.nextID, remote)
 	s.conns[c] = struct{}{}
 	return c
 }

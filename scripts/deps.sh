@@ -5,9 +5,10 @@
 # (scripts/test/vm/README.md), whose kernel package setup.sh there fetches
 # and unpacks without installing it. qemu-guest-agent's service only starts
 # where a guest-agent port exists, never on a host: its freeze must only
-# ever run inside the VM.
+# ever run inside the VM. linux-libc-dev's uapi headers are what
+# nbd/kernel's tests check the nbd netlink numbers against.
 set -euo pipefail
-pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs util-linux kmod systemd dbus
+pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs linux-libc-dev util-linux kmod systemd dbus
 	qemu-system-x86 busybox-static qemu-guest-agent)
 missing=()
 for p in "${pkgs[@]}"; do

@@ -19,6 +19,7 @@ import (
 //	freeze/<machine>      a guest frozen by cairnd, to thaw after a crash (daemon)
 //	task/<id>             one long operation, running or finished (daemon)
 //	image/<name>          one whole-machine image: its disks' chains, configuration (daemon)
+//	attach/<index>        an export attached to the kernel as /dev/nbd<index> (daemon)
 //	health/probe          the daemon's write probe
 //
 // The id sequences "disk", "machine" and "task" (NextID) number disks,
@@ -93,3 +94,9 @@ func FreezeKey(machine uint64) string { return FreezePrefix + strconv.FormatUint
 
 // DiskKey names the record of the disk called name.
 func DiskKey(name string) string { return DiskPrefix + name }
+
+// AttachPrefix starts every kernel attachment record key.
+const AttachPrefix = "attach/"
+
+// AttachKey names the record of the attachment of /dev/nbd<index>.
+func AttachKey(index int) string { return AttachPrefix + strconv.Itoa(index) }

@@ -15,8 +15,9 @@ import (
 func (a *app) diskCmd() *cobra.Command {
 	return group(&cobra.Command{
 		Use:   "disk",
-		Short: "Create (or clone), list, show, grow, flatten and delete disks",
-	}, a.diskCreateCmd(), a.diskListCmd(), a.diskShowCmd(), a.diskGrowCmd(), a.diskFlattenCmd(), a.diskDeleteCmd())
+		Short: "Create (or clone), list, show, grow, flatten and delete disks; attach them to this host as /dev/nbdN",
+	}, a.diskCreateCmd(), a.diskListCmd(), a.diskShowCmd(), a.diskGrowCmd(), a.diskFlattenCmd(), a.diskDeleteCmd(),
+		a.diskAttachCmd(), a.diskDetachCmd(), a.diskAttachmentsCmd())
 }
 
 func (a *app) diskCreateCmd() *cobra.Command {
@@ -125,10 +126,11 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "delete NAME",
 		Aliases: []string{"rm"},
-		Short:   "Delete a disk (refused while it has snapshots, unless --with-snapshots, or NBD clients, unless --force)",
+		Short:   "Delete a disk (refused while it has snapshots, unless --with-snapshots, or clients, unless --force)",
 		Long: "Deletes the disk's record and its live image (an adopted file is kept unless --delete-adopted).\n" +
 			"A disk that has snapshots is not deleted unless --with-snapshots says to delete them with it; the\n" +
-			"refusal says how many there are. Refused while NBD clients are connected, unless --force disconnects them.",
+			"refusal says how many there are. Refused while NBD clients are connected or the disk is attached as\n" +
+			"/dev/nbdN, unless --force disconnects the clients and detaches the devices.",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
 		RunE: a.run(func(ctx context.Context, args []string) error {
@@ -141,7 +143,7 @@ func (a *app) diskDeleteCmd() *cobra.Command {
 			})
 		}),
 	}
-	cmd.Flags().BoolVar(&opts.Force, "force", false, "disconnect connected NBD clients first")
+	cmd.Flags().BoolVar(&opts.Force, "force", false, "disconnect connected NBD clients and detach kernel attachments first")
 	cmd.Flags().BoolVar(&opts.DeleteAdopted, "delete-adopted", false, "also remove an adopted image file (kept by default)")
 	cmd.Flags().BoolVar(&opts.WithSnapshots, "with-snapshots", false, "delete the disk's snapshots with it (without it a disk that has snapshots is not deleted)")
 	return cmd

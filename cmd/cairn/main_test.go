@@ -265,8 +265,8 @@ func TestExportListAndInfo(t *testing.T) {
 		want string
 	}{
 		{[]string{"disk", "delete", "a"}, `cairn: disk "a" has 1 snapshot(s), which would be deleted with it: delete them first (cairn snapshot list a), or delete with --with-snapshots to delete them too` + "\n"},
-		{[]string{"disk", "delete", "a", "--with-snapshots"}, `cairn: disk "a" has 1 connected NBD client(s): disconnect them, or delete with --force to disconnect them` + "\n"},
-		{[]string{"snapshot", "rollback", "a", "s1"}, `or roll back with --force to disconnect them` + "\n"},
+		{[]string{"disk", "delete", "a", "--with-snapshots"}, `cairn: disk "a" has 1 connected NBD client: disconnect or detach them, or delete with --force to disconnect NBD clients and detach kernel attachments` + "\n"},
+		{[]string{"snapshot", "rollback", "a", "s1"}, `or roll back with --force to disconnect NBD clients and detach kernel attachments` + "\n"},
 	} {
 		_, errs, code := cli(t, sock, c.args...)
 		if code != exitError || !strings.HasSuffix(errs, c.want) || strings.Contains(errs, "=true") || strings.Contains(errs, "with_snapshots") {

@@ -179,7 +179,8 @@ func (a *app) snapshotDeleteCmd() *cobra.Command {
 		Short:   "Delete a snapshot: merged into its successor, freeing only what nothing else holds",
 		Long: "Deletes any snapshot of the chain, first, middle or last. Its blocks that a later snapshot still\n" +
 			"needs pass to it; the rest are freed. Only metadata changes, so it takes the same time whatever\n" +
-			"the chain's length. Refused while NBD clients read DISK@NAME, unless --force disconnects them.",
+			"the chain's length. Refused while NBD clients read DISK@NAME or it is attached as /dev/nbdN, unless\n" +
+			"--force disconnects the clients and detaches the devices.",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: a.completeSnapshots,
 		RunE: a.run(func(ctx context.Context, args []string) error {
@@ -194,7 +195,7 @@ func (a *app) snapshotDeleteCmd() *cobra.Command {
 			})
 		}),
 	}
-	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients reading the snapshot first")
+	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients reading the snapshot and detach its kernel attachments first")
 	return cmd
 }
 
@@ -204,7 +205,8 @@ func (a *app) snapshotRollbackCmd() *cobra.Command {
 		Use:   "rollback DISK NAME",
 		Short: "Roll a disk back to a snapshot, writing back only the blocks that differ",
 		Long: "Makes DISK read exactly as snapshot NAME does. Refused while an NBD client is connected to the\n" +
-			"live disk, unless --force disconnects it. Later snapshots stay. The command follows the rollback\n" +
+			"live disk or it is attached as /dev/nbdN, unless --force disconnects the client and detaches the\n" +
+			"device. Later snapshots stay. The command follows the rollback\n" +
 			"task with a progress bar; Ctrl-C stops following, not the rollback (cairn task wait ID).",
 		Args:              cobra.ExactArgs(2),
 		ValidArgsFunction: a.completeSnapshots,
@@ -219,7 +221,7 @@ func (a *app) snapshotRollbackCmd() *cobra.Command {
 			return err
 		}),
 	}
-	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients of the live disk first")
+	cmd.Flags().BoolVar(&force, "force", false, "disconnect NBD clients of the live disk and detach its kernel attachments first")
 	return cmd
 }
 
