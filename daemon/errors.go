@@ -34,6 +34,7 @@ var codes = []struct {
 	code   string
 }{
 	{block.ErrInvalid, http.StatusBadRequest, api.CodeInvalidArgument},
+	{block.ErrDenied, http.StatusForbidden, api.CodePermissionDenied},
 	{block.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
 	{block.ErrExists, http.StatusConflict, api.CodeAlreadyExists},
 	{block.ErrInUse, http.StatusConflict, api.CodeInUse},

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -226,40 +224,6 @@ func checkAdoptedSize(path string, size int64, blockSize int) error {
 		return invalidField(fieldAdopt, "adopt: %s is %d bytes: an adopted image must be a non-zero multiple of 512 bytes", path, size)
 	}
 	return checkBlocks(fieldAdopt, size, blockSize)
-}
-
-// checkAdopt validates a path to adopt and returns it cleaned: absolute,
-// an existing regular file or block device, outside the data directory,
-// and not already a disk's live image. Caller holds d.mu.
-func (d *Daemon) checkAdopt(path string) (string, error) {
-	if !filepath.IsAbs(path) {
-		return "", invalidField(fieldAdopt, "adopt: %q is not an absolute path", path)
-	}
-	path = filepath.Clean(path)
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", invalidField(fieldAdopt, "adopt: %v", err)
-	}
-	if !fi.Mode().IsRegular() && (fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0) {
-		return "", invalidField(fieldAdopt, "adopt: %s is neither a regular file nor a block device", path)
-	}
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return "", invalidField(fieldAdopt, "adopt: %v", err)
-	}
-	dataDir, err := filepath.EvalSymlinks(d.cfg.DataDir)
-	if err != nil {
-		return "", fmt.Errorf("resolve data directory: %w", err)
-	}
-	if rel, err := filepath.Rel(dataDir, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-		return "", invalidField(fieldAdopt, "adopt: %s is inside cairnd's data directory %s", path, d.cfg.DataDir)
-	}
-	for _, other := range d.disks {
-		if ofi, err := os.Stat(d.livePath(other.rec)); err == nil && os.SameFile(fi, ofi) {
-			return "", fieldError(block.ErrInUse, fieldAdopt, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
-		}
-	}
-	return path, nil
 }
 
 // checkChangesRange checks the snapshots a changes request compares.

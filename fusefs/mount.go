@@ -236,6 +236,8 @@ func (t *Tree) errno(op, name string, err error) syscall.Errno {
 		return syscall.EINVAL
 	case errors.Is(err, block.ErrNotFast):
 		return syscall.EOPNOTSUPP
+	case errors.Is(err, block.ErrDenied):
+		return syscall.EACCES
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, block.ErrNotFound):
 		return syscall.ENOENT
 	case errors.As(err, &errno):

@@ -105,6 +105,7 @@ type ErrorBody struct {
 // Error codes (ErrorBody.Error.Code) and the HTTP status each comes with.
 const (
 	CodeInvalidArgument      = "invalid_argument"       // 400: Message names the field
+	CodePermissionDenied     = "permission_denied"      // 403: Message names the role or setting needed
 	CodeNotFound             = "not_found"              // 404
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405, with Allow
 	CodeAlreadyExists        = "already_exists"         // 409
