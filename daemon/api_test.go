@@ -177,9 +177,11 @@ func TestGrowErrors(t *testing.T) {
 }
 
 func TestCreateValidation(t *testing.T) {
-	in := daemontest.Start(t, nil)
-	createDisk(t, in, "taken", "1M")
 	dir := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dir, "/dev/null", filepath.Dir(cfg.DataDir)}
+	in := daemontest.Start(t, &cfg)
+	createDisk(t, in, "taken", "1M")
 	notAligned := filepath.Join(dir, "odd.raw")
 	if err := os.WriteFile(notAligned, make([]byte, 1000), 0o600); err != nil {
 		t.Fatal(err)
@@ -222,7 +224,7 @@ func TestCreateValidation(t *testing.T) {
 		{"adopt char device", api.CreateDiskRequest{Name: "x", Adopt: "/dev/null"}, 400, api.CodeInvalidArgument, []string{"adopt", "neither"}},
 		{"adopt unaligned", api.CreateDiskRequest{Name: "x", Adopt: notAligned}, 400, api.CodeInvalidArgument, []string{"adopt", "512"}},
 		{"adopt empty", api.CreateDiskRequest{Name: "x", Adopt: empty}, 400, api.CodeInvalidArgument, []string{"adopt", "512"}},
-		{"adopt in data dir", api.CreateDiskRequest{Name: "x", Adopt: inData}, 400, api.CodeInvalidArgument, []string{"adopt", "data directory"}},
+		{"adopt in data dir", api.CreateDiskRequest{Name: "x", Adopt: inData}, 403, api.CodePermissionDenied, []string{"adopt", "data directory"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := in.Client.CreateDisk(context.Background(), tc.req)

@@ -61,6 +61,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/fusefs"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/store"
@@ -72,8 +73,9 @@ type Daemon struct {
 	log     *slog.Logger
 	started time.Time
 
-	lock  *dirLock
-	store *store.Store
+	lock   *dirLock
+	store  *store.Store
+	policy *access.Policy // who may do what (authz.go)
 	nbd   *nbd.Server
 	api   *http.Server
 	fuse  *fusefs.Tree // nil without the FUSE view
@@ -123,6 +125,10 @@ func New(cfg Config) (_ *Daemon, err error) {
 		stop:    make(chan struct{}),
 	}
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
+	if d.policy, err = access.New(access.Config{Admin: cfg.Admin, Operator: cfg.Operator, Reader: cfg.Reader,
+		Grant: cfg.Grant, TCPRole: cfg.NBDTCPRole, SelfUID: uint32(os.Getuid())}); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			d.release(context.Background())
@@ -152,7 +158,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}
 	d.api = &http.Server{
 		Handler:           d.apiHandler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       withCaller,
+		ReadHeaderTimeout: apiHeaderTimeout,
+		IdleTimeout:       apiIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return d, nil

@@ -131,9 +131,11 @@ func TestRestartKeepsDisks(t *testing.T) {
 }
 
 func TestAdopt(t *testing.T) {
-	in := daemontest.Start(t, nil)
-	ctx := context.Background()
 	dir := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dir}
+	in := daemontest.Start(t, &cfg)
+	ctx := context.Background()
 	path := filepath.Join(dir, "legacy.raw")
 	content := bytes.Repeat([]byte("cairn!!!"), 1<<17) // 1 MiB
 	if err := os.WriteFile(path, content, 0o600); err != nil {
@@ -195,7 +197,9 @@ func TestAdoptBlockDevice(t *testing.T) {
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
 
-	in := daemontest.Start(t, nil)
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dev}
+	in := daemontest.Start(t, &cfg)
 	ctx := context.Background()
 	d, err := in.Client.CreateDisk(ctx, api.CreateDiskRequest{Name: "loop", Adopt: dev})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -60,6 +61,15 @@ func (d *Daemon) openAdoptable(path string, self *Disk) (*os.File, string, error
 		return nil, "", invalidField(fieldAdopt, "adopt: %v", err)
 	}
 	if err := d.checkAllowed(path, real); err != nil {
+		return nil, "", err
+	}
+	// What it is, before opening it: opening a character device or a FIFO
+	// can have effects of its own. (The open descriptor is checked again.)
+	fi, err := os.Stat(real)
+	if err != nil {
+		return nil, "", invalidField(fieldAdopt, "adopt: %v", err)
+	}
+	if err := d.checkImage(fi, path, self); err != nil {
 		return nil, "", err
 	}
 	fd, err := openNoSymlinks(real)
@@ -119,6 +129,30 @@ func openNoSymlinks(path string) (int, error) {
 	return fd, err
 }
 
+// checkImage checks that fi is a singly-linked regular file or a block
+// device, and no other disk's live image.
+func (d *Daemon) checkImage(fi os.FileInfo, path string, self *Disk) error {
+	switch fi.Mode().Type() {
+	case 0:
+		if n := fi.Sys().(*syscall.Stat_t).Nlink; n != 1 {
+			return fieldError(block.ErrDenied, fieldAdopt,
+				"adopt: %s has %d hard links: another name of the same file may lie outside adopt_allow (even in cairnd's data directory), so a file with more than one link is refused; copy it instead", path, n)
+		}
+	case os.ModeDevice:
+	default:
+		return invalidField(fieldAdopt, "adopt: %s is neither a regular file nor a block device", path)
+	}
+	for _, other := range d.disks {
+		if other == self {
+			continue
+		}
+		if ofi, err := os.Stat(d.livePath(other.rec)); err == nil && os.SameFile(fi, ofi) {
+			return fieldError(block.ErrInUse, fieldAdopt, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
+		}
+	}
+	return nil
+}
+
 // checkOpened checks what was actually opened: the descriptor's path is
 // the one checked, and it is a singly-linked regular file or a block
 // device that no other disk uses. It returns the path to record.
@@ -130,28 +164,12 @@ func (d *Daemon) checkOpened(f *os.File, path, real string, self *Disk) (string,
 	if err != nil {
 		return "", fmt.Errorf("stat %s: %w", real, err)
 	}
-	st := fi.Sys().(*unix.Stat_t)
-	record := real
-	switch {
-	case fi.Mode().IsRegular():
-		if st.Nlink != 1 {
-			return "", fieldError(block.ErrDenied, fieldAdopt,
-				"adopt: %s has %d hard links: another name of the same file may lie outside adopt_allow (even in cairnd's data directory), so a file with more than one link is refused; copy it instead", path, st.Nlink)
-		}
-	case fi.Mode()&os.ModeDevice != 0 && fi.Mode()&os.ModeCharDevice == 0:
-		if strings.HasPrefix(path, "/dev/") {
-			record = path
-		}
-	default:
-		return "", invalidField(fieldAdopt, "adopt: %s is neither a regular file nor a block device", path)
+	if err := d.checkImage(fi, path, self); err != nil {
+		return "", err
 	}
-	for _, other := range d.disks {
-		if other == self {
-			continue
-		}
-		if ofi, err := os.Stat(d.livePath(other.rec)); err == nil && os.SameFile(fi, ofi) {
-			return "", fieldError(block.ErrInUse, fieldAdopt, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
-		}
+	record := real
+	if fi.Mode().Type() == os.ModeDevice && strings.HasPrefix(path, "/dev/") {
+		record = path
 	}
 	return record, nil
 }
