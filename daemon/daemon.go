@@ -76,9 +76,10 @@ type Daemon struct {
 	lock   *dirLock
 	store  *store.Store
 	policy *access.Policy // who may do what (authz.go)
-	nbd   *nbd.Server
-	api   *http.Server
-	fuse  *fusefs.Tree // nil without the FUSE view
+	tls    *tlsFiles      // nil without tls_cert
+	nbd    *nbd.Server
+	api    *http.Server
+	fuse   *fusefs.Tree // nil without the FUSE view
 
 	apiListener, nbdListener, tcpListener net.Listener // tcpListener may be nil
 
@@ -152,7 +153,16 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}
-	d.nbd = nbd.NewServer(nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd")})
+	if d.tls, err = newTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	nopts := nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd"),
+		MaxConns: cfg.NBDMaxConnections, IdleTimeout: time.Duration(cfg.NBDIdleTimeout)}
+	if d.tls != nil {
+		nopts.TLS = d.tls.serverConfig()
+		go d.tls.watch(d.bg, d)
+	}
+	d.nbd = nbd.NewServer(nopts)
 	if err := d.listen(); err != nil {
 		return nil, err
 	}
@@ -230,7 +240,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
 	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
 	if d.tcpListener != nil {
-		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
+		serveTCP := d.nbd.Serve
+		if d.tls != nil && !isLoopbackAddr(d.tcpListener.Addr()) {
+			serveTCP = d.nbd.ServeTLS // off loopback every client must use TLS
+		}
+		d.serve(func() error { return serveTCP(d.tcpListener) }, "nbd-tcp", nil)
 	}
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
 		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)

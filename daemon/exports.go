@@ -9,6 +9,7 @@ import (
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/nbd"
 )
@@ -168,11 +169,16 @@ type exporter struct{ d *Daemon }
 var _ nbd.Exporter = exporter{}
 
 // Open opens "DISK" (the live disk, read-write) or "DISK@SNAPSHOT" (a
-// readable snapshot, read-only).
+// readable snapshot, read-only) for the client of ctx, as its role allows
+// (nbdaccess.go): a reader gets the live disk read-only.
 func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), error) {
 	name, ok := parseExport(s)
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %q is not an export name (DISK or DISK@SNAPSHOT)", nbd.ErrUnknownExport, s)
+	}
+	readOnly, err := e.d.nbdAccess(ctx, name)
+	if err != nil {
+		return nil, nil, err
 	}
 	exp, release, err := e.d.openExport(name, false)
 	switch {
@@ -181,17 +187,23 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	case err != nil:
 		return nil, nil, fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
 	}
+	if readOnly {
+		exp.ReadOnly = true
+	}
 	return exp, release, nil
 }
 
-// List names every export that opens now.
+// List names every export that opens now and the client may open.
 func (e exporter) List(ctx context.Context) []nbd.ExportInfo {
 	d := e.d
+	who := nbdCaller(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []nbd.ExportInfo
 	for x := range d.exports("") {
-		out = append(out, nbd.ExportInfo{Name: x.name.String(), Description: x.description()})
+		if d.policy.RoleOn(who, x.name.disk) >= access.Reader {
+			out = append(out, nbd.ExportInfo{Name: x.name.String(), Description: x.description()})
+		}
 	}
 	return out
 }

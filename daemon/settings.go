@@ -437,6 +437,12 @@ func checkTCPListen(addr string, tls bool) error {
 		"set tls_cert and tls_key (every client of that listener must then use TLS), or listen on loopback")
 }
 
+// isLoopbackAddr reports whether a listener's address is loopback.
+func isLoopbackAddr(a net.Addr) bool {
+	host, _, err := net.SplitHostPort(a.String())
+	return err == nil && isLoopback(host)
+}
+
 func isLoopback(host string) bool {
 	if host == "localhost" {
 		return true

@@ -59,6 +59,9 @@ type Caller struct {
 	Local bool
 	UID   uint32
 	GIDs  []uint32 // primary and supplementary groups
+	// TCP: an NBD client over TCP (its role is TCPRole unless its
+	// certificate names it).
+	TCP bool
 	// Cert is the common name of a TLS client certificate the daemon
 	// verified against its CA; "" when there is none.
 	Cert string
@@ -80,6 +83,8 @@ func (c Caller) String() string {
 		return "uid " + strconv.FormatUint(uint64(c.UID), 10)
 	case c.Cert != "":
 		return "cert " + c.Cert
+	case c.TCP:
+		return "a TCP client"
 	}
 	return "anonymous"
 }
@@ -235,7 +240,7 @@ func (p *Policy) Role(c Caller) Role {
 			}
 		}
 	}
-	if !c.Local {
+	if c.TCP {
 		return p.tcpRole
 	}
 	return None

@@ -34,9 +34,10 @@ func TestPolicy(t *testing.T) {
 		{"nobody", local(1004, 1004), "x", None, None},
 		{"tenant on its disk", local(1005, 3000), "a-web", None, Operator},
 		{"tenant on another's disk", local(1005, 3000), "b-web", None, None},
-		{"uid principal does not match TCP", Caller{UID: 1001}, "x", Reader, Reader},
-		{"TCP with a known certificate", Caller{Cert: "backup-host"}, "x", Operator, Operator},
-		{"TCP with another certificate", Caller{Cert: "other"}, "x", Reader, Reader},
+		{"uid principal does not match TCP", Caller{TCP: true, UID: 1001}, "x", Reader, Reader},
+		{"TCP with a known certificate", Caller{TCP: true, Cert: "backup-host"}, "x", Operator, Operator},
+		{"TCP with another certificate", Caller{TCP: true, Cert: "other"}, "x", Reader, Reader},
+		{"unknown caller on the API", Caller{}, "x", None, None},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := p.Role(tc.c); got != tc.global {
