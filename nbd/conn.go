@@ -38,11 +38,11 @@ type conn struct {
 	io       net.Conn
 	peer     Peer // the Exporter reads it through ctx (PeerFrom)
 	forceTLS bool // FORCEDTLS: the listener requires TLS (ServeTLS)
-	id     uint64
-	since  time.Time
-	remote string
-	log    *slog.Logger
-	done   chan struct{} // closed when serve has returned
+	id       uint64
+	since    time.Time
+	remote   string
+	log      *slog.Logger
+	done     chan struct{} // closed when serve has returned
 
 	// ctx is passed to every backend call; kill and the end of serve
 	// cancel it.
