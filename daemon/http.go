@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"path"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -84,6 +85,11 @@ func (d *Daemon) apiHandler() http.Handler {
 	}
 	methods := []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if clean := path.Clean(r.URL.Path); clean != r.URL.Path && clean+"/" != r.URL.Path {
+			// ServeMux would answer with an HTML redirect.
+			d.writeError(w, r, errorf(block.ErrNotFound, "no API endpoint %s %s: write the path without //, . or .. (as %s)", r.Method, r.URL.Path, clean))
+			return
+		}
 		if _, pattern := mux.Handler(r); pattern != "" {
 			mux.ServeHTTP(w, r)
 			return
