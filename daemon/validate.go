@@ -72,24 +72,26 @@ func checkDiskName(field, name string) error {
 	return nil
 }
 
-// SnapshotNameRule is the rule every manual snapshot name follows (after
+// SnapshotNameRule is the rule every new snapshot name follows (after
 // Alibaba's: 2–128 characters, not starting with "auto", which automatic
-// snapshots use, nor with a URL scheme).
-const SnapshotNameRule = "2 to 128 characters from letters, digits and . _ - : +, starting with a letter or digit, " +
+// snapshots use, nor with a URL scheme). Letters are ASCII only, so that
+// no two names can look alike ("snap" and "snаp" with a Cyrillic а).
+// Snapshots named under the older rule, which allowed any Unicode letter,
+// keep their names: lookups take any name that exists.
+const SnapshotNameRule = "2 to 128 characters from a-z A-Z 0-9 . _ - : +, starting with a letter or digit, " +
 	"not starting with 'auto' (reserved for automatic snapshots) nor 'http://' or 'https://'"
 
 // checkSnapshotName applies SnapshotNameRule to the name of a new
 // snapshot of kind (api.SnapshotManual or api.SnapshotAuto: only manual
 // names may not start with "auto").
 func checkSnapshotName(name string, kind string) error {
-	n := utf8.RuneCountInString(name)
-	ok := n >= 2 && n <= 128 && utf8.ValidString(name)
+	ok := len(name) >= 2 && len(name) <= 128
 	for i, r := range name {
 		if !ok {
 			break
 		}
 		switch {
-		case unicode.IsLetter(r) || unicode.IsDigit(r):
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
 		case i > 0 && strings.ContainsRune("._-:+", r):
 		default:
 			ok = false
