@@ -46,8 +46,8 @@ func checkFileSize(dir string, size int64) error {
 }
 
 func fileSizeError(dir string, size, limit int64) error {
-	return invalidField(fieldSize, "size: %s (%d bytes) is larger than the largest file the filesystem of %s holds (%s, %d bytes); choose a smaller size or keep the data directory on a filesystem without that limit (xfs, btrfs)",
-		api.FormatSize(size), size, dir, api.FormatSize(limit), limit)
+	return invalidField(fieldSize, "size: %s (%d bytes) is larger than the largest file the filesystem of %s holds (%d bytes, about %s); choose a smaller size or keep the data directory on a filesystem without that limit (xfs, btrfs)",
+		api.FormatSize(size), size, dir, limit, api.FormatSize(limit))
 }
 
 // fileTooLarge maps a truncate's EFBIG, when the probe could not run, to
