@@ -179,7 +179,13 @@ func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	rc := http.NewResponseController(w)
 	rc.SetReadDeadline(time.Now().Add(apiBodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	rc.SetReadDeadline(time.Time{})
+	if err == nil {
+		rc.SetReadDeadline(time.Time{})
+	} else {
+		// Keep the deadline: the server would otherwise wait for the rest
+		// of the body before answering. The connection is closed after.
+		w.Header().Set("Connection", "close")
+	}
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
