@@ -26,11 +26,15 @@ import (
 // the client's input should not reach). Seeds run with go test; long
 // runs: make fuzz (FUZZTIME per target).
 
+// fuzzDir is the fuzz daemon's directory, removed by TestMain.
+var fuzzDir string
+
 var fuzzDaemon = sync.OnceValues(func() (*Daemon, error) {
 	dir, err := os.MkdirTemp("", "cairn-fuzz-")
 	if err != nil {
 		return nil, err
 	}
+	fuzzDir = dir
 	d, err := New(Config{DataDir: filepath.Join(dir, "data"), Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		return nil, err
@@ -44,6 +48,19 @@ var fuzzDaemon = sync.OnceValues(func() (*Daemon, error) {
 	}
 	return d, nil
 })
+
+// TestMain stops the fuzz daemon, if a target started one, and removes
+// its data.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if fuzzDir != "" {
+		if d, err := fuzzDaemon(); err == nil {
+			d.Shutdown(context.Background())
+		}
+		os.RemoveAll(fuzzDir)
+	}
+	os.Exit(code)
+}
 
 // fuzzRequest serves one request as root and checks the answer.
 func fuzzRequest(t *testing.T, method, target string, body []byte) {
