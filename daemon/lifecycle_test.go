@@ -179,23 +179,7 @@ func TestAdopt(t *testing.T) {
 }
 
 func TestAdoptBlockDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a loop device")
-	}
-	need(t, "losetup")
-	backing := filepath.Join(t.TempDir(), "backing.raw")
-	if err := os.WriteFile(backing, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(backing, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	if err != nil {
-		t.Skipf("no loop device: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	dev := loopDevice(t, 8<<20)
 
 	cfg := daemontest.Config(t, daemontest.DataDir(t))
 	cfg.AdoptAllow = []string{dev}

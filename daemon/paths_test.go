@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cairn-storage/cairn/daemon"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/daemon/daemontest"
 )
@@ -22,6 +23,37 @@ func writeFile(t *testing.T, path string, content []byte, mode os.FileMode) {
 	if err := os.WriteFile(path, content, mode); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startAllowing starts a daemon whose adopt_allow is a new directory, and
+// returns both.
+func startAllowing(t *testing.T) (*daemontest.Instance, daemon.Config, string) {
+	t.Helper()
+	allowed := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{allowed}
+	return daemontest.Start(t, &cfg), cfg, allowed
+}
+
+// loopDevice attaches a new sparse file of size bytes to a loop device.
+func loopDevice(t *testing.T, size int64) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a loop device")
+	}
+	need(t, "losetup")
+	backing := filepath.Join(t.TempDir(), "backing.raw")
+	writeFile(t, backing, nil, 0o600)
+	if err := os.Truncate(backing, size); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
+	if err != nil {
+		t.Skipf("no loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	return dev
 }
 
 // Adoption is off until adopt_allow names somewhere.
@@ -68,10 +100,7 @@ func TestAdoptOutsideAllowList(t *testing.T) {
 // directory (the store's value log, another disk's image): refused, like
 // every file with more than one link.
 func TestAdoptHardLinkIntoDataDir(t *testing.T) {
-	allowed := t.TempDir()
-	cfg := daemontest.Config(t, daemontest.DataDir(t))
-	cfg.AdoptAllow = []string{allowed}
-	in := daemontest.Start(t, &cfg)
+	in, cfg, allowed := startAllowing(t)
 	ctx := context.Background()
 	victim := createDisk(t, in, "victim", "1M")
 	targets, _ := filepath.Glob(filepath.Join(cfg.DataDir, "store", "*.vlog"))
@@ -91,10 +120,7 @@ func TestAdoptHardLinkIntoDataDir(t *testing.T) {
 // changes nothing, after a restart too.
 func TestAdoptSymlinkRepointed(t *testing.T) {
 	need(t, "qemu-io")
-	allowed := t.TempDir()
-	cfg := daemontest.Config(t, daemontest.DataDir(t))
-	cfg.AdoptAllow = []string{allowed}
-	in := daemontest.Start(t, &cfg)
+	in, cfg, allowed := startAllowing(t)
 	ctx := context.Background()
 	other := createDisk(t, in, "other", "1M")
 
@@ -132,10 +158,7 @@ func TestAdoptSymlinkRepointed(t *testing.T) {
 // another disk's live image (or moved out of the allowed directory) is not
 // opened at the next start: the disk is in state error, saying why.
 func TestAdoptedImageSwappedWhileStopped(t *testing.T) {
-	allowed := t.TempDir()
-	cfg := daemontest.Config(t, daemontest.DataDir(t))
-	cfg.AdoptAllow = []string{allowed}
-	in := daemontest.Start(t, &cfg)
+	in, cfg, allowed := startAllowing(t)
 	ctx := context.Background()
 	other := createDisk(t, in, "other", "1M")
 	image := filepath.Join(allowed, "mine.raw")
@@ -168,26 +191,8 @@ func TestAdoptedImageSwappedWhileStopped(t *testing.T) {
 // Block devices: one not on the list is refused; one on it but mounted is
 // refused as in use.
 func TestAdoptBlockDeviceRules(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for loop devices and mount")
-	}
-	need(t, "losetup")
 	need(t, "mkfs.ext4")
-	loop := func() string {
-		backing := filepath.Join(t.TempDir(), "backing.raw")
-		writeFile(t, backing, nil, 0o600)
-		if err := os.Truncate(backing, 16<<20); err != nil {
-			t.Fatal(err)
-		}
-		out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-		if err != nil {
-			t.Skipf("no loop device: %v: %s", err, out)
-		}
-		dev := strings.TrimSpace(string(out))
-		t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
-		return dev
-	}
-	unlisted, mounted := loop(), loop()
+	unlisted, mounted := loopDevice(t, 16<<20), loopDevice(t, 16<<20)
 	if out, err := exec.Command("mkfs.ext4", "-q", mounted).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs: %v %s", err, out)
 	}
