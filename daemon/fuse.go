@@ -83,11 +83,15 @@ func (d *Daemon) mountFUSE() error {
 	// the tree is then mounted in the host's, where users and `cairn
 	// mount` see it (fusefs/hostns.go).
 	host := fusefs.PrivateNamespace()
-	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{
-		LiveCache:     true,
-		Logger:        d.log.With("component", "fuse"),
-		HostNamespace: host,
-	})
+	opts := fusefs.Options{LiveCache: true, Logger: d.log.With("component", "fuse"), HostNamespace: host}
+	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, opts)
+	if err != nil && host {
+		// An older unit without the capabilities, say: serve the view
+		// where cairnd is rather than not start.
+		d.log.Warn("FUSE view not mounted in the host's mount namespace; mounting it in cairnd's own, where the host does not see it (docs/security.md: the hardened unit)", "err", err)
+		host, opts.HostNamespace = false, false
+		tree, err = fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("--fuse-dir %s: %w (run with --fuse=false to do without the FUSE view)", d.cfg.FUSEDir, err)
 	}
