@@ -13,7 +13,11 @@
 //
 //   - One cairnd per data directory (dirlock.go), and nothing a client
 //     sends names a path inside it: live images are named by a disk's id,
-//     and an adopted image must lie outside it.
+//     and an adopted image must lie outside it, under adopt_allow, and is
+//     checked again at every open (paths.go).
+//   - Every API call and NBD open is checked against the caller's role,
+//     known from the kernel (SO_PEERCRED) or a verified certificate, and
+//     logged (authz.go, nbdaccess.go; package access has the roles).
 //   - A request that changes a disk answers only once the change is durable
 //     in the store (a disk's record, a snapshot's record); a request that
 //     breaks a rule gets invalid_argument naming the field (validate.go).
@@ -32,7 +36,10 @@
 // snapshot.go (create, list, get), snapshot_delete.go, rollback.go,
 // changes.go, capacity.go, verify.go, tasks.go (long operations);
 // http.go (routes and request decoding), handlers.go, errors.go (errors
-// to API codes), status.go (info and health), validate.go.
+// to API codes), status.go (info and health), validate.go; authz.go (who
+// may call what, the audit log), nbdaccess.go (who may open which
+// export), paths.go (what an adopted image may be), tls.go (NBD's TLS
+// files and their reload), filesize.go (the filesystem's file-size limit).
 //
 // Locks:
 //
