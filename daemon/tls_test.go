@@ -202,12 +202,16 @@ func TestNBDTLSSelective(t *testing.T) {
 		t.Fatalf("after the reload, a client trusting the new CA: %v\n%s", err, out)
 	}
 
+	// Changed files are picked up without a signal (polled every 2 s).
+	s.serverFiles(t, &cfg, s.ca.Issue(t, "localhost", testcerts.Options{}), nil)
+	waitFor(t, 15*time.Second, func() bool { _, err := nbdinfoTLS(addr, "secure", good); return err == nil })
+
 	// An expired certificate is not loaded; the current one stays.
 	s.serverFiles(t, &cfg, s.ca.Issue(t, "localhost", testcerts.Options{Expired: true}), nil)
 	if err := in.ReloadTLS(); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("reload of an expired certificate: %v", err)
 	}
-	if out, err := nbdinfoTLS(addr, "secure", wrongCA); err != nil {
+	if out, err := nbdinfoTLS(addr, "secure", good); err != nil {
 		t.Fatalf("after a refused reload: %v\n%s", err, out)
 	}
 }
