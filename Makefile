@@ -28,11 +28,18 @@ FIGURES_STEPS ?= 400
 test-long:
 	CAIRN_FIGURES_SEEDS=$(FIGURES_SEEDS) CAIRN_FIGURES_STEPS=$(FIGURES_STEPS) $(GO) test -count=1 -timeout 60m -run TestFiguresAgainstModel ./cow
 
-# Long fuzzing run (the seed corpora run in make test): FUZZTIME=10m make fuzz
+# Long fuzzing run of every fuzz target (func FuzzX in any package), each
+# for FUZZTIME: FUZZTIME=1h make fuzz. Their seed corpora (testdata/fuzz)
+# run in make test. A crash stops the run and leaves its input in the
+# package's testdata/fuzz (docs/security.md).
 FUZZTIME ?= 60s
 fuzz:
-	$(GO) test ./nbd -run '^$$' -fuzz FuzzOptionParser -fuzztime $(FUZZTIME)
-	$(GO) test ./nbd -run '^$$' -fuzz FuzzRequestParser -fuzztime $(FUZZTIME)
+	@for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "=== $$pkg $$t ($(FUZZTIME))"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -parallel $${FUZZPARALLEL:-2} || exit 1; \
+		done; \
+	done
 
 # make run: start cairnd on a local data dir (./.cairn), no config needed.
 run: build

@@ -6,6 +6,7 @@
 package bitmap
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math/bits"
 	"sync/atomic"
@@ -180,6 +181,10 @@ func (b *Bitmap) MarshalBinary() ([]byte, error) {
 	return rb.ToBytes()
 }
 
+// minBucket is the least a bucket of the portable 64-bit roaring format
+// takes: its 32-bit key and an empty 32-bit bitmap (cookie and count).
+const minBucket = 4 + 8
+
 // Unmarshal decodes a set written by MarshalBinary into a bitmap of n
 // blocks; members at or past n are left out. Malformed data is an error
 // (the roaring decoder panics on some: that is caught here).
@@ -190,6 +195,15 @@ func Unmarshal(n uint64, data []byte) (_ *Bitmap, err error) {
 			err = fmt.Errorf("block set: malformed (%v)", p)
 		}
 	}()
+	// The format starts with the number of 32-bit buckets, each at least
+	// minBucket bytes; the decoder allocates for the count it reads, so a
+	// count the data cannot hold must not reach it.
+	if len(data) < 8 {
+		return nil, fmt.Errorf("block set: %d bytes is too short", len(data))
+	}
+	if buckets := binary.LittleEndian.Uint64(data); buckets > uint64(len(data)-8)/minBucket {
+		return nil, fmt.Errorf("block set: malformed (%d buckets in %d bytes)", buckets, len(data))
+	}
 	if err := rb.UnmarshalBinary(data); err != nil {
 		return nil, fmt.Errorf("block set: %w", err)
 	}

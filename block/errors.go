@@ -23,6 +23,7 @@ var (
 	ErrFailed   = errors.New("failed precondition")             // HTTP 409: the object's state forbids it
 	ErrQuota    = errors.New("quota exceeded")                  // HTTP 409
 	ErrCorrupt  = errors.New("data failed its integrity check") // HTTP 500; NBD EIO
+	ErrDenied   = errors.New("permission denied")               // HTTP 403; NBD EPERM, FUSE EACCES: the caller may not
 )
 
 // Error is a message of its own that matches one of the sentinels above

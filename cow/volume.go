@@ -55,6 +55,11 @@ type Options struct {
 	// released and before the write returns (the FUSE view uses it to drop
 	// stale page cache; the context tells it which frontend wrote).
 	OnWrite func(ctx context.Context, off, length int64)
+	// Image, when set, is the live image already opened by the caller
+	// (who checked what it is: the daemon opens adopted images itself so
+	// that no symlink or rename between its checks and the open is
+	// followed). Open takes it over; path then only names it in messages.
+	Image *os.File
 
 	hooks *testHooks // tests in this package only
 }
@@ -139,19 +144,25 @@ func Open(path string, opts Options) (*Volume, error) {
 	if bs == 0 {
 		bs = DefaultBlockSize
 	}
-	if err := ValidBlockSize(bs); err != nil {
-		return nil, err
+	err := ValidBlockSize(bs)
+	if err == nil && opts.Store != nil && !opts.ReadOnly && opts.TrackPrefix == "" {
+		err = fmt.Errorf("open live image %s: a volume with a snapshot store needs a TrackPrefix", path)
 	}
-	if opts.Store != nil && !opts.ReadOnly && opts.TrackPrefix == "" {
-		return nil, fmt.Errorf("open live image %s: a volume with a snapshot store needs a TrackPrefix", path)
+	if err != nil {
+		if opts.Image != nil {
+			opts.Image.Close()
+		}
+		return nil, err
 	}
 	flag := os.O_RDWR
 	if opts.ReadOnly {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flag, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open live image: %w", err)
+	f := opts.Image
+	if f == nil {
+		if f, err = os.OpenFile(path, flag, 0); err != nil {
+			return nil, fmt.Errorf("open live image: %w", err)
+		}
 	}
 	v := &Volume{path: path, f: f, readOnly: opts.ReadOnly, blockSize: int64(bs), opts: opts, log: opts.Logger}
 	if v.log == nil {

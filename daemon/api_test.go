@@ -177,9 +177,11 @@ func TestGrowErrors(t *testing.T) {
 }
 
 func TestCreateValidation(t *testing.T) {
-	in := daemontest.Start(t, nil)
-	createDisk(t, in, "taken", "1M")
 	dir := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dir, "/dev/null", filepath.Dir(cfg.DataDir)}
+	in := daemontest.Start(t, &cfg)
+	createDisk(t, in, "taken", "1M")
 	notAligned := filepath.Join(dir, "odd.raw")
 	if err := os.WriteFile(notAligned, make([]byte, 1000), 0o600); err != nil {
 		t.Fatal(err)
@@ -222,7 +224,7 @@ func TestCreateValidation(t *testing.T) {
 		{"adopt char device", api.CreateDiskRequest{Name: "x", Adopt: "/dev/null"}, 400, api.CodeInvalidArgument, []string{"adopt", "neither"}},
 		{"adopt unaligned", api.CreateDiskRequest{Name: "x", Adopt: notAligned}, 400, api.CodeInvalidArgument, []string{"adopt", "512"}},
 		{"adopt empty", api.CreateDiskRequest{Name: "x", Adopt: empty}, 400, api.CodeInvalidArgument, []string{"adopt", "512"}},
-		{"adopt in data dir", api.CreateDiskRequest{Name: "x", Adopt: inData}, 400, api.CodeInvalidArgument, []string{"adopt", "data directory"}},
+		{"adopt in data dir", api.CreateDiskRequest{Name: "x", Adopt: inData}, 403, api.CodePermissionDenied, []string{"adopt", "data directory"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := in.Client.CreateDisk(context.Background(), tc.req)
@@ -301,6 +303,10 @@ func TestRequestErrors(t *testing.T) {
 		{"name wrong type", "POST", "/v1/disks", js, `{"name":5,"size":"1M"}`, 400, api.CodeInvalidArgument, "name: expected a string"},
 		{"size wrong type", "POST", "/v1/disks", js, `{"name":"x","size":true}`, 400, api.CodeInvalidArgument, "size: expected a number of bytes"},
 		{"block size wrong type", "POST", "/v1/disks", js, `{"name":"x","size":"1M","block_size":{}}`, 400, api.CodeInvalidArgument, "block_size: expected"},
+		{"field name case", "POST", "/v1/disks", js, `{"Name":"x","size":"1M"}`, 400, api.CodeInvalidArgument, `unknown field "Name"`},
+		{"duplicate member", "POST", "/v1/disks", js, `{"name":"x","size":"1M","name":"y"}`, 400, api.CodeInvalidArgument, "name: given twice"},
+		{"duplicate member, case", "POST", "/v1/disks", js, `{"name":"x","size":"1M","SIZE":"2M"}`, 400, api.CodeInvalidArgument, `"SIZE"`},
+		{"path with //", "GET", "/v1//disks", "", "", 404, api.CodeNotFound, "without //"},
 		{"trailing data", "POST", "/v1/disks", js, `{"name":"x","size":"1M"} {}`, 400, api.CodeInvalidArgument, "after the JSON object"},
 		{"too large", "POST", "/v1/disks", js, `{"name":"x","description":"` + strings.Repeat("a", 1<<20) + `"}`, 413, api.CodePayloadTooLarge, "limit"},
 		{"grow no body", "POST", "/v1/disks/d/grow", js, "", 400, api.CodeInvalidArgument, "empty"},

@@ -55,7 +55,7 @@ func (d *Daemon) createClone(ctx context.Context, rec diskRecord, from string, r
 // it. Nothing is left behind on error.
 func (d *Daemon) openCloneDisk(rec *diskRecord, size int64) (*Disk, error) {
 	path := d.livePath(*rec)
-	if err := createSparse(path, size); err != nil {
+	if err := d.createSparse(path, size); err != nil {
 		return nil, err
 	}
 	vol, err := cow.Open(path, d.volOptions(*rec))

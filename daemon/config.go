@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"time"
@@ -55,6 +56,27 @@ type Config struct {
 	// writes go on) when less is free, so the store never fills its
 	// filesystem (Badger cannot survive that).
 	StoreReserve string
+	// NBDMaxConnections bounds NBD connections over every listener
+	// (default DefaultNBDMaxConnections); NBDIdleTimeout, when set, closes
+	// a connection idle that long.
+	NBDMaxConnections int
+	NBDIdleTimeout    Duration
+	// TLSCert and TLSKey (PEM files) turn on NBD_OPT_STARTTLS; with
+	// TLSClientCA every TLS client must present a certificate signed by
+	// it. TLSRequired lists the exports (path.Match patterns) a TCP client
+	// may open only over TLS; a TCP listener off loopback requires TLS for
+	// every export (docs/security.md).
+	TLSCert, TLSKey, TLSClientCA string
+	TLSRequired                  []string
+	// Admin, Operator and Reader list who holds each role, and Grant
+	// per-disk roles (package access); NBDTCPRole is the role of a TCP
+	// client no principal names. Operator nil means group cairn when it
+	// exists.
+	Admin, Operator, Reader, Grant []string
+	NBDTCPRole                     string
+	// AdoptAllow lists the directories and block devices disks may be
+	// adopted from; none turns adoption off (paths.go).
+	AdoptAllow []string
 	// CopyOutShare is the share of time a snapshot's copy-out may run
 	// while its disk has guest I/O (default 0.1; 1 = flat out always).
 	// Idle disks copy out at full speed.
@@ -109,6 +131,9 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // String writes the duration as the config file does ("5s").
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// DefaultNBDMaxConnections bounds NBD connections unless configured.
+const DefaultNBDMaxConnections = 1024
 
 // DefaultSnapshotQuota is the most snapshots per chain unless configured.
 const DefaultSnapshotQuota = 64
@@ -211,6 +236,17 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TaskHistory == 0 {
 		c.TaskHistory = Duration(DefaultTaskHistory)
+	}
+	if c.NBDMaxConnections == 0 {
+		c.NBDMaxConnections = DefaultNBDMaxConnections
+	}
+	if c.NBDTCPRole == "" {
+		c.NBDTCPRole = "operator"
+	}
+	if c.Operator == nil {
+		if _, err := user.LookupGroup("cairn"); err == nil {
+			c.Operator = []string{"group:cairn"}
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -25,10 +25,21 @@ func TestConfigValidate(t *testing.T) {
 		{"loopback v4 range", daemon.Config{DataDir: "/tmp/d", NBDListen: "127.1.2.3:10809"}, ""},
 		{"loopback v6", daemon.Config{DataDir: "/tmp/d", NBDListen: "[::1]:10809"}, ""},
 		{"localhost", daemon.Config{DataDir: "/tmp/d", NBDListen: "localhost:0"}, ""},
-		{"all interfaces", daemon.Config{DataDir: "/tmp/d", NBDListen: ":10809"}, "--nbd-listen \":10809\" (nbd_listen in the config file): NBD over TLS is not implemented yet, so only a loopback address"},
-		{"any v4", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809"}, "TLS is not implemented yet"},
-		{"private", daemon.Config{DataDir: "/tmp/d", NBDListen: "192.168.1.5:10809"}, "only a loopback address"},
-		{"hostname", daemon.Config{DataDir: "/tmp/d", NBDListen: "example.org:10809"}, "only a loopback address"},
+		{"all interfaces", daemon.Config{DataDir: "/tmp/d", NBDListen: ":10809"}, "--nbd-listen \":10809\" (nbd_listen in the config file): an address that is not loopback"},
+		{"any v4", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809"}, "set tls_cert and tls_key"},
+		{"private", daemon.Config{DataDir: "/tmp/d", NBDListen: "192.168.1.5:10809"}, "not loopback"},
+		{"any v4 with TLS", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809", TLSCert: "/c.pem", TLSKey: "/k.pem"}, ""},
+		{"cert without key", daemon.Config{DataDir: "/tmp/d", TLSCert: "/c.pem"}, "--tls-cert \"/c.pem\" (tls_cert in the config file): tls_cert and tls_key go together"},
+		{"client CA without cert", daemon.Config{DataDir: "/tmp/d", TLSClientCA: "/ca.pem"}, "--tls-client-ca"},
+		{"tls_required without cert", daemon.Config{DataDir: "/tmp/d", TLSRequired: []string{"*"}}, "--tls-required [\"*\"]"},
+		{"bad tls_required pattern", daemon.Config{DataDir: "/tmp/d", TLSCert: "/c", TLSKey: "/k", TLSRequired: []string{"[x"}}, "not a pattern"},
+		{"bad role", daemon.Config{DataDir: "/tmp/d", NBDTCPRole: "boss"}, "--nbd-tcp-role"},
+		{"bad principal", daemon.Config{DataDir: "/tmp/d", Admin: []string{"bob"}}, "--admin [\"bob\"] (admin in the config file)"},
+		{"bad grant", daemon.Config{DataDir: "/tmp/d", Grant: []string{"uid:5 operator"}}, "--grant"},
+		{"relative adopt_allow", daemon.Config{DataDir: "/tmp/d", AdoptAllow: []string{"images"}}, "--adopt-allow"},
+		{"root adopt_allow", daemon.Config{DataDir: "/tmp/d", AdoptAllow: []string{"/"}}, "every file"},
+		{"negative connections", daemon.Config{DataDir: "/tmp/d", NBDMaxConnections: -1}, "--nbd-max-connections"},
+		{"hostname", daemon.Config{DataDir: "/tmp/d", NBDListen: "example.org:10809"}, "not loopback"},
 		{"no port", daemon.Config{DataDir: "/tmp/d", NBDListen: "127.0.0.1"}, "--nbd-listen \"127.0.0.1\" (nbd_listen in the config file): want host:port"},
 		{"bad port", daemon.Config{DataDir: "/tmp/d", NBDListen: "127.0.0.1:http-ish"}, "bad port"},
 		{"log level", daemon.Config{DataDir: "/tmp/d", LogLevel: "loud"}, "--log-level \"loud\""},
@@ -87,6 +98,18 @@ freeze_timeout = "3s"
 task_history = "48h"
 agent_socket_dirs = "/run/c/agents,/srv/agents"
 image_quota = 5
+nbd_max_connections = 100
+nbd_idle_timeout = "1h"
+tls_cert = "/etc/cairn/tls/server-cert.pem"
+tls_key = "/etc/cairn/tls/server-key.pem"
+tls_client_ca = "/etc/cairn/tls/ca-cert.pem"
+tls_required = ["*"]
+admin = ["uid:1000"]
+operator = ["gid:0"]
+reader = ["cert:backup"]
+grant = ["uid:1001 operator a-*"]
+nbd_tcp_role = "reader"
+adopt_allow = ["/var/lib/libvirt/images"]
 `)
 	f, err := daemon.LoadConfigFile(good)
 	if err != nil {
@@ -96,7 +119,11 @@ image_quota = 5
 	want := daemon.Config{DataDir: "/srv/cairn", APISocket: "/run/c/api.sock", NBDSocket: "/run/c/nbd.sock",
 		NBDListen: "127.0.0.1:10809", LogLevel: "debug", LogFormat: "json", ShutdownTimeout: daemon.Duration(7 * time.Second),
 		SnapshotQuota: 10, StoreReserve: "1G", CopyOutShare: 0.5, FUSEDir: "/run/c/fuse",
-		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents", ImageQuota: 5}
+		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents", ImageQuota: 5,
+		NBDMaxConnections: 100, NBDIdleTimeout: daemon.Duration(time.Hour),
+		TLSCert: "/etc/cairn/tls/server-cert.pem", TLSKey: "/etc/cairn/tls/server-key.pem", TLSClientCA: "/etc/cairn/tls/ca-cert.pem",
+		TLSRequired: []string{"*"}, Admin: []string{"uid:1000"}, Operator: []string{"gid:0"}, Reader: []string{"cert:backup"},
+		Grant: []string{"uid:1001 operator a-*"}, NBDTCPRole: "reader", AdoptAllow: []string{"/var/lib/libvirt/images"}}
 	if cfg.FUSE == nil || *cfg.FUSE {
 		t.Fatalf("fuse = false loaded as %v", cfg.FUSE)
 	}

@@ -13,7 +13,11 @@
 //
 //   - One cairnd per data directory (dirlock.go), and nothing a client
 //     sends names a path inside it: live images are named by a disk's id,
-//     and an adopted image must lie outside it.
+//     and an adopted image must lie outside it, under adopt_allow, and is
+//     checked again at every open (paths.go).
+//   - Every API call and NBD open is checked against the caller's role,
+//     known from the kernel (SO_PEERCRED) or a verified certificate, and
+//     logged (authz.go, nbdaccess.go; package access has the roles).
 //   - A request that changes a disk answers only once the change is durable
 //     in the store (a disk's record, a snapshot's record); a request that
 //     breaks a rule gets invalid_argument naming the field (validate.go).
@@ -36,7 +40,10 @@
 // transfer_export.go, transfer_image.go (image:NAME/DISK exports),
 // transfer_import.go, transfer_handlers.go;
 // http.go (routes and request decoding), handlers.go, errors.go (errors
-// to API codes), status.go (info and health), validate.go.
+// to API codes), status.go (info and health), validate.go; authz.go (who
+// may call what, the audit log), nbdaccess.go (who may open which
+// export), paths.go (what an adopted image may be), tls.go (NBD's TLS
+// files and their reload), filesize.go (the filesystem's file-size limit).
 //
 // Locks:
 //
@@ -69,6 +76,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/fusefs"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/kernel"
@@ -81,11 +89,13 @@ type Daemon struct {
 	log     *slog.Logger
 	started time.Time
 
-	lock  *dirLock
-	store *store.Store
-	nbd   *nbd.Server
-	api   *http.Server
-	fuse  *fusefs.Tree // nil without the FUSE view
+	lock   *dirLock
+	store  *store.Store
+	policy *access.Policy // who may do what (authz.go)
+	tls    *tlsFiles      // nil without tls_cert
+	nbd    *nbd.Server
+	api    *http.Server
+	fuse   *fusefs.Tree // nil without the FUSE view
 
 	apiListener, nbdListener, tcpListener net.Listener // tcpListener may be nil
 
@@ -147,6 +157,10 @@ func New(cfg Config) (_ *Daemon, err error) {
 		kernel:      &kernel.Driver{},
 	}
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
+	if d.policy, err = access.New(access.Config{Admin: cfg.Admin, Operator: cfg.Operator, Reader: cfg.Reader,
+		Grant: cfg.Grant, TCPRole: cfg.NBDTCPRole, SelfUID: uint32(os.Getuid())}); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			d.release(context.Background())
@@ -180,13 +194,24 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}
-	d.nbd = nbd.NewServer(nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd")})
+	if d.tls, err = newTLSFiles(cfg); err != nil {
+		return nil, err
+	}
+	nopts := nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd"),
+		MaxConns: cfg.NBDMaxConnections, IdleTimeout: time.Duration(cfg.NBDIdleTimeout)}
+	if d.tls != nil {
+		nopts.TLS = d.tls.serverConfig()
+		go d.tls.watch(d.bg, d)
+	}
+	d.nbd = nbd.NewServer(nopts)
 	if err := d.listen(); err != nil {
 		return nil, err
 	}
 	d.api = &http.Server{
 		Handler:           d.apiHandler(),
-		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext:       withCaller,
+		ReadHeaderTimeout: apiHeaderTimeout,
+		IdleTimeout:       apiIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return d, nil
@@ -259,7 +284,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.serve(func() error { return d.api.Serve(d.apiListener) }, "api", fatal)
 	d.serve(func() error { return d.nbd.Serve(d.nbdListener) }, "nbd", nil)
 	if d.tcpListener != nil {
-		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
+		serveTCP := d.nbd.Serve
+		if d.tls != nil && !isLoopbackAddr(d.tcpListener.Addr()) {
+			serveTCP = d.nbd.ServeTLS // off loopback every client must use TLS
+		}
+		d.serve(func() error { return serveTCP(d.tcpListener) }, "nbd-tcp", nil)
 	}
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
 		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)

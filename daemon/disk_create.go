@@ -4,13 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
 	"github.com/cairn-storage/cairn/daemon/api"
-	"github.com/cairn-storage/cairn/internal/durable"
 )
 
 // CreateDisk creates a disk with a new sparse live image, or adopts an
@@ -47,15 +45,18 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 		return api.Disk{}, fieldError(block.ErrExists, fieldName, "disk %q already exists", req.Name)
 	}
 	rec := diskRecord{Name: req.Name, BlockSize: blockSize, Description: req.Description, Created: time.Now().UTC().Truncate(time.Second)}
+	var image *os.File // the adopted image, opened and checked (paths.go)
+	var err error
 	if req.Adopt != "" {
-		path, err := d.checkAdopt(req.Adopt)
-		if err != nil {
+		if image, rec.Adopted, err = d.openAdoptable(req.Adopt, nil); err != nil {
 			return api.Disk{}, err
 		}
-		rec.Adopted = path
 	}
 	id, err := d.store.NextID(diskIDSeq)
 	if err != nil {
+		if image != nil {
+			image.Close()
+		}
 		return api.Disk{}, fmt.Errorf("allocate disk id: %w", err)
 	}
 	rec.ID = id
@@ -63,7 +64,7 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	if req.From != "" {
 		disk, err = d.createClone(ctx, rec, req.From, req)
 	} else {
-		disk, err = d.openNewDisk(&rec, size)
+		disk, err = d.openNewDisk(&rec, size, image)
 	}
 	if err != nil {
 		return api.Disk{}, err
@@ -82,16 +83,19 @@ func (d *Daemon) CreateDisk(ctx context.Context, req api.CreateDiskRequest) (api
 	return d.diskToAPI(disk, nil), nil
 }
 
-// openNewDisk creates (or, adopting, checks) the live image and opens it,
-// setting rec.Size. Nothing is left behind on error.
-func (d *Daemon) openNewDisk(rec *diskRecord, size int64) (*Disk, error) {
+// openNewDisk creates the live image and opens it, or opens the adopted
+// image (already open: image), setting rec.Size. Nothing is left behind on
+// error.
+func (d *Daemon) openNewDisk(rec *diskRecord, size int64, image *os.File) (*Disk, error) {
 	path := d.livePath(*rec)
 	if rec.Adopted == "" {
-		if err := createSparse(path, size); err != nil {
+		if err := d.createSparse(path, size); err != nil {
 			return nil, err
 		}
 	}
-	vol, err := cow.Open(path, d.volOptions(*rec))
+	opts := d.volOptions(*rec)
+	opts.Image = image
+	vol, err := cow.Open(path, opts)
 	if err != nil {
 		if rec.Adopted != "" {
 			return nil, invalidField(fieldAdopt, "adopt: %v", err)
@@ -108,27 +112,6 @@ func (d *Daemon) openNewDisk(rec *diskRecord, size int64) (*Disk, error) {
 		}
 	}
 	return &Disk{rec: *rec, vol: vol}, nil
-}
-
-// createSparse creates a new sparse file of size bytes and makes its
-// directory entry durable.
-func createSparse(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("create live image: %w", err)
-	}
-	err = f.Truncate(size)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = durable.SyncDir(filepath.Dir(path))
-	}
-	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("create live image %s: %w", path, err)
-	}
-	return nil
 }
 
 // putRecord stores rec and makes it durable.

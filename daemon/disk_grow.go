@@ -2,11 +2,14 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/daemon/api"
+	"golang.org/x/sys/unix"
 )
 
 // GrowDisk enlarges a disk. Connected clients keep the size they
@@ -37,7 +40,14 @@ func (d *Daemon) GrowDisk(ctx context.Context, name string, sizeText api.Size) (
 	if fi, err := os.Stat(d.livePath(k.rec)); err == nil && !fi.Mode().IsRegular() {
 		return api.Disk{}, errorf(block.ErrFailed, "disk %q lives on block device %s: grow the device itself", name, d.livePath(k.rec))
 	}
+	dir := filepath.Dir(d.livePath(k.rec))
+	if err := checkFileSize(dir, size); err != nil {
+		return api.Disk{}, err
+	}
 	if err := k.vol.Grow(size); err != nil {
+		if errors.Is(err, unix.EFBIG) {
+			return api.Disk{}, fileTooLarge(err, dir, size)
+		}
 		return api.Disk{}, fmt.Errorf("grow disk %s: %w", name, err)
 	}
 	rec := k.rec

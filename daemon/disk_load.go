@@ -25,7 +25,7 @@ func (d *Daemon) loadDisks() error {
 		}
 		disk := &Disk{rec: rec}
 		path := d.livePath(rec)
-		disk.vol, disk.openErr = cow.Open(path, d.volOptions(rec))
+		disk.vol, disk.openErr = d.openVolume(disk)
 		if disk.openErr != nil {
 			d.log.Error("disk unavailable: its live image does not open", "disk", rec.Name, "path", path, "err", disk.openErr)
 		} else if size := disk.vol.Size(); size != rec.Size {
@@ -41,6 +41,20 @@ func (d *Daemon) loadDisks() error {
 	d.sweepChains()
 	d.warnOrphans()
 	return nil
+}
+
+// openVolume opens a recorded disk's live image; an adopted one passes
+// the checks of paths.go again first.
+func (d *Daemon) openVolume(k *Disk) (*cow.Volume, error) {
+	opts := d.volOptions(k.rec)
+	if k.rec.Adopted != "" {
+		f, _, err := d.openAdoptable(k.rec.Adopted, k)
+		if err != nil {
+			return nil, err
+		}
+		opts.Image = f
+	}
+	return cow.Open(d.livePath(k.rec), opts)
 }
 
 // sweepChains drops the snapshot chains of disks that no longer exist (a

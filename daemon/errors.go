@@ -19,6 +19,7 @@ var (
 	errTooLarge         = errors.New("request body too large")
 	errMediaType        = errors.New("unsupported media type")
 	errMethodNotAllowed = errors.New("method not allowed")
+	errTimeout          = errors.New("request timeout")
 )
 
 func errorf(kind error, format string, args ...any) error { return block.Errorf(kind, format, args...) }
@@ -34,6 +35,7 @@ var codes = []struct {
 	code   string
 }{
 	{block.ErrInvalid, http.StatusBadRequest, api.CodeInvalidArgument},
+	{block.ErrDenied, http.StatusForbidden, api.CodePermissionDenied},
 	{block.ErrNotFound, http.StatusNotFound, api.CodeNotFound},
 	{block.ErrExists, http.StatusConflict, api.CodeAlreadyExists},
 	{block.ErrInUse, http.StatusConflict, api.CodeInUse},
@@ -42,6 +44,7 @@ var codes = []struct {
 	{block.ErrReadOnly, http.StatusConflict, api.CodeFailedPrecondition},
 	{errMethodNotAllowed, http.StatusMethodNotAllowed, api.CodeMethodNotAllowed},
 	{errTooLarge, http.StatusRequestEntityTooLarge, api.CodePayloadTooLarge},
+	{errTimeout, http.StatusRequestTimeout, api.CodeRequestTimeout},
 	{errMediaType, http.StatusUnsupportedMediaType, api.CodeUnsupportedMediaType},
 	{block.ErrNoSpace, http.StatusInsufficientStorage, api.CodeInsufficientStorage},
 	{block.ErrShutdown, http.StatusServiceUnavailable, api.CodeUnavailable},

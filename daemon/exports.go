@@ -9,6 +9,7 @@ import (
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/nbd"
 )
@@ -174,9 +175,15 @@ var _ nbd.Exporter = exporter{}
 
 // Open opens "DISK" (the live disk, read-write), "DISK@SNAPSHOT" (a
 // readable snapshot, read-only) or "image:IMAGE/DISK" (an image's disk,
-// read-only: transfer_image.go).
+// read-only: transfer_image.go) for the client of ctx, as its role allows
+// (nbdaccess.go): a reader gets the live disk read-only.
 func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), error) {
 	if image, disk, ok := parseImageExport(s); ok {
+		// An image's disk is read-only: any role on it (the name as a
+		// whole, for grants) opens it.
+		if _, err := e.d.nbdAccess(ctx, exportName{disk: s}); err != nil {
+			return nil, nil, err
+		}
 		exp, release, err := e.d.openImageExport(image, disk)
 		if err != nil && !errors.Is(err, block.ErrShutdown) {
 			err = fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
@@ -187,6 +194,10 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	if !ok {
 		return nil, nil, fmt.Errorf("%w: %q is not an export name (DISK or DISK@SNAPSHOT)", nbd.ErrUnknownExport, s)
 	}
+	readOnly, err := e.d.nbdAccess(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
 	exp, release, err := e.d.openExport(name, nbdClient)
 	switch {
 	case errors.Is(err, block.ErrShutdown):
@@ -194,17 +205,23 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	case err != nil:
 		return nil, nil, fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
 	}
+	if readOnly {
+		exp.ReadOnly = true
+	}
 	return exp, release, nil
 }
 
-// List names every export that opens now.
+// List names every export that opens now and the client may open.
 func (e exporter) List(ctx context.Context) []nbd.ExportInfo {
 	d := e.d
+	who := nbdCaller(ctx)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []nbd.ExportInfo
 	for x := range d.exports("") {
-		out = append(out, nbd.ExportInfo{Name: x.name.String(), Description: x.description()})
+		if d.policy.RoleOn(who, x.name.disk) >= access.Reader {
+			out = append(out, nbd.ExportInfo{Name: x.name.String(), Description: x.description()})
+		}
 	}
 	return out
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
-	"os"
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/fusefs"
@@ -80,35 +79,25 @@ func (d *Daemon) mountFUSE() error {
 	// Read-only handles of the live disks' files keep the page cache:
 	// every volume reports its writes to the tree (fuseWriteHook), which
 	// drops what changed.
-	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, fusefs.Options{
-		LiveCache: true,
-		Logger:    d.log.With("component", "fuse"),
-	})
+	// Under systemd's hardening cairnd has a mount namespace of its own;
+	// the tree is then mounted in the host's, where users and `cairn
+	// mount` see it (fusefs/hostns.go).
+	host := fusefs.PrivateNamespace()
+	opts := fusefs.Options{LiveCache: true, Logger: d.log.With("component", "fuse"), HostNamespace: host}
+	tree, err := fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, opts)
+	if err != nil && host {
+		// An older unit without the capabilities, say: serve the view
+		// where cairnd is rather than not start.
+		d.log.Warn("FUSE view not mounted in the host's mount namespace; mounting it in cairnd's own, where the host does not see it (docs/security.md: the hardened unit)", "err", err)
+		host, opts.HostNamespace = false, false
+		tree, err = fusefs.Mount(d.cfg.FUSEDir, fuseSource{d}, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("--fuse-dir %s: %w (run with --fuse=false to do without the FUSE view)", d.cfg.FUSEDir, err)
 	}
 	d.fuse = tree
-	d.log.Info("FUSE view mounted", "dir", tree.Dir())
-	if private, _ := privateMountNamespace(); private {
-		d.log.Warn("cairnd runs in a mount namespace of its own (systemd's ProtectSystem= and similar): "+
-			"the FUSE view and `cairn mount` are not visible on the host; see docs/install.md for the drop-in that makes them visible",
-			"dir", tree.Dir())
-	}
+	d.log.Info("FUSE view mounted", "dir", tree.Dir(), "host_namespace", host)
 	return nil
-}
-
-// privateMountNamespace reports whether cairnd's mount namespace differs
-// from PID 1's (false when that cannot be told).
-func privateMountNamespace() (bool, error) {
-	self, err := os.Readlink("/proc/self/ns/mnt")
-	if err != nil {
-		return false, err
-	}
-	init, err := os.Readlink("/proc/1/ns/mnt")
-	if err != nil {
-		return false, err
-	}
-	return self != init, nil
 }
 
 // unmountFUSE unmounts the tree; files still open keep it until cairnd

@@ -3,9 +3,11 @@ package daemon
 import (
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
 
@@ -37,13 +39,23 @@ func replyTask(w http.ResponseWriter, task api.Task, err error) error {
 func diskPath(name string) string { return "/v1/disks/" + url.PathEscape(name) }
 
 func (d *Daemon) handleListDisks(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, d.ListDisks(), nil)
+	out := slices.DeleteFunc(d.ListDisks(), func(k api.Disk) bool { return !d.mayRead(r, k.Name) })
+	return reply(w, http.StatusOK, out, nil)
 }
 
 func (d *Daemon) handleCreateDisk(w http.ResponseWriter, r *http.Request) error {
 	var req api.CreateDiskRequest
 	if err := decodeBody(w, r, &req); err != nil {
 		return err
+	}
+	setAuditTarget(r, req.Name)
+	if err := d.authorize(r, access.Operator, "disk create", req.Name); err != nil {
+		return err
+	}
+	if req.Adopt != "" {
+		if err := d.authorize(r, access.Admin, "disk create with adopt", req.Name); err != nil {
+			return err
+		}
 	}
 	disk, err := d.CreateDisk(r.Context(), req)
 	return replyAt(w, http.StatusCreated, diskPath(disk.Name), disk, err)
@@ -161,11 +173,16 @@ func (d *Daemon) handleListTasks(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return reply(w, http.StatusOK, d.tasks.list(api.TaskFilter{Kind: q["kind"], State: q["state"], Disk: q["disk"], Target: q["target"]}), nil)
+	out := d.tasks.list(api.TaskFilter{Kind: q["kind"], State: q["state"], Disk: q["disk"], Target: q["target"]})
+	out = slices.DeleteFunc(out, func(t api.Task) bool { return d.authorize(r, access.Reader, "", t.Disk) != nil })
+	return reply(w, http.StatusOK, out, nil)
 }
 
 func (d *Daemon) handleGetTask(w http.ResponseWriter, r *http.Request) error {
 	task, err := d.tasks.get(r.PathValue("id"))
+	if err == nil {
+		err = d.authorize(r, access.Reader, "task get", task.Disk)
+	}
 	return reply(w, http.StatusOK, task, err)
 }
 
@@ -175,7 +192,8 @@ func (d *Daemon) handleCancelTask(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (d *Daemon) handleListExports(w http.ResponseWriter, r *http.Request) error {
-	return reply(w, http.StatusOK, d.Exports(), nil)
+	out := slices.DeleteFunc(d.Exports(), func(e api.Export) bool { return !d.mayRead(r, e.Disk) })
+	return reply(w, http.StatusOK, out, nil)
 }
 
 func (d *Daemon) handleListAttachments(w http.ResponseWriter, r *http.Request) error {

@@ -1,87 +1,103 @@
 package daemon
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
+	"os"
+	"path"
 	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+
 	"github.com/cairn-storage/cairn/block"
+	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
 
 // route is one endpoint of the control API. routes is the whole API:
 // apiHandler registers exactly these, and a test checks that
-// docs/api/openapi.yaml documents exactly these.
+// docs/api/openapi.yaml documents exactly these. Each names its action
+// for the audit log and the role it needs, checked on scope (authz.go).
 type route struct {
 	method, path string
 	handle       func(d *Daemon, w http.ResponseWriter, r *http.Request) error
+	action       string
+	need         access.Role
+	scope        scope
 }
 
 var routes = []route{
-	{http.MethodGet, "/v1/disks", (*Daemon).handleListDisks},
-	{http.MethodPost, "/v1/disks", (*Daemon).handleCreateDisk},
-	{http.MethodGet, "/v1/disks/{name}", (*Daemon).handleGetDisk},
-	{http.MethodDelete, "/v1/disks/{name}", (*Daemon).handleDeleteDisk},
-	{http.MethodPost, "/v1/disks/{name}/grow", (*Daemon).handleGrowDisk},
-	{http.MethodPost, "/v1/disks/{name}/flatten", (*Daemon).handleFlatten},
-	{http.MethodGet, "/v1/disks/{name}/snapshots", (*Daemon).handleListSnapshots},
-	{http.MethodPost, "/v1/disks/{name}/snapshots", (*Daemon).handleCreateSnapshot},
-	{http.MethodGet, "/v1/disks/{name}/snapshots/{snapshot}", (*Daemon).handleGetSnapshot},
-	{http.MethodDelete, "/v1/disks/{name}/snapshots/{snapshot}", (*Daemon).handleDeleteSnapshot},
-	{http.MethodPost, "/v1/disks/{name}/snapshots/{snapshot}/rollback", (*Daemon).handleRollback},
-	{http.MethodGet, "/v1/disks/{name}/changes", (*Daemon).handleChanges},
-	{http.MethodGet, "/v1/disks/{name}/capacity", (*Daemon).handleChainCapacity},
-	{http.MethodGet, "/v1/capacity", (*Daemon).handleCapacity},
-	{http.MethodGet, "/v1/store", (*Daemon).handleStoreStats},
-	{http.MethodPost, "/v1/verify", (*Daemon).handleVerify},
-	{http.MethodGet, "/v1/tasks", (*Daemon).handleListTasks},
-	{http.MethodGet, "/v1/tasks/{id}", (*Daemon).handleGetTask},
-	{http.MethodPost, "/v1/tasks/{id}/cancel", (*Daemon).handleCancelTask},
-	{http.MethodPost, "/v1/tasks/{id}/progress", (*Daemon).handleTransferProgress},
-	{http.MethodPost, "/v1/tasks/{id}/finish", (*Daemon).handleFinishTransfer},
-	{http.MethodPost, "/v1/disks/{name}/export", (*Daemon).handleExportDisk},
-	{http.MethodPost, "/v1/images/{name}/export", (*Daemon).handleExportImage},
-	{http.MethodPost, "/v1/imports", (*Daemon).handleImport},
-	{http.MethodGet, "/v1/machines", (*Daemon).handleListMachines},
-	{http.MethodPost, "/v1/machines", (*Daemon).handleCreateMachine},
-	{http.MethodGet, "/v1/machines/{name}", (*Daemon).handleGetMachine},
-	{http.MethodPatch, "/v1/machines/{name}", (*Daemon).handleUpdateMachine},
-	{http.MethodDelete, "/v1/machines/{name}", (*Daemon).handleDeleteMachine},
-	{http.MethodGet, "/v1/machines/{name}/snapshots", (*Daemon).handleListMachineSnapshots},
-	{http.MethodPost, "/v1/machines/{name}/snapshots", (*Daemon).handleCreateMachineSnapshot},
-	{http.MethodGet, "/v1/machines/{name}/snapshots/{snapshot}", (*Daemon).handleGetMachineSnapshot},
-	{http.MethodDelete, "/v1/machines/{name}/snapshots/{snapshot}", (*Daemon).handleDeleteMachineSnapshot},
-	{http.MethodPost, "/v1/machines/{name}/snapshots/{snapshot}/rollback", (*Daemon).handleRollbackMachine},
-	{http.MethodGet, "/v1/images", (*Daemon).handleListImages},
-	{http.MethodPost, "/v1/images", (*Daemon).handleCreateImage},
-	{http.MethodGet, "/v1/images/{name}", (*Daemon).handleGetImage},
-	{http.MethodDelete, "/v1/images/{name}", (*Daemon).handleDeleteImage},
-	{http.MethodGet, "/v1/exports", (*Daemon).handleListExports},
-	{http.MethodGet, "/v1/attachments", (*Daemon).handleListAttachments},
-	{http.MethodPost, "/v1/attachments", (*Daemon).handleAttach},
-	{http.MethodGet, "/v1/attachments/{device}", (*Daemon).handleGetAttachment},
-	{http.MethodDelete, "/v1/attachments/{device}", (*Daemon).handleDetach},
-	{http.MethodGet, "/v1/info", (*Daemon).handleInfo},
-	{http.MethodGet, "/v1/health", (*Daemon).handleHealth},
+	{http.MethodGet, "/v1/disks", (*Daemon).handleListDisks, "disk.list", access.Reader, onList},
+	{http.MethodPost, "/v1/disks", (*Daemon).handleCreateDisk, "disk.create", access.Operator, onBody},
+	{http.MethodGet, "/v1/disks/{name}", (*Daemon).handleGetDisk, "disk.get", access.Reader, onDisk},
+	{http.MethodDelete, "/v1/disks/{name}", (*Daemon).handleDeleteDisk, "disk.delete", access.Admin, onDisk},
+	{http.MethodPost, "/v1/disks/{name}/grow", (*Daemon).handleGrowDisk, "disk.grow", access.Operator, onDisk},
+	{http.MethodPost, "/v1/disks/{name}/flatten", (*Daemon).handleFlatten, "disk.flatten", access.Operator, onDisk},
+	{http.MethodGet, "/v1/disks/{name}/snapshots", (*Daemon).handleListSnapshots, "snapshot.list", access.Reader, onDisk},
+	{http.MethodPost, "/v1/disks/{name}/snapshots", (*Daemon).handleCreateSnapshot, "snapshot.create", access.Operator, onDisk},
+	{http.MethodGet, "/v1/disks/{name}/snapshots/{snapshot}", (*Daemon).handleGetSnapshot, "snapshot.get", access.Reader, onDisk},
+	{http.MethodDelete, "/v1/disks/{name}/snapshots/{snapshot}", (*Daemon).handleDeleteSnapshot, "snapshot.delete", access.Operator, onDisk},
+	{http.MethodPost, "/v1/disks/{name}/snapshots/{snapshot}/rollback", (*Daemon).handleRollback, "snapshot.rollback", access.Operator, onDisk},
+	{http.MethodGet, "/v1/disks/{name}/changes", (*Daemon).handleChanges, "disk.changes", access.Reader, onDisk},
+	{http.MethodGet, "/v1/disks/{name}/capacity", (*Daemon).handleChainCapacity, "disk.capacity", access.Reader, onDisk},
+	{http.MethodGet, "/v1/capacity", (*Daemon).handleCapacity, "capacity", access.Reader, onAll},
+	{http.MethodGet, "/v1/store", (*Daemon).handleStoreStats, "store.stats", access.Reader, onAll},
+	{http.MethodPost, "/v1/verify", (*Daemon).handleVerify, "verify", access.Operator, onAll},
+	{http.MethodGet, "/v1/tasks", (*Daemon).handleListTasks, "task.list", access.Reader, onList},
+	{http.MethodGet, "/v1/tasks/{id}", (*Daemon).handleGetTask, "task.get", access.Reader, onBody},
+	{http.MethodPost, "/v1/tasks/{id}/cancel", (*Daemon).handleCancelTask, "task.cancel", access.Operator, onAll},
+	{http.MethodPost, "/v1/tasks/{id}/progress", (*Daemon).handleTransferProgress, "transfer.progress", access.Operator, onAll},
+	{http.MethodPost, "/v1/tasks/{id}/finish", (*Daemon).handleFinishTransfer, "transfer.finish", access.Operator, onAll},
+	{http.MethodPost, "/v1/disks/{name}/export", (*Daemon).handleExportDisk, "disk.export", access.Operator, onDisk},
+	{http.MethodPost, "/v1/images/{name}/export", (*Daemon).handleExportImage, "image.export", access.Reader, onAll},
+	{http.MethodPost, "/v1/imports", (*Daemon).handleImport, "import", access.Operator, onAll},
+	{http.MethodGet, "/v1/machines", (*Daemon).handleListMachines, "machine.list", access.Reader, onAll},
+	{http.MethodPost, "/v1/machines", (*Daemon).handleCreateMachine, "machine.create", access.Operator, onAll},
+	{http.MethodGet, "/v1/machines/{name}", (*Daemon).handleGetMachine, "machine.get", access.Reader, onAll},
+	{http.MethodPatch, "/v1/machines/{name}", (*Daemon).handleUpdateMachine, "machine.update", access.Operator, onAll},
+	{http.MethodDelete, "/v1/machines/{name}", (*Daemon).handleDeleteMachine, "machine.delete", access.Admin, onAll},
+	{http.MethodGet, "/v1/machines/{name}/snapshots", (*Daemon).handleListMachineSnapshots, "machine.snapshot.list", access.Reader, onAll},
+	{http.MethodPost, "/v1/machines/{name}/snapshots", (*Daemon).handleCreateMachineSnapshot, "machine.snapshot.create", access.Operator, onAll},
+	{http.MethodGet, "/v1/machines/{name}/snapshots/{snapshot}", (*Daemon).handleGetMachineSnapshot, "machine.snapshot.get", access.Reader, onAll},
+	{http.MethodDelete, "/v1/machines/{name}/snapshots/{snapshot}", (*Daemon).handleDeleteMachineSnapshot, "machine.snapshot.delete", access.Operator, onAll},
+	{http.MethodPost, "/v1/machines/{name}/snapshots/{snapshot}/rollback", (*Daemon).handleRollbackMachine, "machine.snapshot.rollback", access.Operator, onAll},
+	{http.MethodGet, "/v1/images", (*Daemon).handleListImages, "image.list", access.Reader, onAll},
+	{http.MethodPost, "/v1/images", (*Daemon).handleCreateImage, "image.create", access.Operator, onAll},
+	{http.MethodGet, "/v1/images/{name}", (*Daemon).handleGetImage, "image.get", access.Reader, onAll},
+	{http.MethodDelete, "/v1/images/{name}", (*Daemon).handleDeleteImage, "image.delete", access.Operator, onAll},
+	{http.MethodGet, "/v1/exports", (*Daemon).handleListExports, "export.list", access.Reader, onList},
+	{http.MethodGet, "/v1/attachments", (*Daemon).handleListAttachments, "attachment.list", access.Reader, onAll},
+	{http.MethodPost, "/v1/attachments", (*Daemon).handleAttach, "attachment.attach", access.Admin, onAll},
+	{http.MethodGet, "/v1/attachments/{device}", (*Daemon).handleGetAttachment, "attachment.get", access.Reader, onAll},
+	{http.MethodDelete, "/v1/attachments/{device}", (*Daemon).handleDetach, "attachment.detach", access.Admin, onAll},
+	{http.MethodGet, "/v1/info", (*Daemon).handleInfo, "info", access.Reader, onList},
+	{http.MethodGet, "/v1/health", (*Daemon).handleHealth, "health", access.None, onAll},
 }
 
 // Route is one endpoint of the control API, as docs/api/openapi.yaml
 // names it: a method and a ServeMux pattern whose {wildcards} match
 // OpenAPI's path templates.
-type Route struct{ Method, Path string }
+type Route struct {
+	Method, Path string
+	Role         string // the role it needs: none, reader, operator or admin
+	OnDisk       bool   // the role counts on the disk in the path (a grant on it suffices)
+}
 
 // Routes lists every endpoint the API serves.
 func Routes() []Route {
 	out := make([]Route, len(routes))
 	for i, rt := range routes {
-		out[i] = Route{rt.method, rt.path}
+		out[i] = Route{rt.method, rt.path, rt.need.String(), rt.scope == onDisk}
 	}
 	return out
 }
@@ -94,10 +110,15 @@ const maxBody = 1 << 20
 func (d *Daemon) apiHandler() http.Handler {
 	mux := http.NewServeMux()
 	for _, rt := range routes {
-		mux.Handle(rt.method+" "+rt.path, d.wrap(rt.handle))
+		mux.Handle(rt.method+" "+rt.path, d.wrap(rt))
 	}
 	methods := []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if clean := path.Clean(r.URL.Path); clean != r.URL.Path && clean+"/" != r.URL.Path {
+			// ServeMux would answer with an HTML redirect.
+			d.writeError(w, r, errorf(block.ErrNotFound, "no API endpoint %s %s: write the path without //, . or .. (as %s)", r.Method, r.URL.Path, clean))
+			return
+		}
 		if _, pattern := mux.Handler(r); pattern != "" {
 			mux.ServeHTTP(w, r)
 			return
@@ -119,21 +140,31 @@ func (d *Daemon) apiHandler() http.Handler {
 	})
 }
 
-// wrap turns a handler's error into the API's error answer, logs the
-// request, and answers 500 instead of dying when a handler panics.
-func (d *Daemon) wrap(h func(d *Daemon, w http.ResponseWriter, r *http.Request) error) http.Handler {
+// wrap checks the caller's role, turns a handler's error into the API's
+// error answer, writes the audit log line, and answers 500 instead of
+// dying when a handler panics.
+func (d *Daemon) wrap(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		target := auditTarget(r)
+		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, &target))
+		var err error
 		defer func() {
 			if p := recover(); p != nil {
 				d.log.Error("API handler panicked", "method", r.Method, "path", r.URL.Path, "panic", p, "stack", string(debug.Stack()))
-				d.writeError(w, r, fmt.Errorf("handler panicked: %v", p))
+				err = fmt.Errorf("handler panicked: %v", p)
+				d.writeError(sw, r, err)
 			}
+			d.audit(r, rt.action, target, sw.status, err)
+			d.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "duration", time.Since(start))
 		}()
-		if err := h(d, w, r); err != nil {
-			d.writeError(w, r, err)
+		if err = d.checkRoute(rt, r); err == nil {
+			err = rt.handle(d, sw, r)
 		}
-		d.log.Debug("api request", "method", r.Method, "path", r.URL.Path, "duration", time.Since(start))
+		if err != nil {
+			d.writeError(sw, r, err)
+		}
 	})
 }
 
@@ -155,52 +186,110 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Write(append(b, '\n'))
 }
 
+// Bounds on reading a request: its headers within apiHeaderTimeout, its
+// body within apiBodyTimeout (a client sending a byte every few seconds is
+// cut, whatever the body's size), and an idle keep-alive connection is
+// closed after apiIdleTimeout.
+const (
+	apiHeaderTimeout = 10 * time.Second
+	apiBodyTimeout   = 10 * time.Second
+	apiIdleTimeout   = 2 * time.Minute
+)
+
 // decodeBody decodes a JSON request body into v: application/json only,
-// at most maxBody bytes, one object, no unknown fields.
+// at most maxBody bytes read within apiBodyTimeout, one object, decoded
+// strictly: member names match the field's exactly (case included), a
+// name given twice and a name no field has are refused.
 func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
 	ct := r.Header.Get("Content-Type")
 	if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
 		return errorf(errMediaType, "Content-Type %q: the request body must be JSON, sent as application/json", ct)
 	}
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(apiBodyTimeout))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
 	if err == nil {
-		if _, terr := dec.Token(); terr != io.EOF {
-			err = terr
-			if terr == nil {
-				err = errors.New("more than one JSON value")
-			}
-			err = fmt.Errorf("unexpected data after the JSON object: %w", err)
-		}
+		rc.SetReadDeadline(time.Time{})
+	} else {
+		// Keep the deadline: the server would otherwise wait for the rest
+		// of the body before answering. The connection is closed after.
+		w.Header().Set("Connection", "close")
 	}
-	return bodyError(err)
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		return errorf(errTooLarge, "request body is larger than the limit of %d bytes", tooLarge.Limit)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return errorf(errTimeout, "request body not received within %v; send it at once", apiBodyTimeout)
+	case err != nil:
+		return invalidf("request body: %v", err)
+	case len(bytes.TrimSpace(body)) == 0:
+		return invalidf("request body is empty: send a JSON object")
+	}
+	return bodyError(jsonv2.Unmarshal(body, v, jsonv2.RejectUnknownMembers(true)))
 }
 
+// bodyError turns a strict decoder's error into one naming the member.
 func bodyError(err error) error {
-	var tooLarge *http.MaxBytesError
-	var syntax *json.SyntaxError
-	var typ *json.UnmarshalTypeError
+	var syn *jsontext.SyntacticError
+	var sem *jsonv2.SemanticError
+	var typ *json.UnmarshalTypeError // from a type's own UnmarshalJSON (api.Size)
 	switch {
 	case err == nil:
 		return nil
-	case errors.As(err, &tooLarge):
-		return errorf(errTooLarge, "request body is larger than the limit of %d bytes", tooLarge.Limit)
-	case errors.Is(err, io.EOF):
-		return invalidf("request body is empty: send a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return invalidf("request body: the JSON ends early")
-	case errors.As(err, &syntax):
-		return invalidf("request body: malformed JSON at byte %d: %v", syntax.Offset, err)
-	case errors.As(err, &typ) && typ.Field != "":
-		return invalidField(typ.Field, "%s: expected %s, got a JSON %s", typ.Field, jsonTypeName(typ.Type.Name()), typ.Value)
-	case errors.As(err, &typ):
-		return invalidf("request body: expected a JSON object, got a JSON %s", typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		field := strings.TrimPrefix(err.Error(), "json: unknown field ")
-		return invalidField(strings.Trim(field, `"`), "request body: unknown field %s", field)
+	case errors.As(err, &syn) && errors.Is(err, jsontext.ErrDuplicateName):
+		field := memberName(syn.JSONPointer)
+		return invalidField(field, "%s: given twice in the request body; give each member once", field)
+	case errors.As(err, &syn) && strings.Contains(syn.Error(), "after top-level value"):
+		return invalidf("request body: unexpected data after the JSON object: %v", syn.Err)
+	case errors.As(err, &syn):
+		return invalidf("request body: malformed JSON at byte %d: %v", syn.ByteOffset, syn.Err)
+	case errors.As(err, &sem) && errors.Is(err, jsonv2.ErrUnknownName):
+		field := memberName(sem.JSONPointer)
+		return invalidField(field, "request body: unknown field %q (member names are case-sensitive)", field)
+	case errors.As(err, &sem) && sem.JSONPointer == "":
+		return invalidf("request body: expected a JSON object, got a JSON %s", kindName(sem.JSONKind))
+	case errors.As(err, &sem):
+		field := memberName(sem.JSONPointer)
+		got := kindName(sem.JSONKind)
+		if errors.As(err, &typ) && typ.Value != "" {
+			got = typ.Value
+		}
+		want := "a valid value"
+		if sem.GoType != nil {
+			want = jsonTypeName(sem.GoType.Name())
+		}
+		return invalidField(field, "%s: expected %s, got a JSON %s", field, want, got)
 	}
 	return invalidf("request body: %v", err)
+}
+
+// memberName is the top-level member a JSON pointer ("/name") points into.
+func memberName(p jsontext.Pointer) string {
+	for name := range p.Tokens() {
+		return name
+	}
+	return ""
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return "value"
 }
 
 func jsonTypeName(goType string) string {

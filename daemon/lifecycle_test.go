@@ -131,9 +131,11 @@ func TestRestartKeepsDisks(t *testing.T) {
 }
 
 func TestAdopt(t *testing.T) {
-	in := daemontest.Start(t, nil)
-	ctx := context.Background()
 	dir := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dir}
+	in := daemontest.Start(t, &cfg)
+	ctx := context.Background()
 	path := filepath.Join(dir, "legacy.raw")
 	content := bytes.Repeat([]byte("cairn!!!"), 1<<17) // 1 MiB
 	if err := os.WriteFile(path, content, 0o600); err != nil {
@@ -177,25 +179,11 @@ func TestAdopt(t *testing.T) {
 }
 
 func TestAdoptBlockDevice(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a loop device")
-	}
-	need(t, "losetup")
-	backing := filepath.Join(t.TempDir(), "backing.raw")
-	if err := os.WriteFile(backing, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(backing, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("losetup", "--find", "--show", backing).CombinedOutput()
-	if err != nil {
-		t.Skipf("no loop device: %v: %s", err, out)
-	}
-	dev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+	dev := loopDevice(t, 8<<20)
 
-	in := daemontest.Start(t, nil)
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dev}
+	in := daemontest.Start(t, &cfg)
 	ctx := context.Background()
 	d, err := in.Client.CreateDisk(ctx, api.CreateDiskRequest{Name: "loop", Adopt: dev})
 	if err != nil {

@@ -68,6 +68,32 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	}
 }
 
+// TestOpenAPIRoles: every operation's x-role names the role its route
+// needs (and says "on the disk" where a grant on the disk suffices).
+func TestOpenAPIRoles(t *testing.T) {
+	doc, _ := loadOpenAPI(t)
+	for _, r := range daemon.Routes() {
+		node, ok := doc.Paths[r.Path][strings.ToLower(r.Method)]
+		if !ok {
+			continue // TestOpenAPIDocumentsEveryRoute says so
+		}
+		var op struct {
+			Role string `yaml:"x-role"`
+		}
+		if err := node.Decode(&op); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case op.Role == "":
+			t.Errorf("%s %s: no x-role (the route needs %s)", r.Method, r.Path, r.Role)
+		case !strings.HasPrefix(op.Role, r.Role):
+			t.Errorf("%s %s: x-role %q, but the route needs %s", r.Method, r.Path, op.Role, r.Role)
+		case r.OnDisk && !strings.Contains(op.Role, "on the disk"):
+			t.Errorf("%s %s: x-role %q does not say the role counts on the disk", r.Method, r.Path, op.Role)
+		}
+	}
+}
+
 // TestOpenAPISchemasMatchTypes: each documented schema has exactly the
 // JSON fields of the Go type the daemon encodes or decodes.
 func TestOpenAPISchemasMatchTypes(t *testing.T) {

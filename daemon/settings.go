@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/cairn-storage/cairn/cow"
+	"github.com/cairn-storage/cairn/daemon/access"
 )
 
 // Setting is one of cairnd's settings, declared once in Settings: from it
@@ -48,14 +50,86 @@ var Settings = []Setting{
 		field: func(c *Config) any { return &c.NBDSocket },
 		check: func(c Config) error { return socketPathFits(c.NBDSocket, c.NBDListener) }},
 	{Flag: "nbd-listen", Arg: "ADDR", Key: "nbd_listen",
-		Doc:   "also serve NBD on this TCP host:port, loopback only until NBD over TLS exists",
+		Doc:   "also serve NBD on this TCP host:port; off loopback it needs tls_cert and every client must use TLS",
 		field: func(c *Config) any { return &c.NBDListen },
 		check: func(c Config) error {
 			if c.NBDListen == "" || c.NBDTCPListener != nil {
 				return nil
 			}
-			return checkLoopback(c.NBDListen)
+			return checkTCPListen(c.NBDListen, c.TLSCert != "")
 		}},
+	{Flag: "nbd-max-connections", Arg: "N", Key: "nbd_max_connections", Default: strconv.Itoa(DefaultNBDMaxConnections),
+		Doc:   "most NBD connections at once, over every listener; more are closed at once",
+		field: func(c *Config) any { return &c.NBDMaxConnections },
+		check: func(c Config) error {
+			if c.NBDMaxConnections < 0 {
+				return errors.New("must not be negative")
+			}
+			return nil
+		}},
+	{Flag: "nbd-idle-timeout", Arg: "DURATION", Key: "nbd_idle_timeout",
+		Doc:   "close an NBD connection with nothing in flight that sent no request for this long (qemu without reconnect-delay does not reconnect)",
+		field: func(c *Config) any { return &c.NBDIdleTimeout },
+		check: func(c Config) error {
+			if c.NBDIdleTimeout < 0 {
+				return errors.New("must not be negative")
+			}
+			return nil
+		}},
+	{Flag: "tls-cert", Arg: "PATH", Key: "tls_cert",
+		Doc:   "the NBD server's X.509 certificate (PEM) for NBD_OPT_STARTTLS; reread on SIGHUP and when it changes",
+		field: func(c *Config) any { return &c.TLSCert },
+		check: func(c Config) error {
+			if (c.TLSCert == "") != (c.TLSKey == "") {
+				return errors.New("tls_cert and tls_key go together: give both or neither")
+			}
+			return nil
+		}},
+	{Flag: "tls-key", Arg: "PATH", Key: "tls_key",
+		Doc:   "the private key (PEM) of tls_cert",
+		field: func(c *Config) any { return &c.TLSKey }},
+	{Flag: "tls-client-ca", Arg: "PATH", Key: "tls_client_ca",
+		Doc:   "CA certificates (PEM): TLS clients must present a certificate signed by one (mutual TLS)",
+		field: func(c *Config) any { return &c.TLSClientCA },
+		check: func(c Config) error {
+			if c.TLSClientCA != "" && c.TLSCert == "" {
+				return errors.New("needs tls_cert and tls_key: mutual TLS is TLS first")
+			}
+			return nil
+		}},
+	{Flag: "tls-required", Arg: "LIST", Key: "tls_required",
+		Doc:   "exports (names or patterns such as vm-* or *) a TCP client may open only over TLS",
+		field: func(c *Config) any { return &c.TLSRequired },
+		check: func(c Config) error {
+			if len(c.TLSRequired) > 0 && c.TLSCert == "" {
+				return errors.New("needs tls_cert and tls_key")
+			}
+			return checkPatterns(c.TLSRequired)
+		}},
+	{Flag: "admin", Arg: "LIST", Key: "admin",
+		Doc:   "who has the admin role (uid:N, user:NAME, gid:N, group:NAME, cert:CN); root and cairnd's own user always do",
+		field: func(c *Config) any { return &c.Admin },
+		check: func(c Config) error { _, err := access.New(access.Config{Admin: c.Admin}); return err }},
+	{Flag: "operator", Arg: "LIST", Key: "operator", Default: "group:cairn, if that group exists",
+		Doc:   "who has the operator role: snapshots, rollback, verify, disk create and grow, read-write NBD",
+		field: func(c *Config) any { return &c.Operator },
+		check: func(c Config) error { _, err := access.New(access.Config{Operator: c.Operator}); return err }},
+	{Flag: "reader", Arg: "LIST", Key: "reader",
+		Doc:   "who has the reader role: list, show, changed blocks, read-only NBD",
+		field: func(c *Config) any { return &c.Reader },
+		check: func(c Config) error { _, err := access.New(access.Config{Reader: c.Reader}); return err }},
+	{Flag: "grant", Arg: "LIST", Key: "grant",
+		Doc:   "per-disk grants, each \"PRINCIPAL ROLE DISKS\" such as \"group:tenant-a operator a-*\"",
+		field: func(c *Config) any { return &c.Grant },
+		check: func(c Config) error { _, err := access.New(access.Config{Grant: c.Grant}); return err }},
+	{Flag: "nbd-tcp-role", Arg: "ROLE", Key: "nbd_tcp_role", Default: "operator",
+		Doc:   "role of an NBD client over TCP whose certificate (if any) no role or grant names: admin, operator, reader or none",
+		field: func(c *Config) any { return &c.NBDTCPRole },
+		check: func(c Config) error { _, err := access.ParseRole(c.NBDTCPRole); return err }},
+	{Flag: "adopt-allow", Arg: "LIST", Key: "adopt_allow",
+		Doc:   "directories and block devices disks may be adopted from (symlinks resolved); none: adoption is off",
+		field: func(c *Config) any { return &c.AdoptAllow },
+		check: func(c Config) error { return checkAdoptAllow(c.AdoptAllow) }},
 	{Flag: "log-level", Arg: "LEVEL", Key: "log_level", Default: "info",
 		Doc:   "debug, info, warn or error",
 		field: func(c *Config) any { return &c.LogLevel },
@@ -267,6 +341,13 @@ func (v fieldValue) Set(s string) error {
 		*p = f
 	case *Duration:
 		return p.UnmarshalText([]byte(s))
+	case *[]string:
+		// A list: comma-separated, and the flag may be given again to add.
+		for _, item := range strings.Split(s, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				*p = append(*p, item)
+			}
+		}
 	case **bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
@@ -296,13 +377,19 @@ func (v fieldValue) text() string {
 		}
 		return strconv.FormatBool(**p)
 	}
+	if p, ok := v.p.(*[]string); ok {
+		return strings.Join(*p, ",")
+	}
 	return fmt.Sprint(reflect.ValueOf(v.p).Elem().Interface())
 }
 
 // quoted is the value as an error shows it: text quoted.
 func (v fieldValue) quoted() string {
-	if p, ok := v.p.(*string); ok {
+	switch p := v.p.(type) {
+	case *string:
 		return strconv.Quote(*p)
+	case *[]string:
+		return fmt.Sprintf("%q", *p)
 	}
 	return v.text()
 }
@@ -371,10 +458,10 @@ func socketPathFits(path string, given net.Listener) error {
 	return nil
 }
 
-// checkLoopback accepts host:port addresses whose host is a loopback IP
-// or "localhost". NBD over TCP carries disk contents in clear text and
-// unauthenticated until TLS is implemented, so nothing else may listen.
-func checkLoopback(addr string) error {
+// checkTCPListen accepts host:port addresses. NBD over TCP carries disk
+// contents, so an address that is not loopback (127.0.0.0/8, ::1 or
+// "localhost") needs TLS, which that listener then requires of every client.
+func checkTCPListen(addr string, tls bool) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("want host:port, such as 127.0.0.1:10809: %v", err)
@@ -382,12 +469,46 @@ func checkLoopback(addr string) error {
 	if _, err := net.LookupPort("tcp", port); err != nil {
 		return fmt.Errorf("bad port %q", port)
 	}
-	if host == "localhost" {
+	if tls || isLoopback(host) {
 		return nil
 	}
+	return errors.New("an address that is not loopback (127.0.0.1, [::1] or localhost) carries disk contents over the network: " +
+		"set tls_cert and tls_key (every client of that listener must then use TLS), or listen on loopback")
+}
+
+// isLoopbackAddr reports whether a listener's address is loopback.
+func isLoopbackAddr(a net.Addr) bool {
+	host, _, err := net.SplitHostPort(a.String())
+	return err == nil && isLoopback(host)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
 	ip, err := netip.ParseAddr(host)
-	if err != nil || !ip.IsLoopback() {
-		return errors.New("NBD over TLS is not implemented yet, so only a loopback address (127.0.0.1, [::1] or localhost) is allowed")
+	return err == nil && ip.IsLoopback()
+}
+
+// checkPatterns checks export-name patterns (path.Match syntax).
+func checkPatterns(patterns []string) error {
+	for _, p := range patterns {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("%q is not a pattern (use names, * ? and [...])", p)
+		}
+	}
+	return nil
+}
+
+// checkAdoptAllow checks the adoption allow-list: absolute paths.
+func checkAdoptAllow(list []string) error {
+	for _, p := range list {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%q is not an absolute path", p)
+		}
+		if filepath.Clean(p) == "/" {
+			return errors.New(`"/" would allow every file cairnd can open; name the directories that hold disk images`)
+		}
 	}
 	return nil
 }

@@ -242,7 +242,9 @@ func TestSnapshotValidation(t *testing.T) {
 		{"-dash", api.CodeInvalidArgument},
 		{"a/b", api.CodeInvalidArgument},
 		{"ok", ""},
-		{"快照-1", ""},
+		{"快照-1", api.CodeInvalidArgument},      // ASCII only: no look-alikes (docs/security.md)
+		{"sn\u0430p", api.CodeInvalidArgument}, // a Cyrillic а
+		{"snap-1", ""},
 		{"ok", api.CodeAlreadyExists},
 		{"v1.2:3+4_5", ""},
 		{"fourth", api.CodeQuotaExceeded},

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -85,24 +83,26 @@ func checkDiskName(field, name string) error {
 	return nil
 }
 
-// SnapshotNameRule is the rule every manual snapshot name follows (after
+// SnapshotNameRule is the rule every new snapshot name follows (after
 // Alibaba's: 2–128 characters, not starting with "auto", which automatic
-// snapshots use, nor with a URL scheme).
-const SnapshotNameRule = "2 to 128 characters from letters, digits and . _ - : +, starting with a letter or digit, " +
+// snapshots use, nor with a URL scheme). Letters are ASCII only, so that
+// no two names can look alike ("snap" and "snаp" with a Cyrillic а).
+// Snapshots named under the older rule, which allowed any Unicode letter,
+// keep their names: lookups take any name that exists.
+const SnapshotNameRule = "2 to 128 characters from a-z A-Z 0-9 . _ - : +, starting with a letter or digit, " +
 	"not starting with 'auto' (reserved for automatic snapshots) nor 'http://' or 'https://'"
 
 // checkSnapshotName applies SnapshotNameRule to the name of a new
 // snapshot of kind (api.SnapshotManual or api.SnapshotAuto: only manual
 // names may not start with "auto").
 func checkSnapshotName(name string, kind string) error {
-	n := utf8.RuneCountInString(name)
-	ok := n >= 2 && n <= 128 && utf8.ValidString(name)
+	ok := len(name) >= 2 && len(name) <= 128
 	for i, r := range name {
 		if !ok {
 			break
 		}
 		switch {
-		case unicode.IsLetter(r) || unicode.IsDigit(r):
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z', '0' <= r && r <= '9':
 		case i > 0 && strings.ContainsRune("._-:+", r):
 		default:
 			ok = false
@@ -237,40 +237,6 @@ func checkAdoptedSize(path string, size int64, blockSize int) error {
 		return invalidField(fieldAdopt, "adopt: %s is %d bytes: an adopted image must be a non-zero multiple of 512 bytes", path, size)
 	}
 	return checkBlocks(fieldAdopt, size, blockSize)
-}
-
-// checkAdopt validates a path to adopt and returns it cleaned: absolute,
-// an existing regular file or block device, outside the data directory,
-// and not already a disk's live image. Caller holds d.mu.
-func (d *Daemon) checkAdopt(path string) (string, error) {
-	if !filepath.IsAbs(path) {
-		return "", invalidField(fieldAdopt, "adopt: %q is not an absolute path", path)
-	}
-	path = filepath.Clean(path)
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", invalidField(fieldAdopt, "adopt: %v", err)
-	}
-	if !fi.Mode().IsRegular() && (fi.Mode()&os.ModeDevice == 0 || fi.Mode()&os.ModeCharDevice != 0) {
-		return "", invalidField(fieldAdopt, "adopt: %s is neither a regular file nor a block device", path)
-	}
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return "", invalidField(fieldAdopt, "adopt: %v", err)
-	}
-	dataDir, err := filepath.EvalSymlinks(d.cfg.DataDir)
-	if err != nil {
-		return "", fmt.Errorf("resolve data directory: %w", err)
-	}
-	if rel, err := filepath.Rel(dataDir, real); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-		return "", invalidField(fieldAdopt, "adopt: %s is inside cairnd's data directory %s", path, d.cfg.DataDir)
-	}
-	for _, other := range d.disks {
-		if ofi, err := os.Stat(d.livePath(other.rec)); err == nil && os.SameFile(fi, ofi) {
-			return "", fieldError(block.ErrInUse, fieldAdopt, "adopt: %s is already the live image of disk %q", path, other.rec.Name)
-		}
-	}
-	return path, nil
 }
 
 // checkChangesRange checks the snapshots a changes request compares.

@@ -47,6 +47,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Debug logs every FUSE request (very verbose).
 	Debug bool
+	// HostNamespace mounts the tree in PID 1's mount namespace instead of
+	// this process's (hostns.go): for a cairnd that systemd runs in a
+	// namespace of its own, so that the host sees the tree.
+	HostNamespace bool
 }
 
 // How long the kernel may cache names and attributes. Names that come and
@@ -63,6 +67,7 @@ const (
 // Tree is a mounted FUSE view of a Source.
 type Tree struct {
 	dir     string
+	ns      namespace // where it is mounted
 	src     Source
 	opts    Options
 	log     *slog.Logger
@@ -83,7 +88,11 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fuse mount point %s: %w", dir, err)
 	}
-	if _, err := CleanStale(abs); err != nil {
+	ns := ownNamespace
+	if opts.HostNamespace {
+		ns = hostNamespace
+	}
+	if _, err := cleanStale(ns, abs); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(abs, 0o755); err != nil {
@@ -92,7 +101,7 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		return nil, fmt.Errorf("FUSE is not available (%w): load the fuse module or run with --fuse=false", err)
 	}
-	t := &Tree{dir: abs, src: src, opts: opts, log: opts.Logger, mounted: time.Now()}
+	t := &Tree{dir: abs, ns: ns, src: src, opts: opts, log: opts.Logger, mounted: time.Now()}
 	if t.log == nil {
 		t.log = slog.Default()
 	}
@@ -126,8 +135,26 @@ func Mount(dir string, src Source, opts Options) (*Tree, error) {
 		UID:         uint32(os.Getuid()),
 		GID:         uint32(os.Getgid()),
 	}
-	server, err := gofs.Mount(abs, t.root, fsopts)
+	mountPoint, mounted := abs, func() error { return nil }
+	if ns.host {
+		// go-fuse would try a direct mount on "/dev/fd/N" before taking
+		// it as the descriptor of a mount made elsewhere.
+		fsopts.MountOptions.DirectMount = false
+		if mountPoint, mounted, err = mountInHost(abs, opts.AllowOther); err != nil {
+			return nil, fmt.Errorf("mount FUSE tree on %s in the host's mount namespace: %w", abs, err)
+		}
+	}
+	server, err := gofs.Mount(mountPoint, t.root, fsopts)
+	if err == nil {
+		err = mounted()
+		if err != nil {
+			server.Unmount()
+		}
+	}
 	if err != nil {
+		if ns.host {
+			ns.detach(abs)
+		}
 		return nil, fmt.Errorf("mount FUSE tree on %s: %w", abs, err)
 	}
 	t.server = server
@@ -160,7 +187,7 @@ func closeOnExecFUSE() {
 // 1 MiB requests. Failure only costs speed.
 func (t *Tree) raiseReadahead() {
 	var st unix.Stat_t
-	if err := unix.Stat(t.dir, &st); err != nil {
+	if err := unix.Stat(t.ns.view(t.dir), &st); err != nil {
 		return
 	}
 	path := fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev))
@@ -180,6 +207,9 @@ func (t *Tree) Dir() string { return t.dir }
 func (t *Tree) Unmount() error {
 	if t.unmounted.Load() {
 		return nil
+	}
+	if t.ns.host {
+		return t.unmountHost()
 	}
 	err := t.server.Unmount()
 	if err == nil {
@@ -236,6 +266,8 @@ func (t *Tree) errno(op, name string, err error) syscall.Errno {
 		return syscall.EINVAL
 	case errors.Is(err, block.ErrNotFast):
 		return syscall.EOPNOTSUPP
+	case errors.Is(err, block.ErrDenied):
+		return syscall.EACCES
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, block.ErrNotFound):
 		return syscall.ENOENT
 	case errors.As(err, &errno):

@@ -26,23 +26,25 @@ const staleStatTimeout = 2 * time.Second
 // It refuses, with an error, when dir is a mount point of something else
 // or of a FUSE filesystem that still answers (another cairnd?). The daemon
 // calls it at start; Mount calls it too.
-func CleanStale(dir string) (int, error) {
+func CleanStale(dir string) (int, error) { return cleanStale(ownNamespace, dir) }
+
+func cleanStale(ns namespace, dir string) (int, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return 0, fmt.Errorf("fuse mount point %s: %w", dir, err)
 	}
 	detached := 0
 	for range 16 { // mounts can stack; each pass detaches the top one
-		m, found, err := mountAt(abs)
+		m, found, err := mountAt(ns, abs)
 		if err != nil {
 			return detached, err
 		}
-		statErr := statfsWithTimeout(abs)
+		statErr := statfsWithTimeout(ns.view(abs))
 		if !found {
 			if errors.Is(statErr, unix.ENOTCONN) {
 				// Not in our mount table (another namespace's view?),
 				// but dead here: detach it anyway.
-				if err := unix.Unmount(abs, unix.MNT_DETACH); err != nil {
+				if err := ns.detach(abs); err != nil {
 					return detached, fmt.Errorf("detach dead FUSE mount on %s: %w", abs, err)
 				}
 				detached++
@@ -53,13 +55,23 @@ func CleanStale(dir string) (int, error) {
 		if !isFUSE(m.fstype) {
 			return detached, fmt.Errorf("fuse mount point %s is already a mount point (%s from %s); unmount it or choose another FUSE directory", abs, m.fstype, m.source)
 		}
+		if statErr == nil && ns.host && m.fstype == FSType {
+			// In the host's namespace a cairn tree's statfs cannot be
+			// trusted: the kernel answers a process whose ids differ from
+			// the mount's (cairnd runs as root:cairn, the tree is
+			// root:root's) with made-up figures and never ENOTCONN. The
+			// daemon holds its data directory's lock and the FUSE
+			// directory is its own, so a tree found there was left by
+			// the cairnd before it: detach it.
+			statErr = errors.New("left by an earlier cairnd")
+		}
 		if statErr == nil {
 			return detached, fmt.Errorf("fuse mount point %s already has a live FUSE mount (%s from %s): is another cairnd running? Stop it, or unmount with 'umount -l %s'", abs, m.fstype, m.source, abs)
 		}
 		if errors.Is(statErr, errNoAnswer) {
 			abortConnection(m.device)
 		}
-		if err := unix.Unmount(abs, unix.MNT_DETACH); err != nil {
+		if err := ns.detach(abs); err != nil {
 			return detached, fmt.Errorf("detach stale FUSE mount on %s (%v): %w", abs, statErr, err)
 		}
 		detached++
@@ -125,8 +137,10 @@ func MountPoints() ([]string, error) {
 	return out, nil
 }
 
-func readMountInfo() ([]mountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+func readMountInfo() ([]mountInfo, error) { return ownNamespace.readMountInfo() }
+
+func (ns namespace) readMountInfo() ([]mountInfo, error) {
+	f, err := os.Open(ns.proc + "/mountinfo")
 	if err != nil {
 		return nil, fmt.Errorf("read mount table: %w", err)
 	}
@@ -135,8 +149,8 @@ func readMountInfo() ([]mountInfo, error) {
 }
 
 // mountAt returns the topmost mount on dir.
-func mountAt(dir string) (mountInfo, bool, error) {
-	mounts, err := readMountInfo()
+func mountAt(ns namespace, dir string) (mountInfo, bool, error) {
+	mounts, err := ns.readMountInfo()
 	if err != nil {
 		return mountInfo{}, false, err
 	}

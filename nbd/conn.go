@@ -15,23 +15,34 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// readBufSize is the per-connection read buffer: large enough that one
-// read system call picks up a queue depth's worth of request headers and
-// small write payloads.
-const readBufSize = 128 << 10
+// readBufSize is the per-connection read buffer of the transmission
+// phase: large enough that one read system call picks up a queue depth's
+// worth of request headers and small write payloads. Option haggling
+// reads through handshakeBufSize, so a connection that never gets past it
+// costs little memory.
+const (
+	readBufSize      = 128 << 10
+	handshakeBufSize = 4 << 10
+)
 
 // conn is one client connection through its whole life: option haggling
 // (handshake.go), then the transmission phase (transmission.go), then
 // teardown. One goroutine (the one running serve) owns the socket's read
 // side; workers share the write side through replies.
 type conn struct {
-	srv    *Server
-	nc     net.Conn
-	id     uint64
-	since  time.Time
-	remote string
-	log    *slog.Logger
-	done   chan struct{} // closed when serve has returned
+	srv *Server
+	// nc is the accepted socket: deadlines and closing act on it. io is
+	// what requests and replies go through: nc, or the TLS session over it
+	// (set by the reader during option haggling, fixed after).
+	nc       net.Conn
+	io       net.Conn
+	peer     Peer // the Exporter reads it through ctx (PeerFrom)
+	forceTLS bool // FORCEDTLS: the listener requires TLS (ServeTLS)
+	id       uint64
+	since    time.Time
+	remote   string
+	log      *slog.Logger
+	done     chan struct{} // closed when serve has returned
 
 	// ctx is passed to every backend call; kill and the end of serve
 	// cancel it.
@@ -65,23 +76,26 @@ type conn struct {
 }
 
 // newConn makes connection id on nc; remote names the peer ("": found
-// from the socket, remoteName).
-func newConn(s *Server, nc net.Conn, id uint64, remote string) *conn {
+// from the socket, remoteName); forceTLS makes the client start TLS
+// before anything else (a TCP listener off loopback).
+func newConn(s *Server, nc net.Conn, id uint64, remote string, forceTLS bool) *conn {
 	if remote == "" {
 		remote = remoteName(nc)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &conn{
-		srv:    s,
-		nc:     nc,
-		id:     id,
-		since:  time.Now(),
-		remote: remote,
-		log:    s.log.With("conn", id, "remote", remote),
-		done:   make(chan struct{}),
-		ctx:    ctx,
-		cancel: cancel,
+	c := &conn{
+		srv:      s,
+		nc:       nc,
+		io:       nc,
+		peer:     Peer{Conn: nc},
+		forceTLS: forceTLS,
+		id:       id,
+		since:    time.Now(),
+		remote:   remote,
+		log:      s.log.With("conn", id, "remote", remote),
+		done:     make(chan struct{}),
 	}
+	c.ctx, c.cancel = context.WithCancel(context.WithValue(context.Background(), peerKey{}, &c.peer))
+	return c
 }
 
 // remoteName describes the peer: its address, or for a unix socket (whose
@@ -126,7 +140,7 @@ func (c *conn) run(start func() bool) {
 			c.log.Error("nbd: internal error; closing connection", "panic", p, "stack", string(debug.Stack()))
 		}
 	}()
-	c.br = bufio.NewReaderSize(c.nc, readBufSize)
+	c.br = bufio.NewReaderSize(c.io, handshakeBufSize)
 	if start() {
 		c.transmit()
 	}
@@ -157,7 +171,7 @@ func (c *conn) teardown() {
 				"export", c.exp.Name, "err", err)
 		}
 	}
-	c.nc.Close()
+	c.io.Close()
 	if c.release != nil {
 		c.release()
 	}

@@ -29,12 +29,20 @@
 // NBD_OPT_INFO (answered with NBD_INFO_EXPORT, NBD_INFO_BLOCK_SIZE, and
 // NBD_INFO_NAME / NBD_INFO_DESCRIPTION when asked), NBD_OPT_EXPORT_NAME,
 // NBD_OPT_LIST, NBD_OPT_ABORT, NBD_OPT_STRUCTURED_REPLY,
-// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. Every other
-// option (NBD_OPT_STARTTLS included, for now) gets NBD_REP_ERR_UNSUP after
-// its data is skipped. Option data over 64 KiB is skipped and refused with
-// NBD_REP_ERR_TOO_BIG; over 16 MiB, or any breach of a MUST (bad magic,
-// unknown client flags), closes the connection with one log line. Option
-// haggling must finish within Options.HandshakeTimeout.
+// NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT and, with
+// Options.TLS, NBD_OPT_STARTTLS (tls.go: SELECTIVETLS on Serve's
+// listeners, where an export refuses a plain client through
+// ErrTLSRequired; FORCEDTLS on ServeTLS's). Every other option gets
+// NBD_REP_ERR_UNSUP after its data is skipped. The Exporter learns who the
+// client is from PeerFrom(ctx): the socket (a Unix socket's peer
+// credentials) and the TLS session. Option data over 64 KiB is skipped
+// and refused with NBD_REP_ERR_TOO_BIG; over 16 MiB, or any breach of a
+// MUST (bad magic, unknown client flags), closes the connection with one
+// log line. Option haggling must finish within Options.HandshakeTimeout,
+// and reads through a 4 KiB buffer (the transmission phase's is 128 KiB),
+// so a connection that never gets past it costs little. At most
+// Options.MaxConns connections are held; Options.IdleTimeout, when set,
+// closes one that has nothing in flight and sent nothing for that long.
 //
 // Meta contexts: base:allocation, answered by block.Device.Extents, plus
 // whatever Export.Contexts returns when the client negotiates (for example

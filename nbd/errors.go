@@ -20,7 +20,7 @@ func errnoOf(err error) uint32 {
 	case errors.Is(err, block.ErrNoSpace), errors.Is(err, syscall.ENOSPC),
 		errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
 		return errNoSpc
-	case errors.Is(err, block.ErrReadOnly), errors.Is(err, syscall.EROFS):
+	case errors.Is(err, block.ErrReadOnly), errors.Is(err, syscall.EROFS), errors.Is(err, block.ErrDenied):
 		return errPerm
 	case errors.Is(err, block.ErrInvalid):
 		return errInval

@@ -2,10 +2,16 @@ package nbd_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"runtime"
 	"sync"
@@ -59,7 +65,7 @@ func fuzzServe(input []byte) []byte {
 		}},
 		&nbd.Export{Name: "", Description: "default", Device: blocktest.NewMemory(4096), ReadOnly: true},
 	)
-	srv := nbd.NewServer(nbd.Options{Exporter: exps, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	srv := nbd.NewServer(nbd.Options{Exporter: exps, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TLS: fuzzTLS()})
 	pc := &pipeConn{in: bytes.NewReader(input)}
 	done := make(chan struct{})
 	go func() {
@@ -74,6 +80,15 @@ func fuzzServe(input []byte) []byte {
 	}
 	return pc.out.Bytes()
 }
+
+// fuzzTLS is a server TLS config (STARTTLS is then offered, and the
+// handshake over fuzzed bytes fails), made once.
+var fuzzTLS = sync.OnceValue(func() *tls.Config {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+})
 
 // Builders of well-formed client input, for seeds.
 
@@ -114,6 +129,7 @@ func FuzzOptionParser(f *testing.F) {
 		concat(flags, optBytes(cOptStructured, nil), optBytes(cOptSetMeta, metaData("a", "qemu:dirty-bitmap:x")), optBytes(cOptExportName, []byte("a"))),
 		concat(binary.BigEndian.AppendUint32(nil, 1), optBytes(cOptExportName, nil)),
 		concat(flags, optBytes(42, []byte("unknown")), optBytes(cOptStartTLS, nil), optBytes(cOptGo, infoData("nope"))),
+		concat(flags, optBytes(cOptStartTLS, []byte("x")), optBytes(cOptStartTLS, nil), []byte("\x16\x03\x01\x00\x05hello")),
 		concat(flags, optBytes(cOptSetMeta, metaData("a", "base:allocation")), optBytes(cOptListMeta, []byte{0, 0, 0, 1, 'a', 0xff, 0xff, 0xff, 0xff})),
 	} {
 		f.Add(seed)

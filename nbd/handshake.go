@@ -59,7 +59,7 @@ func (c *conn) negotiate() bool {
 	if c.stopping.Load() { // stopped before the deadline above replaced stop's
 		return false
 	}
-	h := &handshake{c: c, bw: bufio.NewWriterSize(c.nc, 4096)}
+	h := &handshake{c: c, bw: bufio.NewWriterSize(c.io, 4096)}
 	ok, err := h.run()
 	if err != nil {
 		var pe *protocolError
@@ -161,7 +161,7 @@ func (h *handshake) readPayload(opt, n uint32) (data []byte, ok bool, err error)
 
 func knownOption(opt uint32) bool {
 	switch opt {
-	case optExportName, optAbort, optList, optInfo, optGo, optStructuredReply, optListMetaContext, optSetMetaContext:
+	case optExportName, optAbort, optList, optInfo, optGo, optStructuredReply, optListMetaContext, optSetMetaContext, optStartTLS:
 		return true
 	}
 	return false
@@ -169,6 +169,9 @@ func knownOption(opt uint32) bool {
 
 // option answers one option.
 func (h *handshake) option(opt uint32, data []byte) (optResult, error) {
+	if refused, res, err := h.tlsGate(opt); refused {
+		return res, err
+	}
 	switch opt {
 	case optExportName:
 		return h.exportName(data)
@@ -191,7 +194,7 @@ func (h *handshake) option(opt uint32, data []byte) (optResult, error) {
 	case optListMetaContext, optSetMetaContext:
 		return optNext, h.metaContext(opt, data)
 	case optStartTLS:
-		return optNext, h.replyErr(opt, repErrUnsup, "TLS is not available on this listener")
+		return h.startTLS(data)
 	default:
 		return optNext, h.replyErr(opt, repErrUnsup, "option %d is not supported by this server", opt)
 	}
@@ -209,6 +212,10 @@ func (h *handshake) open(name string) (*Export, func(), uint32, string) {
 			release()
 		}
 		switch {
+		case errors.Is(err, ErrTLSRequired):
+			return nil, nil, repErrTLSReqd, fmt.Sprintf("export %q requires TLS: send NBD_OPT_STARTTLS first", name)
+		case errors.Is(err, block.ErrDenied):
+			return nil, nil, repErrPolicy, err.Error()
 		case errors.Is(err, ErrUnknownExport):
 			return nil, nil, repErrUnknown, fmt.Sprintf("no export named %q", name)
 		case errors.Is(err, block.ErrShutdown):

@@ -44,10 +44,10 @@ func (s *Server) ServeTransmission(nc net.Conn, exp *Export, remote string) erro
 		nc.Close()
 		return err
 	}
-	c := s.register(nc, remote)
+	c := s.register(nc, remote, false)
 	if c == nil {
 		nc.Close()
-		return block.Errorf(block.ErrShutdown, "nbd: the server is shutting down")
+		return block.Errorf(block.ErrShutdown, "nbd: the server is shutting down or at its connection limit (nbd_max_connections)")
 	}
 	defer s.unregister(c)
 	c.run(func() bool {

@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -28,6 +29,17 @@ type Options struct {
 	// connection holds at a time (a single request may always proceed
 	// alone). Zero means 64 MiB.
 	MaxInFlightBytes int
+	// TLS, when set, offers NBD_OPT_STARTTLS with this configuration on
+	// every listener (use GetConfigForClient or GetCertificate to change
+	// certificates without a restart). ServeTLS requires it.
+	TLS *tls.Config
+	// MaxConns bounds the connections the server holds at once, over
+	// every listener; one more is closed as soon as it is accepted. Zero
+	// means 1024.
+	MaxConns int
+	// IdleTimeout, when set, closes a connection in the transmission
+	// phase that has no request in flight and has sent none for this long.
+	IdleTimeout time.Duration
 	// WritesOnWorkers turns off running small writes on the connection's
 	// reader while the backend answers them quickly (see transmission.go),
 	// so that no write can delay the requests behind it.
@@ -39,6 +51,7 @@ const (
 	defaultMaxInFlight      = 128
 	defaultMaxWorkers       = 32
 	defaultMaxInFlightBytes = 64 << 20
+	defaultMaxConns         = 1024
 )
 
 // Server speaks NBD on any number of listeners.
@@ -51,6 +64,8 @@ type Server struct {
 	conns     map[*conn]struct{}        // guarded by mu
 	nextID    uint64                    // guarded by mu
 	closing   bool                      // guarded by mu: Shutdown was called
+	refused   int                       // guarded by mu: connections over MaxConns since the last log line
+	refusedAt time.Time                 // guarded by mu: when that line was logged
 }
 
 // ConnInfo describes one connected client.
@@ -76,6 +91,9 @@ func NewServer(opts Options) *Server {
 	if opts.MaxInFlightBytes <= 0 {
 		opts.MaxInFlightBytes = defaultMaxInFlightBytes
 	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = defaultMaxConns
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -90,7 +108,19 @@ func NewServer(opts Options) *Server {
 
 // Serve accepts connections on l until l is closed or Shutdown is called.
 // It returns nil after Shutdown. Shutdown closes l.
-func (s *Server) Serve(l net.Listener) error {
+func (s *Server) Serve(l net.Listener) error { return s.serve(l, false) }
+
+// ServeTLS is Serve in FORCEDTLS mode: a client must start TLS before any
+// other option (docs in tls.go). Options.TLS must be set.
+func (s *Server) ServeTLS(l net.Listener) error {
+	if s.opts.TLS == nil {
+		l.Close()
+		return errors.New("nbd: ServeTLS without Options.TLS")
+	}
+	return s.serve(l, true)
+}
+
+func (s *Server) serve(l net.Listener, forceTLS bool) error {
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -123,7 +153,7 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		go s.ServeConn(nc)
+		go s.serveConn(nc, forceTLS)
 	}
 }
 
@@ -139,8 +169,10 @@ func transientAcceptError(err error) bool {
 // ServeConn speaks NBD on one already accepted connection (for example a
 // socket handed over by systemd) and returns when it is closed. It closes
 // nc.
-func (s *Server) ServeConn(nc net.Conn) {
-	c := s.register(nc, "")
+func (s *Server) ServeConn(nc net.Conn) { s.serveConn(nc, false) }
+
+func (s *Server) serveConn(nc net.Conn, forceTLS bool) {
+	c := s.register(nc, "", forceTLS)
 	if c == nil {
 		nc.Close()
 		return
@@ -155,16 +187,25 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// register adds a connection on nc (remote: see newConn), or returns nil
-// once Shutdown has begun.
-func (s *Server) register(nc net.Conn, remote string) *conn {
+// register adds a connection on nc (remote, forceTLS: see newConn), or
+// returns nil once Shutdown has begun or at the connection limit.
+func (s *Server) register(nc net.Conn, remote string, forceTLS bool) *conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
 		return nil
 	}
+	if len(s.conns) >= s.opts.MaxConns {
+		// One line a second at most, however many are refused.
+		if s.refused++; time.Since(s.refusedAt) >= time.Second {
+			s.log.Warn("nbd: connection limit reached; closing new connections", "limit", s.opts.MaxConns,
+				"refused", s.refused, "remote", remoteName(nc))
+			s.refused, s.refusedAt = 0, time.Now()
+		}
+		return nil
+	}
 	s.nextID++
-	c := newConn(s, nc, s.nextID, remote)
+	c := newConn(s, nc, s.nextID, remote, forceTLS)
 	s.conns[c] = struct{}{}
 	return c
 }

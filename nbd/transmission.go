@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
@@ -74,7 +75,7 @@ func (t *transmission) init(c *conn) {
 	t.maxBytes = o.MaxInFlightBytes
 	t.bcond.L = &t.bmu
 	t.fcond.L = &t.fmu
-	t.replies.init(c.nc)
+	t.replies.init(c.io)
 }
 
 // transmit runs the reader until the client disconnects, breaks the
@@ -83,13 +84,34 @@ func (t *transmission) init(c *conn) {
 func (c *conn) transmit() {
 	t := &c.tx
 	t.init(c)
+	// The handshake's small buffer may hold the first requests: then read
+	// through it (bufio reads past an empty buffer straight into ours).
+	if c.br.Buffered() > 0 {
+		c.br = bufio.NewReaderSize(c.br, readBufSize)
+	} else {
+		c.br = bufio.NewReaderSize(c.io, readBufSize)
+	}
 	defer t.wait()
+	idle := c.srv.opts.IdleTimeout
 	for !c.stopping.Load() {
 		if c.br.Buffered() < requestLen {
 			t.replies.flushIdle() // about to wait for the client
+			if idle > 0 {
+				c.nc.SetReadDeadline(time.Now().Add(idle))
+				if c.stopping.Load() { // stop's deadline was just replaced
+					return
+				}
+			}
 		}
 		hb, err := c.br.Peek(requestLen)
 		if err != nil {
+			if idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) && !c.stopping.Load() {
+				if len(t.free) < cap(t.free) {
+					continue // requests in flight: not idle
+				}
+				c.log.Info("nbd: closing idle connection", "export", c.exp.Name, "idle_timeout", idle)
+				return
+			}
 			c.readEnded(err)
 			return
 		}

@@ -9,7 +9,8 @@
 # nbd/kernel's tests check the nbd netlink numbers against.
 set -euo pipefail
 pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs linux-libc-dev util-linux kmod systemd dbus
-	qemu-system-x86 busybox-static qemu-guest-agent)
+	qemu-system-x86 busybox-static qemu-guest-agent
+	curl passwd) # curl, passwd (useradd): the role tests call the API as users they make
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

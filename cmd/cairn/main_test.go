@@ -167,8 +167,10 @@ func checkExitCodes(t *testing.T, sock string, cases []exitCase) {
 }
 
 func TestAdoptRelativePath(t *testing.T) {
-	in := daemontest.Start(t, nil)
 	dir := t.TempDir()
+	cfg := daemontest.Config(t, daemontest.DataDir(t))
+	cfg.AdoptAllow = []string{dir}
+	in := daemontest.Start(t, &cfg)
 	t.Chdir(dir)
 	if err := os.WriteFile("old.raw", make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)

@@ -31,7 +31,7 @@ func (a *app) snapshotCreateCmd() *cobra.Command {
 		Short: "Take a snapshot; it is copied into the store in the background (--wait follows it until ready)",
 		Long: "Takes a crash-consistent snapshot of DISK at once: it holds every write acknowledged before\n" +
 			"this command and none issued after. The snapshot starts 'copying' and becomes 'ready' when its\n" +
-			"changed blocks are in the store. NAME is 2 to 128 characters of letters, digits and . _ - : +,\n" +
+			"changed blocks are in the store. NAME is 2 to 128 characters of ASCII letters, digits and . _ - : +,\n" +
 			"not starting with 'auto' (kept for automatic snapshots) nor http:// or https://.",
 		Example: "  cairn snapshot create vm1-root before-upgrade --description 'kernel 6.12'\n" +
 			"  cairn snapshot create vm1-root nightly-2026-11-23 --wait",

@@ -63,7 +63,9 @@ func run(args []string, stderr io.Writer) int {
 		return exitError
 	}
 	stopService := svc.start(d) // status line and watchdog
+	stopReload := reloadOnHangup(d)
 	err = d.Run(ctx)
+	stopReload()
 	stopService()
 	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)
@@ -162,4 +164,26 @@ func unjoin(err error) []error {
 		return []error{err}
 	}
 	return nil
+}
+
+// reloadOnHangup rereads the TLS files on SIGHUP (systemctl reload
+// cairnd) until the returned func is called.
+func reloadOnHangup(d *daemon.Daemon) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-hup:
+				d.ReloadTLS() // logs its outcome
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(hup)
+		close(done)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/cairn-storage/cairn/daemon"
 	"github.com/cairn-storage/cairn/daemon/api"
 	"github.com/cairn-storage/cairn/daemon/daemontest"
+	"github.com/cairn-storage/cairn/internal/testcerts"
 )
 
 // fakeSystemd binds the notification socket systemd would, sets
@@ -167,17 +168,25 @@ func TestProbeNBD(t *testing.T) {
 		{"nothing listening", filepath.Join(dir, "none.sock"), "no such file"},
 	}
 	if nbdkit, err := exec.LookPath("nbdkit"); err == nil {
-		tests = append(tests, struct {
+		// And one that requires TLS: the probe's NBD_OPT_ABORT is
+		// answered before STARTTLS (FORCEDTLS allows it), as by a cairnd
+		// whose listener requires TLS.
+		ca := testcerts.NewCA(t, "probe CA")
+		certs := testcerts.ServerDir(t, filepath.Join(dir, "tls"), ca, ca.Issue(t, "localhost", testcerts.Options{}))
+		tests = append(tests, []struct {
 			name    string
 			path    string
 			wantErr string
-		}{"nbdkit", startNbdkit(t, nbdkit, dir), ""})
+		}{
+			{"nbdkit", startNbdkit(t, nbdkit, filepath.Join(dir, "plain")), ""},
+			{"nbdkit requiring TLS", startNbdkit(t, nbdkit, filepath.Join(dir, "tls"), "--tls=require", "--tls-certificates="+certs), ""},
+		}...)
 	} else {
 		t.Log("nbdkit not installed: probing cairnd only")
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // a loaded machine is slow
 			defer cancel()
 			err := probeNBD(ctx, tt.path)
 			switch {
@@ -192,10 +201,12 @@ func TestProbeNBD(t *testing.T) {
 
 // startNbdkit serves a memory disk on a Unix socket in dir. Without -f,
 // nbdkit returns once the socket listens, then runs in the background.
-func startNbdkit(t *testing.T, nbdkit, dir string) string {
+func startNbdkit(t *testing.T, nbdkit, dir string, flags ...string) string {
 	t.Helper()
+	os.MkdirAll(dir, 0o700)
 	sock, pidFile := filepath.Join(dir, "nbdkit.sock"), filepath.Join(dir, "nbdkit.pid")
-	if out, err := exec.Command(nbdkit, "-U", sock, "-P", pidFile, "memory", "1M").CombinedOutput(); err != nil {
+	args := append(append([]string{"-U", sock, "-P", pidFile}, flags...), "memory", "1M")
+	if out, err := exec.Command(nbdkit, args...).CombinedOutput(); err != nil {
 		t.Fatalf("nbdkit: %v: %s", err, out)
 	}
 	t.Cleanup(func() {

@@ -132,12 +132,14 @@ type ErrorBody struct {
 // Error codes (ErrorBody.Error.Code) and the HTTP status each comes with.
 const (
 	CodeInvalidArgument      = "invalid_argument"       // 400: Message names the field
+	CodePermissionDenied     = "permission_denied"      // 403: Message names the role or setting needed
 	CodeNotFound             = "not_found"              // 404
 	CodeMethodNotAllowed     = "method_not_allowed"     // 405, with Allow
 	CodeAlreadyExists        = "already_exists"         // 409
 	CodeInUse                = "in_use"                 // 409: e.g. NBD clients connected
 	CodeFailedPrecondition   = "failed_precondition"    // 409: the disk's state forbids it
 	CodeQuotaExceeded        = "quota_exceeded"         // 409: the snapshot chain is full
+	CodeRequestTimeout       = "request_timeout"        // 408: the body was not sent in time
 	CodePayloadTooLarge      = "payload_too_large"      // 413: bodies are capped at 1 MiB
 	CodeUnsupportedMediaType = "unsupported_media_type" // 415: send application/json
 	CodeInternal             = "internal"               // 500: the cause is in cairnd's log

@@ -26,7 +26,7 @@ DATA=$WORK/data
 IMG=$WORK/live.raw
 log "writing a $((SIZE >> 20)) MiB image"
 fio --name=fill --filename="$IMG" --rw=write --bs=1M --size="$SIZE" --refill_buffers --end_fsync=1 >/dev/null
-"$CAIRND" --data-dir "$DATA" --log-level warn >"$WORK/cairnd.log" 2>&1 &
+"$CAIRND" --data-dir "$DATA" --adopt-allow "$WORK" --log-level warn >"$WORK/cairnd.log" 2>&1 &
 SERVER_PIDS[cairnd]=$!
 for _ in $(seq 100); do [ -S "$DATA/cairn.sock" ] && break; sleep 0.1; done
 "$CAIRN" --socket "$DATA/cairn.sock" disk create bench --adopt "$IMG" >/dev/null

@@ -192,7 +192,7 @@ start_cairnd_daemon() {
 	[ -x "$CAIRND" ] && [ -x "$CAIRN" ] || die "$CAIRND or $CAIRN is missing: run 'make build'"
 	mkdir -p "$data"
 	"$CAIRND" --data-dir "$data" --api-socket "$data/cairn.sock" --nbd-socket "$WORK/cairnd-nbd.sock" \
-		--log-level warn ${CAIRND_FLAGS:-} "$@" >"$WORK/cairnd.log" 2>&1 &
+		--log-level warn --adopt-allow "$WORK" ${CAIRND_FLAGS:-} "$@" >"$WORK/cairnd.log" 2>&1 &
 	SERVER_PIDS[cairnd]=$!
 	for ((i = 0; i < 300; i++)); do
 		[ -S "$data/cairn.sock" ] && cairnc info >/dev/null 2>&1 && return 0

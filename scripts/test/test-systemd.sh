@@ -108,6 +108,24 @@ ns /usr/local/bin/cairn disk create vm1 --size 64M >/dev/null
 ns qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'write -P 0x5a 63M 1M' -c flush "$(nbd_uri vm1)" >/dev/null
 wait_for 15 "status line counting the disk" prop_is StatusText "serving 1 disk, 0 NBD clients"
 
+step "the FUSE view is visible on the host, with the hardening kept, and loop-mounts"
+if ! (for _ in $(seq 50); do ns test -e /run/cairn/fuse/vm1/disk.raw && exit 0; sleep 0.2; done; exit 1); then
+	ns findmnt /run/cairn/fuse || true # what the host has there, for the failure's reader
+	fail "disk.raw of vm1 is not visible on the host within 10s"
+fi
+[ "$(ns stat -c %s /run/cairn/fuse/vm1/disk.raw)" = $((64 << 20)) ] || fail "disk.raw on the host has the wrong size"
+[ "$(prop ProtectSystem)" = strict ] && [ "$(prop PrivateTmp)" = yes ] || fail "the unit's hardening is not in force"
+[ "$(ns head -c 4 /run/cairn/fuse/vm1/disk.raw | od -An -tx1 | tr -d ' \n')" = a5a5a5a5 ] ||
+	fail "disk.raw on the host does not read what qemu-io wrote"
+ns mkfs.ext4 -q -F -E nodiscard /run/cairn/fuse/vm1/disk.raw
+loopdev=$(ns losetup --find --show /run/cairn/fuse/vm1/disk.raw) || fail "losetup on the host's FUSE view"
+mnt=$(ns mktemp -d)
+ns mount "$loopdev" "$mnt" || { ns losetup -d "$loopdev"; fail "mount of the loop device"; }
+echo hello | ns tee "$mnt/hello" >/dev/null
+ns umount "$mnt"
+ns losetup -d "$loopdev"
+ns qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'write -P 0x5a 63M 1M' -c flush "$(nbd_uri vm1)" >/dev/null # as before
+
 step "SIGKILL: systemd restarts cairnd and the data is intact"
 pid=$(prop MainPID)
 restarts=$(prop NRestarts)
@@ -185,6 +203,8 @@ journal_has "test fault" -p warning || fail "a Warn record is not at priority wa
 ! journal_has "cairnd ready" -p warning || fail "an Info record is at priority warning or above"
 journal_has "cairnd ready" SYSLOG_IDENTIFIER=cairnd DATA_DIR=/var/lib/cairn ||
 	fail "records lack their attributes as journal fields (DATA_DIR)"
+journal_has "api call" ACTION=disk.create TARGET=vm1 CALLER_UID=0 RESULT=ok ||
+	fail "the audit line of disk create lacks its journal fields (ACTION, TARGET, CALLER_UID, RESULT)"
 
 step "make uninstall removes what make install put there"
 ns make -s -C "$repo" uninstall PREFIX=/usr/local >/dev/null
