@@ -137,7 +137,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	reserve, _ := cfg.storeReserve() // checked by Validate
-	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, MinFreeBytes: reserve}); err != nil {
+	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, ReserveBytes: reserve}); err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
 	if err := d.loadDisks(); err != nil {

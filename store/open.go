@@ -10,16 +10,45 @@ import (
 
 	"github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/ristretto/v2/z"
 )
 
 const (
-	defaultGCInterval   = 5 * time.Minute
-	defaultMinFreeBytes = 256 << 20
+	defaultGCInterval = 5 * time.Minute
+	defaultReserve    = 256 << 20
+	// refillInterval is how often a reserve that gave space away tries to
+	// take it back.
+	refillInterval = time.Second
 )
+
+// logSizes are Badger's memtable and value-log file sizes for a reserve
+// of the given size. Badger allocates twice each for a new memtable's
+// write-ahead log and a new value-log file, and a start or stop can need
+// both at once plus a memtable's flush (3.5 value-log files): the
+// reserve must hold that. 256 MiB (the default) gets the sizes DESIGN.md
+// measured (32 MiB, 64 MiB); a smaller reserve gets smaller files, never
+// below 16 MiB of value log (more files: a TiB of chunks would be 65536
+// of them, as many as vm.max_map_count allows by default).
+func logSizes(reserve uint64) (memtable, vlog int64) {
+	vlog = 64 << 20
+	for vlog > 16<<20 && uint64(4*vlog) > reserve {
+		vlog /= 2
+	}
+	return vlog / 2, vlog
+}
+
+// logFloor is what Badger's next memtable takes (its write-ahead log is
+// allocated at twice the memtable's size) with the flush of the full one
+// (a table of at most its size): the room metadata writes leave, counting
+// the reserve.
+func logFloor(bo badger.Options) uint64 {
+	return uint64(3 * bo.MemTableSize)
+}
 
 // badgerOptions are the store's Badger settings; DESIGN.md "Facts measured
 // on these machines" says why.
 func badgerOptions(opts Options) badger.Options {
+	memtable, vlog := logSizes(opts.reserveBytes())
 	bo := badger.DefaultOptions(opts.Dir).
 		WithValueDir(opts.Dir).
 		WithInMemory(opts.InMemory).
@@ -27,8 +56,9 @@ func badgerOptions(opts Options) badger.Options {
 		// 64 KiB chunks go to the value log; entries, references and
 		// records stay in the LSM tree.
 		WithValueThreshold(1 << 10).
-		// RSS stays modest on a host whose memory belongs to its VMs.
-		WithMemTableSize(32 << 20).
+		// RSS stays modest on a host whose memory belongs to its VMs;
+		// the reserve must hold a new one (logSizes).
+		WithMemTableSize(memtable).
 		WithNumMemtables(3).
 		WithBlockCacheSize(64 << 20).
 		WithNumCompactors(2).
@@ -36,8 +66,9 @@ func badgerOptions(opts Options) badger.Options {
 		// being written: smaller files give space back sooner, and a
 		// nearly full filesystem has room to rewrite one. 64 MiB makes a
 		// TiB of chunks 16384 files (mmapped: well within the default
-		// vm.max_map_count of 65530 and the unit's LimitNOFILE).
-		WithValueLogFileSize(64 << 20).
+		// vm.max_map_count of 65530 and the unit's LimitNOFILE). A
+		// small reserve makes them smaller (logSizes).
+		WithValueLogFileSize(vlog).
 		WithNumVersionsToKeep(1).
 		WithCompression(options.Snappy).
 		WithMetricsEnabled(false).
@@ -61,38 +92,45 @@ func open(opts Options) (*Store, error) {
 		if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 			return nil, fmt.Errorf("store: create %s: %w", opts.Dir, err)
 		}
-	}
-	if !opts.InMemory {
 		if err := removeEmptyValueLogs(opts.Dir, badgerLogger{opts.Logger}); err != nil {
 			return nil, err
 		}
 	}
-	db, err := badger.Open(badgerOptions(opts))
-	if err != nil {
-		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
-			return nil, fmt.Errorf("store: %s is locked by another process (is another cairnd running on this data directory?): %v", opts.Dir, err)
-		}
-		return nil, fmt.Errorf("store: open %s: %v", opts.Dir, err)
-	}
+	bo := badgerOptions(opts)
 	s := &Store{
-		db:      db,
-		minFree: opts.MinFreeBytes,
+		minFree: opts.reserveBytes(),
 		log:     opts.Logger,
 		stopGC:  make(chan struct{}),
 		gcDone:  make(chan struct{}),
 	}
-	if !opts.InMemory {
-		s.dir = opts.Dir
-	}
-	if s.minFree == 0 {
-		s.minFree = defaultMinFreeBytes
-	}
 	if s.log == nil {
 		s.log = nopLogger{}
 	}
-	s.space = spaceGuard{dir: s.dir, minFree: s.minFree}
+	if !opts.InMemory {
+		s.dir = opts.Dir
+		// The reserve first: opening Badger on a full filesystem needs it.
+		var err error
+		if s.slop, err = openReserve(opts.Dir, int64(s.minFree)); err != nil {
+			return nil, err
+		}
+		s.unregisterRoom = z.RegisterRoom(opts.Dir, s.slop.give)
+		if free, err := freeBytes(opts.Dir); err == nil {
+			s.slop.ensureCushion(free)
+		}
+	}
+	db, err := badger.Open(bo)
+	if err != nil {
+		s.releaseReserve()
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("store: %s is locked by another process (is another cairnd running on this data directory?): %v", opts.Dir, err)
+		}
+		return nil, s.wrapErr("open "+opts.Dir, err)
+	}
+	s.db = db
+	s.space = spaceGuard{dir: s.dir, minFree: s.minFree, floor: logFloor(bo), slop: s.slop}
 	if err := s.reclaim.load(db); err != nil {
 		db.Close()
+		s.releaseReserve()
 		return nil, fmt.Errorf("store: open %s: %w", opts.Dir, err)
 	}
 	interval := opts.GCInterval
@@ -102,7 +140,7 @@ func open(opts Options) (*Store, error) {
 	if opts.InMemory {
 		close(s.gcDone)
 	} else {
-		go s.gcLoop(interval)
+		go s.backgroundLoop(interval)
 	}
 	return s, nil
 }
@@ -115,13 +153,28 @@ func (s *Store) close() error {
 	s.gcClosed = true
 	s.gcMu.Unlock()
 	err := s.reclaim.save(s)
+	if free, ferr := freeBytes(s.dir); ferr == nil && s.slop != nil {
+		s.slop.ensureCushion(free) // Close writes the manifest
+	}
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = cerr
 	}
+	s.releaseReserve()
 	if err != nil {
 		return s.wrapErr("close", err)
 	}
 	return nil
+}
+
+// releaseReserve unregisters the reserve and closes its file (which stays,
+// for the next open).
+func (s *Store) releaseReserve() {
+	if s.unregisterRoom != nil {
+		s.unregisterRoom()
+	}
+	if s.slop != nil {
+		s.slop.close()
+	}
 }
 
 func (s *Store) sync() error {

@@ -62,13 +62,14 @@ type Options struct {
 	GCInterval time.Duration
 	// Logger receives Badger's and the GC's messages at debug level. May be nil.
 	Logger interface{ Debug(msg string, args ...any) }
-	// MinFreeBytes is the free space the store leaves on its filesystem:
-	// below it, writes of chunks fail with block.ErrNoSpace (records, merges and
-	// deletes keep working down to half of it). Badger writes through
-	// memory-mapped files, where a full filesystem is a fatal SIGBUS rather
-	// than an error, so this headroom is what keeps the daemon alive.
-	// 0 means 256 MiB.
-	MinFreeBytes uint64
+	// ReserveBytes sizes the store's space guard. The store keeps a
+	// reserve of this size, a file of allocated blocks in Dir that only
+	// its own upkeep may use (opening, closing, records, merges, deletes,
+	// failure records, value-log GC), so that those still work on a full
+	// filesystem; and chunk writes stop with block.ErrNoSpace while the
+	// filesystem has less than this much free besides. It also bounds
+	// Badger's file sizes (logSizes). 0 means 256 MiB.
+	ReserveBytes uint64
 
 	// tune adjusts Badger's options after the store's own (tests only).
 	tune func(*badger.Options)
@@ -113,18 +114,27 @@ type Store struct {
 	minFree uint64
 	log     interface{ Debug(msg string, args ...any) }
 
-	space   spaceGuard
-	reclaim reclaimEstimate
-	flush   flushGate // when writes blocked by compactForGC's flush resume
+	space          spaceGuard
+	slop           *reserve // nil in memory
+	unregisterRoom func()   // takes the reserve off Badger's allocations; nil in memory
+	reclaim        reclaimEstimate
+	flush          flushGate // when writes blocked by compactForGC's flush resume
 
 	gcMu        sync.Mutex    // one value-log GC at a time; guards compactedAt and gcClosed
 	gcClosed    bool          // set by Close: no GC may start
 	compactedAt uint64        // reclaim estimate at the last compaction for GC
 	stopGC      chan struct{} // closed by Close
-	gcDone      chan struct{} // closed when the background GC goroutine returns
+	gcDone      chan struct{} // closed when the background goroutine (GC, refill) returns
 
 	closeOnce sync.Once
 	closeErr  error
+}
+
+func (o Options) reserveBytes() uint64 {
+	if o.ReserveBytes == 0 {
+		return defaultReserve
+	}
+	return o.ReserveBytes
 }
 
 // Open opens (or creates) the store.

@@ -33,12 +33,27 @@ func OpenMmapFileUsing(fd *os.File, sz int, writable bool) (*MmapFile, error) {
 	var rerr error
 	fileSize := fi.Size()
 	if sz > 0 && fileSize == 0 {
-		// If file is empty, truncate it to sz.
-		if err := fd.Truncate(int64(sz)); err != nil {
-			return nil, errors.Join(err, errors.New("error while truncation"))
+		// If file is empty, size it to sz. Cairn patch: with allocated
+		// blocks (allocate.go), not a sparse ftruncate, so that no write
+		// through the mapping can fault on a full filesystem.
+		if err := allocate(fd, 0, int64(sz)); err != nil {
+			fd.Truncate(0) // give back what a partial allocation took
+			return nil, errors.Join(err, errors.New("error while allocating a new file"))
 		}
 		fileSize = int64(sz)
 		rerr = NewFile
+	} else if writable && fileSize > 0 {
+		// Cairn patch: a file an older version grew sparse (or another
+		// program wrote) gets its holes allocated before it is mapped
+		// writable.
+		if holes, err := sparse(fd); err != nil {
+			return nil, errors.Join(err, fmt.Errorf("cannot stat file: %s", filename))
+		} else if holes {
+			if err := allocate(fd, 0, fileSize); err != nil {
+				fd.Truncate(fileSize) // allocation cannot have shrunk it; undo any growth
+				return nil, errors.Join(err, fmt.Errorf("while allocating the holes of %s", filename))
+			}
+		}
 	}
 
 	// fmt.Printf("Mmaping file: %s with writable: %v filesize: %d\n", fd.Name(), writable, fileSize)
@@ -73,7 +88,18 @@ func OpenMmapFile(filename string, flag int, maxSz int) (*MmapFile, error) {
 	if flag == os.O_RDONLY {
 		writable = false
 	}
-	return OpenMmapFileUsing(fd, maxSz, writable)
+	mf, err := OpenMmapFileUsing(fd, maxSz, writable)
+	if err != nil && err != NewFile {
+		// Cairn patch: upstream leaked the descriptor. A file left empty
+		// by a failed allocation holds nothing: remove it, so that a
+		// caller retrying with O_EXCL (a new value log) can create it.
+		if fi, serr := fd.Stat(); serr == nil && fi.Size() == 0 && maxSz > 0 && flag&os.O_CREATE != 0 {
+			os.Remove(filename)
+		}
+		fd.Close()
+		return nil, err
+	}
+	return mf, err
 }
 
 type mmapReader struct {
