@@ -53,10 +53,12 @@ type Config struct {
 	// (default 64, as public clouds allow). A manual snapshot beyond it is
 	// refused with 409 quota_exceeded.
 	SnapshotQuota int `toml:"snapshot_quota"`
-	// StoreReserve is the free space the store keeps on its filesystem
-	// ("256M" by default): chunk writes stop (the snapshot fails, guest
-	// writes go on) when less is free, so the store never fills its
-	// filesystem (Badger cannot survive that).
+	// StoreReserve ("256M" by default, at least "64M") sizes the store's
+	// reserve: a file of that size on the store's filesystem that only
+	// the store's upkeep (start, stop, deletes, failure records) may use,
+	// so those work on a full filesystem; and new snapshots and chunk
+	// writes stop (the snapshot fails, guest writes go on) while less
+	// than that is free besides.
 	StoreReserve string `toml:"store_reserve"`
 	// CopyOutShare is the share of time a snapshot's copy-out may run
 	// while its disk has guest I/O (default 0.1; 1 = flat out always).
@@ -108,9 +110,17 @@ func (d *Duration) UnmarshalText(b []byte) error {
 // DefaultSnapshotQuota is the most snapshots per chain unless configured.
 const DefaultSnapshotQuota = 64
 
+// minStoreReserve is the smallest store_reserve: with it Badger's files
+// shrink to fit (a 16 MiB value log; store.logSizes), smaller would not
+// hold a start on a full filesystem.
+const minStoreReserve = 64 << 20
+
 // storeReserve parses StoreReserve (0: the store's default).
 func (c Config) storeReserve() (uint64, error) {
 	n, err := sizeSetting("--store-reserve / store_reserve", c.StoreReserve)
+	if err == nil && n != 0 && n < minStoreReserve {
+		err = fmt.Errorf("--store-reserve / store_reserve: %s: must be at least 64M (the store's start and stop on a full filesystem need that much)", c.StoreReserve)
+	}
 	return uint64(n), err
 }
 

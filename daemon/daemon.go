@@ -89,6 +89,8 @@ type Daemon struct {
 	snapMu sync.Mutex // serialises snapshot creation so the quota holds
 	// gcRunning is set while a GC kicked by a delete runs.
 	gcRunning atomic.Bool
+	// spaceDone is done when watchSpace, which bg stops, has returned.
+	spaceDone sync.WaitGroup
 	bg        context.Context
 	bgCancel  context.CancelFunc
 	// closing is set when shutdown begins: no new exports, no changes.
@@ -143,6 +145,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.loadDisks(); err != nil {
 		return nil, err
 	}
+	d.spaceDone.Add(1)
+	go d.watchSpace()
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}
@@ -327,6 +331,7 @@ func (d *Daemon) release(ctx context.Context) error {
 	if d.bgCancel != nil {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
 		d.tasks.wait()
+		d.spaceDone.Wait()
 	}
 	d.unmountFUSE() // before the volumes close; FUSE requests take d.mu
 	d.mu.Lock()

@@ -25,7 +25,18 @@ func (d *Daemon) Info() api.Info {
 		NBDSocket:     d.nbdListener.Addr().String(),
 		NBDListen:     d.tcpAddr(),
 		Disks:         n,
+		Store:         d.StoreSpace(),
 	}
+}
+
+// Warnings returns what an operator should act on that does not make
+// cairnd unhealthy (a filling store: a restart would not help, and the
+// watchdog must not restart it for that).
+func (d *Daemon) Warnings() []string {
+	if sp := d.StoreSpace(); sp.Warning != "" {
+		return []string{sp.Warning}
+	}
+	return nil
 }
 
 // Health returns what is wrong, or nothing: the store answers, the NBD

@@ -58,7 +58,7 @@ func oldestClient(clients []api.NBDClient) string {
 func (a *app) infoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "info",
-		Short: "Show cairnd's version, uptime, data directory and sockets",
+		Short: "Show cairnd's version, uptime, data directory, sockets and the store's free space",
 		Args:  cobra.NoArgs,
 		RunE: a.run(func(ctx context.Context, args []string) error {
 			info, err := a.client.Info(ctx)
@@ -79,7 +79,16 @@ func (a *app) infoCmd() *cobra.Command {
 				t.row("NBD TCP:", info.NBDListen)
 			}
 			t.row("Disks:", fmt.Sprint(info.Disks))
-			return t.flush()
+			sp := info.Store
+			t.row("Store space:", fmt.Sprintf("%s: %s free, reserve %s of %s held, snapshots stop below %s free",
+				sp.State, formatBytes(sp.FreeBytes), formatBytes(sp.ReserveHeldBytes), formatBytes(sp.ReserveBytes), formatBytes(sp.StopBelowBytes)))
+			if err := t.flush(); err != nil {
+				return err
+			}
+			if sp.Warning != "" {
+				fmt.Fprintf(a.stderr, "cairn: warning: %s\n", sp.Warning)
+			}
+			return nil
 		}),
 	}
 }
