@@ -40,7 +40,8 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	name := s.rec.Name
 	v.passMu.Lock()
 	v.mu.Lock()
-	wasCopying := s.rec.State == StateCopying
+	was, wasReason := s.rec.State, s.rec.Reason
+	wasCopying := was == StateCopying
 	s.rec.State = StateDeleting
 	v.notifyLocked()
 	v.mu.Unlock()
@@ -56,6 +57,19 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	last := len(v.snaps) == 1
 	v.mu.Unlock()
 	if err := v.persistRecord(s); err != nil {
+		// Nothing is merged yet: the snapshot is what it was, except
+		// that a copying one has passed its blocks on and can only
+		// have failed.
+		v.mu.Lock()
+		s.rec.State, s.rec.Reason = was, wasReason
+		if wasCopying {
+			s.rec.State, s.rec.Reason = StateFailed, "its delete could not begin ("+err.Error()+"); its blocks passed to the next snapshot — delete it again"
+		}
+		v.notifyLocked()
+		v.mu.Unlock()
+		if wasCopying {
+			v.recordFailure(s)
+		}
 		return 0, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	if last {

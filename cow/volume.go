@@ -63,6 +63,8 @@ type testHooks struct {
 	beforeCopyOut atomic.Pointer[func(ctx context.Context)]
 	// sideWriteErr, when set, is the result of every side-file write.
 	sideWriteErr atomic.Pointer[error]
+	// recordErr, when set, is the result of every snapshot record write.
+	recordErr atomic.Pointer[error]
 }
 
 // Volume is an open live image. Its methods are safe for concurrent use.
@@ -210,6 +212,10 @@ func (v *Volume) Size() int64 {
 // change tracking and the live image durable, and closes it.
 func (v *Volume) Close() error {
 	v.stopWorkers()
+	v.recorder.Wait()
+	if n := v.writeUnrecorded(); n > 0 {
+		v.log.Warn("could not record the failure of snapshots: they will copy out again at the next start", "live", v.path, "snapshots", n)
+	}
 	var err error
 	if v.rd != nil {
 		v.rd.retirer.Wait()

@@ -53,7 +53,7 @@ type Config struct {
 	// (default 64, as public clouds allow). A manual snapshot beyond it is
 	// refused with 409 quota_exceeded.
 	SnapshotQuota int `toml:"snapshot_quota"`
-	// StoreReserve ("256M" by default, at least "64M") sizes the store's
+	// StoreReserve ("384M" by default, at least "96M") sizes the store's
 	// reserve: a file of that size on the store's filesystem that only
 	// the store's upkeep (start, stop, deletes, failure records) may use,
 	// so those work on a full filesystem; and new snapshots and chunk
@@ -111,15 +111,15 @@ func (d *Duration) UnmarshalText(b []byte) error {
 const DefaultSnapshotQuota = 64
 
 // minStoreReserve is the smallest store_reserve: with it Badger's files
-// shrink to fit (a 16 MiB value log; store.logSizes), smaller would not
-// hold a start on a full filesystem.
-const minStoreReserve = 64 << 20
+// shrink to fit (a 16 MiB value log; store.logSizes); smaller would not
+// hold a start on a full filesystem and the deletes after it.
+const minStoreReserve = 96 << 20
 
 // storeReserve parses StoreReserve (0: the store's default).
 func (c Config) storeReserve() (uint64, error) {
 	n, err := sizeSetting("--store-reserve / store_reserve", c.StoreReserve)
 	if err == nil && n != 0 && n < minStoreReserve {
-		err = fmt.Errorf("--store-reserve / store_reserve: %s: must be at least 64M (the store's start and stop on a full filesystem need that much)", c.StoreReserve)
+		err = fmt.Errorf("--store-reserve / store_reserve: %s: must be at least 96M (a start on a full filesystem and the deletes after it need that much)", c.StoreReserve)
 	}
 	return uint64(n), err
 }

@@ -15,7 +15,7 @@ import (
 
 const (
 	defaultGCInterval = 5 * time.Minute
-	defaultReserve    = 256 << 20
+	defaultReserve    = 384 << 20
 	// refillInterval is how often a reserve that gave space away tries to
 	// take it back.
 	refillInterval = time.Second
@@ -23,15 +23,17 @@ const (
 
 // logSizes are Badger's memtable and value-log file sizes for a reserve
 // of the given size. Badger allocates twice each for a new memtable's
-// write-ahead log and a new value-log file, and a start or stop can need
-// both at once plus a memtable's flush (3.5 value-log files): the
-// reserve must hold that. 256 MiB (the default) gets the sizes DESIGN.md
-// measured (32 MiB, 64 MiB); a smaller reserve gets smaller files, never
-// below 16 MiB of value log (more files: a TiB of chunks would be 65536
-// of them, as many as vm.max_map_count allows by default).
+// write-ahead log and a new value-log file, so a start on a full
+// filesystem takes 2 memtables + 2 value logs + a memtable's flush from
+// the reserve, and deletes must still find logFloor (3 memtables) there
+// after it: 5 value-log files at memtable = value log / 2. The default
+// reserve (384 MiB) gets the sizes DESIGN.md measured (32 MiB, 64 MiB); a
+// smaller one gets smaller files, down to a 16 MiB value log (80 MiB of
+// reserve): smaller files would be too many (each is mapped, and a TiB of
+// chunks in 16 MiB files is 65536 of them, vm.max_map_count's default).
 func logSizes(reserve uint64) (memtable, vlog int64) {
 	vlog = 64 << 20
-	for vlog > 16<<20 && uint64(4*vlog) > reserve {
+	for vlog > 16<<20 && uint64(5*vlog) > reserve {
 		vlog /= 2
 	}
 	return vlog / 2, vlog
@@ -158,6 +160,12 @@ func (s *Store) close() error {
 	}
 	if cerr := s.db.Close(); cerr != nil && err == nil {
 		err = cerr
+	}
+	if s.slop != nil {
+		// Close deleted the memtable's log and cut the value log to its
+		// end: take that back, or a guest may, and the next start on a
+		// full filesystem would have less.
+		s.slop.refill()
 	}
 	s.releaseReserve()
 	if err != nil {

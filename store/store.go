@@ -68,7 +68,7 @@ type Options struct {
 	// failure records, value-log GC), so that those still work on a full
 	// filesystem; and chunk writes stop with block.ErrNoSpace while the
 	// filesystem has less than this much free besides. It also bounds
-	// Badger's file sizes (logSizes). 0 means 256 MiB.
+	// Badger's file sizes (logSizes). 0 means 384 MiB.
 	ReserveBytes uint64
 
 	// tune adjusts Badger's options after the store's own (tests only).

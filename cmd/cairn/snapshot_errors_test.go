@@ -123,8 +123,8 @@ func corruptAChunk(t *testing.T, dir string) {
 // taken but cannot store its block: create --wait exits 1 with the
 // reason, and list shows it failed.
 func TestCreateWaitWhenStoreFull(t *testing.T) {
-	cfg := daemontest.Config(t, daemontest.SmallFS(t, "256m"))
-	cfg.StoreReserve = "64M"
+	cfg := daemontest.Config(t, daemontest.SmallFS(t, "320m"))
+	cfg.StoreReserve = "96M"
 	in := daemontest.Start(t, &cfg)
 	sock := in.Client.Socket
 	ok(t, sock, "disk", "create", "d", "--size", "1M")
@@ -137,7 +137,7 @@ func TestCreateWaitWhenStoreFull(t *testing.T) {
 	nbdWrite(t, in, "d", "write -s "+random+" 0 1M")
 	// 16 KiB more than snapshots need: the snapshot is taken, its 1 MiB
 	// of chunks cannot be stored.
-	daemontest.Fill(t, cfg.DataDir, 64<<20+16<<10)
+	daemontest.Fill(t, cfg.DataDir, 96<<20+16<<10)
 	out, errs, code := cli(t, sock, "snapshot", "create", "d", "s1", "--wait")
 	if code != exitError || out != "" || !regexp.MustCompile(`\ncairn: snapshot d@s1 failed: the snapshot store is full: .*free space`).MatchString(errs) {
 		t.Fatalf("create --wait with a full store: exit %d, stdout %q, stderr %q", code, out, errs)

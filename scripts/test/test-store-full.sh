@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Store-full test: DATA/store on a small loop-mounted ext4 filesystem,
-# cairnd with --store-reserve 64M, a disk far larger than the store; a
+# cairnd with --store-reserve 96M, a disk far larger than the store; a
 # snapshot taken under fio load (verify=crc32c) must fail with a store-full
 # reason while fio's verify passes and other snapshots stay intact; after
 # deleting it the space comes back (scripts/test/lib/storefull.py).

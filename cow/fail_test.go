@@ -1,0 +1,105 @@
+package cow
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cairn-storage/cairn/store"
+)
+
+// TestFailureRecordRetried: a snapshot that fails while its record cannot
+// be written (the store's filesystem full beyond its reserve, an I/O
+// error) has its failure recorded once the store takes records again,
+// without a restart; one whose record is still refused at Close is
+// recorded then. Either way the next start finds it failed, not copying
+// (which would copy it out again).
+func TestFailureRecordRetried(t *testing.T) {
+	for _, atClose := range []bool{false, true} {
+		d, _, release := redirectDisk(t)
+		r := rand.New(rand.NewPCG(3, 4))
+		var eio error = syscall.EIO
+		d.hooks.recordErr.Store(&eio)
+		d.hooks.sideWriteErr.Store(&eio)
+		d.writeBlock(2, randBlock(r))
+		d.hooks.sideWriteErr.Store(nil)
+		if in, _ := d.v.Snapshot("s1"); in.State != StateFailed {
+			t.Fatalf("s1 is %s after a redirected write failed", in.State)
+		}
+		release()
+		if !atClose {
+			d.hooks.recordErr.Store(nil)
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				var rec snapRecord
+				if err := d.st.GetRecord(store.SnapshotKey(d.diskID, 1), &rec); err != nil {
+					t.Fatal(err)
+				}
+				if rec.State == StateFailed {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("5s after records work again s1's record still says %s", rec.State)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		d.hooks.recordErr.Store(nil) // Close's attempt succeeds
+		d.reopen()
+		if in, _ := d.v.Snapshot("s1"); in.State != StateFailed {
+			t.Fatalf("atClose=%v: after a reopen s1 is %s, want failed", atClose, in.State)
+		}
+	}
+}
+
+// TestDeleteRefusedKeepsState: a delete whose first record (the snapshot
+// is "deleting") cannot be written has changed nothing: the snapshot is
+// what it was, not "deleting" until a restart, and deleting it again
+// works. A copying snapshot has passed its blocks on by then, so it is
+// failed, with a reason saying to delete it again.
+func TestDeleteRefusedKeepsState(t *testing.T) {
+	d, img, release := redirectDisk(t)
+	defer release()
+	ctx := context.Background()
+	var enospc error = syscall.ENOSPC
+	d.hooks.recordErr.Store(&enospc)
+	if _, err := d.v.DeleteSnapshot(ctx, "s1"); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("delete with records refused: %v", err)
+	}
+	in, _ := d.v.Snapshot("s1")
+	if in.State != StateFailed || !strings.Contains(in.Reason, "delete it again") {
+		t.Fatalf("copying s1 after a refused delete: %s (%q), want failed saying to delete it again", in.State, in.Reason)
+	}
+	d.hooks.recordErr.Store(nil)
+	release()
+	if !bytes.Equal(d.readLive(), img) {
+		t.Fatal("live disk changed by a refused delete")
+	}
+	d.snapshot("s2")
+	d.wait("s2")
+	d.hooks.recordErr.Store(&enospc)
+	if _, err := d.v.DeleteSnapshot(ctx, "s2"); err == nil {
+		t.Fatal("delete with records refused succeeded")
+	}
+	if in, _ := d.v.Snapshot("s2"); in.State != StateReady {
+		t.Fatalf("ready s2 after a refused delete: %s, want ready", in.State)
+	}
+	if !bytes.Equal(d.readSnap("s2"), img) {
+		t.Fatal("s2 reads wrong after a refused delete")
+	}
+	d.hooks.recordErr.Store(nil)
+	for _, name := range []string{"s1", "s2"} {
+		if _, err := d.v.DeleteSnapshot(ctx, name); err != nil {
+			t.Fatalf("delete %s again: %v", name, err)
+		}
+	}
+	if n := len(d.v.Snapshots()); n != 0 {
+		t.Fatalf("%d snapshots left", n)
+	}
+	d.verify()
+}
