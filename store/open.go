@@ -19,6 +19,8 @@ const (
 	// refillInterval is how often a reserve that gave space away tries to
 	// take it back.
 	refillInterval = time.Second
+	// defaultCloseTimeout bounds Badger's Close (closeDB).
+	defaultCloseTimeout = 10 * time.Second
 )
 
 // logSizes are Badger's memtable and value-log file sizes for a reserve
@@ -100,10 +102,11 @@ func open(opts Options) (*Store, error) {
 	}
 	bo := badgerOptions(opts)
 	s := &Store{
-		minFree: opts.reserveBytes(),
-		log:     opts.Logger,
-		stopGC:  make(chan struct{}),
-		gcDone:  make(chan struct{}),
+		minFree:      opts.reserveBytes(),
+		closeTimeout: opts.closeTimeout,
+		log:          opts.Logger,
+		stopGC:       make(chan struct{}),
+		gcDone:       make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = nopLogger{}
@@ -158,7 +161,13 @@ func (s *Store) close() error {
 	if free, ferr := freeBytes(s.dir); ferr == nil && s.slop != nil {
 		s.slop.ensureCushion(free) // Close writes the manifest
 	}
-	if cerr := s.db.Close(); cerr != nil && err == nil {
+	// Everything committed is durable before Badger's Close, which can
+	// wait for its memtable's flush forever when even the reserve is
+	// used up (it retries a flush that has no room).
+	if serr := s.db.Sync(); serr != nil && err == nil {
+		err = serr
+	}
+	if cerr := s.closeDB(); cerr != nil && err == nil {
 		err = cerr
 	}
 	if s.slop != nil {
@@ -172,6 +181,24 @@ func (s *Store) close() error {
 		return s.wrapErr("close", err)
 	}
 	return nil
+}
+
+// closeDB closes Badger, giving up after closeTimeout: a flush that
+// cannot find room retries forever, and a stop must not hang for it. The
+// write-ahead log was synced, so the memtable replays at the next start.
+func (s *Store) closeDB() error {
+	done := make(chan error, 1)
+	go func() { done <- s.db.Close() }()
+	timeout := s.closeTimeout
+	if timeout == 0 {
+		timeout = defaultCloseTimeout
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("store close: Badger could not flush its memtable in %s (%s is full and the store's reserve is used up); everything committed was synced and is replayed at the next start: free space on that filesystem", timeout, s.dir)
+	}
 }
 
 // releaseReserve unregisters the reserve and closes its file (which stays,

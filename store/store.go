@@ -73,6 +73,8 @@ type Options struct {
 
 	// tune adjusts Badger's options after the store's own (tests only).
 	tune func(*badger.Options)
+	// closeTimeout replaces defaultCloseTimeout (tests only).
+	closeTimeout time.Duration
 }
 
 // Entry is one block's content to record.
@@ -109,10 +111,11 @@ type VerifyReport struct {
 
 // Store is an open Badger database. Safe for concurrent use.
 type Store struct {
-	db      *badger.DB
-	dir     string // "" when in memory
-	minFree uint64
-	log     interface{ Debug(msg string, args ...any) }
+	db           *badger.DB
+	dir          string // "" when in memory
+	minFree      uint64
+	closeTimeout time.Duration // 0: defaultCloseTimeout
+	log          interface{ Debug(msg string, args ...any) }
 
 	space          spaceGuard
 	slop           *reserve // nil in memory

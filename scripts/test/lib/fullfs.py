@@ -44,7 +44,9 @@ from cairntest import APIError, Daemon, Fatal, compare_export, main, rng_from_en
 
 MiB = 1024 * 1024
 PAGE = 4096
-DISKS = ("a", "b")
+KEEP = "keep"  # a small disk that stays; the way out snapshots it
+FILLERS = ("a", "b")  # large disks that fill the filesystem; the way out deletes them
+DISKS = (KEEP,) + FILLERS
 MAX_SNAPS = 3  # kept per disk between rounds (each is an oracle file)
 FATAL_LOG = re.compile(rb"SIGBUS|fatal error|panic:|unexpected fault address")
 
@@ -70,6 +72,7 @@ class Guest:
         self.h.connect_uri(d.uri(name))
         self.written = 0
         self.refused = 0
+        self.settled = 0  # unacknowledged writes found old or new page by page
 
     def close(self):
         self.oracle.close()
@@ -88,8 +91,9 @@ class Guest:
         old = self.old(off, len(new))
         bad = [off + p for p in range(0, len(new), PAGE)
                if got[p:p + PAGE] not in (old[p:p + PAGE], new[p:p + PAGE])]
-        self.rep.check(not bad, f"{self.name}: {what} left each page old or new",
-                       f"pages at {bad[:5]} are neither")
+        if bad:
+            self.rep.bad(f"{self.name}: {what} left pages that are neither old nor new at {bad[:5]}")
+        self.settled += 1
         self.oracle.seek(off)
         self.oracle.write(got)
 
@@ -125,7 +129,9 @@ class FullFS:
         self.T = os.environ["T"]
         self.data = os.environ["DATA"]
         self.rng = rng_from_env(rep)
-        self.size = int(os.environ.get("DISK_MIB") or 192) * MiB
+        self.sizes = {KEEP: 32 * MiB}
+        for disk in FILLERS:
+            self.sizes[disk] = int(os.environ.get("DISK_MIB") or 192) * MiB
         reserve = os.environ.get("RESERVE") or "96M"
         self.d = Daemon(os.environ["CAIRND"], self.data, os.path.join(self.T, "cairnd.log"),
                         args=["--store-reserve", reserve, "--fuse=false"], pidfile=os.path.join(self.T, "cairnd.pid"))
@@ -137,7 +143,7 @@ class FullFS:
         self.n = 0
         self.log_pos = 0
         self.filler = os.path.join(self.data, "filler")
-        self.deleted_disk = False
+        self.deleted = set()  # filler disks deleted by the way out
 
     # ------------------------------------------------------------ helpers
 
@@ -149,7 +155,7 @@ class FullFS:
 
     def connect(self):
         for disk in self.live_disks():
-            self.guests[disk] = Guest(self.rep, self.d, disk, self.oracle(disk), self.size)
+            self.guests[disk] = Guest(self.rep, self.d, disk, self.oracle(disk), self.sizes[disk])
 
     def disconnect(self):
         for g in self.guests.values():
@@ -157,7 +163,15 @@ class FullFS:
         self.guests = {}
 
     def live_disks(self):
-        return [disk for disk in DISKS if not (self.deleted_disk and disk == "b")]
+        return [disk for disk in DISKS if disk not in self.deleted]
+
+    def create_disks(self):
+        for disk in DISKS:
+            if disk in self.deleted or not os.path.exists(self.oracle(disk)):
+                self.api.create_disk(disk, self.sizes[disk])
+                with open(self.oracle(disk), "wb") as f:
+                    f.truncate(self.sizes[disk])
+                self.deleted.discard(disk)
 
     def check_log(self, what):
         with open(self.d.log, "rb") as f:
@@ -199,24 +213,25 @@ class FullFS:
         self.api.delete_snapshot(disk, name)
         self.forget(disk, name)
 
-    def fill(self, max_writes=100000):
-        """Writes and snapshots until the filesystem refuses 20 writes in a
-        row (or max_writes)."""
+    def fill(self):
+        """Writes and snapshots until the filesystem has refused 20 writes
+        (writes over written blocks go on succeeding), or the disks have
+        been written over twice."""
         refused = 0
-        for i in range(max_writes):
-            disk = self.rng.choice(self.live_disks())
+        budget = 2 * sum(self.sizes[d] for d in self.live_disks())
+        i = 0
+        while refused < 20 and budget > 0:
+            i += 1
+            disk = KEEP if self.rng.random() < 0.1 else self.rng.choice(FILLERS)
             g = self.guests[disk]
             n = self.rng.choice([64, 256, 1024]) * 1024
-            off = self.rng.randrange(0, (self.size - n) // PAGE + 1) * PAGE
-            if g.write(off, self.rng.randbytes(n)):
-                refused = 0
-            else:
+            off = self.rng.randrange(0, (g.size - n) // PAGE + 1) * PAGE
+            budget -= n
+            if not g.write(off, self.rng.randbytes(n)):
                 refused += 1
-                if refused >= 20:
-                    return i
             if self.rng.random() < 0.02:
                 self.snapshot(disk)
-        return max_writes
+        return i
 
     def settle_pending(self):
         """After a kill: the write in flight may have reached the disk or
@@ -276,8 +291,9 @@ class FullFS:
                 self.delete(disk, failed[0] if failed else self.snaps[disk][0])
 
     def way_out(self, what):
-        """Deletes failed snapshots, then disk b, until the store has room
-        again; a new snapshot of a must then be ready and read as a."""
+        """What an operator does: delete the failed snapshots, then the
+        filler disks, until the store has room again; a new snapshot of
+        keep must then be ready and read as keep."""
         rep = self.rep
         self.disconnect()
         for disk in self.live_disks():
@@ -285,12 +301,13 @@ class FullFS:
                 if s["state"] == "failed":
                     self.delete(disk, s["name"])
         rep.ok(f"{what}: failed snapshots deleted")
-        if not self.deleted_disk:
-            self.api.req("DELETE", "/v1/disks/b")
-            self.deleted_disk = True
-            for name in list(self.snaps["b"]):
-                self.forget("b", name)
-            rep.ok(f"{what}: disk b deleted on the full filesystem")
+        for disk in FILLERS:
+            self.api.req("DELETE", f"/v1/disks/{disk}")
+            self.deleted.add(disk)
+            for name in list(self.snaps[disk]):
+                self.forget(disk, name)
+            os.unlink(self.oracle(disk))
+        rep.ok(f"{what}: disks {', '.join(FILLERS)} deleted")
         if os.path.exists(self.filler):
             os.unlink(self.filler)
         deadline = time.monotonic() + 60
@@ -301,13 +318,13 @@ class FullFS:
             time.sleep(0.5)
         rep.check(st["state"] in ("ok", "low"), f"{what}: space came back: store {st['state']}, "
                   f"{st['free_bytes'] // MiB} MiB free, reserve {st['reserve_held_bytes'] // MiB}/{st['reserve_bytes'] // MiB} MiB", str(st))
-        name = self.snapshot("a")
-        if rep.check(name is not None, f"{what}: a new snapshot of a is taken"):
-            s = self.api.wait_snapshot("a", name)
-            if rep.check(s["state"] == "ready", f"{what}: a@{name} ready", str(s)):
-                same, msg = compare_export(self.d.uri(f"a@{name}"), self.exp("a", name), os.path.join(self.T, "scratch.raw"))
-                rep.check(same, f"{what}: a@{name} reads back as the disk", msg)
-                self.checked.add(("a", name))
+        name = self.snapshot(KEEP)
+        if rep.check(name is not None, f"{what}: a new snapshot of {KEEP} is taken"):
+            s = self.api.wait_snapshot(KEEP, name)
+            if rep.check(s["state"] == "ready", f"{what}: {KEEP}@{name} ready", str(s)):
+                same, msg = compare_export(self.d.uri(f"{KEEP}@{name}"), self.exp(KEEP, name), os.path.join(self.T, "scratch.raw"))
+                rep.check(same, f"{what}: {KEEP}@{name} reads back as the disk", msg)
+                self.checked.add((KEEP, name))
         verify_clean(rep, self.api, f"{what}: after the way out")
 
     # ------------------------------------------------------------ parts
@@ -317,21 +334,20 @@ class FullFS:
         self.d.start()
         fs = free_mib(self.data)
         rep.ok(f"cairnd started on a {fs} MiB free filesystem (data directory and store)")
-        for disk in DISKS:
-            self.api.create_disk(disk, self.size)
-            with open(self.oracle(disk), "wb") as f:
-                f.truncate(self.size)
+        open(self.filler, "wb").close()
+        self.create_disks()
         self.connect()
         writes = self.fill()
         st = self.api.req("GET", "/v1/info")["store"]
         refused = sum(g.refused for g in self.guests.values())
-        rep.check(refused >= 20 and st["state"] in ("full", "reserve"),
-                  f"filled: {writes} writes, {refused} refused with ENOSPC, store {st['state']} "
+        settled = sum(g.settled for g in self.guests.values())
+        rep.check(refused >= 20 and settled == refused and st["state"] in ("full", "reserve"),
+                  f"filled: {writes} writes, {refused} refused with ENOSPC (each page of those old or new), store {st['state']} "
                   f"({st['free_bytes'] // MiB} MiB free): {st.get('warning', '')[:100]}...", str(st))
         # Writes over written blocks still go on.
         g = self.guests["a"]
         a = open(self.oracle("a"), "rb").read()
-        off = next((o for o in range(0, self.size, PAGE) if a[o:o + PAGE] != bytes(PAGE)), None)
+        off = next((o for o in range(0, g.size, PAGE) if a[o:o + PAGE] != bytes(PAGE)), None)
         ok = off is not None and g.write(off, self.rng.randbytes(PAGE))
         rep.check(ok, "a write over a written block succeeds on the full filesystem")
         name = self.snapshot("a")
@@ -341,20 +357,21 @@ class FullFS:
         rep.check(rc == 0, "SIGTERM on the full filesystem: cairnd exits 0", f"exit {rc}: {self.d.log_tail()}")
         self.check_log("at the stop")
 
-        # Start with 0 bytes free.
-        with open(self.filler, "wb") as f:
-            buf = bytes(MiB)
-            n = MiB
-            while n >= PAGE:
-                try:
-                    f.write(buf[:n])
-                    f.flush()
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    n //= 2
-        rep.check(free_mib(self.data) == 0 and os.statvfs(self.data).f_bavail == 0,
-                  f"filler took the last bytes: {os.statvfs(self.data).f_bavail} blocks free")
+        # Start with 0 bytes free (the file was made while there was room).
+        fd = os.open(self.filler, os.O_WRONLY | os.O_APPEND)
+        buf = bytes(MiB)
+        n = MiB
+        while n >= PAGE:
+            try:
+                os.write(fd, buf[:n])
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                n //= 2
+        os.close(fd)
+        st = os.statvfs(self.data)
+        rep.check(st.f_bavail * st.f_frsize < 64 * 1024,
+                  f"a filler file took the filesystem's last bytes: {st.f_bavail * st.f_frsize} bytes free")
         t = self.d.start()
         self.check_log("at the start with 0 bytes free")
         info = self.api.req("GET", "/v1/info")
@@ -374,12 +391,13 @@ class FullFS:
             failed_before = rep.failed
             if not self.d.alive():
                 self.d.start()
+            self.create_disks()
             self.connect()
             self.trim_chains()
             if self.rng.random() < 0.3:
-                disk = self.rng.choice(self.live_disks())
+                g = self.guests[self.rng.choice(FILLERS)]
                 n = self.rng.randrange(1, 32) * MiB
-                self.guests[disk].trim(self.rng.randrange(0, (self.size - n) // PAGE + 1) * PAGE, n)
+                g.trim(self.rng.randrange(0, (g.size - n) // PAGE + 1) * PAGE, n)
             killer = threading.Timer(self.rng.uniform(0.05, 2.5), self.d.proc.kill)
             killer.start()
             note = "filled"
