@@ -47,6 +47,9 @@ type chain struct {
 	unrecorded map[*snap]bool
 	recording  bool
 	recorder   sync.WaitGroup
+	// marks names failed snapshots whose failure is not in the store yet
+	// (failmark.go); nil until recovery has opened it.
+	marks *failMarks
 }
 
 // snap is one snapshot in memory.

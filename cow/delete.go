@@ -48,6 +48,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	var to *snap
 	var broken error
 	if wasCopying {
+		v.mark(s)
 		to, broken = v.passPending(s)
 	}
 	v.passMu.Unlock()
@@ -98,6 +99,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	v.mu.Lock()
 	v.dropLocked(s)
 	v.mu.Unlock()
+	v.marks.remove(s.seq())
 	return freed, nil
 }
 

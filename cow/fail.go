@@ -31,6 +31,7 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 	v.notifyLocked()
 	v.mu.Unlock()
 	v.log.Error("snapshot failed; guest writes go on", "snapshot", name, "reason", reason)
+	v.mark(s)
 	to, broken := v.passPending(s)
 	v.passMu.Unlock()
 	v.afterPass(to, broken)
@@ -47,6 +48,7 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 func (v *Volume) recordFailure(s *snap) {
 	err := v.persistRecord(s)
 	if err == nil {
+		v.marks.remove(s.seq())
 		return
 	}
 	v.mu.Lock()
@@ -108,6 +110,9 @@ func (v *Volume) writeUnrecorded() (left int) {
 			todo = append(todo, s)
 		} else {
 			delete(v.unrecorded, s) // deleted or deleting: its own record says so
+			if !v.inChainLocked(s) {
+				v.marks.remove(s.seq())
+			}
 		}
 	}
 	v.mu.Unlock()
@@ -116,6 +121,7 @@ func (v *Volume) writeUnrecorded() (left int) {
 		v.mu.Lock()
 		if err == nil {
 			delete(v.unrecorded, s)
+			v.marks.remove(s.seq())
 			v.log.Info("recorded a snapshot's failure", "snapshot", s.rec.Name)
 		} else {
 			left++
@@ -133,6 +139,17 @@ func (v *Volume) inChainLocked(s *snap) bool {
 		}
 	}
 	return false
+}
+
+// mark makes s's failure durable outside the store (failmark.go) before
+// its blocks pass on and its redirected writes can be merged away. If
+// even that fails, going on is still right (guest I/O wins), at the risk
+// the warning names.
+func (v *Volume) mark(s *snap) {
+	if err := v.marks.add(s.seq()); err != nil {
+		v.log.Warn("could not mark a failed snapshot on the data directory; if its failure cannot be recorded in the store either before cairnd stops, it may copy out newer data at the next start",
+			"snapshot", s.rec.Name, "err", err)
+	}
 }
 
 // afterPass persists the record of the snapshot that took over blocks

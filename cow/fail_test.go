@@ -103,3 +103,48 @@ func TestDeleteRefusedKeepsState(t *testing.T) {
 	}
 	d.verify()
 }
+
+// TestFailureMarkedAcrossRestart: a snapshot that fails while the store
+// takes no records (a broken or full store), then a stop: its record
+// still says copying, but its blocks have passed on and the redirected
+// writes that kept its version are merged into the live image. The next
+// open must find it failed (the failure mark on the data directory), not
+// copy newer data out and call it ready.
+func TestFailureMarkedAcrossRestart(t *testing.T) {
+	d, img, release := redirectDisk(t)
+	r := rand.New(rand.NewPCG(5, 6))
+	var eio error = syscall.EIO
+	d.hooks.recordErr.Store(&eio)
+	for b := range 4 {
+		d.writeBlock(uint64(b), randBlock(r)) // redirected: s1 keeps img
+	}
+	d.hooks.sideWriteErr.Store(&eio)
+	d.writeBlock(8, randBlock(r)) // fails s1; the redirects merge into the image
+	d.hooks.sideWriteErr.Store(nil)
+	release()
+	if in, _ := d.v.Snapshot("s1"); in.State != StateFailed {
+		t.Fatalf("s1 is %s after a redirected write failed", in.State)
+	}
+	if err := d.v.Close(); err != nil {
+		t.Logf("close with records refused: %v", err)
+	}
+	var rec snapRecord
+	if err := d.st.GetRecord(store.SnapshotKey(d.diskID, 1), &rec); err != nil || rec.State != StateCopying {
+		t.Fatalf("s1's record after the stop: %s, %v (the test needs it still copying)", rec.State, err)
+	}
+	d.hooks.recordErr.Store(nil)
+	d.open()
+	in, _ := d.v.Snapshot("s1")
+	if in.State == StateReady || in.State == StateCopying {
+		d.wait("s1")
+		same := bytes.Equal(d.readSnap("s1"), img)
+		t.Fatalf("after the restart s1 is %s again (reads as taken: %v), want failed", in.State, same)
+	}
+	if in.State != StateFailed {
+		t.Fatalf("after the restart s1 is %s, want failed", in.State)
+	}
+	if err := d.st.GetRecord(store.SnapshotKey(d.diskID, 1), &rec); err != nil || rec.State != StateFailed {
+		t.Fatalf("s1's record after the restart: %s, %v, want failed", rec.State, err)
+	}
+	d.verify()
+}

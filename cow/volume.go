@@ -245,6 +245,9 @@ func (v *Volume) Close() error {
 			err = cerr
 		}
 	}
+	if cerr := v.marks.close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 

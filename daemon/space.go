@@ -27,6 +27,9 @@ func (d *Daemon) StoreSpace() api.StoreSpace {
 		Dir: sp.Dir, FreeBytes: sp.Free, ReserveBytes: sp.Reserve, ReserveHeldBytes: sp.ReserveHeld,
 		StopBelowBytes: sp.StopBelow, WarnBelowBytes: 2 * sp.StopBelow, State: api.SpaceOK,
 	}
+	if err := d.store.Broken(); err != nil {
+		out.Broken = err.Error()
+	}
 	switch {
 	case sp.ReserveHeld < sp.Reserve:
 		out.State = api.SpaceReserve

@@ -30,13 +30,20 @@ func (d *Daemon) Info() api.Info {
 }
 
 // Warnings returns what an operator should act on that does not make
-// cairnd unhealthy (a filling store: a restart would not help, and the
-// watchdog must not restart it for that).
+// cairnd unhealthy: a filling store (a restart would not help), a store
+// broken by a failed write (guest I/O goes on; the operator restarts once
+// the disk is healthy, the watchdog must not restart it into a failing
+// disk).
 func (d *Daemon) Warnings() []string {
-	if sp := d.StoreSpace(); sp.Warning != "" {
-		return []string{sp.Warning}
+	var out []string
+	sp := d.StoreSpace()
+	if sp.Broken != "" {
+		out = append(out, sp.Broken)
 	}
-	return nil
+	if sp.Warning != "" {
+		out = append(out, sp.Warning)
+	}
+	return out
 }
 
 // Health returns what is wrong, or nothing: the store answers, the NBD

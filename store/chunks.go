@@ -188,7 +188,7 @@ func (s *Store) readChunk(ctx context.Context, h [32]byte, buf []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := s.db.View(func(txn *badger.Txn) error { return readChunk(txn, h, buf) })
+	err := s.view(func(txn *badger.Txn) error { return readChunk(txn, h, buf) })
 	return s.wrapErr("read chunk", err)
 }
 

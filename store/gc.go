@@ -96,7 +96,7 @@ func (s *Store) gcPass() (rewrites int, err error) {
 		if err != nil {
 			return rewrites, s.wrapErr("value-log GC", err)
 		}
-		err = s.db.RunValueLogGC(gcDiscardRatio)
+		err = faultSafe(func() error { return s.db.RunValueLogGC(gcDiscardRatio) })
 		release()
 		switch {
 		case err == nil:
@@ -185,7 +185,7 @@ func (r *reclaimEstimate) save(s *Store) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.bytes.Load()
-	if n == r.saved {
+	if n == r.saved || s.Broken() != nil {
 		return nil
 	}
 	release, err := s.space.reserve(writeMeta, recordOverhead)

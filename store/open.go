@@ -213,10 +213,14 @@ func (s *Store) releaseReserve() {
 }
 
 func (s *Store) sync() error {
+	if err := s.Broken(); err != nil {
+		return err
+	}
 	if err := s.reclaim.save(s); err != nil {
 		return err
 	}
 	if err := s.db.Sync(); err != nil {
+		s.breakOn(err)
 		return s.wrapErr("sync", err)
 	}
 	return nil

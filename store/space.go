@@ -23,9 +23,12 @@ func (s *Store) Space() (Space, error) {
 }
 
 // RoomForData returns block.ErrNoSpace, with a message saying what to
-// do, while chunk writes would be refused: a new snapshot would fail at
-// once.
+// do, while chunk writes would be refused, or the error that broke the
+// store (fault.go): a new snapshot would fail at once.
 func (s *Store) RoomForData() error {
+	if err := s.Broken(); err != nil {
+		return err
+	}
 	release, err := s.space.reserve(writeData, 0)
 	if err != nil {
 		return err

@@ -46,6 +46,7 @@ package store
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-storage/cairn/bitmap"
@@ -117,6 +118,7 @@ type Store struct {
 	closeTimeout time.Duration // 0: defaultCloseTimeout
 	log          interface{ Debug(msg string, args ...any) }
 
+	broken         atomic.Pointer[error] // set by a failed sync (fault.go)
 	space          spaceGuard
 	slop           *reserve // nil in memory
 	unregisterRoom func()   // takes the reserve off Badger's allocations; nil in memory

@@ -24,6 +24,9 @@ const maxConflictRetries = 1000
 // fn read). fn must not leave effects outside the transaction that a retry
 // would duplicate: it may only fill results it resets at its start.
 func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	if err := s.Broken(); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		if ctx != nil {
 			if err := ctx.Err(); err != nil {
@@ -31,10 +34,13 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 			}
 		}
 		txn := s.db.NewTransaction(true)
-		err := fn(txn)
-		if err == nil {
-			err = txn.Commit()
-		}
+		err := faultSafe(func() error {
+			err := fn(txn)
+			if err == nil {
+				err = txn.Commit()
+			}
+			return err
+		})
 		txn.Discard()
 		if errors.Is(err, badger.ErrConflict) && attempt < maxConflictRetries {
 			continue

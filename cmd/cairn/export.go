@@ -85,8 +85,10 @@ func (a *app) infoCmd() *cobra.Command {
 			if err := t.flush(); err != nil {
 				return err
 			}
-			if sp.Warning != "" {
-				fmt.Fprintf(a.stderr, "cairn: warning: %s\n", sp.Warning)
+			for _, w := range []string{sp.Broken, sp.Warning} {
+				if w != "" {
+					fmt.Fprintf(a.stderr, "cairn: warning: %s\n", w)
+				}
 			}
 			return nil
 		}),

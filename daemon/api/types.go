@@ -117,6 +117,9 @@ type StoreSpace struct {
 	State          string `json:"state"` // SpaceOK, SpaceLow, SpaceFull or SpaceReserve
 	// Warning says what is wrong and what to do; empty when State is ok.
 	Warning string `json:"warning,omitempty"`
+	// Broken says why the store takes no more changes (a write to its
+	// disk failed) and what to do; empty while it is healthy.
+	Broken string `json:"broken,omitempty"`
 }
 
 // Health is the body of GET /v1/health: status "ok" with 200, or

@@ -970,6 +970,16 @@ func (vlog *valueLog) Read(vp valuePointer, _ *y.Slice) ([]byte, func(), error) 
 	if err != nil {
 		return nil, cb, err
 	}
+	// Cairn patch (README.cairn.md): reading the value through the
+	// mapping faults when the disk cannot read it; a caller that turned
+	// faults into panics (debug.SetPanicOnFault) recovers, and the log
+	// file must not stay read-locked, or GC and Close wait for it forever.
+	defer func() {
+		if r := recover(); r != nil {
+			runCallback(cb)
+			panic(r)
+		}
+	}()
 
 	if vlog.opt.VerifyValueChecksum {
 		hash := crc32.New(y.CastagnoliCrcTable)
