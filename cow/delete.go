@@ -48,7 +48,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (freed uint64, err e
 	var to *snap
 	var broken error
 	if wasCopying {
-		v.mark(s)
+		v.mark(s, markDelete)
 		to, broken = v.passPending(s)
 	}
 	v.passMu.Unlock()

@@ -31,7 +31,7 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 	v.notifyLocked()
 	v.mu.Unlock()
 	v.log.Error("snapshot failed; guest writes go on", "snapshot", name, "reason", reason)
-	v.mark(s)
+	v.mark(s, 0)
 	to, broken := v.passPending(s)
 	v.passMu.Unlock()
 	v.afterPass(to, broken)
@@ -141,12 +141,13 @@ func (v *Volume) inChainLocked(s *snap) bool {
 	return false
 }
 
-// mark makes s's failure durable outside the store (failmark.go) before
-// its blocks pass on and its redirected writes can be merged away. If
+// mark makes s's failure (kind 0) or delete (markDelete) durable outside
+// the store (failmark.go) before its blocks pass on and its redirected
+// writes can be merged away. If
 // even that fails, going on is still right (guest I/O wins), at the risk
 // the warning names.
-func (v *Volume) mark(s *snap) {
-	if err := v.marks.add(s.seq()); err != nil {
+func (v *Volume) mark(s *snap, kind uint64) {
+	if err := v.marks.add(s.seq() | kind); err != nil {
 		v.log.Warn("could not mark a failed snapshot on the data directory; if its failure cannot be recorded in the store either before cairnd stops, it may copy out newer data at the next start",
 			"snapshot", s.rec.Name, "err", err)
 	}

@@ -28,12 +28,17 @@ import (
 // (volume recovery, failMarked). The file is allocated when it is created,
 // so a mark needs no new space on a full filesystem.
 //
+// A delete of a copying snapshot passes its blocks on too, before its
+// "deleting" record: its mark says so, and recovery finishes the delete.
+//
 // Format (version 1): an 8-byte header "CAIRNFM1", then slots of 8 bytes,
-// each a snapshot's sequence number (little-endian) or 0 (free). A file
-// with another header is refused, never misread.
+// each 0 (free) or a snapshot's sequence number (little-endian) with bit
+// 63 set for a delete. A file with another header is refused, never
+// misread.
 const (
 	failMarksMagic = "CAIRNFM1"
 	failMarksSize  = 4096 // 511 slots
+	markDelete     = 1 << 63
 )
 
 type failMarks struct {
@@ -108,7 +113,7 @@ func (m *failMarks) create() error {
 	return nil
 }
 
-// add marks seq durably.
+// add marks seq durably (seq|markDelete for a delete).
 func (m *failMarks) add(seq uint64) error {
 	if m == nil {
 		return errors.New("no failure marks yet")
@@ -123,6 +128,10 @@ func (m *failMarks) add(seq uint64) error {
 		if s == seq {
 			return nil
 		}
+		if s&^markDelete == seq&^markDelete {
+			free = i // a delete after a failure: the newer intent
+			break
+		}
 		if s == 0 && free < 0 {
 			free = i
 		}
@@ -134,9 +143,7 @@ func (m *failMarks) add(seq uint64) error {
 	return m.writeSlot(free, seq)
 }
 
-// remove drops seq's mark (durably: a stale mark would fail a snapshot
-// that is fine only if it were copying again, which a recorded failure
-// or delete never is, so the sync is not waited for by anyone else).
+// remove drops seq's mark, of either kind.
 func (m *failMarks) remove(seq uint64) {
 	if m == nil {
 		return
@@ -144,7 +151,7 @@ func (m *failMarks) remove(seq uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i, s := range m.slots {
-		if s == seq && m.f != nil {
+		if s != 0 && s&^markDelete == seq && m.f != nil {
 			m.writeSlot(i, 0)
 		}
 	}
@@ -164,7 +171,7 @@ func (m *failMarks) writeSlot(i int, seq uint64) error {
 	return nil
 }
 
-// list returns the marked sequences.
+// list returns the marks (seq, with markDelete for a delete).
 func (m *failMarks) list() []uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -87,7 +87,8 @@ func (v *Volume) failMarked() error {
 		return err
 	}
 	v.marks = marks
-	for _, seq := range marks.list() {
+	for _, mark := range marks.list() {
+		seq := mark &^ markDelete
 		var s *snap
 		v.mu.Lock()
 		for _, x := range v.snaps {
@@ -96,12 +97,18 @@ func (v *Volume) failMarked() error {
 			}
 		}
 		v.mu.Unlock()
-		if s == nil {
+		switch {
+		case s == nil:
 			marks.remove(seq)
-			continue
+		case mark&markDelete != 0:
+			v.log.Warn("finishing the delete of a copying snapshot that began before cairnd stopped", "snapshot", s.rec.Name)
+			if _, err := v.finishDelete(context.Background(), s); err != nil {
+				return fmt.Errorf("finish deleting snapshot %q: %w", s.rec.Name, err)
+			}
+		default:
+			v.log.Warn("a snapshot failed before cairnd stopped and its failure was not recorded; recording it now", "snapshot", s.rec.Name)
+			v.failSnapshot(s, errors.New("it failed before cairnd stopped, and that could not be recorded then"))
 		}
-		v.log.Warn("a snapshot failed before cairnd stopped and its failure was not recorded; recording it now", "snapshot", s.rec.Name)
-		v.failSnapshot(s, errors.New("it failed before cairnd stopped, and that could not be recorded then"))
 	}
 	return nil
 }
