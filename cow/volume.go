@@ -251,6 +251,16 @@ func (v *Volume) Close() error {
 	return err
 }
 
+// SyncError returns why the live image can no longer be made durable (a
+// failed fdatasync: the kernel may have dropped the pages it was to write,
+// so every later flush fails too until the volume is reopened), or nil.
+func (v *Volume) SyncError() error {
+	if err := v.liveSync.broken(); err != nil {
+		return fmt.Errorf("syncing the live image failed (%v): every flush fails until cairnd restarts, once its disk is healthy", err)
+	}
+	return nil
+}
+
 // mapErr turns a full filesystem into block.ErrNoSpace.
 func mapErr(err error) error {
 	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {

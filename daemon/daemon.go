@@ -142,6 +142,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, ReserveBytes: reserve}); err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
 	}
+	if why := d.store.Suspect(); why != "" {
+		d.log.Warn("the snapshot store may hold damaged chunks: " + why)
+	}
 	if err := d.loadDisks(); err != nil {
 		return nil, err
 	}

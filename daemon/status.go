@@ -40,6 +40,9 @@ func (d *Daemon) Warnings() []string {
 	if sp.Broken != "" {
 		out = append(out, sp.Broken)
 	}
+	if why := d.store.Suspect(); why != "" {
+		out = append(out, why)
+	}
 	if sp.Warning != "" {
 		out = append(out, sp.Warning)
 	}

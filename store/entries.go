@@ -89,6 +89,7 @@ func prepare(entries []Entry) []*prepared {
 func (s *Store) encodeMissing(preps []*prepared) error {
 	var missing []*prepared
 	seen := make(map[[32]byte]bool)
+	rewrite := s.suspect.Load() // every chunk is written again (fault.go)
 	err := s.view(func(txn *badger.Txn) error {
 		for _, p := range preps {
 			if p.zero || seen[p.hash] {
@@ -99,7 +100,7 @@ func (s *Store) encodeMissing(preps []*prepared) error {
 			if err != nil {
 				return err
 			}
-			if !found {
+			if !found || rewrite {
 				missing = append(missing, p)
 			}
 		}
@@ -153,8 +154,18 @@ func (s *Store) putGroup(ctx context.Context, disk, seq uint64, group []*prepare
 			}
 		}
 		var err error
-		done, err = applyRefDeltas(txn, deltas, payload)
-		return err
+		if done, err = applyRefDeltas(txn, deltas, payload); err != nil {
+			return err
+		}
+		if s.suspect.Load() {
+			// Repair: the content at hand over whatever the disk kept.
+			for h := range byHash {
+				if err := rewriteChunk(txn, h, payload); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	})
 	if errors.Is(err, badger.ErrTxnTooBig) && len(group) > 1 {
 		half := len(group) / 2

@@ -132,6 +132,9 @@ func open(opts Options) (*Store, error) {
 		return nil, s.wrapErr("open "+opts.Dir, err)
 	}
 	s.db = db
+	if s.dir != "" {
+		s.loadSuspect()
+	}
 	s.space = spaceGuard{dir: s.dir, minFree: s.minFree, floor: logFloor(bo), slop: s.slop}
 	if err := s.reclaim.load(db); err != nil {
 		db.Close()

@@ -119,6 +119,7 @@ type Store struct {
 	log          interface{ Debug(msg string, args ...any) }
 
 	broken         atomic.Pointer[error] // set by a failed sync (fault.go)
+	suspect        atomic.Bool           // chunks may be damaged: rewrite them (fault.go)
 	space          spaceGuard
 	slop           *reserve // nil in memory
 	unregisterRoom func()   // takes the reserve off Badger's allocations; nil in memory

@@ -105,6 +105,9 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 		return v.report, s.wrapErr("verify", err)
 	}
 	v.report.Faults = v.faults.report()
+	if disk == 0 && len(v.report.Faults) == 0 {
+		s.clearSuspect() // the whole store is sound (fault.go)
+	}
 	return v.report, nil
 }
 

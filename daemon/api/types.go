@@ -19,7 +19,9 @@ type Disk struct {
 	Export      string    `json:"export"`  // the NBD export name of the live disk
 	Clients     int       `json:"clients"` // connected NBD clients
 	State       string    `json:"state"`   // DiskReady or DiskError
-	Error       string    `json:"error,omitempty"`
+	// Error says why the disk is in DiskError, or, on a ready disk, why
+	// its flushes fail (its live image could not be synced).
+	Error string `json:"error,omitempty"`
 }
 
 // Disk states.

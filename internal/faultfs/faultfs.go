@@ -4,11 +4,17 @@
 // has no device-mapper). Everything else passes through to a backing
 // directory (go-fuse's loopback).
 //
-// A Rule names the files (a suffix of the path relative to the mount), the
+// A Rule names the files (by the path relative to the mount), the
 // operations and optionally a byte range; while it is armed, matching
 // requests fail with its errno (EIO by default) and are counted. Arming a
 // read rule drops the kernel's cache of the matching open files' pages,
 // so reads of data written earlier reach the filesystem (and fail) too.
+//
+// The filesystem is served by a child process (Start; the test binary
+// run again, which must call ChildMain first in its TestMain): a program
+// that maps files of a FUSE filesystem it serves itself deadlocks, since
+// a thread blocked in a page fault stops the Go runtime's garbage
+// collector, which stops the goroutines that would serve the fault.
 // Tests only: it needs root (mount) and /dev/fuse.
 package faultfs
 
@@ -38,16 +44,22 @@ const (
 
 // Rule fails matching requests while armed.
 type Rule struct {
-	Ops    Op
-	Suffix string // matches files whose path (relative to the mount) ends in it; "" matches every file
+	Ops Op
+	// Prefix and Suffix match the file's path relative to the mount
+	// (such as "store/000001.vlog"); "" matches every path.
+	Prefix, Suffix string
 	// Off and Len limit Read and Write rules to requests overlapping
 	// [Off, Off+Len); Len 0 means the whole file.
 	Off, Len int64
 	Errno    syscall.Errno // 0 means EIO
 }
 
+func (r Rule) names(rel string) bool {
+	return strings.HasPrefix(rel, r.Prefix) && strings.HasSuffix(rel, r.Suffix)
+}
+
 func (r Rule) matches(op Op, rel string, off, n int64) bool {
-	if r.Ops&op == 0 || !strings.HasSuffix(rel, r.Suffix) {
+	if r.Ops&op == 0 || !r.names(rel) {
 		return false
 	}
 	if r.Len == 0 || op&(Read|Write) == 0 {
@@ -56,8 +68,8 @@ func (r Rule) matches(op Op, rel string, off, n int64) bool {
 	return off < r.Off+r.Len && off+n > r.Off
 }
 
-// FS is a mounted fault-injecting filesystem.
-type FS struct {
+// server is the mounted filesystem, in the child process.
+type server struct {
 	Dir     string // the mount point
 	backing string
 	server  *fuse.Server
@@ -74,9 +86,9 @@ type openFile struct {
 	count int    // open handles
 }
 
-// Mount mounts a filesystem on dir that passes through to backing.
-func Mount(backing, dir string) (*FS, error) {
-	f := &FS{Dir: dir, backing: backing, rules: make(map[int]Rule), open: make(map[*fs.Inode]openFile)}
+// mount mounts a filesystem on dir that passes through to backing.
+func mount(backing, dir string) (*server, error) {
+	f := &server{Dir: dir, backing: backing, rules: make(map[int]Rule), open: make(map[*fs.Inode]openFile)}
 	var st syscall.Stat_t
 	if err := syscall.Stat(backing, &st); err != nil {
 		return nil, err
@@ -104,8 +116,8 @@ func Mount(backing, dir string) (*FS, error) {
 	return f, nil
 }
 
-// Unmount unmounts the filesystem.
-func (f *FS) Unmount() error {
+// unmount unmounts the filesystem.
+func (f *server) unmount() error {
 	err := f.server.Unmount()
 	if err != nil {
 		syscall.Unmount(f.Dir, syscall.MNT_DETACH)
@@ -114,8 +126,8 @@ func (f *FS) Unmount() error {
 	return err
 }
 
-// Fail arms r and returns the function that disarms it.
-func (f *FS) Fail(r Rule) (disarm func()) {
+// fail arms r and returns the function that disarms it.
+func (f *server) fail(r Rule) (disarm func()) {
 	if r.Errno == 0 {
 		r.Errno = syscall.EIO
 	}
@@ -126,7 +138,7 @@ func (f *FS) Fail(r Rule) (disarm func()) {
 	var drop []*fs.Inode
 	if r.Ops&Read != 0 {
 		for ino, o := range f.open {
-			if strings.HasSuffix(o.rel, r.Suffix) {
+			if r.names(o.rel) {
 				drop = append(drop, ino)
 			}
 		}
@@ -142,15 +154,15 @@ func (f *FS) Fail(r Rule) (disarm func()) {
 	}
 }
 
-// Hits is how many requests armed rules have failed so far.
-func (f *FS) Hits() int {
+// hitCount is how many requests armed rules have failed so far.
+func (f *server) hitCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.hits
 }
 
 // check returns the errno of the first armed rule that matches, or 0.
-func (f *FS) check(op Op, rel string, off, n int64) syscall.Errno {
+func (f *server) check(op Op, rel string, off, n int64) syscall.Errno {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, r := range f.rules {
@@ -165,7 +177,7 @@ func (f *FS) check(op Op, rel string, off, n int64) syscall.Errno {
 // node is a loopback node whose open files go through file.
 type node struct {
 	fs.LoopbackNode
-	ffs *FS
+	ffs *server
 }
 
 var (
@@ -200,7 +212,7 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint
 	return 0, syscall.ENOSYS
 }
 
-func (f *FS) wrap(ino *fs.Inode, rel string, fh fs.FileHandle) *file {
+func (f *server) wrap(ino *fs.Inode, rel string, fh fs.FileHandle) *file {
 	f.mu.Lock()
 	f.open[ino] = openFile{rel: rel, count: f.open[ino].count + 1}
 	f.mu.Unlock()
@@ -212,7 +224,7 @@ func (f *FS) wrap(ino *fs.Inode, rel string, fh fs.FileHandle) *file {
 // writes here.
 type file struct {
 	lf  *fs.LoopbackFile
-	ffs *FS
+	ffs *server
 	rel string
 	ino *fs.Inode
 }
@@ -293,7 +305,3 @@ func (x *file) fd() int {
 	fd, _ := x.lf.PassthroughFd()
 	return fd
 }
-
-// Backing is the path of a file in the backing directory (for tests that
-// damage a file behind the filesystem's back).
-func (f *FS) Backing(rel string) string { return filepath.Join(f.backing, rel) }

@@ -11,7 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func mount(t *testing.T) *FS {
+func TestMain(m *testing.M) {
+	ChildMain()
+	os.Exit(m.Run())
+}
+
+func start(t *testing.T) *FS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount FUSE")
@@ -20,7 +25,7 @@ func mount(t *testing.T) *FS {
 		t.Skipf("no FUSE: %v", err)
 	}
 	backing, dir := t.TempDir(), t.TempDir()
-	f, err := Mount(backing, dir)
+	f, err := Start(backing, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +37,7 @@ func mount(t *testing.T) *FS {
 // (reads of cached data too), and disarming restores them; a file mapped
 // shared and written through the mapping reaches the backing file.
 func TestRules(t *testing.T) {
-	f := mount(t)
+	f := start(t)
 	path := filepath.Join(f.Dir, "sub", "a.raw")
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
