@@ -7,7 +7,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/cairn-storage/cairn/daemon.Version=$(VERSION)
 DATA      ?= $(CURDIR)/.cairn
 
-.PHONY: build test test-go test-e2e run bench install uninstall deps fuzz clean
+.PHONY: build test test-go test-e2e test-long run bench install uninstall deps fuzz clean
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cairnd ./cmd/cairnd
@@ -21,6 +21,14 @@ test: deps build
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 	./scripts/test/run-all.sh
+
+# Long runs of the randomized end-to-end tests (make test runs 20 rounds
+# of the full-filesystem test and 10 of the crash test).
+FULL_ROUNDS ?= 200
+CRASH_ROUNDS ?= 100
+test-long: deps build
+	FULL_ROUNDS=$(FULL_ROUNDS) ./scripts/test/test-full-fs.sh
+	CRASH_ROUNDS=$(CRASH_ROUNDS) ./scripts/test/test-crash.sh
 
 # Long fuzzing run (the seed corpora run in make test): FUZZTIME=10m make fuzz
 FUZZTIME ?= 60s

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/cairn-storage/cairn/cow"
 )
@@ -69,11 +71,13 @@ func (d *Daemon) warnOrphans() {
 		return
 	}
 	known := make(map[string]bool, len(d.disks))
+	var tracking []string // a disk's change tracking, redirected writes, failure marks
 	for _, disk := range d.disks {
 		known[filepath.Base(d.livePath(disk.rec))] = true
+		tracking = append(tracking, filepath.Base(d.volOptions(disk.rec).TrackPrefix)+".")
 	}
 	for _, e := range entries {
-		if !known[e.Name()] {
+		if !known[e.Name()] && !slices.ContainsFunc(tracking, func(p string) bool { return strings.HasPrefix(e.Name(), p) }) {
 			d.log.Warn("live image belongs to no disk; remove it if it is not needed", "path", filepath.Join(d.disksDir(), e.Name()))
 		}
 	}

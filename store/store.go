@@ -35,10 +35,17 @@
 // transactions) leaves every entry either written or not, references
 // exact, and can simply be repeated.
 //
-// Space (DESIGN.md invariant 5): the store keeps Options.MinFreeBytes free
-// on its filesystem and refuses chunk writes below that with block.ErrNoSpace,
-// because Badger's memory-mapped files turn a full filesystem into a
-// crash. Reads, records, merges and deletes keep working.
+// Space (DESIGN.md invariant 5): Badger's memory-mapped files are
+// allocated before they are written (third_party/ristretto), so a full
+// filesystem is an error, never a SIGBUS; the store keeps a reserve of
+// Options.ReserveBytes that only its upkeep draws on (reserve.go), and
+// refuses chunk writes with block.ErrNoSpace while less than that is free
+// besides (txn.go). Reads, records, merges, deletes, Open and Close keep
+// working on a full filesystem.
+//
+// Failing disks (fault.go): a read the disk cannot serve fails that read
+// with EIO (never a SIGBUS); a failed sync breaks the store until it is
+// reopened, and the store is then suspect until a clean Verify.
 //
 // The on-disk key layout is in keys.go.
 package store
