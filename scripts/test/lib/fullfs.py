@@ -290,6 +290,27 @@ class FullFS:
                 failed = [n for n in self.snaps[disk] if states.get(n) == "failed"]
                 self.delete(disk, failed[0] if failed else self.snaps[disk][0])
 
+    def restore_reserve(self, r):
+        """A guest that keeps writing into a full filesystem takes every
+        byte the store frees, the reserve's cushion too. When the reserve
+        has given away more than a tenth, a guest frees space (trims) and
+        the reserve must be whole again soon."""
+        st = self.api.req("GET", "/v1/info")["store"]
+        if st["reserve_held_bytes"] * 10 >= st["reserve_bytes"] * 9:
+            return
+        g = self.guests[self.rng.choice(FILLERS)]
+        n = st["reserve_bytes"] - st["reserve_held_bytes"] + 8 * MiB
+        off = self.rng.randrange(0, (g.size - n) // PAGE + 1) * PAGE
+        g.trim(off, n)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            st = self.api.req("GET", "/v1/info")["store"]
+            if st["reserve_held_bytes"] == st["reserve_bytes"]:
+                break
+            time.sleep(0.2)
+        self.rep.check(st["reserve_held_bytes"] == st["reserve_bytes"],
+                       f"round {r}: the reserve is whole again once a guest freed {n // MiB} MiB", str(st))
+
     def way_out(self, what):
         """What an operator does: delete the failed snapshots, then the
         filler disks, until the store has room again; a new snapshot of
@@ -398,6 +419,7 @@ class FullFS:
                 g = self.guests[self.rng.choice(FILLERS)]
                 n = self.rng.randrange(1, 32) * MiB
                 g.trim(self.rng.randrange(0, (g.size - n) // PAGE + 1) * PAGE, n)
+            self.restore_reserve(r)
             killer = threading.Timer(self.rng.uniform(0.05, 2.5), self.d.proc.kill)
             killer.start()
             note = "filled"
