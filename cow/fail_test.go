@@ -5,12 +5,15 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cairn-storage/cairn/store"
+	"golang.org/x/sys/unix"
 )
 
 // TestFailureRecordRetried: a snapshot that fails while its record cannot
@@ -147,4 +150,61 @@ func TestFailureMarkedAcrossRestart(t *testing.T) {
 		t.Fatalf("s1's record after the restart: %s, %v, want failed", rec.State, err)
 	}
 	d.verify()
+}
+
+// TestTrackingOnFullFilesystem: change tracking files are allocated when
+// they are made, so on a filesystem a guest filled to the last byte a
+// write over an allocated block still marks its block durably (a mark
+// that failed would lose tracking: the next snapshot would read every
+// allocated block).
+func TestTrackingOnFullFilesystem(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=16m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	live := filepath.Join(dir, "live.raw")
+	if err := os.WriteFile(live, make([]byte, 64*testBS), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(store.Options{Dir: t.TempDir(), ReserveBytes: 96 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	v, err := Open(live, Options{BlockSize: testBS, Store: st, DiskID: 1, TrackPrefix: filepath.Join(dir, "track")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	ctx := context.Background()
+	if _, err := v.CreateSnapshot(ctx, SnapshotMeta{Name: "s1", Kind: "manual"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WaitReady(ctx, "s1"); err != nil {
+		t.Fatal(err)
+	}
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	buf := make([]byte, 64<<10)
+	for n := len(buf); n > 0; {
+		if _, err := filler.Write(buf[:n]); err != nil {
+			n /= 2
+		}
+	}
+	if err := v.WriteAt(ctx, bytes.Repeat([]byte{9}, testBS), 3*testBS, false); err != nil {
+		t.Fatalf("write over an allocated block on a full filesystem: %v", err)
+	}
+	if v.trackLost.Load() {
+		t.Fatal("change tracking lost on a full filesystem")
+	}
+	if bits := v.track.Load().bits(); !bits.Test(3) || bits.Count() != 1 {
+		t.Fatalf("tracked blocks %v, want [3]", bits.Members())
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -85,27 +84,8 @@ func openFailMarks(path string, log interface{ Warn(string, ...any) }) (*failMar
 
 // create makes the file: allocated, header written, durable.
 func (m *failMarks) create() error {
-	tmp := m.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := durable.CreateFile(m.path, failMarksSize, []byte(failMarksMagic))
 	if err != nil {
-		return fmt.Errorf("create failure marks %s: %w", tmp, err)
-	}
-	err = unix.Fallocate(int(f.Fd()), 0, 0, failMarksSize)
-	if err == nil {
-		_, err = f.WriteAt([]byte(failMarksMagic), 0)
-	}
-	if err == nil {
-		err = unix.Fdatasync(int(f.Fd()))
-	}
-	if err == nil {
-		err = os.Rename(tmp, m.path)
-	}
-	if err == nil {
-		err = durable.SyncDir(filepath.Dir(m.path))
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(tmp)
 		return fmt.Errorf("create failure marks %s: %w", m.path, mapErr(err))
 	}
 	m.f = f

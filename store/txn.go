@@ -75,8 +75,8 @@ func (s *Store) wrapErr(op string, err error) error {
 // has less than minFree free, so snapshots fail long before the store is
 // in danger; metadata (records, merges, deletes, failure records) and
 // value-log GC, which is how deletes give space back, go on into the
-// reserve (reserve.go) down to what Badger's next memtable and value log
-// need.
+// reserve (reserve.go) down to what Badger's next memtable needs
+// (logFloor).
 const (
 	writeData = iota
 	writeMeta
