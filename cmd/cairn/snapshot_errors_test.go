@@ -148,4 +148,10 @@ func TestCreateWaitWhenStoreFull(t *testing.T) {
 	if out := ok(t, sock, "snapshot", "show", "d", "s1"); !strings.Contains(out, "Reason:") || !strings.Contains(out, "store is full") {
 		t.Errorf("show of a failed snapshot:\n%s", out)
 	}
+	// info warns, on stderr, and says what to do.
+	out, errs, code = cli(t, sock, "info")
+	if code != exitOK || !strings.Contains(out, "Store space:     low: ") ||
+		!regexp.MustCompile(`^cairn: warning: the store's filesystem \(.*\) has 96 MiB free: snapshots stop below 96 MiB; delete the failed snapshots d@s1 .*keep the store on a filesystem of its own\n$`).MatchString(errs) {
+		t.Errorf("info with the store low: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
 }
