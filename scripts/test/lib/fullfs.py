@@ -2,33 +2,38 @@
 whole data directory, live images and store, on a small loop-mounted ext4:
 a host where guests' sparse images share the store's filesystem).
 
-Part 1, SIGTERM. Two disks, together larger than the filesystem, are
-written through NBD (random data, 4 KiB-aligned extents) with snapshots
-now and then, until the filesystem is full: guest writes that need new
-blocks get ENOSPC (and leave each page old or new), writes over written
-blocks go on, snapshot create is refused with 507 below the reserve,
-snapshots that cannot be stored end `failed` with a reason. Then:
+Three disks: "keep" (32 MiB) and two fillers (DISK_MIB each), together
+larger than the filesystem.
+
+Part 1, SIGTERM. The disks are written through NBD (random data, 4 KiB
+aligned extents) with snapshots now and then, until the filesystem is
+full: guest writes that need new blocks get ENOSPC (and leave each page
+old or new), writes over written blocks go on, snapshot create is refused
+with 507 below the reserve, snapshots that cannot be stored end `failed`
+with a reason. Then:
   - SIGTERM: cairnd exits 0, no SIGBUS or Go fatal error in its log;
   - a filler file takes the filesystem's last bytes, and cairnd starts
     with 0 bytes free: the API answers, info says the store runs on its
-    reserve and what to delete, both disks read back as acknowledged,
-    no snapshot is `deleting`, every ready snapshot reads back as its
-    oracle, verify is clean;
-  - the way out: deleting snapshots (failed ones first) and a disk
-    succeeds on the full filesystem, space comes back, a new snapshot is
-    ready and reads back as the disk, verify is clean.
+    reserve and what to delete, health is ok with that warning, every disk
+    reads back as acknowledged, no snapshot is `deleting`, every ready
+    snapshot reads back as its oracle, verify is clean;
+  - the way out: deleting the failed snapshots and the filler disks
+    succeeds on the full filesystem, space comes back, a new snapshot of
+    keep is ready and reads back as keep, verify is clean.
 
-Part 2, kill -9 (FULL_ROUNDS rounds, default 20): from the state left,
-delete a snapshot or two and trim a range now and then, then write and
-snapshot until the filesystem is full again, and SIGKILL cairnd at a
-random moment of it. Restart (no SIGBUS), then: every acknowledged write
-is on the disks (the one in flight: each page old or new), no snapshot is
-`deleting`, every ready snapshot reads back as its oracle, verify is
-clean. At the end, the way out again.
+Part 2, kill -9 (FULL_ROUNDS rounds, default 20): from the state left
+(the fillers made again), delete a snapshot or two and trim a range now
+and then, then write and snapshot until the filesystem is full again, and
+SIGKILL cairnd at a random moment of it. Restart (no SIGBUS), then: every
+acknowledged write is on the disks (the one in flight: each page old or
+new), no snapshot is `deleting`, every ready snapshot reads back as its
+oracle, verify is clean; once a guest has taken a tenth of the reserve and
+then frees space, the reserve is whole again. At the end, the way out
+again and a clean SIGTERM.
 
 Environment: T, CAIRND, DATA (the data directory, a mounted filesystem),
-SEED, FULL_ROUNDS, DISK_MIB (each of the two disks, default 192),
-RESERVE (default 96M).
+SEED, FULL_ROUNDS, DISK_MIB (each filler disk, default 192), RESERVE
+(default 96M).
 """
 
 import errno
