@@ -226,7 +226,7 @@ func TestExportListAndInfo(t *testing.T) {
 	}
 	out := ok(t, sock, "info")
 	for _, want := range []string{"Version:", "Data directory:  " + in.Config.DataDir, "API socket:", sock, "Disks:           1",
-		"Store space:     ", "reserve 384 MiB of 384 MiB held, snapshots stop below 384 MiB free"} {
+		"Store space:     ", "reserve 96 MiB of 96 MiB held, snapshots stop below 96 MiB free"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("info lacks %q:\n%s", want, out)
 		}

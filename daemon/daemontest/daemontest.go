@@ -92,6 +92,9 @@ func Config(t testing.TB, dir string) daemon.Config {
 	return daemon.Config{
 		DataDir: dir,
 		Logger:  slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+		// The smallest store reserve: tests run many daemons at once, and
+		// each allocates its reserve.
+		StoreReserve: "96M",
 	}
 }
 

@@ -110,9 +110,11 @@ class Guest:
         except nbd.Error as e:
             if e.errnum != errno.ENOSPC:
                 raise
-            self.pending = None
             self.refused += 1
+            # Still pending until read back: a kill during the read leaves
+            # its pages old or new, for settle_pending after the restart.
             self.settle(off, data, self.h.pread(len(data), off), f"a write refused for space ({len(data)} bytes at {off})")
+            self.pending = None
             return False
         self.pending = None
         self.oracle.seek(off)
