@@ -14,15 +14,7 @@ set -uo pipefail
 . "$(dirname "$0")/lib/common.sh"
 if [ "$(id -u)" != 0 ]; then echo "test-full-fs: needs root (loop device and mount)"; exit 77; fi
 e2e_setup test-full-fs losetup mkfs.ext4 mount umount nbdcopy cmp
-LOOP=
 export DATA=$T/data
-# The trap has killed cairnd and unmounted everything under $T by then.
-e2e_cleanup_extra() { [ -n "$LOOP" ] && losetup -d "$LOOP"; }
-mkdir -p "$DATA"
-truncate -s "${FS_MIB:-512}M" "$T/fs.img"
-LOOP=$(losetup -f --show "$T/fs.img") || { echo "FAIL losetup $T/fs.img"; exit 1; }
 # -m 0: no blocks kept for root, so "full" is full for cairnd (root) too.
-mkfs.ext4 -q -F -m 0 "$LOOP" || { echo "FAIL mkfs.ext4 $LOOP"; exit 1; }
-mount "$LOOP" "$DATA" || { echo "FAIL mount $LOOP $DATA"; exit 1; }
-rmdir "$DATA/lost+found" 2>/dev/null
+e2e_loopfs "${FS_MIB:-512}" "$DATA" -m 0
 "$PY" scripts/test/lib/fullfs.py
