@@ -22,11 +22,17 @@ test: deps build
 	$(GO) test -count=1 -timeout 20m ./...
 	./scripts/test/run-all.sh
 
-# Long runs of the model-based tests (make test runs a few seeds of each).
+# Long runs: the model-based tests with more seeds, and the randomized
+# end-to-end tests with more rounds (make test runs a few seeds of each,
+# 20 rounds of the full-filesystem test and 10 of the crash test).
 FIGURES_SEEDS ?= 40
 FIGURES_STEPS ?= 400
-test-long:
+FULL_ROUNDS ?= 200
+CRASH_ROUNDS ?= 100
+test-long: deps build
 	CAIRN_FIGURES_SEEDS=$(FIGURES_SEEDS) CAIRN_FIGURES_STEPS=$(FIGURES_STEPS) $(GO) test -count=1 -timeout 60m -run TestFiguresAgainstModel ./cow
+	FULL_ROUNDS=$(FULL_ROUNDS) ./scripts/test/test-full-fs.sh
+	CRASH_ROUNDS=$(CRASH_ROUNDS) ./scripts/test/test-crash.sh
 
 # Long fuzzing run of every fuzz target (func FuzzX in any package), each
 # for FUZZTIME: FUZZTIME=1h make fuzz. Their seed corpora (testdata/fuzz)

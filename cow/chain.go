@@ -39,6 +39,17 @@ type chain struct {
 	stopCtx context.Context // ends when the volume closes
 	stop    context.CancelFunc
 	workers sync.WaitGroup // copy-out workers
+
+	// unrecorded holds failed snapshots whose record could not be
+	// written yet (fail.go, recordFailure); recording is set while
+	// retryRecords runs (both guarded by mu). recorder is done when it
+	// has returned.
+	unrecorded map[*snap]bool
+	recording  bool
+	recorder   sync.WaitGroup
+	// marks names failed snapshots whose failure is not in the store yet
+	// (failmark.go); nil until recovery has opened it.
+	marks *failMarks
 }
 
 // snap is one snapshot in memory.

@@ -48,13 +48,15 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (Freed, error) {
 	name := s.rec.Name
 	v.passMu.Lock()
 	v.mu.Lock()
-	wasCopying := s.rec.State == StateCopying
+	was, wasReason := s.rec.State, s.rec.Reason
+	wasCopying := was == StateCopying
 	s.rec.State = StateDeleting
 	v.notifyLocked()
 	v.mu.Unlock()
 	var to *snap
 	var broken error
 	if wasCopying {
+		v.mark(s, markDelete)
 		to, broken = v.passPending(s)
 	}
 	v.passMu.Unlock()
@@ -63,6 +65,19 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (Freed, error) {
 	m := v.deletion(s)
 	v.mu.Unlock()
 	if err := v.persistRecord(s); err != nil {
+		// Nothing is merged yet: the snapshot is what it was, except
+		// that a copying one has passed its blocks on and can only
+		// have failed.
+		v.mu.Lock()
+		s.rec.State, s.rec.Reason = was, wasReason
+		if wasCopying {
+			s.rec.State, s.rec.Reason = StateFailed, "its delete could not begin ("+err.Error()+"); its blocks passed to the next snapshot — delete it again"
+		}
+		v.notifyLocked()
+		v.mu.Unlock()
+		if wasCopying {
+			v.recordFailure(s)
+		}
 		return Freed{}, fmt.Errorf("delete snapshot %q: %w", name, err)
 	}
 	if m.only {
@@ -87,6 +102,7 @@ func (v *Volume) finishDelete(ctx context.Context, s *snap) (Freed, error) {
 	v.mu.Lock()
 	v.dropLocked(s)
 	v.mu.Unlock()
+	v.marks.remove(s.seq())
 	return freed, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cairn-storage/cairn/block"
 )
@@ -30,14 +31,125 @@ func (v *Volume) failSnapshot(s *snap, cause error) {
 	v.notifyLocked()
 	v.mu.Unlock()
 	v.log.Error("snapshot failed; guest writes go on", "snapshot", name, "reason", reason)
+	v.mark(s, 0)
 	to, broken := v.passPending(s)
 	v.passMu.Unlock()
 	v.afterPass(to, broken)
-	if err := v.persistRecord(s); err != nil {
-		// If the failure is not recorded, the next start finds the
-		// snapshot copying and its successor holding its blocks too:
-		// both claim them, which is harmless.
-		v.log.Warn("could not record snapshot failure", "snapshot", name, "err", err)
+	v.recordFailure(s)
+}
+
+// recordFailure makes s's failed state durable. A failure that is not
+// recorded would make the next start copy s out again (its old record
+// says copying; its blocks have passed on): harmless to the data, but the
+// store grows and the operator sees a snapshot come back. So a record
+// that cannot be written now (an I/O error, or a store whose reserve is
+// used up) is retried in the background until it is written, s is
+// deleted, or the volume closes, which tries once more.
+func (v *Volume) recordFailure(s *snap) {
+	err := v.persistRecord(s)
+	if err == nil {
+		v.marks.remove(s.seq())
+		return
+	}
+	v.mu.Lock()
+	name := s.rec.Name
+	if v.unrecorded == nil {
+		v.unrecorded = make(map[*snap]bool)
+	}
+	v.unrecorded[s] = true
+	start := !v.recording
+	v.recording = true
+	v.mu.Unlock()
+	v.log.Warn("could not record a snapshot's failure yet; retrying in the background", "snapshot", name, "err", err)
+	if start {
+		v.recorder.Add(1)
+		go v.retryRecords()
+	}
+}
+
+// retryRecords writes the records recordFailure could not, with backoff,
+// until none is left or the volume closes. One runs at a time (recording).
+func (v *Volume) retryRecords() {
+	defer v.recorder.Done()
+	wait := 100 * time.Millisecond
+	for {
+		select {
+		case <-v.stopCtx.Done():
+			v.mu.Lock()
+			v.recording = false
+			v.mu.Unlock()
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+		if v.writeUnrecorded() == 0 {
+			v.mu.Lock()
+			done := len(v.unrecorded) == 0
+			if done {
+				v.recording = false
+			}
+			v.mu.Unlock()
+			if done {
+				return
+			}
+		}
+	}
+}
+
+// writeUnrecorded tries to write every record recordFailure could not and
+// returns how many are still unwritten. It holds sealMu so that no delete
+// runs meanwhile: a delete writes a newer record (or removes it), which
+// an older one must not land over.
+func (v *Volume) writeUnrecorded() (left int) {
+	v.sealMu.Lock()
+	defer v.sealMu.Unlock()
+	v.mu.Lock()
+	var todo []*snap
+	for s := range v.unrecorded {
+		if v.inChainLocked(s) && s.rec.State == StateFailed {
+			todo = append(todo, s)
+		} else {
+			delete(v.unrecorded, s) // deleted or deleting: its own record says so
+			if !v.inChainLocked(s) {
+				v.marks.remove(s.seq())
+			}
+		}
+	}
+	v.mu.Unlock()
+	for _, s := range todo {
+		err := v.persistRecord(s)
+		v.mu.Lock()
+		if err == nil {
+			delete(v.unrecorded, s)
+			v.marks.remove(s.seq())
+			v.log.Info("recorded a snapshot's failure", "snapshot", s.rec.Name)
+		} else {
+			left++
+		}
+		v.mu.Unlock()
+	}
+	return left
+}
+
+// inChainLocked reports whether s is still in the chain. Caller holds mu.
+func (v *Volume) inChainLocked(s *snap) bool {
+	for _, x := range v.snaps {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// mark makes s's failure (kind 0) or delete (markDelete) durable outside
+// the store (failmark.go) before its blocks pass on and its redirected
+// writes can be merged away. If
+// even that fails, going on is still right (guest I/O wins), at the risk
+// the warning names.
+func (v *Volume) mark(s *snap, kind uint64) {
+	if err := v.marks.add(s.seq() | kind); err != nil {
+		v.log.Warn("could not mark a failed snapshot on the data directory; if its failure cannot be recorded in the store either before cairnd stops, it may copy out newer data at the next start",
+			"snapshot", s.rec.Name, "err", err)
 	}
 }
 

@@ -34,6 +34,9 @@ func TrackFile(prefix, name string) (what string, ok bool) {
 	if isEpoch(rest) {
 		return "change-tracking file (epoch " + rest + ")", true
 	}
+	if rest == "failed" {
+		return "failure marks of snapshots (failmark.go)", true
+	}
 	if rest == "cbw" {
 		return "copy-before-write journal of an older cairnd", true
 	}

@@ -53,3 +53,10 @@ func (g *groupSync) Wait() error {
 	}
 	return g.err
 }
+
+// broken returns the sticky error, or nil.
+func (g *groupSync) broken() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}

@@ -62,6 +62,9 @@ func (v *Volume) openChain() error {
 		}
 		return err
 	}
+	if err := v.failMarked(); err != nil {
+		return err
+	}
 	v.mu.Lock()
 	for _, s := range v.snaps {
 		if s.rec.State == StateCopying {
@@ -70,6 +73,43 @@ func (v *Volume) openChain() error {
 	}
 	v.mu.Unlock()
 	v.kickRetire()
+	return nil
+}
+
+// failMarked fails the copying snapshots the failure marks name: they
+// failed (or began a delete) before cairnd stopped and that never reached
+// the store. Their blocks may have been overwritten in place since, so
+// copying them out again would read newer data and call it ready. Marks
+// of snapshots whose new state did reach the store are dropped.
+func (v *Volume) failMarked() error {
+	marks, err := openFailMarks(v.opts.TrackPrefix+".failed", v.log)
+	if err != nil {
+		return err
+	}
+	v.marks = marks
+	for _, mark := range marks.list() {
+		seq := mark &^ markDelete
+		var s *snap
+		v.mu.Lock()
+		for _, x := range v.snaps {
+			if x.seq() == seq && x.rec.State == StateCopying {
+				s = x
+			}
+		}
+		v.mu.Unlock()
+		switch {
+		case s == nil:
+			marks.remove(seq)
+		case mark&markDelete != 0:
+			v.log.Warn("finishing the delete of a copying snapshot that began before cairnd stopped", "snapshot", s.rec.Name)
+			if _, err := v.finishDelete(context.Background(), s); err != nil {
+				return fmt.Errorf("finish deleting snapshot %q: %w", s.rec.Name, err)
+			}
+		default:
+			v.log.Warn("a snapshot failed before cairnd stopped and its failure was not recorded; recording it now", "snapshot", s.rec.Name)
+			v.failSnapshot(s, errors.New("it failed before cairnd stopped, and that could not be recorded then"))
+		}
+	}
 	return nil
 }
 

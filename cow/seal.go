@@ -318,6 +318,11 @@ func (v *Volume) persistRecord(s *snap) error {
 	v.mu.Lock()
 	rec := s.rec
 	v.mu.Unlock()
+	if h := v.opts.hooks; h != nil {
+		if err := h.recordErr.Load(); err != nil {
+			return fmt.Errorf("record snapshot %q: %w", rec.Name, *err)
+		}
+	}
 	rec.Pending = nil
 	if rec.State == StateCopying {
 		var err error

@@ -42,7 +42,7 @@ func newTestDisk(t *testing.T, size int64) *testDisk {
 		t.Fatal(err)
 	}
 	f.Close()
-	d.st, err = store.Open(store.Options{Dir: filepath.Join(d.dir, "store")})
+	d.st, err = store.Open(store.Options{Dir: filepath.Join(d.dir, "store"), ReserveBytes: 96 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}

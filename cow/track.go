@@ -83,33 +83,18 @@ func createTracker(prefix string, epoch, nblocks uint64, blockSize int) (*tracke
 		return t, nil
 	}
 	t.path = trackPath(prefix, epoch)
-	tmp := t.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("create change-tracking file: %w", err)
-	}
 	hdr := make([]byte, trackDataOff)
 	copy(hdr, trackMagic)
 	binary.LittleEndian.PutUint32(hdr[8:], trackVersion)
 	binary.LittleEndian.PutUint32(hdr[12:], uint32(blockSize))
 	binary.LittleEndian.PutUint64(hdr[16:], epoch)
 	binary.LittleEndian.PutUint64(hdr[24:], nblocks)
-	if _, err := f.WriteAt(hdr, 0); err == nil {
-		err = f.Truncate(trackDataOff + int64(wordsFor(nblocks))*8)
-		if err == nil {
-			err = f.Sync()
-		}
-	}
-	if err == nil {
-		err = os.Rename(tmp, t.path)
-	}
-	if err == nil {
-		err = durable.SyncDir(filepath.Dir(t.path))
-	}
+	// Allocated, not sparse: marking a block on a full filesystem must
+	// not fail (a lost mark costs the next snapshot a read of every
+	// allocated block).
+	f, err := durable.CreateFile(t.path, trackDataOff+int64(wordsFor(nblocks))*8, hdr)
 	if err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return nil, fmt.Errorf("create change-tracking file %s: %w", t.path, err)
+		return nil, fmt.Errorf("create change-tracking file %s: %w", t.path, mapErr(err))
 	}
 	t.f = f
 	t.sync = newGroupSync(func() error { return unix.Fdatasync(int(f.Fd())) })
@@ -314,8 +299,8 @@ func (t *tracker) setAll(bm *bitmap.Bitmap) error {
 // grow extends the tracker to n blocks. Caller holds the gate exclusively.
 func (t *tracker) grow(n uint64) error {
 	if t.f != nil {
-		if err := t.f.Truncate(trackDataOff + int64(wordsFor(n))*8); err != nil {
-			return fmt.Errorf("grow change-tracking file %s: %w", t.path, err)
+		if err := unix.Fallocate(int(t.f.Fd()), 0, 0, trackDataOff+int64(wordsFor(n))*8); err != nil {
+			return fmt.Errorf("grow change-tracking file %s: %w", t.path, mapErr(err))
 		}
 		var hdr [8]byte
 		binary.LittleEndian.PutUint64(hdr[:], n)

@@ -80,6 +80,8 @@ type testHooks struct {
 	// afterSeal runs in a group seal after this volume's epoch is sealed
 	// and before the next volume's (to widen the window between them).
 	afterSeal atomic.Pointer[func()]
+	// recordErr, when set, is the result of every snapshot record write.
+	recordErr atomic.Pointer[error]
 }
 
 // Volume is an open live image. Its methods are safe for concurrent use.
@@ -251,6 +253,10 @@ func (v *Volume) Size() int64 {
 // change tracking and the live image durable, and closes it.
 func (v *Volume) Close() error {
 	v.stopWorkers()
+	v.recorder.Wait()
+	if n := v.writeUnrecorded(); n > 0 {
+		v.log.Warn("could not record the failure of snapshots: they will copy out again at the next start", "live", v.path, "snapshots", n)
+	}
 	var err error
 	if v.rd != nil {
 		v.rd.retirer.Wait()
@@ -280,7 +286,20 @@ func (v *Volume) Close() error {
 			err = cerr
 		}
 	}
+	if cerr := v.marks.close(); err == nil {
+		err = cerr
+	}
 	return err
+}
+
+// SyncError returns why the live image can no longer be made durable (a
+// failed fdatasync: the kernel may have dropped the pages it was to write,
+// so every later flush fails too until the volume is reopened), or nil.
+func (v *Volume) SyncError() error {
+	if err := v.liveSync.broken(); err != nil {
+		return fmt.Errorf("syncing the live image failed (%v): every flush fails until cairnd restarts, once its disk is healthy", err)
+	}
+	return nil
 }
 
 // mapErr turns a full filesystem into block.ErrNoSpace.

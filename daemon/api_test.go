@@ -235,8 +235,9 @@ func TestCreateValidation(t *testing.T) {
 	if len(disks) != 1 {
 		t.Errorf("failed creates left disks behind: %+v", disks)
 	}
-	// The live image and the change-tracking file of the disk that exists.
-	if entries, _ := os.ReadDir(filepath.Join(in.Config.DataDir, "disks")); len(entries) != 2 {
+	// The live image, the change-tracking file and the failure marks
+	// (cow/failmark.go) of the disk that exists.
+	if entries, _ := os.ReadDir(filepath.Join(in.Config.DataDir, "disks")); len(entries) != 3 {
 		t.Errorf("failed creates left live images or tracking files behind: %v", entries)
 	}
 }

@@ -51,10 +51,12 @@ type Config struct {
 	// (default 64, as public clouds allow). A manual snapshot beyond it is
 	// refused with 409 quota_exceeded.
 	SnapshotQuota int
-	// StoreReserve is the free space the store keeps on its filesystem
-	// ("256M" by default): chunk writes stop (the snapshot fails, guest
-	// writes go on) when less is free, so the store never fills its
-	// filesystem (Badger cannot survive that).
+	// StoreReserve ("384M" by default, at least "96M") sizes the store's
+	// reserve: a file of that size on the store's filesystem that only
+	// the store's upkeep (start, stop, deletes, failure records) may use,
+	// so those work on a full filesystem; and new snapshots and chunk
+	// writes stop (the snapshot fails, guest writes go on) while less
+	// than that is free besides.
 	StoreReserve string
 	// NBDMaxConnections bounds NBD connections over every listener
 	// (default DefaultNBDMaxConnections); NBDIdleTimeout, when set, closes
@@ -138,13 +140,24 @@ const DefaultNBDMaxConnections = 1024
 // DefaultSnapshotQuota is the most snapshots per chain unless configured.
 const DefaultSnapshotQuota = 64
 
+// minStoreReserve is the smallest store_reserve: with it Badger's files
+// shrink to fit (a 16 MiB value log; store.logSizes); smaller would not
+// hold a start on a full filesystem and the deletes after it.
+const minStoreReserve = 96 << 20
+
 // storeReserve parses StoreReserve (0: the store's default).
 func (c Config) storeReserve() (uint64, error) {
 	if c.StoreReserve == "" {
 		return 0, nil
 	}
 	n, err := api.ParseSize(c.StoreReserve)
-	return uint64(n), err
+	if err != nil {
+		return 0, err
+	}
+	if n != 0 && n < minStoreReserve {
+		return 0, fmt.Errorf("%s: must be at least 96M (a start on a full filesystem and the deletes after it need that much)", c.StoreReserve)
+	}
+	return uint64(n), nil
 }
 
 // fuseOn reports whether the FUSE view is wanted.

@@ -120,6 +120,8 @@ type Daemon struct {
 	snapMu    sync.Mutex // serialises snapshot creation so the quota holds
 	// gcRunning is set while a GC kicked by a delete runs.
 	gcRunning atomic.Bool
+	// spaceDone is done when watchSpace, which bg stops, has returned.
+	spaceDone sync.WaitGroup
 	bg        context.Context
 	bgCancel  context.CancelFunc
 	// closing is set when shutdown begins: no new exports, no changes.
@@ -175,8 +177,11 @@ func New(cfg Config) (_ *Daemon, err error) {
 		return nil, err
 	}
 	reserve, _ := cfg.storeReserve() // checked by Validate
-	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, MinFreeBytes: reserve}); err != nil {
+	if d.store, err = store.Open(store.Options{Dir: filepath.Join(cfg.DataDir, "store"), Logger: cfg.Logger, ReserveBytes: reserve}); err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", cfg.DataDir, err)
+	}
+	if why := d.store.Suspect(); why != "" {
+		d.log.Warn("the snapshot store may hold damaged chunks: " + why)
 	}
 	if err := d.loadDisks(); err != nil {
 		return nil, err
@@ -191,6 +196,8 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.loadTasks(); err != nil {
 		return nil, fmt.Errorf("load tasks: %w", err)
 	}
+	d.spaceDone.Add(1)
+	go d.watchSpace()
 	if err := d.mountFUSE(); err != nil {
 		return nil, err
 	}
@@ -395,6 +402,7 @@ func (d *Daemon) release(ctx context.Context) error {
 	if d.bgCancel != nil {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
 		d.tasks.wait()
+		d.spaceDone.Wait()
 	}
 	d.unmountFUSE() // before the volumes close; FUSE requests take d.mu
 	d.mu.Lock()

@@ -100,6 +100,9 @@ func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk
 	}
 	if k.vol != nil {
 		out.Size = k.vol.Size()
+		if err := k.vol.SyncError(); err != nil {
+			out.Error = err.Error() // still ready: reads and writes go on
+		}
 	} else {
 		out.State = api.DiskError
 		if k.openErr != nil {

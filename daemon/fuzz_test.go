@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cairn-storage/cairn/internal/faultfs"
+
 	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/daemon/api"
 )
@@ -49,9 +51,12 @@ var fuzzDaemon = sync.OnceValues(func() (*Daemon, error) {
 	return d, nil
 })
 
-// TestMain stops the fuzz daemon, if a target started one, and removes
-// its data.
+// TestMain serves faultfs when the test binary runs as its child
+// (faults_test.go's faultDaemon), and stops the fuzz daemon, if a target
+// started one, and removes its data. (One TestMain serves both the
+// daemon and daemon_test packages' tests.)
 func TestMain(m *testing.M) {
+	faultfs.ChildMain()
 	code := m.Run()
 	if fuzzDir != "" {
 		if d, err := fuzzDaemon(); err == nil {

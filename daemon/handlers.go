@@ -234,5 +234,5 @@ func (d *Daemon) handleHealth(w http.ResponseWriter, r *http.Request) error {
 	if problems := d.Health(); len(problems) > 0 {
 		return errorf(block.ErrShutdown, "unhealthy: %s", strings.Join(problems, "; "))
 	}
-	return reply(w, http.StatusOK, api.Health{Status: "ok"}, nil)
+	return reply(w, http.StatusOK, api.Health{Status: "ok", Warnings: d.Warnings()}, nil)
 }

@@ -43,6 +43,11 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
 			disk, n, d.cfg.SnapshotQuota, disk)
 	}
+	// Stop well before the store's reserve: a snapshot that could not
+	// store a block would only fail.
+	if err := d.store.RoomForData(); err != nil {
+		return api.Snapshot{}, fmt.Errorf("cannot snapshot disk %q: %w", disk, err)
+	}
 	info, err := vol.CreateSnapshot(ctx, cow.SnapshotMeta{Name: req.Name, Description: req.Description, Kind: kind})
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)

@@ -25,7 +25,28 @@ func (d *Daemon) Info() api.Info {
 		NBDSocket:     d.nbdListener.Addr().String(),
 		NBDListen:     d.tcpAddr(),
 		Disks:         n,
+		Store:         d.StoreSpace(),
 	}
+}
+
+// Warnings returns what an operator should act on that does not make
+// cairnd unhealthy: a filling store (a restart would not help), a store
+// broken by a failed write (guest I/O goes on; the operator restarts once
+// the disk is healthy, the watchdog must not restart it into a failing
+// disk).
+func (d *Daemon) Warnings() []string {
+	var out []string
+	sp := d.StoreSpace()
+	if sp.Broken != "" {
+		out = append(out, sp.Broken)
+	}
+	if why := d.store.Suspect(); why != "" {
+		out = append(out, why)
+	}
+	if sp.Warning != "" {
+		out = append(out, sp.Warning)
+	}
+	return out
 }
 
 // Health returns what is wrong, or nothing: the store answers, the NBD

@@ -13,7 +13,7 @@ import (
 
 func benchStore(b *testing.B) *Store {
 	b.Helper()
-	s, err := Open(Options{Dir: b.TempDir(), MinFreeBytes: 1 << 20})
+	s, err := Open(Options{Dir: b.TempDir(), ReserveBytes: 1 << 20})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -188,7 +188,7 @@ func (s *Store) readChunk(ctx context.Context, h [32]byte, buf []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	err := s.db.View(func(txn *badger.Txn) error { return readChunk(txn, h, buf) })
+	err := s.view(func(txn *badger.Txn) error { return readChunk(txn, h, buf) })
 	return s.wrapErr("read chunk", err)
 }
 
@@ -266,6 +266,24 @@ func applyRefDeltas(txn *badger.Txn, deltas refDeltas, payload func(h [32]byte) 
 		}
 	}
 	return a, nil
+}
+
+// rewriteChunk writes chunk h's value again from payload, keeping its
+// references (a suspect store's repair, fault.go).
+func rewriteChunk(txn *badger.Txn, h [32]byte, payload func(h [32]byte) (enc []byte, raw uint64)) error {
+	ref, found, err := getRef(txn, h)
+	if err != nil || !found {
+		return err
+	}
+	enc, raw := payload(h)
+	if enc == nil {
+		return nil
+	}
+	if err := txn.Set(chunkKey(h), enc); err != nil {
+		return err
+	}
+	ref.stored, ref.raw = uint64(len(enc)), raw
+	return txn.Set(refKey(h), ref.encode())
 }
 
 // parallel calls fn(0..n-1) on up to GOMAXPROCS goroutines and waits.

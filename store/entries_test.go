@@ -193,7 +193,7 @@ func TestPutEntriesLargeBatch(t *testing.T) {
 		tune func(*badger.Options)
 	}{{"default", nil}, {"tiny transactions", tinyBadger}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := Open(Options{Dir: t.TempDir(), MinFreeBytes: 1 << 20, tune: tc.tune})
+			s, err := Open(Options{Dir: t.TempDir(), ReserveBytes: 1 << 20, tune: tc.tune})
 			if err != nil {
 				t.Fatal(err)
 			}

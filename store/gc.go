@@ -18,19 +18,26 @@ import (
 // it is garbage.
 const gcDiscardRatio = 0.5
 
-// gcLoop runs value-log GC every interval until Close. Owned by the Store;
-// Close stops it through stopGC and waits on gcDone.
-func (s *Store) gcLoop(interval time.Duration) {
+// backgroundLoop runs value-log GC every interval and refills the
+// reserve when it gave space away, until Close. Owned by the Store; Close
+// stops it through stopGC and waits on gcDone.
+func (s *Store) backgroundLoop(interval time.Duration) {
 	defer close(s.gcDone)
-	t := time.NewTicker(interval)
-	defer t.Stop()
+	gc := time.NewTicker(interval)
+	defer gc.Stop()
+	refill := time.NewTicker(refillInterval)
+	defer refill.Stop()
 	for {
 		select {
 		case <-s.stopGC:
 			return
-		case <-t.C:
+		case <-gc.C:
 			if err := s.runGC(); err != nil {
 				s.log.Debug("store: value-log GC", "err", err)
+			}
+		case <-refill.C:
+			if held, target := s.slop.state(); held < target {
+				s.slop.refill()
 			}
 		}
 	}
@@ -69,6 +76,9 @@ func (s *Store) runGC() error {
 		s.compactedAt -= min(s.compactedAt, before-after)
 	}
 	s.log.Debug("store: value-log GC done", "rewrites", rewrites, "freed_bytes", int64(before)-int64(after), "err", err)
+	if s.slop != nil && rewrites > 0 {
+		s.slop.refill() // space came back: the reserve first
+	}
 	return err
 }
 
@@ -86,7 +96,7 @@ func (s *Store) gcPass() (rewrites int, err error) {
 		if err != nil {
 			return rewrites, s.wrapErr("value-log GC", err)
 		}
-		err = s.db.RunValueLogGC(gcDiscardRatio)
+		err = faultSafe(func() error { return s.db.RunValueLogGC(gcDiscardRatio) })
 		release()
 		switch {
 		case err == nil:
@@ -175,7 +185,7 @@ func (r *reclaimEstimate) save(s *Store) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.bytes.Load()
-	if n == r.saved {
+	if n == r.saved || s.Broken() != nil {
 		return nil
 	}
 	release, err := s.space.reserve(writeMeta, recordOverhead)
@@ -193,15 +203,15 @@ func (r *reclaimEstimate) save(s *Store) error {
 }
 
 // diskUsage is the space the files under dir whose names end in suffix
-// ("" for all) occupy on disk: allocated blocks, so sparse preallocation
-// is not counted.
+// ("" for all) occupy on disk: allocated blocks. The reserve is not
+// counted (Space reports it).
 func diskUsage(dir, suffix string) uint64 {
 	if dir == "" {
 		return 0
 	}
 	var total uint64
 	filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), suffix) {
+		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), suffix) || d.Name() == reserveFile {
 			return nil
 		}
 		info, err := d.Info()

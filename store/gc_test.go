@@ -11,7 +11,7 @@ import (
 // disk keeps writing (the memtable flush blocks writes for a moment and
 // they must be retried, not fail).
 func TestGCGivesSpaceBack(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), MinFreeBytes: 1 << 20, tune: tinyBadger})
+	s, err := Open(Options{Dir: t.TempDir(), ReserveBytes: 1 << 20, tune: tinyBadger})
 	if err != nil {
 		t.Fatal(err)
 	}

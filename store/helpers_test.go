@@ -85,7 +85,7 @@ func head(b []byte) []byte { return b[:min(len(b), 12)] }
 func storedRefs(t testing.TB, s *Store) map[[32]byte]uint64 {
 	t.Helper()
 	refs := make(map[[32]byte]uint64)
-	err := s.scanKeys(context.Background(), []byte{prefixRef}, false, func(item *badger.Item) error {
+	err := s.scanKeys(context.Background(), []byte{prefixRef}, func(item *badger.Item) error {
 		h, _ := hashFromKey(item.Key())
 		return item.Value(func(v []byte) error {
 			ref, err := parseChunkRef(v)
@@ -103,7 +103,7 @@ func storedRefs(t testing.TB, s *Store) map[[32]byte]uint64 {
 func storedChunks(t testing.TB, s *Store) int {
 	t.Helper()
 	n := 0
-	if err := s.scanKeys(context.Background(), []byte{prefixChunk}, false, func(*badger.Item) error { n++; return nil }); err != nil {
+	if err := s.scanKeys(context.Background(), []byte{prefixChunk}, func(*badger.Item) error { n++; return nil }); err != nil {
 		t.Fatal(err)
 	}
 	return n

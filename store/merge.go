@@ -51,7 +51,7 @@ func (s *Store) snapshotPage(a mergeArgs, cursor []byte) (page []seqBlock, next 
 		cursor = bySeqKey(a.disk, a.prev+1, 0)
 	}
 	prefix := bySeqDiskPrefix(a.disk)
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
 		for it.Seek(cursor); it.Valid() && len(page) < mergePageSize; it.Next() {
@@ -163,7 +163,7 @@ func (s *Store) unique(ctx context.Context, a mergeArgs) (stored, logical uint64
 		if len(page) == 0 {
 			break
 		}
-		err = s.db.View(func(txn *badger.Txn) error {
+		err = s.view(func(txn *badger.Txn) error {
 			drops, err := planDrops(txn, a, page)
 			for _, d := range drops {
 				if !d.zero {
@@ -177,7 +177,7 @@ func (s *Store) unique(ctx context.Context, a mergeArgs) (stored, logical uint64
 		}
 		cursor = next
 	}
-	err = s.db.View(func(txn *badger.Txn) error {
+	err = s.view(func(txn *badger.Txn) error {
 		for h, n := range released {
 			ref, found, err := getRef(txn, h)
 			if err != nil {
@@ -254,7 +254,7 @@ func (s *Store) chainBytes(ctx context.Context, disk uint64) (u ChainUsage, err 
 		return nil
 	})
 	if err == nil {
-		err = s.db.View(func(txn *badger.Txn) error {
+		err = s.view(func(txn *badger.Txn) error {
 			for h := range chunks {
 				ref, _, err := getRef(txn, h)
 				if err != nil {

@@ -50,7 +50,7 @@ func (s *Store) updateRecords(puts map[string]any, deletes []string) error {
 }
 
 func (s *Store) getRecord(key string, v any) error {
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		item, err := txn.Get(recordKey(key))
 		if errors.Is(err, badger.ErrKeyNotFound) {
 			return fmt.Errorf("record %q: %w", key, block.ErrNotFound)
@@ -74,8 +74,8 @@ func (s *Store) getRecord(key string, v any) error {
 func (s *Store) listRecords(prefix string, fn func(key string, raw []byte) error) error {
 	p := recordKey(prefix)
 	var cbErr error
-	err := s.db.View(func(txn *badger.Txn) error {
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: p, PrefetchValues: true, PrefetchSize: 64})
+	err := s.view(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: p})
 		defer it.Close()
 		for it.Seek(p); it.Valid(); it.Next() {
 			item := it.Item()

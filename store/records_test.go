@@ -14,7 +14,7 @@ func openTest(t testing.TB, dir string) *Store {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	s, err := Open(Options{Dir: dir, MinFreeBytes: 1 << 20})
+	s, err := Open(Options{Dir: dir, ReserveBytes: 1 << 20})
 	if err != nil {
 		t.Fatalf("Open(%s): %v", dir, err)
 	}

@@ -13,10 +13,9 @@ import (
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/dgraph-io/badger/v4"
-	"golang.org/x/sys/unix"
 )
 
-// tinyBadger shrinks Badger's files so that an 8 MiB filesystem holds a
+// tinyBadger shrinks Badger's files so that a 16 MiB filesystem holds a
 // working store.
 func tinyBadger(o *badger.Options) {
 	o.MemTableSize = 1 << 20
@@ -26,20 +25,13 @@ func tinyBadger(o *badger.Options) {
 	o.BlockCacheSize = 1 << 20
 }
 
-// TestFullFilesystem fills a store on an 8 MiB tmpfs: PutEntries must fail
-// with block.ErrNoSpace naming the directory (Badger itself would die of SIGBUS
-// writing a full memory-mapped file), and everything written before must
-// still read, merge, sync and reopen.
+// TestFullFilesystem fills a store on a 16 MiB tmpfs: PutEntries must fail
+// with block.ErrNoSpace naming the directory while the filesystem still
+// has the reserve's size free, and everything written before must still
+// read, merge, sync and reopen.
 func TestFullFilesystem(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=8m"); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-	opts := Options{Dir: dir, MinFreeBytes: 3 << 20, tune: tinyBadger}
+	dir := smallFS(t, "16m")
+	opts := Options{Dir: dir, ReserveBytes: 3 << 20, tune: tinyBadger}
 	s, err := Open(opts)
 	if err != nil {
 		t.Fatal(err)

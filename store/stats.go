@@ -10,7 +10,7 @@ import (
 // cost grows with the store, so callers should not poll it per request.
 func (s *Store) stats(ctx context.Context) (Stats, error) {
 	var st Stats
-	err := s.scanKeys(ctx, []byte{prefixRef}, false, func(item *badger.Item) error {
+	err := s.scanKeys(ctx, []byte{prefixRef}, func(item *badger.Item) error {
 		return item.Value(func(v []byte) error {
 			ref, err := parseChunkRef(v)
 			if err != nil {

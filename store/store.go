@@ -35,10 +35,17 @@
 // transactions) leaves every entry either written or not, references
 // exact, and can simply be repeated.
 //
-// Space (DESIGN.md invariant 5): the store keeps Options.MinFreeBytes free
-// on its filesystem and refuses chunk writes below that with block.ErrNoSpace,
-// because Badger's memory-mapped files turn a full filesystem into a
-// crash. Reads, records, merges and deletes keep working.
+// Space (DESIGN.md invariant 5): Badger's memory-mapped files are
+// allocated before they are written (third_party/ristretto), so a full
+// filesystem is an error, never a SIGBUS; the store keeps a reserve of
+// Options.ReserveBytes that only its upkeep draws on (reserve.go), and
+// refuses chunk writes with block.ErrNoSpace while less than that is free
+// besides (txn.go). Reads, records, merges, deletes, Open and Close keep
+// working on a full filesystem.
+//
+// Failing disks (fault.go): a read the disk cannot serve fails that read
+// with EIO (never a SIGBUS); a failed sync breaks the store until it is
+// reopened, and the store is then suspect until a clean Verify.
 //
 // The on-disk key layout is in keys.go.
 package store
@@ -46,6 +53,7 @@ package store
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-storage/cairn/bitmap"
@@ -62,16 +70,19 @@ type Options struct {
 	GCInterval time.Duration
 	// Logger receives Badger's and the GC's messages at debug level. May be nil.
 	Logger interface{ Debug(msg string, args ...any) }
-	// MinFreeBytes is the free space the store leaves on its filesystem:
-	// below it, writes of chunks fail with block.ErrNoSpace (records, merges and
-	// deletes keep working down to half of it). Badger writes through
-	// memory-mapped files, where a full filesystem is a fatal SIGBUS rather
-	// than an error, so this headroom is what keeps the daemon alive.
-	// 0 means 256 MiB.
-	MinFreeBytes uint64
+	// ReserveBytes sizes the store's space guard. The store keeps a
+	// reserve of this size, a file of allocated blocks in Dir that only
+	// its own upkeep may use (opening, closing, records, merges, deletes,
+	// failure records, value-log GC), so that those still work on a full
+	// filesystem; and chunk writes stop with block.ErrNoSpace while the
+	// filesystem has less than this much free besides. It also bounds
+	// Badger's file sizes (logSizes). 0 means 384 MiB.
+	ReserveBytes uint64
 
 	// tune adjusts Badger's options after the store's own (tests only).
 	tune func(*badger.Options)
+	// closeTimeout replaces defaultCloseTimeout (tests only).
+	closeTimeout time.Duration
 }
 
 // Entry is one block's content to record.
@@ -108,23 +119,35 @@ type VerifyReport struct {
 
 // Store is an open Badger database. Safe for concurrent use.
 type Store struct {
-	db      *badger.DB
-	dir     string // "" when in memory
-	minFree uint64
-	log     interface{ Debug(msg string, args ...any) }
+	db           *badger.DB
+	dir          string // "" when in memory
+	minFree      uint64
+	closeTimeout time.Duration // 0: defaultCloseTimeout
+	log          interface{ Debug(msg string, args ...any) }
 
-	space   spaceGuard
-	reclaim reclaimEstimate
-	flush   flushGate // when writes blocked by compactForGC's flush resume
+	broken         atomic.Pointer[error] // set by a failed sync (fault.go)
+	suspect        atomic.Bool           // chunks may be damaged: rewrite them (fault.go)
+	space          spaceGuard
+	slop           *reserve // nil in memory
+	unregisterRoom func()   // takes the reserve off Badger's allocations; nil in memory
+	reclaim        reclaimEstimate
+	flush          flushGate // when writes blocked by compactForGC's flush resume
 
 	gcMu        sync.Mutex    // one value-log GC at a time; guards compactedAt and gcClosed
 	gcClosed    bool          // set by Close: no GC may start
 	compactedAt uint64        // reclaim estimate at the last compaction for GC
 	stopGC      chan struct{} // closed by Close
-	gcDone      chan struct{} // closed when the background GC goroutine returns
+	gcDone      chan struct{} // closed when the background goroutine (GC, refill) returns
 
 	closeOnce sync.Once
 	closeErr  error
+}
+
+func (o Options) reserveBytes() uint64 {
+	if o.ReserveBytes == 0 {
+		return defaultReserve
+	}
+	return o.ReserveBytes
 }
 
 // Open opens (or creates) the store.

@@ -24,6 +24,9 @@ const maxConflictRetries = 1000
 // fn read). fn must not leave effects outside the transaction that a retry
 // would duplicate: it may only fill results it resets at its start.
 func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) error {
+	if err := s.Broken(); err != nil {
+		return err
+	}
 	for attempt := 0; ; attempt++ {
 		if ctx != nil {
 			if err := ctx.Err(); err != nil {
@@ -31,10 +34,13 @@ func (s *Store) update(ctx context.Context, fn func(txn *badger.Txn) error) erro
 			}
 		}
 		txn := s.db.NewTransaction(true)
-		err := fn(txn)
-		if err == nil {
-			err = txn.Commit()
-		}
+		err := faultSafe(func() error {
+			err := fn(txn)
+			if err == nil {
+				err = txn.Commit()
+			}
+			return err
+		})
 		txn.Discard()
 		if errors.Is(err, badger.ErrConflict) && attempt < maxConflictRetries {
 			continue
@@ -65,27 +71,29 @@ func (s *Store) wrapErr(op string, err error) error {
 	}
 }
 
-// Write classes for spaceGuard: chunk data must leave the full headroom;
-// metadata (records, merges, deletes) may use half of it, so that a full
-// store can still mark a snapshot failed and delete snapshots; value-log
-// GC may use three quarters, so that space freed by deletes can be given
-// back even when chunk writes have filled the store up to its reserve.
+// Write classes for spaceGuard. Chunk data stops while the filesystem
+// has less than minFree free, so snapshots fail long before the store is
+// in danger; metadata (records, merges, deletes, failure records) and
+// value-log GC, which is how deletes give space back, go on into the
+// reserve (reserve.go) down to what Badger's next memtable needs
+// (logFloor).
 const (
 	writeData = iota
 	writeMeta
 	writeGC
 )
 
-// spaceGuard refuses writes that would leave less than minFree bytes on the
-// store's filesystem. Badger writes its value log, write-ahead log and
-// tables through memory-mapped sparse files: running out of space there is
-// a SIGBUS that kills the process, never an error. Checking statfs before
-// each commit, with the bytes of commits still in flight counted, turns
-// that into block.ErrNoSpace; minFree covers what Badger writes on its own
-// (memtable flushes, compactions, value-log GC).
+// spaceGuard refuses writes the store's filesystem has no room for, with
+// block.ErrNoSpace, before they reach Badger. (Badger's memory-mapped
+// files are allocated before they are written, so a full filesystem is an
+// error there too, never a SIGBUS; but Badger cannot go on without a new
+// memtable once its current one is full, so the guard keeps that room.)
+// The bytes of commits in flight are counted.
 type spaceGuard struct {
-	dir      string // "" in memory: no guard
-	minFree  uint64
+	dir      string       // "" in memory: no guard
+	minFree  uint64       // chunk writes leave this much free
+	floor    uint64       // metadata leaves this much free, counting the reserve
+	slop     *reserve     // nil in memory
 	inflight atomic.Int64 // bytes reserved by commits not yet finished
 }
 
@@ -97,25 +105,41 @@ func (g *spaceGuard) reserve(class int, n uint64) (release func(), err error) {
 	}
 	held := g.inflight.Add(int64(n))
 	release = func() { g.inflight.Add(-int64(n)) }
-	var st unix.Statfs_t
-	if err := unix.Statfs(g.dir, &st); err != nil {
+	free, err := freeBytes(g.dir)
+	if err != nil {
 		release()
-		return nil, fmt.Errorf("statfs %s: %w", g.dir, err)
+		return nil, err
 	}
-	free := st.Bavail * uint64(st.Bsize)
-	keep := g.minFree
-	switch class {
-	case writeMeta:
-		keep /= 2
-	case writeGC:
-		keep /= 4
+	if class == writeData {
+		if free < g.minFree+uint64(held) {
+			release()
+			return nil, fmt.Errorf("store full (%w): %s has %d MiB free and snapshots stop below %d MiB free (the store reserve): free space on that filesystem or delete snapshots",
+				block.ErrNoSpace, g.dir, free>>20, g.minFree>>20)
+		}
+		return release, nil
 	}
-	if free < keep+uint64(held) {
+	slop := uint64(0)
+	if g.slop != nil {
+		h, _ := g.slop.state()
+		slop = uint64(h)
+	}
+	if free+slop < g.floor+uint64(held) {
 		release()
-		return nil, fmt.Errorf("store full (%w): %s has %d MiB free and the store keeps %d MiB free for its own upkeep: free space on that filesystem or delete snapshots",
-			block.ErrNoSpace, g.dir, free>>20, keep>>20)
+		return nil, fmt.Errorf("store full (%w): %s has %d MiB free and the store's reserve is used up (%d MiB left; it needs %d MiB to go on): free space on that filesystem (a disk's live image, files of other programs) or grow it",
+			block.ErrNoSpace, g.dir, free>>20, slop>>20, g.floor>>20)
 	}
+	g.slop.ensureCushion(free)
 	return release, nil
+}
+
+// freeBytes is the space unprivileged writers may still use on dir's
+// filesystem (statfs f_bavail).
+func freeBytes(dir string) (uint64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
 }
 
 // updateGuarded is update with n bytes reserved against the filesystem's

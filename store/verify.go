@@ -87,7 +87,7 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 	// the store: a copy-out that stores chunks and entries while verify
 	// runs is either all seen or not at all (read separately, an entry
 	// stored after the chunk pass looked like a missing chunk).
-	err := s.db.View(func(txn *badger.Txn) error {
+	err := s.view(func(txn *badger.Txn) error {
 		for _, pass := range []func(context.Context, *badger.Txn, *verifyState) error{
 			s.verifyListChunks, s.verifyRefs, s.verifyEntries, s.verifyIndex,
 		} {
@@ -105,12 +105,15 @@ func (s *Store) verify(ctx context.Context, disk uint64, progress func(done, tot
 		return v.report, s.wrapErr("verify", err)
 	}
 	v.report.Faults = v.faults.report()
+	if disk == 0 && len(v.report.Faults) == 0 {
+		s.clearSuspect() // the whole store is sound (fault.go)
+	}
 	return v.report, nil
 }
 
 // verifyListChunks notes which chunks are stored (keys only).
 func (s *Store) verifyListChunks(ctx context.Context, txn *badger.Txn, v *verifyState) error {
-	return scanKeys(ctx, txn, []byte{prefixChunk}, false, func(item *badger.Item) error {
+	return scanKeys(ctx, txn, []byte{prefixChunk}, func(item *badger.Item) error {
 		if h, ok := hashFromKey(item.Key()); ok {
 			v.stored[h] = true
 		}
@@ -119,7 +122,7 @@ func (s *Store) verifyListChunks(ctx context.Context, txn *badger.Txn, v *verify
 }
 
 func (s *Store) verifyRefs(ctx context.Context, txn *badger.Txn, v *verifyState) error {
-	return scanKeys(ctx, txn, []byte{prefixRef}, true, func(item *badger.Item) error {
+	return scanKeys(ctx, txn, []byte{prefixRef}, func(item *badger.Item) error {
 		h, _ := hashFromKey(item.Key())
 		return item.Value(func(val []byte) error {
 			ref, err := parseChunkRef(val)
@@ -136,7 +139,7 @@ func (s *Store) verifyRefs(ctx context.Context, txn *badger.Txn, v *verifyState)
 // verifyEntries counts references over every disk's entries and checks
 // that the chunks the checked entries name are stored.
 func (s *Store) verifyEntries(ctx context.Context, txn *badger.Txn, v *verifyState) error {
-	return scanKeys(ctx, txn, []byte{prefixEntry}, false, func(item *badger.Item) error {
+	return scanKeys(ctx, txn, []byte{prefixEntry}, func(item *badger.Item) error {
 		d, b, sq, ok := parseEntryKey(item.Key())
 		if !ok {
 			v.faults.add(faultEntry, "malformed entry key %x", item.Key())
@@ -193,10 +196,10 @@ func (s *Store) verifyIndex(ctx context.Context, txn *badger.Txn, v *verifyState
 			return nil
 		}
 	}
-	if err := scanKeys(ctx, txn, []byte{prefixEntry}, false, count(entries)); err != nil {
+	if err := scanKeys(ctx, txn, []byte{prefixEntry}, count(entries)); err != nil {
 		return err
 	}
-	if err := scanKeys(ctx, txn, []byte{prefixBySeq}, false, count(index)); err != nil {
+	if err := scanKeys(ctx, txn, []byte{prefixBySeq}, count(index)); err != nil {
 		return err
 	}
 	for d, n := range entries {
@@ -306,12 +309,13 @@ func (s *Store) verifyContent(ctx context.Context, txn *badger.Txn, v *verifySta
 			}
 		}()
 	}
-	err := scanKeys(ctx, txn, []byte{prefixChunk}, true, func(item *badger.Item) error {
+	err := scanKeys(ctx, txn, []byte{prefixChunk}, func(item *badger.Item) error {
 		h, _ := hashFromKey(item.Key())
 		if !v.scoped(h) {
 			return nil
 		}
-		val, err := item.ValueCopy(nil)
+		var val []byte
+		err := faultSafe(func() (err error) { val, err = item.ValueCopy(nil); return err })
 		if err != nil {
 			v.faults.add(faultCorrupt, "chunk %x: cannot read: %v", h, err)
 			return nil
@@ -350,10 +354,12 @@ func (s *Store) verifyChunk(v *verifyState, h [32]byte, val []byte, buf *[]byte)
 	}
 }
 
-// scanKeys calls fn for every item of txn whose key starts with prefix;
-// withValues prefetches values (set it when fn reads them in bulk).
-func scanKeys(ctx context.Context, txn *badger.Txn, prefix []byte, withValues bool, fn func(item *badger.Item) error) error {
-	opts := badger.IteratorOptions{Prefix: prefix, PrefetchValues: withValues, PrefetchSize: 16}
+// scanKeys calls fn for every item of txn whose key starts with prefix.
+// Values are never prefetched: Badger prefetches on goroutines of its
+// own, where a disk's read error in a mapped file would be a fatal
+// SIGBUS; fn reads them on the caller's, where it is an error (fault.go).
+func scanKeys(ctx context.Context, txn *badger.Txn, prefix []byte, fn func(item *badger.Item) error) error {
+	opts := badger.IteratorOptions{Prefix: prefix}
 	it := txn.NewIterator(opts)
 	defer it.Close()
 	n := 0
@@ -371,8 +377,8 @@ func scanKeys(ctx context.Context, txn *badger.Txn, prefix []byte, withValues bo
 }
 
 // scanKeys is scanKeys in a read transaction of its own.
-func (s *Store) scanKeys(ctx context.Context, prefix []byte, withValues bool, fn func(item *badger.Item) error) error {
-	return s.db.View(func(txn *badger.Txn) error {
-		return scanKeys(ctx, txn, prefix, withValues, fn)
+func (s *Store) scanKeys(ctx context.Context, prefix []byte, fn func(item *badger.Item) error) error {
+	return s.view(func(txn *badger.Txn) error {
+		return scanKeys(ctx, txn, prefix, fn)
 	})
 }

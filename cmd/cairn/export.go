@@ -131,7 +131,7 @@ func (a *app) printVersion(ctx context.Context) error {
 func (a *app) infoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "info",
-		Short: "Show cairnd's version, uptime, data directory and sockets",
+		Short: "Show cairnd's version, uptime, data directory, sockets and the store's free space",
 		Args:  cobra.NoArgs,
 		RunE:  show(a, func(ctx context.Context, _ []string) (api.Info, error) { return a.client.Info(ctx) }, a.printInfo),
 	}
@@ -150,5 +150,16 @@ func (a *app) printInfo(info api.Info) error {
 		t.row("NBD TCP:", info.NBDListen)
 	}
 	t.row("Disks:", fmt.Sprint(info.Disks))
-	return t.flush()
+	sp := info.Store
+	t.row("Store space:", fmt.Sprintf("%s: %s free, reserve %s of %s held, snapshots stop below %s free",
+		sp.State, formatBytes(sp.FreeBytes), formatBytes(sp.ReserveHeldBytes), formatBytes(sp.ReserveBytes), formatBytes(sp.StopBelowBytes)))
+	if err := t.flush(); err != nil {
+		return err
+	}
+	for _, w := range []string{sp.Broken, sp.Warning} {
+		if w != "" {
+			fmt.Fprintf(a.stderr, "cairn: warning: %s\n", w)
+		}
+	}
+	return nil
 }

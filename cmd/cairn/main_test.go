@@ -232,7 +232,8 @@ func TestExportListAndInfo(t *testing.T) {
 		t.Fatalf("export list: %q", rows)
 	}
 	out := ok(t, sock, "info")
-	for _, want := range []string{"Version:", "Data directory:  " + in.Config.DataDir, "API socket:", sock, "Disks:           1"} {
+	for _, want := range []string{"Version:", "Data directory:  " + in.Config.DataDir, "API socket:", sock, "Disks:           1",
+		"Store space:     ", "reserve 96 MiB of 96 MiB held, snapshots stop below 96 MiB free"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("info lacks %q:\n%s", want, out)
 		}

@@ -1,14 +1,14 @@
 package main
 
 import (
+	"crypto/rand"
+	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/dgraph-io/badger/v4"
-	"golang.org/x/sys/unix"
 
 	"github.com/cairn-storage/cairn/daemon/daemontest"
 )
@@ -120,22 +120,26 @@ func corruptAChunk(t *testing.T, dir string) {
 	}
 }
 
-// TestCreateWaitWhenStoreFull: with a store that keeps more free space
-// than its filesystem has for chunks (but enough for records), a snapshot
-// fails; create --wait exits 1 with the reason, and list shows it failed.
+// TestCreateWaitWhenStoreFull: with the store's filesystem (a small tmpfs
+// of its own) left with just the free space snapshots need, a snapshot is
+// taken but cannot store its block: create --wait exits 1 with the
+// reason, and list shows it failed.
 func TestCreateWaitWhenStoreFull(t *testing.T) {
-	cfg := daemontest.Config(t, daemontest.DataDir(t))
-	var st unix.Statfs_t
-	if err := unix.Statfs(filepath.Dir(cfg.DataDir), &st); err != nil {
-		t.Fatal(err)
-	}
-	// Records may use half the reserve; chunks need all of it. (The 25%
-	// margins outlast other tests writing to the same filesystem.)
-	cfg.StoreReserve = strconv.FormatUint(st.Bavail*uint64(st.Bsize)/2*3, 10)
+	cfg := daemontest.Config(t, daemontest.SmallFS(t, "320m"))
+	cfg.StoreReserve = "96M"
 	in := daemontest.Start(t, &cfg)
 	sock := in.Client.Socket
 	ok(t, sock, "disk", "create", "d", "--size", "1M")
-	nbdWrite(t, in, "d", "write -P 0x5a 0 64k")
+	random := filepath.Join(t.TempDir(), "random")
+	buf := make([]byte, 1<<20)
+	rand.Read(buf)
+	if err := os.WriteFile(random, buf, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nbdWrite(t, in, "d", "write -s "+random+" 0 1M")
+	// 16 KiB more than snapshots need: the snapshot is taken, its 1 MiB
+	// of chunks cannot be stored.
+	daemontest.Fill(t, cfg.DataDir, 96<<20+16<<10)
 	out, errs, code := cli(t, sock, "snapshot", "create", "d", "s1", "--wait")
 	if code != exitError || out != "" || !regexp.MustCompile(`\ncairn: snapshot d@s1 failed: the snapshot store is full: .*free space`).MatchString(errs) {
 		t.Fatalf("create --wait with a full store: exit %d, stdout %q, stderr %q", code, out, errs)
@@ -145,5 +149,11 @@ func TestCreateWaitWhenStoreFull(t *testing.T) {
 	}
 	if out := ok(t, sock, "snapshot", "show", "d", "s1"); !strings.Contains(out, "Reason:") || !strings.Contains(out, "store is full") {
 		t.Errorf("show of a failed snapshot:\n%s", out)
+	}
+	// info warns, on stderr, and says what to do.
+	out, errs, code = cli(t, sock, "info")
+	if code != exitOK || !strings.Contains(out, "Store space:     low: ") ||
+		!regexp.MustCompile(`^cairn: warning: the store's filesystem \(.*\) has 96 MiB free: snapshots stop below 96 MiB; delete the failed snapshots d@s1 .*keep the store on a filesystem of its own\n$`).MatchString(errs) {
+		t.Errorf("info with the store low: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }

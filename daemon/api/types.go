@@ -17,7 +17,9 @@ type Disk struct {
 	Export      string      `json:"export"`  // the NBD export name of the live disk
 	Clients     []NBDClient `json:"clients"` // NBD clients connected to its live export, as in Export
 	State       string      `json:"state"`   // DiskReady or DiskError
-	Error       string      `json:"error,omitempty"`
+	// Error says why the disk is in DiskError, or, on a ready disk, why
+	// its flushes fail (its live image could not be synced).
+	Error string `json:"error,omitempty"`
 	// Parent is what a clone reads its unwritten blocks through
 	// (DISK@SNAPSHOT, or IMAGE/DISK), and Depth how many parents it has;
 	// Flattened is the parent a flattened clone was made from.
@@ -115,13 +117,48 @@ type Info struct {
 	NBDSocket     string  `json:"nbd_socket"`
 	NBDListen     string  `json:"nbd_listen,omitempty"`
 	Disks         int     `json:"disks"`
+	// Store is the snapshot store's filesystem and reserve.
+	Store StoreSpace `json:"store"`
+}
+
+// Space states (StoreSpace.State), from best to worst.
+const (
+	SpaceOK      = "ok"      // room to spare
+	SpaceLow     = "low"     // less than twice the reserve's size free: snapshots will soon stop
+	SpaceFull    = "full"    // less than the reserve's size free: new snapshots are refused, copying ones fail
+	SpaceReserve = "reserve" // the filesystem is full and the store runs on its reserve
+)
+
+// StoreSpace is the snapshot store's filesystem as cairnd sees it
+// (docs/snapshots.md, "When the store's filesystem fills up").
+type StoreSpace struct {
+	Dir string `json:"dir"`
+	// FreeBytes is what the filesystem has free (the reserve is not free).
+	FreeBytes uint64 `json:"free_bytes"`
+	// ReserveBytes is the reserve's full size (store_reserve); held is
+	// what it holds now, less while the store's upkeep uses it.
+	ReserveBytes     uint64 `json:"reserve_bytes"`
+	ReserveHeldBytes uint64 `json:"reserve_held_bytes"`
+	// Snapshots are refused and copying ones fail below StopBelowBytes
+	// free; cairnd warns below WarnBelowBytes.
+	StopBelowBytes uint64 `json:"stop_below_bytes"`
+	WarnBelowBytes uint64 `json:"warn_below_bytes"`
+	State          string `json:"state"` // SpaceOK, SpaceLow, SpaceFull or SpaceReserve
+	// Warning says what is wrong and what to do; empty when State is ok.
+	Warning string `json:"warning,omitempty"`
+	// Broken says why the store takes no more changes (a write to its
+	// disk failed) and what to do; empty while it is healthy.
+	Broken string `json:"broken,omitempty"`
 }
 
 // Health is the body of GET /v1/health: status "ok" with 200, or
-// "unavailable" with 503 and the failed checks in Problems.
+// "unavailable" with 503 and the failed checks in Problems. Warnings are
+// things an operator should act on that do not make cairnd unhealthy (a
+// filling store).
 type Health struct {
 	Status   string   `json:"status"`
 	Problems []string `json:"problems,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ErrorBody is the body of every error response.

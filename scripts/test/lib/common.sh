@@ -35,5 +35,23 @@ e2e_cleanup() {
 		umount "$m" 2>/dev/null || umount -l "$m"
 	done
 	declare -F e2e_cleanup_extra >/dev/null && e2e_cleanup_extra
+	for m in "${E2E_LOOPS[@]}"; do losetup -d "$m"; done
 	if [ -n "${KEEP:-}" ]; then echo "kept $T"; else rm -rf "$T"; fi
 }
+
+# e2e_loopfs MIB DIR [MKFS_ARG...]: a new ext4 of MIB MiB in $T on a loop
+# device, mounted on DIR (created). The trap unmounts it and detaches the
+# loop device. Needs root; call after e2e_setup.
+e2e_loopfs() {
+	local mib=$1 dir=$2 img loop
+	shift 2
+	img=$T/fs.$RANDOM.img
+	mkdir -p "$dir"
+	truncate -s "${mib}M" "$img"
+	loop=$(losetup -f --show "$img") || { echo "FAIL losetup $img"; exit 1; }
+	E2E_LOOPS+=("$loop")
+	mkfs.ext4 -q -F "$@" "$loop" || { echo "FAIL mkfs.ext4 $loop"; exit 1; }
+	mount "$loop" "$dir" || { echo "FAIL mount $loop $dir"; exit 1; }
+	rmdir "$dir/lost+found" 2>/dev/null
+}
+E2E_LOOPS=()

@@ -11,7 +11,7 @@ must be clean. After the failed snapshot is deleted the space must come
 back (value-log GC) and a new snapshot must succeed.
 
 Environment: T, CAIRND, DATA (the data dir, DATA/store mounted), SEED,
-BIG_SIZE (MiB, default 1024), RESERVE (default 64M), SPACE_WAIT (seconds
+BIG_SIZE (MiB, default 1024), RESERVE (default 96M), SPACE_WAIT (seconds
 to wait for the space to come back, default 45), CAIRND_ARGS (more flags).
 """
 
@@ -54,7 +54,7 @@ def test(rep):
     T = os.environ["T"]
     data = os.environ["DATA"]
     store = os.path.join(data, "store")
-    reserve = os.environ.get("RESERVE") or "64M"
+    reserve = os.environ.get("RESERVE") or "96M"
     big = int(os.environ.get("BIG_SIZE") or 1024) * MiB
     rng = rng_from_env(rep)
     d = Daemon(os.environ["CAIRND"], data, os.path.join(T, "cairnd.log"), args=["--store-reserve", reserve] + os.environ.get("CAIRND_ARGS", "").split(),
