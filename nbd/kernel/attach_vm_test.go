@@ -54,7 +54,8 @@ starts=0
 start_cairnd() {
 	starts=$((starts + 1))
 	log=/tmp/cairnd.$starts.log
-	cairnd --data-dir /tmp/data --fuse=false >$log 2>&1 &
+	# The data directory is in the guest's RAM: the smallest store reserve.
+	cairnd --data-dir /tmp/data --fuse=false --store-reserve 96M >$log 2>&1 &
 	pid=$!
 	vm_wait_for 120 grep -q "cairnd ready" $log || { cat $log; vm_fail "cairnd start $starts did not become ready"; }
 	vm_log "cairnd start $starts: pid $pid"
