@@ -5,10 +5,13 @@
 # (scripts/test/vm/README.md), whose kernel package setup.sh there fetches
 # and unpacks without installing it. qemu-guest-agent's service only starts
 # where a guest-agent port exists, never on a host: its freeze must only
-# ever run inside the VM.
+# ever run inside the VM. prometheus (with promtool) scrapes cairnd in
+# scripts/test/test-metrics.sh and checks the alert rules; the test runs
+# its own server on a free port and never uses the package's service (which
+# Debian starts on :9090 where systemd runs; stop it if you do not want it).
 set -euo pipefail
 pkgs=(qemu-utils libnbd-bin python3-libnbd nbdkit fio fuse3 e2fsprogs xfsprogs util-linux kmod systemd dbus
-	qemu-system-x86 busybox-static qemu-guest-agent)
+	qemu-system-x86 busybox-static qemu-guest-agent prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
