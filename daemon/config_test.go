@@ -87,6 +87,12 @@ freeze_timeout = "3s"
 task_history = "48h"
 agent_socket_dirs = "/run/c/agents,/srv/agents"
 image_quota = 5
+policy_quota = 7
+policy_grace = "10m"
+event_history = "240h"
+capacity_interval = "30m"
+capacity_history = "720h"
+metrics_listen = "127.0.0.1:9470"
 `)
 	f, err := daemon.LoadConfigFile(good)
 	if err != nil {
@@ -96,7 +102,9 @@ image_quota = 5
 	want := daemon.Config{DataDir: "/srv/cairn", APISocket: "/run/c/api.sock", NBDSocket: "/run/c/nbd.sock",
 		NBDListen: "127.0.0.1:10809", LogLevel: "debug", LogFormat: "json", ShutdownTimeout: daemon.Duration(7 * time.Second),
 		SnapshotQuota: 10, StoreReserve: "1G", CopyOutShare: 0.5, FUSEDir: "/run/c/fuse",
-		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents", ImageQuota: 5}
+		FreezeTimeout: daemon.Duration(3 * time.Second), TaskHistory: daemon.Duration(48 * time.Hour), AgentSocketDirs: "/run/c/agents,/srv/agents", ImageQuota: 5,
+		PolicyQuota: 7, PolicyGrace: daemon.Duration(10 * time.Minute), EventHistory: daemon.Duration(240 * time.Hour),
+		CapacityInterval: daemon.Duration(30 * time.Minute), CapacityHistory: daemon.Duration(720 * time.Hour), MetricsListen: "127.0.0.1:9470"}
 	if cfg.FUSE == nil || *cfg.FUSE {
 		t.Fatalf("fuse = false loaded as %v", cfg.FUSE)
 	}

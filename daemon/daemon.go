@@ -31,6 +31,8 @@
 // disk_grow.go, disk_delete.go; exports.go, holders.go, fuse.go;
 // snapshot.go (create, list, get), snapshot_delete.go, rollback.go,
 // changes.go, capacity.go, verify.go, tasks.go (long operations);
+// policy.go, policy_run.go (the scheduler), policy_retention.go,
+// events.go, capacity_history.go; metrics.go, metrics_io.go;
 // http.go (routes and request decoding), handlers.go, errors.go (errors
 // to API codes), status.go (info and health), validate.go.
 //
@@ -44,6 +46,8 @@
 //     it, never the other way round; NBD calls (Disconnect, Connections)
 //     are made without it.
 //  3. taskList.mu guards the task registry; nothing else is taken under it.
+//  4. policies.mu guards the policies and their targets (policy.go); it
+//     may be taken under Daemon.mu and snapMu, nothing is taken under it.
 //
 // The FUSE tree calls back into the daemon (taking Daemon.mu), so the
 // daemon never calls into the tree while holding Daemon.mu.
@@ -63,6 +67,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/fusefs"
+	"github.com/cairn-storage/cairn/internal/clock"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/store"
 )
@@ -101,6 +106,19 @@ type Daemon struct {
 	// nbdErr is why an NBD listener stopped serving (health); guarded by mu.
 	nbdErr error
 
+	// clock is the time of policies, retention, events and capacity
+	// samples (Config.Clock). pol are the policies (policy.go), events the
+	// events log, capHist the capacity sampler, metrics the Prometheus
+	// registry; loops are the scheduler's and the sampler's goroutines.
+	clock           clock.Clock
+	pol             policies
+	events          eventLog
+	capHist         capacityHistory
+	metrics         *metrics
+	metricsListener net.Listener // nil without --metrics-listen
+	metricsHTTP     *http.Server
+	loops           sync.WaitGroup
+
 	stop         chan struct{} // closed by Shutdown to wake Run
 	stopOnce     sync.Once
 	shutdownOnce sync.Once
@@ -126,7 +144,13 @@ func New(cfg Config) (_ *Daemon, err error) {
 		started: time.Now(),
 		disks:   make(map[string]*Disk),
 		stop:    make(chan struct{}),
+		clock:   cfg.Clock,
 	}
+	if d.clock == nil {
+		d.clock = clock.Real{}
+	}
+	d.events.d = d
+	d.metrics = newMetrics(d)
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -154,6 +178,11 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.loadImages(); err != nil {
 		return nil, err
 	}
+	if err := d.loadPolicies(); err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	d.reconcileAllRetention(d.bg)
+	d.metrics.baseline()
 	d.thawLeftovers()
 	if err := d.loadTasks(); err != nil {
 		return nil, fmt.Errorf("load tasks: %w", err)
@@ -163,6 +192,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}
 	d.nbd = nbd.NewServer(nbd.Options{Exporter: exporter{d}, Logger: cfg.Logger.With("component", "nbd")})
 	if err := d.listen(); err != nil {
+		return nil, err
+	}
+	if err := d.listenMetrics(); err != nil {
 		return nil, err
 	}
 	d.api = &http.Server{
@@ -239,6 +271,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.tcpListener != nil {
 		d.serve(func() error { return d.nbd.Serve(d.tcpListener) }, "nbd-tcp", nil)
 	}
+	d.serveMetricsListener()
+	d.startLoops()
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
 		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)
 	d.notify("READY=1")
@@ -334,13 +368,19 @@ func (d *Daemon) release(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop nbd: %w", err))
 		}
 	}
-	for _, l := range []net.Listener{d.apiListener, d.nbdListener, d.tcpListener} {
+	if d.metricsHTTP != nil {
+		if err := d.metricsHTTP.Shutdown(ctx); err != nil {
+			d.metricsHTTP.Close()
+		}
+	}
+	for _, l := range []net.Listener{d.apiListener, d.nbdListener, d.tcpListener, d.metricsListener} {
 		if l != nil {
 			l.Close() // already closed by a server's shutdown unless Run never served it
 		}
 	}
 	if d.bgCancel != nil {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
+		d.loops.Wait()
 		d.tasks.wait()
 	}
 	d.unmountFUSE() // before the volumes close; FUSE requests take d.mu

@@ -186,6 +186,7 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	case err != nil:
 		return nil, nil, fmt.Errorf("%w: %v", nbd.ErrUnknownExport, err)
 	}
+	exp.Observer = e.d.metrics.io.observeNBD(name.disk)
 	return exp, release, nil
 }
 

@@ -46,6 +46,7 @@ package store
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cairn-storage/cairn/bitmap"
@@ -122,6 +123,7 @@ type Store struct {
 	compactedAt uint64        // reclaim estimate at the last compaction for GC
 	stopGC      chan struct{} // closed by Close
 	gcDone      chan struct{} // closed when the background GC goroutine returns
+	gcRuns      atomic.Uint64 // value-log GC runs (GCRuns)
 
 	closeOnce sync.Once
 	closeErr  error

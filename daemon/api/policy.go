@@ -24,8 +24,11 @@ type Policy struct {
 	// took.
 	RetentionDays int    `json:"retention_days"`
 	TimeZone      string `json:"time_zone"` // IANA name
-	Created       Time   `json:"created"`
-	Updated       Time   `json:"updated"`
+	// Consistency is what its machine snapshots ask for: ConsistencyAuto
+	// (the default), ConsistencyFilesystem or ConsistencyCrash.
+	Consistency string `json:"consistency"`
+	Created     Time   `json:"created"`
+	Updated     Time   `json:"updated"`
 	// NextRun is its next time point on any target (none without targets).
 	NextRun *Time          `json:"next_run,omitempty"`
 	Targets []PolicyTarget `json:"targets"`
@@ -67,6 +70,8 @@ type CreatePolicyRequest struct {
 	RetentionDays *int `json:"retention_days,omitempty"`
 	// TimeZone defaults to the host's.
 	TimeZone string `json:"time_zone,omitempty"`
+	// Consistency of its machine snapshots; default ConsistencyAuto.
+	Consistency string `json:"consistency,omitempty"`
 }
 
 // UpdatePolicyRequest is the body of PATCH /v1/policies/{name}: the
@@ -79,6 +84,7 @@ type UpdatePolicyRequest struct {
 	Weekdays      *[]string `json:"weekdays,omitempty"`
 	RetentionDays *int      `json:"retention_days,omitempty"`
 	TimeZone      *string   `json:"time_zone,omitempty"`
+	Consistency   *string   `json:"consistency,omitempty"`
 }
 
 // PolicyTargetsRequest is the body of POST /v1/policies/{name}/apply and
