@@ -86,7 +86,11 @@ func (d *Daemon) runCapacitySampler(ctx context.Context) {
 			d.sampleCapacity(ctx, now)
 		}
 		d.pruneCapacity(now)
-		wait := min(max(now.Truncate(interval).Add(interval).Sub(now), minPolicySleep), maxPolicySleep)
+		d.loopDone("capacity", now)
+		wait := min(now.Truncate(interval).Add(interval).Sub(d.clock.Now()), maxPolicySleep)
+		if wait <= 0 {
+			continue // the clock passed the next boundary while this one sampled
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -96,6 +96,10 @@ type Config struct {
 	// MetricsListener, when set, is used instead of listening on
 	// MetricsListen.
 	MetricsListener net.Listener
+	// LoopDone, when set, is called each time the policy scheduler
+	// ("policies") or the capacity sampler ("capacity") has done the work
+	// due at now and is about to sleep (tests drive Clock by it).
+	LoopDone func(loop string, now time.Time)
 
 	// Logger receives the daemon's logs; nil means slog.Default().
 	Logger *slog.Logger

@@ -86,11 +86,10 @@ func (d *Daemon) evictOldestAuto(ctx context.Context, disk string, vol *cow.Volu
 				exportName{disk, in.Name}, auto.policy, disk, d.cfg.SnapshotQuota, api.FormatSize(int64(freed)))})
 		return nil
 	}
-	msg := fmt.Sprintf("disk %q is at its quota of %d snapshots (snapshot_quota) and no automatic snapshot can make room: %s manual, which a policy never deletes",
-		disk, d.cfg.SnapshotQuota, plural(manual, "snapshot is"))
-	msg = strings.Replace(msg, "snapshot iss", "snapshots are", 1)
+	msg := fmt.Sprintf("disk %q is at its quota of %d snapshots (snapshot_quota) and no automatic snapshot can make room: %d %s manual, which a policy never deletes",
+		disk, d.cfg.SnapshotQuota, manual, isAre(manual))
 	if len(kept) > 0 {
-		msg += fmt.Sprintf(", and %d automatic are needed (%s)", len(kept), strings.Join(kept, "; "))
+		msg += fmt.Sprintf(", and %d automatic %s needed (%s)", len(kept), isAre(len(kept)), strings.Join(kept, "; "))
 	}
 	return errorf(block.ErrQuota, "%s: delete snapshots by hand (cairn snapshot delete %s NAME) or raise snapshot_quota", msg, disk)
 }
@@ -342,4 +341,11 @@ func (d *Daemon) reconcileAllRetention(ctx context.Context) {
 	for name, days := range want {
 		d.reconcileRetention(ctx, name, days)
 	}
+}
+
+func isAre(n int) string {
+	if n == 1 {
+		return "is"
+	}
+	return "are"
 }

@@ -36,19 +36,20 @@ import (
 // the host's clock goes unnoticed.
 const maxPolicySleep = time.Minute
 
-// minPolicySleep keeps a clock that does not move from spinning the loop.
-const minPolicySleep = 10 * time.Millisecond
-
 // maxMissedCount bounds the count of missed points an event reports.
 const maxMissedCount = 100000
 
 // runPolicies is the scheduler's loop.
 func (d *Daemon) runPolicies(ctx context.Context) {
 	for {
-		next := d.policyTick(ctx)
+		now := d.clock.Now()
+		next := d.policyTick(ctx, now)
+		d.loopDone("policies", now)
 		wait := maxPolicySleep
 		if !next.IsZero() {
-			wait = min(wait, max(next.Sub(d.clock.Now()), minPolicySleep))
+			if wait = min(wait, next.Sub(d.clock.Now())); wait <= 0 {
+				continue // the clock passed the next point while this run worked
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -61,8 +62,7 @@ func (d *Daemon) runPolicies(ctx context.Context) {
 
 // policyTick handles every due time point, deletes expired snapshots and
 // returns when the scheduler must look again (zero: nothing scheduled).
-func (d *Daemon) policyTick(ctx context.Context) time.Time {
-	now := d.clock.Now()
+func (d *Daemon) policyTick(ctx context.Context, now time.Time) time.Time {
 	for _, due := range d.duePoints(now) {
 		if ctx.Err() != nil {
 			return time.Time{}
@@ -167,7 +167,7 @@ func (d *Daemon) runPoint(ctx context.Context, due duePoint, now time.Time) stri
 	if n := due.missed + btoi(due.late); n > 0 {
 		first, _ := due.sched.Next(due.target.Last)
 		msg := fmt.Sprintf("%s of policy %q passed from %s while cairnd was not running or the host's clock stepped forward, and %s not back-filled",
-			plural(n, "time point"), due.policy.Name, first.UTC().Format(time.RFC3339), map[bool]string{true: "is", false: "are"}[n == 1])
+			plural(n, "time point"), due.policy.Name, first.UTC().Format(time.RFC3339), isAre(n))
 		if due.late {
 			msg += fmt.Sprintf(" (the latest, %s, is older than policy_grace, %v)", due.point.UTC().Format(time.RFC3339), grace)
 		} else {
@@ -278,10 +278,10 @@ func (d *Daemon) runMachinePoint(due duePoint, name string, auto *autoSnap) stri
 		} else if err == nil {
 			ev.Kind, ev.Message = api.EventTaken, fmt.Sprintf("policy %q took machine snapshot %s@%s (%s)", due.policy.Name, due.name, name, keptFor(auto.retentionDays))
 		}
+		d.recordResult(due, result)
 		if ev.Kind != "" {
 			d.event(ev)
 		}
-		d.recordResult(due, result)
 	})
 	if err != nil {
 		d.log.Debug("policy's machine snapshot did not start", "policy", due.policy.Name, "machine", due.name, "err", err) // the callback reported it
@@ -373,4 +373,11 @@ func (d *Daemon) startLoops() {
 		defer d.loops.Done()
 		d.runCapacitySampler(d.bg)
 	}()
+}
+
+// loopDone tells Config.LoopDone, if set, that a loop is about to sleep.
+func (d *Daemon) loopDone(loop string, now time.Time) {
+	if d.cfg.LoopDone != nil {
+		d.cfg.LoopDone(loop, now)
+	}
 }
