@@ -99,6 +99,15 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"CreateMachineRequest":  api.CreateMachineRequest{},
 		"UpdateMachineRequest":  api.UpdateMachineRequest{},
 		"MachineSnapshot":       api.MachineSnapshot{},
+		"Policy":                api.Policy{},
+		"PolicyTarget":          api.PolicyTarget{},
+		"CreatePolicyRequest":   api.CreatePolicyRequest{},
+		"UpdatePolicyRequest":   api.UpdatePolicyRequest{},
+		"PolicyTargetsRequest":  api.PolicyTargetsRequest{},
+		"Event":                 api.Event{},
+		"CapacityHistory":       api.CapacityHistory{},
+		"CapacitySample":        api.CapacitySample{},
+		"SnapshotUnique":        api.SnapshotUnique{},
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {
