@@ -274,7 +274,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.serveMetricsListener()
 	d.startLoops()
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
-		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)
+		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(),
+		"metrics_listen", d.metricsAddr(), "disks", disks)
 	d.notify("READY=1")
 	var runErr error
 	select {

@@ -113,6 +113,14 @@ func (d *Daemon) listenMetrics() error {
 	return nil
 }
 
+// metricsAddr is the --metrics-listen address served ("" when none).
+func (d *Daemon) metricsAddr() string {
+	if d.metricsListener == nil {
+		return ""
+	}
+	return d.metricsListener.Addr().String()
+}
+
 // tookSnapshot observes a disk snapshot's hold and drain.
 func (m *metrics) tookSnapshot(in cow.SnapshotInfo) {
 	m.hold.Observe(in.Hold.Seconds())

@@ -107,7 +107,10 @@ type Info struct {
 	APISocket     string  `json:"api_socket"`
 	NBDSocket     string  `json:"nbd_socket"`
 	NBDListen     string  `json:"nbd_listen,omitempty"`
-	Disks         int     `json:"disks"`
+	// MetricsListen is where Prometheus metrics are served on TCP
+	// (--metrics-listen), when they are.
+	MetricsListen string `json:"metrics_listen,omitempty"`
+	Disks         int    `json:"disks"`
 }
 
 // Health is the body of GET /v1/health: status "ok" with 200, or
