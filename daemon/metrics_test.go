@@ -89,11 +89,11 @@ func TestMetrics(t *testing.T) {
 			`cairn_io_bytes_total{disk="d",frontend="nbd",op="read"}`:      512<<10 + 64<<10,
 			`cairn_io_bytes_total{disk="quiet",frontend="nbd",op="write"}`: -1, // never opened
 			`cairn_snapshots{kind="manual",state="ready"}`:                 1,
-			`cairn_disks`:                                                  2,
-			`cairn_copyout_backlog_bytes`:                                  0,
-			`cairn_tasks{kind="copy-out",state="succeeded"}`:               1,
-			`cairn_snapshot_hold_seconds_count`:                            1,
-			`cairn_policies`:                                               0,
+			`cairn_disks`:                                    2,
+			`cairn_copyout_backlog_bytes`:                    0,
+			`cairn_tasks{kind="copy-out",state="succeeded"}`: 1,
+			`cairn_snapshot_hold_seconds_count`:              1,
+			`cairn_policies`:                                 0,
 		} {
 			if got := sample(text, series); got != want {
 				t.Errorf("%s: %s = %v, want %v", name, series, got, want)
