@@ -31,15 +31,16 @@ type policyRig struct {
 	in    *daemontest.Instance
 	c     *api.Client
 	ticks chan time.Time
+	loop  string // the loop whose runs ticks reports: "policies" unless tweak sets "capacity"
 }
 
 func newPolicyRig(t *testing.T, start string, tweak func(*daemon.Config)) *policyRig {
 	t.Helper()
-	r := &policyRig{t: t, clock: clock.NewFake(at(start)), ticks: make(chan time.Time, 10000)}
+	r := &policyRig{t: t, clock: clock.NewFake(at(start)), ticks: make(chan time.Time, 10000), loop: "policies"}
 	r.cfg = daemontest.Config(t, daemontest.DataDir(t))
 	r.cfg.Clock = r.clock
 	r.cfg.LoopDone = func(loop string, now time.Time) {
-		if loop == "policies" {
+		if loop == r.loop {
 			select {
 			case r.ticks <- now:
 			default:
