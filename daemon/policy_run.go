@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cairn-storage/cairn/block"
@@ -269,24 +270,32 @@ func (d *Daemon) runMachinePoint(due duePoint, name string, auto *autoSnap) stri
 	d.recordPoint(due, resultStarted) // before the task, whose end records the result
 	d.setBusy(due, true)
 	req := api.CreateMachineSnapshotRequest{Name: name, Description: "taken by policy " + due.policy.Name, Consistency: due.policy.consistency()}
-	_, err := d.createMachineSnapshot(d.bg, due.name, req, auto, func(err error) {
-		d.setBusy(due, false)
-		result := resultTaken
-		if err != nil && !errors.Is(err, block.ErrExists) {
-			result = resultFailed
-			ev.Kind, ev.Message = api.EventFailed, fmt.Sprintf("policy %q could not take machine snapshot %s@%s: %v", due.policy.Name, due.name, name, err)
-		} else if err == nil {
-			ev.Kind, ev.Message = api.EventTaken, fmt.Sprintf("policy %q took machine snapshot %s@%s (%s)", due.policy.Name, due.name, name, keptFor(auto.retentionDays))
-		}
-		d.recordResult(due, result)
-		if ev.Kind != "" {
-			d.event(ev)
-		}
-	})
-	if err != nil {
-		d.log.Debug("policy's machine snapshot did not start", "policy", due.policy.Name, "machine", due.name, "err", err) // the callback reported it
+	var once sync.Once
+	ended := func(err error) { once.Do(func() { d.machinePointEnded(due, ev, name, auto, err) }) }
+	if _, err := d.createMachineSnapshot(d.bg, due.name, req, auto, ended); err != nil {
+		ended(err) // refused before its task started
 	}
 	return resultStarted
+}
+
+// machinePointEnded records how a machine's automatic snapshot ended:
+// taken (its seal committed; its copy-out goes on in its task) or failed.
+func (d *Daemon) machinePointEnded(due duePoint, ev api.Event, name string, auto *autoSnap, err error) {
+	d.setBusy(due, false)
+	result := resultTaken
+	switch {
+	case err == nil:
+		ev.Kind, ev.Message = api.EventTaken, fmt.Sprintf("policy %q took machine snapshot %s@%s (%s)", due.policy.Name, due.name, name, keptFor(auto.retentionDays))
+	case errors.Is(err, block.ErrExists):
+		// taken before a restart that came before its point was recorded
+	default:
+		result = resultFailed
+		ev.Kind, ev.Message = api.EventFailed, fmt.Sprintf("policy %q could not take machine snapshot %s@%s: %v", due.policy.Name, due.name, name, err)
+	}
+	d.recordResult(due, result)
+	if ev.Kind != "" {
+		d.event(ev)
+	}
 }
 
 // machineBusy says why a machine's point must be skipped: its previous

@@ -511,6 +511,31 @@ func TestPolicyOnMachine(t *testing.T) {
 	r.advanceTo("2031-01-09T10:00:00Z")
 	r.wantSnapshots("root")
 	r.wantSnapshots("data")
+
+	// A policy that requires filesystem consistency of a machine without
+	// a guest agent: its snapshots fail, each point with an event, and the
+	// next point is tried again.
+	createDisk(t, r.in, "other", "1M")
+	if _, err := r.c.CreateMachine(ctx, api.CreateMachineRequest{Name: "noagent", Disks: []string{"other"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.CreatePolicy(ctx, api.CreatePolicyRequest{Name: "fs", EveryMinutes: 60, TimeZone: "UTC", Consistency: api.ConsistencyFilesystem}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.ApplyPolicy(ctx, "fs", api.PolicyTargetsRequest{Machines: []string{"noagent"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.c.CreateMachineSnapshot(ctx, "noagent", api.CreateMachineSnapshotRequest{Name: "auto-mine"}); err == nil {
+		t.Fatal("a manual machine snapshot named auto-mine was accepted")
+	}
+	for _, point := range []string{"2031-01-09T11:00:00Z", "2031-01-09T12:00:00Z"} {
+		r.advanceTo(point)
+		waitEvent(t, r, api.EventFailed, "auto-fs-"+at(point).Format("20060102T150405Z"))
+	}
+	if tg := r.target("fs"); tg.LastResult != "failed" {
+		t.Fatalf("target %+v", tg)
+	}
+	r.wantSnapshots("other")
 	if e := r.wantEvent(api.EventExpired, name, "machine snapshot vm@"+name); e.Machine != "vm" {
 		t.Fatalf("event %+v", e)
 	}
@@ -659,5 +684,24 @@ func TestEventsListing(t *testing.T) {
 	var ae *api.Error
 	if _, err := r.c.Events(ctx, api.EventFilter{Kind: "nonsense"}); !errors.As(err, &ae) || ae.Field != "kind" {
 		t.Fatalf("a bad kind: %v", err)
+	}
+}
+
+// TestEventsPruned: events older than event_history go.
+func TestEventsPruned(t *testing.T) {
+	r := newPolicyRig(t, "2031-01-06T09:59:00Z", func(c *daemon.Config) { c.EventHistory = daemon.Duration(2 * time.Hour) })
+	createDisk(t, r.in, "d", "1M")
+	r.policy(api.CreatePolicyRequest{Name: "h", EveryMinutes: 60, TimeZone: "UTC"}, "d")
+	for _, when := range []string{"2031-01-06T10:00:00Z", "2031-01-06T11:00:00Z", "2031-01-06T12:00:00Z"} {
+		r.advanceTo(when)
+		r.snapshots("d")
+	}
+	if n := len(r.events("")); n != 3 {
+		t.Fatalf("%d events, want 3", n)
+	}
+	r.advanceTo("2031-01-06T13:30:00Z") // the 10:00 and 11:00 events are older than 2h
+	ev := r.events("")
+	if len(ev) != 2 || ev[0].Snapshot != "auto-h-20310106T120000Z" {
+		t.Fatalf("after pruning: %+v", ev)
 	}
 }
