@@ -95,6 +95,7 @@ func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk
 		Parent:      k.rec.Parent,
 		Depth:       cloneDepth(k.rec),
 		Flattened:   k.rec.Flattened,
+		Policy:      d.policyOf(api.TargetDisk, k.rec.ID),
 	}
 	if k.vol != nil {
 		out.Size = k.vol.Size()

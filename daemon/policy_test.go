@@ -641,6 +641,9 @@ func TestPolicyRules(t *testing.T) {
 	if q, _ := r.c.Policy(ctx, "q"); len(q.Targets) != 1 || q.Targets[0].Name != "d" {
 		t.Fatalf("policy q targets %+v", q.Targets)
 	}
+	if disk, _ := r.c.Disk(ctx, "d"); disk.Policy != "q" {
+		t.Fatalf("disk d shows policy %q, want q", disk.Policy)
+	}
 }
 
 func second[T any](_ T, err error) error { return err }

@@ -171,6 +171,9 @@ func (a *app) printDisk(d api.Disk) error {
 	if d.Flattened != "" {
 		t.row("Cloned from:", d.Flattened+" (flattened: independent of it)")
 	}
+	if d.Policy != "" {
+		t.row("Policy:", d.Policy+" (cairn policy show "+d.Policy+")")
+	}
 	t.row("Export:", d.Export)
 	t.row("Clients:", strconv.Itoa(len(d.Clients)))
 	t.row("Created:", d.Created.Local().Format(time.RFC3339))

@@ -14,6 +14,8 @@ type Machine struct {
 	Description string `json:"description,omitempty"`
 	Created     Time   `json:"created"`
 	Snapshots   int    `json:"snapshots"` // machine snapshots
+	// Policy is the automatic snapshot policy applied to the machine, if any.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Config is a VM's configuration document, kept verbatim: a libvirt domain

@@ -24,6 +24,8 @@ type Disk struct {
 	Parent    string `json:"parent,omitempty"`
 	Depth     int    `json:"depth,omitempty"`
 	Flattened string `json:"flattened,omitempty"`
+	// Policy is the automatic snapshot policy applied to the disk, if any.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Disk states.
