@@ -23,17 +23,10 @@ import (
 // version is skipped when listed (with a warning), never misread.
 const eventRecordVersion = 1
 
-// eventRecord is one event as stored.
+// eventRecord is one event as stored: the API's event and a version.
 type eventRecord struct {
-	Version  int       `json:"version"`
-	ID       uint64    `json:"id"`
-	Time     time.Time `json:"time"`
-	Kind     string    `json:"kind"`
-	Policy   string    `json:"policy,omitempty"`
-	Disk     string    `json:"disk,omitempty"`
-	Machine  string    `json:"machine,omitempty"`
-	Snapshot string    `json:"snapshot,omitempty"`
-	Message  string    `json:"message"`
+	Version int `json:"version"`
+	api.Event
 }
 
 // Limits of a listing.
@@ -71,8 +64,7 @@ func (d *Daemon) event(e api.Event) {
 	id, err := d.store.NextID(store.EventIDSequence)
 	if err == nil {
 		e.ID = id
-		err = d.store.PutRecord(store.EventKey(id), eventRecord{Version: eventRecordVersion, ID: id, Time: e.Time.UTC(), Kind: e.Kind,
-			Policy: e.Policy, Disk: e.Disk, Machine: e.Machine, Snapshot: e.Snapshot, Message: e.Message})
+		err = d.store.PutRecord(store.EventKey(id), eventRecord{Version: eventRecordVersion, Event: e})
 	}
 	if err != nil {
 		d.log.Warn("could not record an event in the events log", append(attrs, "err", err)...)
@@ -125,8 +117,7 @@ func (l *eventLog) decode(key string, raw []byte) (api.Event, bool) {
 		}
 		return api.Event{}, false
 	}
-	return api.Event{ID: r.ID, Time: api.At(r.Time), Kind: r.Kind, Policy: r.Policy, Disk: r.Disk, Machine: r.Machine,
-		Snapshot: r.Snapshot, Message: r.Message}, true
+	return r.Event, true
 }
 
 func matchesField(want, got string) bool { return want == "" || want == got }
@@ -152,7 +143,7 @@ func (d *Daemon) pruneEvents(now time.Time) {
 		if json.Unmarshal(raw, &r) != nil || r.Version != eventRecordVersion {
 			return true // not this cairnd's to judge (Events skips it too)
 		}
-		if !r.Time.Before(cutoff) {
+		if !r.Time.Time.Before(cutoff) {
 			return false // ids grow with time: the rest are newer
 		}
 		old = append(old, key)
