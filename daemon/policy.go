@@ -111,6 +111,9 @@ const (
 	resultSkipped = "skipped"
 	resultFailed  = "failed"
 	resultMissed  = "missed"
+	// resultStopping: cairnd began to stop before the point was taken; it
+	// is not recorded, so the next start takes it within the grace.
+	resultStopping = "stopping"
 )
 
 // policy is one policy in memory.

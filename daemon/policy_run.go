@@ -68,8 +68,12 @@ func (d *Daemon) policyTick(ctx context.Context, now time.Time) time.Time {
 		if ctx.Err() != nil {
 			return time.Time{}
 		}
-		if result := d.runPoint(ctx, due, now); result != resultStarted {
-			d.recordPoint(due, result) // a started machine snapshot recorded its point itself
+		switch result := d.runPoint(ctx, due, now); result {
+		case resultStarted: // a started machine snapshot recorded its point itself
+		case resultStopping:
+			return time.Time{} // not handled: the next start takes it, within the grace
+		default:
+			d.recordPoint(due, result)
 		}
 	}
 	next := d.nextPolicyPoint(now)
@@ -234,6 +238,8 @@ func (d *Daemon) runDiskPoint(ctx context.Context, due duePoint, name string, au
 	switch {
 	case errors.Is(err, block.ErrExists):
 		return resultTaken // taken before a restart that came before its point was recorded
+	case errors.Is(err, block.ErrShutdown):
+		return resultStopping
 	case err != nil:
 		ev.Kind, ev.Message = api.EventFailed, fmt.Sprintf("policy %q could not take %s: %v", due.policy.Name, exportName{due.name, name}, err)
 		d.event(ev)
@@ -266,6 +272,9 @@ func (d *Daemon) runMachinePoint(due duePoint, name string, auto *autoSnap) stri
 		ev.Message = fmt.Sprintf("time point %s of policy %q skipped: %s", due.point.UTC().Format(time.RFC3339), due.policy.Name, why)
 		d.event(ev)
 		return resultSkipped
+	}
+	if d.checkChanges() != nil {
+		return resultStopping
 	}
 	d.recordPoint(due, resultStarted) // before the task, whose end records the result
 	d.setBusy(due, true)
