@@ -235,6 +235,15 @@ func decodeVersioned(key string, raw []byte, v any, version *int, want int) erro
 	return nil
 }
 
+// normalize writes the schedule's fields as the API shows them: times
+// sorted and each once, weekdays Monday first.
+func (r *policyRecord) normalize(sched schedule.Schedule) {
+	r.Weekdays = sched.Weekdays()
+	if r.EveryMinutes == 0 {
+		r.Times = sched.Times()
+	}
+}
+
 // consistency is what the policy's machine snapshots ask for.
 func (r policyRecord) consistency() string {
 	if r.Consistency == "" {
@@ -312,7 +321,7 @@ func (d *Daemon) CreatePolicy(ctx context.Context, req api.CreatePolicyRequest) 
 	if err != nil {
 		return api.Policy{}, err
 	}
-	rec.Weekdays = sched.Weekdays()
+	rec.normalize(sched)
 	if err := d.checkChanges(); err != nil {
 		return api.Policy{}, err
 	}
@@ -390,7 +399,7 @@ func (d *Daemon) UpdatePolicy(ctx context.Context, name string, req api.UpdatePo
 	rec.Updated = now
 	sched, err := checkPolicy(rec)
 	if err == nil {
-		rec.Weekdays = sched.Weekdays()
+		rec.normalize(sched)
 		err = d.putDurable(store.PolicyKey(name), rec)
 	}
 	rescheduled := err == nil && (req.Times != nil || req.EveryMinutes != nil || req.Weekdays != nil || req.TimeZone != nil)

@@ -166,6 +166,16 @@ func (s Schedule) Weekdays() []string {
 	return out
 }
 
+// Times lists the times of day, "HH:MM", sorted, each once (a step's
+// too).
+func (s Schedule) Times() []string {
+	out := make([]string, len(s.minutes))
+	for i, m := range s.minutes {
+		out[i] = FormatTime(m)
+	}
+	return out
+}
+
 // Zone is the schedule's time zone.
 func (s Schedule) Zone() *time.Location { return s.zone }
 

@@ -140,6 +140,9 @@ func TestRules(t *testing.T) {
 	if got := s.Weekdays(); len(got) != 2 || got[0] != "mon" || got[1] != "sun" {
 		t.Errorf("Weekdays = %v, want [mon sun]", got)
 	}
+	if got := s.Times(); len(got) != 2 || got[0] != "02:00" || got[1] != "14:00" {
+		t.Errorf("Times = %v, want [02:00 14:00]", got)
+	}
 	if n := s.Count(utc("2026-06-01T00:00:00Z"), utc("2026-06-02T00:00:00Z"), 10); n != 2 {
 		t.Errorf("a duplicated time counts %d points on a day, want 2", n)
 	}
