@@ -147,3 +147,18 @@ func TestRules(t *testing.T) {
 		t.Errorf("a duplicated time counts %d points on a day, want 2", n)
 	}
 }
+
+// TestCountLongDowntime: a year of a one-minute step counts exactly (a
+// restart after long downtime counts the points it missed).
+func TestCountLongDowntime(t *testing.T) {
+	s := mustNew(t, Spec{Every: 1, Zone: "UTC"})
+	if n := s.Count(utc("2025-06-01T00:00:00Z"), utc("2026-06-01T00:00:00Z"), 1<<30); n != 365*24*60 {
+		t.Fatalf("a year of minutes: %d, want %d", n, 365*24*60)
+	}
+	berlin := mustNew(t, Spec{Every: 60, Zone: "Europe/Berlin"})
+	// A year in Berlin has one 23-hour day (no 02:00) and one 25-hour day
+	// (02:00 once): 365*24 - 1 points.
+	if n := berlin.Count(utc("2025-12-31T23:00:00Z"), utc("2026-12-31T23:00:00Z"), 1<<30); n != 365*24-1 {
+		t.Fatalf("a year of hours in Berlin: %d, want %d", n, 365*24-1)
+	}
+}
