@@ -183,7 +183,8 @@ func (v *Volume) dropLocked(s *snap) {
 // info describes s. Caller holds mu.
 func (v *Volume) info(s *snap) SnapshotInfo {
 	r := s.rec
-	in := SnapshotInfo{Seq: r.Seq, Name: r.Name, Description: r.Description, Kind: r.Kind, Created: r.Created,
+	in := SnapshotInfo{Seq: r.Seq, Name: r.Name, Description: r.Description, Kind: r.Kind, Policy: r.Policy,
+		RetentionDays: r.RetentionDays, Created: r.Created,
 		State: r.State, Reason: r.Reason, Size: r.Size, CopyBytes: s.total * uint64(v.blockSize),
 		Hold: time.Duration(r.HoldNS), Drain: time.Duration(r.DrainNS), Progress: 100}
 	if r.State == StateCopying && s.total > 0 {

@@ -32,21 +32,33 @@ type SnapshotMeta struct {
 	Name        string
 	Description string
 	Kind        string // "manual" or "auto"
+	// Created is when the snapshot is taken; zero means now. (A caller
+	// with a clock of its own, such as the daemon's policy scheduler,
+	// passes its time.)
+	Created time.Time
+	// Policy and RetentionDays describe an automatic snapshot: the policy
+	// that took it and how many days after Created it is kept (-1:
+	// forever). cow keeps them and never acts on them.
+	Policy        string
+	RetentionDays int
 }
 
 // SnapshotInfo describes one snapshot.
 type SnapshotInfo struct {
-	Seq         uint64        `json:"seq"`
-	Name        string        `json:"name"`
-	Description string        `json:"description,omitempty"`
-	Kind        string        `json:"kind"`
-	Created     time.Time     `json:"created"`
-	State       string        `json:"state"`
-	Progress    float64       `json:"progress"` // 0..100
-	Reason      string        `json:"reason,omitempty"`
-	Size        int64         `json:"size"`
-	Hold        time.Duration `json:"hold_ns"`  // how long the epoch was sealed (writes arriving then wait at most this)
-	Drain       time.Duration `json:"drain_ns"` // from the seal until the old epoch's writes in flight had finished
+	Seq         uint64 `json:"seq"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Kind        string `json:"kind"`
+	Policy      string `json:"policy,omitempty"`
+	// RetentionDays: see SnapshotMeta (0 for a manual snapshot).
+	RetentionDays int           `json:"retention_days,omitempty"`
+	Created       time.Time     `json:"created"`
+	State         string        `json:"state"`
+	Progress      float64       `json:"progress"` // 0..100
+	Reason        string        `json:"reason,omitempty"`
+	Size          int64         `json:"size"`
+	Hold          time.Duration `json:"hold_ns"`  // how long the epoch was sealed (writes arriving then wait at most this)
+	Drain         time.Duration `json:"drain_ns"` // from the seal until the old epoch's writes in flight had finished
 	// CopyBytes is how much its copy-out stores: the blocks pending at
 	// the seal and those passed to it since (Progress is of these).
 	CopyBytes uint64 `json:"copy_bytes"`
@@ -61,17 +73,23 @@ func (in SnapshotInfo) Readable() bool { return Readable(in.State) }
 
 // snapRecord is one snapshot (store.SnapshotKey).
 type snapRecord struct {
-	Seq         uint64    `json:"seq"`
-	Name        string    `json:"name"`
-	Description string    `json:"description,omitempty"`
-	Kind        string    `json:"kind"`
-	Created     time.Time `json:"created"`
-	State       string    `json:"state"`
-	Reason      string    `json:"reason,omitempty"`
-	Size        int64     `json:"size"`
-	HoldNS      int64     `json:"hold_ns"`
-	DrainNS     int64     `json:"drain_ns,omitempty"`
-	Written     uint64    `json:"written_blocks"` // blocks it sealed (Usage counts what it holds now)
+	Seq         uint64 `json:"seq"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Kind        string `json:"kind"`
+	// Policy and RetentionDays (automatic snapshots only) are optional
+	// members: records written before policies existed lack them, and a
+	// cairnd of that time reading a newer record ignores them (its
+	// automatic snapshots are then kept until deleted by hand).
+	Policy        string    `json:"policy,omitempty"`
+	RetentionDays int       `json:"retention_days,omitempty"`
+	Created       time.Time `json:"created"`
+	State         string    `json:"state"`
+	Reason        string    `json:"reason,omitempty"`
+	Size          int64     `json:"size"`
+	HoldNS        int64     `json:"hold_ns"`
+	DrainNS       int64     `json:"drain_ns,omitempty"`
+	Written       uint64    `json:"written_blocks"` // blocks it sealed (Usage counts what it holds now)
 	// Pending is the set of blocks to copy out while copying (bitmap's
 	// portable roaring encoding).
 	Pending []byte `json:"pending,omitempty"`

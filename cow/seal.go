@@ -187,8 +187,12 @@ func (v *Volume) prepareSeal(meta SnapshotMeta) (*sealing, error) {
 	if err != nil {
 		return nil, err
 	}
+	created := meta.Created
+	if created.IsZero() {
+		created = time.Now()
+	}
 	s := newSnap(snapRecord{Seq: seq, Name: meta.Name, Description: meta.Description, Kind: meta.Kind,
-		Created: time.Now().UTC(), State: StateCopying})
+		Policy: meta.Policy, RetentionDays: meta.RetentionDays, Created: created.UTC(), State: StateCopying})
 	return &sealing{v: v, s: s, next: next}, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cairn-storage/cairn/daemon/api"
+	"github.com/cairn-storage/cairn/internal/clock"
 )
 
 // Version is cairnd's version, set at link time
@@ -96,6 +97,33 @@ type Config struct {
 	// sockets a machine's agent_socket may name; "" means
 	// $RUNTIME_DIRECTORY/agents, else DATA_DIR/agents.
 	AgentSocketDirs string
+	// PolicyQuota is the most automatic snapshot policies (default 100).
+	PolicyQuota int
+	// PolicyGrace: after downtime (or a step of the host's clock) a
+	// policy's latest missed time point is still taken when it is less
+	// than this old (default 30m); older ones are not back-filled.
+	PolicyGrace Duration
+	// EventHistory is how long the events log keeps an event (default 30
+	// days).
+	EventHistory Duration
+	// CapacityInterval is how often capacity is sampled (default 1h);
+	// CapacityHistory how long samples are kept (default 90 days).
+	CapacityInterval Duration
+	CapacityHistory  Duration
+	// MetricsListen is an optional TCP address (host:port) that serves
+	// Prometheus metrics at /metrics (they are also on the API socket).
+	MetricsListen string
+
+	// Clock is the time policies, retention, events and capacity samples
+	// go by; nil means the host's (tests pass a fake one).
+	Clock clock.Clock
+	// MetricsListener, when set, is used instead of listening on
+	// MetricsListen.
+	MetricsListener net.Listener
+	// LoopDone, when set, is called each time the policy scheduler
+	// ("policies") or the capacity sampler ("capacity") has done the work
+	// due at now and is about to sleep (tests drive Clock by it).
+	LoopDone func(loop string, now time.Time)
 
 	// TransferLease is how long an export or import waits for its client's
 	// next progress report before it fails and is cleaned up; 0 means
@@ -261,6 +289,7 @@ func (c Config) withDefaults() (Config, error) {
 			c.Operator = []string{"group:cairn"}
 		}
 	}
+	c = c.policyDefaults()
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}

@@ -110,6 +110,12 @@ reader = ["cert:backup"]
 grant = ["uid:1001 operator a-*"]
 nbd_tcp_role = "reader"
 adopt_allow = ["/var/lib/libvirt/images"]
+policy_quota = 7
+policy_grace = "10m"
+event_history = "240h"
+capacity_interval = "30m"
+capacity_history = "720h"
+metrics_listen = "127.0.0.1:9470"
 `)
 	f, err := daemon.LoadConfigFile(good)
 	if err != nil {
@@ -123,7 +129,9 @@ adopt_allow = ["/var/lib/libvirt/images"]
 		NBDMaxConnections: 100, NBDIdleTimeout: daemon.Duration(time.Hour),
 		TLSCert: "/etc/cairn/tls/server-cert.pem", TLSKey: "/etc/cairn/tls/server-key.pem", TLSClientCA: "/etc/cairn/tls/ca-cert.pem",
 		TLSRequired: []string{"*"}, Admin: []string{"uid:1000"}, Operator: []string{"gid:0"}, Reader: []string{"cert:backup"},
-		Grant: []string{"uid:1001 operator a-*"}, NBDTCPRole: "reader", AdoptAllow: []string{"/var/lib/libvirt/images"}}
+		Grant: []string{"uid:1001 operator a-*"}, NBDTCPRole: "reader", AdoptAllow: []string{"/var/lib/libvirt/images"},
+		PolicyQuota: 7, PolicyGrace: daemon.Duration(10 * time.Minute), EventHistory: daemon.Duration(240 * time.Hour),
+		CapacityInterval: daemon.Duration(30 * time.Minute), CapacityHistory: daemon.Duration(720 * time.Hour), MetricsListen: "127.0.0.1:9470"}
 	if cfg.FUSE == nil || *cfg.FUSE {
 		t.Fatalf("fuse = false loaded as %v", cfg.FUSE)
 	}

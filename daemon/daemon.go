@@ -39,6 +39,8 @@
 // transfer.go (exports and imports the client runs, with a lease),
 // transfer_export.go, transfer_image.go (image:NAME/DISK exports),
 // transfer_import.go, transfer_handlers.go;
+// policy.go, policy_run.go (the scheduler), policy_retention.go,
+// events.go, capacity_history.go; metrics.go, metrics_io.go;
 // http.go (routes and request decoding), handlers.go, errors.go (errors
 // to API codes), status.go (info and health), validate.go; authz.go (who
 // may call what, the audit log), nbdaccess.go (who may open which
@@ -55,6 +57,8 @@
 //     it, never the other way round; NBD calls (Disconnect, Connections)
 //     are made without it.
 //  3. taskList.mu guards the task registry; nothing else is taken under it.
+//  4. policies.mu guards the policies and their targets (policy.go); it
+//     may be taken under Daemon.mu and snapMu, nothing is taken under it.
 //
 // Daemon.attachMu (attach.go) serialises kernel attach and detach; it is
 // taken before Daemon.mu and never under it or Daemon.snapMu.
@@ -78,6 +82,7 @@ import (
 
 	"github.com/cairn-storage/cairn/daemon/access"
 	"github.com/cairn-storage/cairn/fusefs"
+	"github.com/cairn-storage/cairn/internal/clock"
 	"github.com/cairn-storage/cairn/nbd"
 	"github.com/cairn-storage/cairn/nbd/kernel"
 	"github.com/cairn-storage/cairn/store"
@@ -129,6 +134,19 @@ type Daemon struct {
 	// nbdErr is why an NBD listener stopped serving (health); guarded by mu.
 	nbdErr error
 
+	// clock is the time of policies, retention, events and capacity
+	// samples (Config.Clock). pol are the policies (policy.go), events the
+	// events log, capHist the capacity sampler, metrics the Prometheus
+	// registry; loops are the scheduler's and the sampler's goroutines.
+	clock           clock.Clock
+	pol             policies
+	events          eventLog
+	capHist         capacityHistory
+	metrics         *metrics
+	metricsListener net.Listener // nil without --metrics-listen
+	metricsHTTP     *http.Server
+	loops           sync.WaitGroup
+
 	stop         chan struct{} // closed by Shutdown to wake Run
 	stopOnce     sync.Once
 	shutdownOnce sync.Once
@@ -157,7 +175,13 @@ func New(cfg Config) (_ *Daemon, err error) {
 
 		attachments: make(map[int]*attachment),
 		kernel:      &kernel.Driver{},
+		clock:   cfg.Clock,
 	}
+	if d.clock == nil {
+		d.clock = clock.Real{}
+	}
+	d.events.d = d
+	d.metrics = newMetrics(d)
 	d.bg, d.bgCancel = context.WithCancel(context.Background())
 	if d.policy, err = access.New(access.Config{Admin: cfg.Admin, Operator: cfg.Operator, Reader: cfg.Reader,
 		Grant: cfg.Grant, TCPRole: cfg.NBDTCPRole, SelfUID: uint32(os.Getuid())}); err != nil {
@@ -192,6 +216,11 @@ func New(cfg Config) (_ *Daemon, err error) {
 	if err := d.loadImages(); err != nil {
 		return nil, err
 	}
+	if err := d.loadPolicies(); err != nil {
+		return nil, fmt.Errorf("load policies: %w", err)
+	}
+	d.reconcileAllRetention(d.bg)
+	d.metrics.baseline()
 	d.thawLeftovers()
 	if err := d.loadTasks(); err != nil {
 		return nil, fmt.Errorf("load tasks: %w", err)
@@ -212,6 +241,9 @@ func New(cfg Config) (_ *Daemon, err error) {
 	}
 	d.nbd = nbd.NewServer(nopts)
 	if err := d.listen(); err != nil {
+		return nil, err
+	}
+	if err := d.listenMetrics(); err != nil {
 		return nil, err
 	}
 	d.api = &http.Server{
@@ -297,8 +329,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		d.serve(func() error { return serveTCP(d.tcpListener) }, "nbd-tcp", nil)
 	}
+	d.serveMetricsListener()
+	d.startLoops()
 	d.log.Info("cairnd ready", "version", Version, "data_dir", d.cfg.DataDir,
-		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(), "disks", disks)
+		"api_socket", d.apiAddr(), "nbd_socket", d.nbdListener.Addr().String(), "nbd_listen", d.tcpAddr(),
+		"metrics_listen", d.metricsAddr(), "disks", disks)
 	d.notify("READY=1")
 	var runErr error
 	select {
@@ -393,7 +428,12 @@ func (d *Daemon) release(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("stop nbd: %w", err))
 		}
 	}
-	for _, l := range []net.Listener{d.apiListener, d.nbdListener, d.tcpListener} {
+	if d.metricsHTTP != nil {
+		if err := d.metricsHTTP.Shutdown(ctx); err != nil {
+			d.metricsHTTP.Close()
+		}
+	}
+	for _, l := range []net.Listener{d.apiListener, d.nbdListener, d.tcpListener, d.metricsListener} {
 		if l != nil {
 			l.Close() // already closed by a server's shutdown unless Run never served it
 		}
@@ -401,6 +441,7 @@ func (d *Daemon) release(ctx context.Context) error {
 	d.closeAttachments() // their sockets are closed: release their exports
 	if d.bgCancel != nil {
 		d.bgCancel() // a rollback stops between blocks; run it again to finish
+		d.loops.Wait()
 		d.tasks.wait()
 		d.spaceDone.Wait()
 	}

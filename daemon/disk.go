@@ -97,6 +97,7 @@ func (d *Daemon) diskToAPI(k *Disk, clients map[string][]api.NBDClient) api.Disk
 		Depth:       cloneDepth(k.rec),
 		Flattened:   k.rec.Flattened,
 		CopyOnRead:  k.rec.CopyOnRead && len(k.rec.Origin) > 0,
+		Policy:      d.policyOf(api.TargetDisk, k.rec.ID),
 	}
 	if k.vol != nil {
 		out.Size = k.vol.Size()

@@ -208,6 +208,7 @@ func (e exporter) Open(ctx context.Context, s string) (*nbd.Export, func(), erro
 	if readOnly {
 		exp.ReadOnly = true
 	}
+	exp.Observer = e.d.metrics.io.observeNBD(name.disk)
 	return exp, release, nil
 }
 

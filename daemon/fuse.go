@@ -67,7 +67,7 @@ func (s fuseSource) open(name exportName) (block.Device, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", fs.ErrNotExist, err)
 	}
-	return exp.Device, release, nil
+	return s.d.metrics.io.meter(exp.Device, frontendFUSE, name.disk), release, nil
 }
 
 // mountFUSE mounts the FUSE tree when the config asks for it, detaching a

@@ -32,6 +32,9 @@ type image struct {
 	// readers: open NBD exports of its disks and exports to files in
 	// progress (transfer_image.go); it is not deleted while any.
 	readers int
+	// reading are the snapshots its creation copies from, until it ends
+	// (guarded by Daemon.mu): a policy does not delete them meanwhile.
+	reading []exportName
 }
 
 // loadImages reads the images; one a stop interrupted while it was being
@@ -135,6 +138,16 @@ func (d *Daemon) makeImage(ctx context.Context, im *image, req api.CreateImageRe
 	if err != nil {
 		return api.Image{}, err
 	}
+	d.mu.Lock()
+	for _, s := range sources {
+		im.reading = append(im.reading, exportName{s.disk, s.snapshot})
+	}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		im.reading = nil
+		d.mu.Unlock()
+	}()
 	rec := im.rec
 	rec.Source, rec.Config = source, config
 	var total uint64

@@ -374,7 +374,8 @@ func (d *Daemon) DeleteMachine(ctx context.Context, name string, opts api.Delete
 // machineToAPI describes a machine. Caller holds d.mu.
 func (d *Daemon) machineToAPI(m *machine) api.Machine {
 	return api.Machine{Name: m.rec.Name, Disks: slices.Clone(m.rec.Disks), Config: m.rec.Config,
-		AgentSocket: m.rec.AgentSocket, Description: m.rec.Description, Created: api.At(m.rec.Created), Snapshots: len(m.snaps)}
+		AgentSocket: m.rec.AgentSocket, Description: m.rec.Description, Created: api.At(m.rec.Created), Snapshots: len(m.snaps),
+		Policy: d.policyOf(api.TargetMachine, m.rec.ID)}
 }
 
 // putDurable stores a record and makes it durable.

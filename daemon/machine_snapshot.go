@@ -25,7 +25,18 @@ import (
 // the guest if asked, seals every disk at one instant, thaws, and ends
 // when every member has copied out (or one failed).
 func (d *Daemon) CreateMachineSnapshot(ctx context.Context, name string, req api.CreateMachineSnapshotRequest) (api.Task, error) {
-	if err := checkSnapshotName(req.Name, api.SnapshotManual); err != nil {
+	return d.createMachineSnapshot(ctx, name, req, nil, nil)
+}
+
+// createMachineSnapshot starts a manual machine snapshot (auto nil) or a
+// policy's automatic one; taken, when set, is told (on the task's
+// goroutine) how taking it ended, before its copy-out is waited for.
+func (d *Daemon) createMachineSnapshot(ctx context.Context, name string, req api.CreateMachineSnapshotRequest, auto *autoSnap, taken func(error)) (api.Task, error) {
+	kind := api.SnapshotManual
+	if auto != nil {
+		kind = api.SnapshotAuto
+	}
+	if err := checkSnapshotName(req.Name, kind); err != nil {
 		return api.Task{}, err
 	}
 	if err := checkDescription(req.Description); err != nil {
@@ -78,8 +89,11 @@ func (d *Daemon) CreateMachineSnapshot(ctx context.Context, name string, req api
 			d.mu.Unlock()
 		}()
 		m.op.Lock()
-		s, err := d.takeMachineSnapshot(ctx, m, rec, vols, req, requested)
+		s, err := d.takeMachineSnapshot(ctx, m, rec, vols, req, requested, auto)
 		m.op.Unlock()
+		if taken != nil {
+			taken(err)
+		}
 		if err != nil {
 			d.log.Error("machine snapshot failed", "machine", rec.Name, "snapshot", req.Name, "err", err)
 			return nil, err
@@ -90,6 +104,9 @@ func (d *Daemon) CreateMachineSnapshot(ctx context.Context, name string, req api
 		d.mu.Lock()
 		delete(m.reserved, req.Name)
 		d.mu.Unlock()
+		if taken != nil {
+			taken(err)
+		}
 	}
 	return task, err
 }
@@ -108,21 +125,33 @@ func (m *machine) safeDisks(err error) []string {
 
 // takeMachineSnapshot freezes (as asked), seals and commits. Caller holds
 // m.op.
-func (d *Daemon) takeMachineSnapshot(ctx context.Context, m *machine, rec machineRecord, vols []*cow.Volume, req api.CreateMachineSnapshotRequest, requested string) (*machineSnapRecord, error) {
+func (d *Daemon) takeMachineSnapshot(ctx context.Context, m *machine, rec machineRecord, vols []*cow.Volume, req api.CreateMachineSnapshotRequest, requested string, auto *autoSnap) (*machineSnapRecord, error) {
 	d.snapMu.Lock()
 	defer d.snapMu.Unlock()
 	for i, v := range vols {
-		if n := len(v.Snapshots()); n >= d.cfg.SnapshotQuota {
+		n := len(v.Snapshots())
+		if n >= d.cfg.SnapshotQuota && auto != nil {
+			if err := d.evictOldestAuto(ctx, rec.Disks[i], v, auto, m); err != nil {
+				return nil, fmt.Errorf("machine %q: %w", rec.Name, err)
+			}
+		} else if n >= d.cfg.SnapshotQuota {
 			return nil, errorf(block.ErrQuota, "disk %q of machine %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs to make room",
 				rec.Disks[i], rec.Name, n, d.cfg.SnapshotQuota)
 		}
 	}
-	s := &machineSnapRecord{Name: req.Name, Description: req.Description, Created: time.Now().UTC(),
-		Requested: requested, Config: rec.Config}
+	member := auto.meta(api.CreateSnapshotRequest{Name: req.Name, Description: "member of machine snapshot " + rec.Name + "@" + req.Name}, api.SnapshotManual)
+	if auto != nil {
+		member.Kind = api.SnapshotAuto
+	}
+	s := &machineSnapRecord{Name: req.Name, Description: req.Description, Created: member.Created,
+		Requested: requested, Config: rec.Config, Kind: member.Kind, Policy: member.Policy, RetentionDays: member.RetentionDays}
+	if s.Created.IsZero() {
+		s.Created = time.Now().UTC()
+	}
+	member.Created = s.Created
 	group := make([]cow.Member, len(vols))
 	for i, v := range vols {
-		group[i] = cow.Member{Volume: v, Meta: cow.SnapshotMeta{Name: req.Name, Kind: api.SnapshotManual,
-			Description: "member of machine snapshot " + rec.Name + "@" + req.Name}}
+		group[i] = cow.Member{Volume: v, Meta: member}
 		s.Members = append(s.Members, memberRecord{Disk: rec.Disks[i], DiskID: d.diskID(rec.Disks[i]), Snapshot: req.Name})
 	}
 	f, consistency, reason, err := d.freezeGuest(ctx, rec, requested)
@@ -151,6 +180,12 @@ func (d *Daemon) takeMachineSnapshot(ctx context.Context, m *machine, rec machin
 	}
 	if len(infos) > 0 {
 		s.HoldNS = int64(infos[0].Hold)
+	}
+	for _, in := range infos {
+		d.metrics.tookSnapshot(in)
+	}
+	if s.FrozenNS > 0 {
+		d.metrics.froze(time.Duration(s.FrozenNS))
 	}
 	d.mu.Lock()
 	m.snaps[s.Name] = s
@@ -274,6 +309,7 @@ func (d *Daemon) machineSnapshot(name, snap string) (*machine, *machineSnapRecor
 // machineSnapToAPI describes s, its state aggregated from its members'.
 func (d *Daemon) machineSnapToAPI(m *machine, s *machineSnapRecord) api.MachineSnapshot {
 	out := api.MachineSnapshot{Machine: m.rec.Name, Name: s.Name, Description: s.Description, Created: api.At(s.Created),
+		Kind: s.Kind, Policy: s.Policy, RetentionDays: s.RetentionDays, Expires: expires(s.Created, s.RetentionDays),
 		Requested: s.Requested, Consistency: s.Consistency, Reason: s.Reason, Config: s.Config,
 		FrozenMicros: float64(s.FrozenNS) / 1e3, HoldMicros: float64(s.HoldNS) / 1e3}
 	states := map[string]int{}
@@ -298,6 +334,9 @@ func (d *Daemon) machineSnapToAPI(m *machine, s *machineSnapRecord) api.MachineS
 		}
 		states[mm.State]++
 		out.Members = append(out.Members, mm)
+	}
+	if out.Kind == "" {
+		out.Kind = api.SnapshotManual // recorded before policies existed
 	}
 	switch {
 	case s.Deleting || states[api.SnapshotDeleting] > 0:

@@ -127,6 +127,15 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"MachineSnapshot":       api.MachineSnapshot{},
 		"Attachment":            api.Attachment{},
 		"AttachRequest":         api.AttachRequest{},
+		"Policy":                api.Policy{},
+		"PolicyTarget":          api.PolicyTarget{},
+		"CreatePolicyRequest":   api.CreatePolicyRequest{},
+		"UpdatePolicyRequest":   api.UpdatePolicyRequest{},
+		"PolicyTargetsRequest":  api.PolicyTargetsRequest{},
+		"Event":                 api.Event{},
+		"CapacityHistory":       api.CapacityHistory{},
+		"CapacitySample":        api.CapacitySample{},
+		"SnapshotUnique":        api.SnapshotUnique{},
 	} {
 		schema, ok := doc.Components.Schemas[name]
 		if !ok {

@@ -16,6 +16,15 @@ import (
 //	store.MachineSnapshotKey(id, name)     machineSnapRecord  one per machine snapshot
 //	store.FreezeKey(id)                    freezeRecord       while cairnd has a guest frozen
 //	store.AttachKey(index)                 attachRecord       one per /dev/nbdN cairnd serves (versioned)
+//	store.PolicyKey(name)                  policyRecord       one per policy (policy.go)
+//	store.PolicyTargetKey(kind, id)        targetRecord       a policy applied to a disk or machine
+//	store.EventKey(id)                     eventRecord        the events log (events.go)
+//	store.CapacityKey(kind, id, t)         capacitySample     capacity history (capacity_history.go)
+//
+// The policy, target, event and capacity records carry a format version
+// ("version"): a record of a version this cairnd does not know is refused
+// (policies and targets: cairnd does not start, saying so) or skipped
+// with a warning (events, samples), never misread.
 //
 // The sequence store.DiskIDSequence numbers disks; an id is never reused,
 // so DATA_DIR/disks/<id>.raw never names two disks. store.TaskIDSequence
@@ -79,6 +88,13 @@ type machineSnapRecord struct {
 	HoldNS      int64          `json:"hold_ns"`
 	Members     []memberRecord `json:"members"`
 	Config      *api.Config    `json:"config,omitempty"`
+	// Kind, Policy and RetentionDays: an automatic machine snapshot, taken
+	// by a policy applied to the machine, and how many days it is kept
+	// (api.RetentionForever: until deleted). Optional members: records
+	// written before policies lack them (manual).
+	Kind          string `json:"kind,omitempty"`
+	Policy        string `json:"policy,omitempty"`
+	RetentionDays int    `json:"retention_days,omitempty"`
 	// Deleting: a delete began; the next start finishes it.
 	Deleting bool `json:"deleting,omitempty"`
 }

@@ -173,8 +173,8 @@ var Settings = []Setting{
 			}
 			return nil
 		}},
-	{Flag: "store-reserve", Arg: "SIZE", Key: "store_reserve", Default: "256M",
-		Doc:   "free space the snapshot store leaves on its filesystem",
+	{Flag: "store-reserve", Arg: "SIZE", Key: "store_reserve", Default: "384M",
+		Doc:   "the store's reserve on its filesystem (at least 96M): space only its upkeep uses; snapshots stop while less is free besides",
 		field: func(c *Config) any { return &c.StoreReserve },
 		check: func(c Config) error { _, err := c.storeReserve(); return err }},
 	{Flag: "image-quota", Arg: "N", Key: "image_quota", Default: strconv.Itoa(DefaultImageQuota),
@@ -212,6 +212,67 @@ var Settings = []Setting{
 				if !filepath.IsAbs(d) {
 					return fmt.Errorf("%q is not an absolute path", d)
 				}
+			}
+			return nil
+		}},
+	{Flag: "policy-quota", Arg: "N", Key: "policy_quota", Default: strconv.Itoa(DefaultPolicyQuota),
+		Doc:   "most automatic snapshot policies, 1 to 10000",
+		field: func(c *Config) any { return &c.PolicyQuota },
+		check: func(c Config) error {
+			if c.PolicyQuota < 1 || c.PolicyQuota > 10000 {
+				return errors.New("must be from 1 to 10000")
+			}
+			return nil
+		}},
+	{Flag: "policy-grace", Arg: "DURATION", Key: "policy_grace", Default: DefaultPolicyGrace.String(),
+		Doc:   "after downtime, a policy's latest missed time point is still taken if less than this old",
+		field: func(c *Config) any { return &c.PolicyGrace },
+		check: func(c Config) error {
+			if c.PolicyGrace < 0 || c.PolicyGrace > Duration(24*time.Hour) {
+				return errors.New("must be from 0s to 24h")
+			}
+			return nil
+		}},
+	{Flag: "event-history", Arg: "DURATION", Key: "event_history", Default: DefaultEventHistory.String(),
+		Doc:   "how long the events log keeps an event (cairn events)",
+		field: func(c *Config) any { return &c.EventHistory },
+		check: func(c Config) error {
+			if c.EventHistory < Duration(time.Hour) {
+				return errors.New("must be at least 1h")
+			}
+			return nil
+		}},
+	{Flag: "capacity-interval", Arg: "DURATION", Key: "capacity_interval", Default: DefaultCapacityInterval.String(),
+		Doc:   "how often capacity is sampled for its history (cairn snapshot capacity --history)",
+		field: func(c *Config) any { return &c.CapacityInterval },
+		check: func(c Config) error {
+			if c.CapacityInterval < Duration(time.Minute) || c.CapacityInterval > Duration(24*time.Hour) {
+				return errors.New("must be from 1m to 24h")
+			}
+			return nil
+		}},
+	{Flag: "capacity-history", Arg: "DURATION", Key: "capacity_history", Default: DefaultCapacityHistory.String(),
+		Doc:   "how long capacity samples are kept",
+		field: func(c *Config) any { return &c.CapacityHistory },
+		check: func(c Config) error {
+			if c.CapacityHistory < c.CapacityInterval {
+				return errors.New("must be at least capacity_interval")
+			}
+			return nil
+		}},
+	{Flag: "metrics-listen", Arg: "ADDR", Key: "metrics_listen",
+		Doc:   "also serve Prometheus metrics at http://ADDR/metrics (host:port); they are always on the API socket",
+		field: func(c *Config) any { return &c.MetricsListen },
+		check: func(c Config) error {
+			if c.MetricsListen == "" || c.MetricsListener != nil {
+				return nil
+			}
+			_, port, err := net.SplitHostPort(c.MetricsListen)
+			if err != nil {
+				return fmt.Errorf("want host:port, such as 127.0.0.1:9470: %v", err)
+			}
+			if _, err := net.LookupPort("tcp", port); err != nil {
+				return fmt.Errorf("bad port %q", port)
 			}
 			return nil
 		}},

@@ -14,10 +14,17 @@ import (
 // CreateSnapshot takes a crash-consistent snapshot of a disk. It returns
 // with the snapshot's record durable and the snapshot copying.
 func (d *Daemon) CreateSnapshot(ctx context.Context, disk string, req api.CreateSnapshotRequest) (api.Snapshot, error) {
-	return d.createSnapshot(ctx, disk, req, api.SnapshotManual)
+	return d.createSnapshot(ctx, disk, req, nil)
 }
 
-func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.CreateSnapshotRequest, kind string) (api.Snapshot, error) {
+// createSnapshot takes a manual snapshot (auto nil) or a policy's
+// automatic one: at the quota, an automatic snapshot first evicts the
+// disk's oldest automatic snapshot that may go (policy_retention.go).
+func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.CreateSnapshotRequest, auto *autoSnap) (api.Snapshot, error) {
+	kind := api.SnapshotManual
+	if auto != nil {
+		kind = api.SnapshotAuto
+	}
 	if err := checkSnapshotName(req.Name, kind); err != nil {
 		return api.Snapshot{}, err
 	}
@@ -39,7 +46,11 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	if _, _, err := d.volume(disk); err != nil {
 		return api.Snapshot{}, err // deleted, or being deleted, meanwhile
 	}
-	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota {
+	if n := len(vol.Snapshots()); n >= d.cfg.SnapshotQuota && auto != nil {
+		if err := d.evictOldestAuto(ctx, disk, vol, auto, nil); err != nil {
+			return api.Snapshot{}, err
+		}
+	} else if n >= d.cfg.SnapshotQuota {
 		return api.Snapshot{}, errorf(block.ErrQuota, "disk %q already has %d snapshots, its quota (snapshot_quota = %d): delete snapshots it no longer needs (cairn snapshot delete %s NAME) to make room",
 			disk, n, d.cfg.SnapshotQuota, disk)
 	}
@@ -48,7 +59,7 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	if err := d.store.RoomForData(); err != nil {
 		return api.Snapshot{}, fmt.Errorf("cannot snapshot disk %q: %w", disk, err)
 	}
-	info, err := vol.CreateSnapshot(ctx, cow.SnapshotMeta{Name: req.Name, Description: req.Description, Kind: kind})
+	info, err := vol.CreateSnapshot(ctx, auto.meta(req, kind))
 	if err != nil {
 		return api.Snapshot{}, fmt.Errorf("disk %q: %w", disk, err)
 	}
@@ -56,6 +67,7 @@ func (d *Daemon) createSnapshot(ctx context.Context, disk string, req api.Create
 	if err != nil && !errors.Is(err, block.ErrNotFound) {
 		return api.Snapshot{}, fmt.Errorf("disk %q: snapshot %q taken, but: %w", disk, info.Name, err)
 	}
+	d.metrics.tookSnapshot(info)
 	d.log.Info("snapshot taken", "disk", disk, "snapshot", info.Name, "seq", info.Seq, "hold", info.Hold, "drain", info.Drain, "written_bytes", u.WrittenBytes)
 	out := d.snapToAPI(k, info, u, nil)
 	task, err := d.tasks.start(d.bg, copyOutSpec(disk, info.Name), d.copyOutTask(vol, info.Name))
@@ -72,6 +84,7 @@ func (d *Daemon) snapToAPI(k *Disk, in cow.SnapshotInfo, u cow.Usage, clients ma
 	export := exportName{k.rec.Name, in.Name}.String()
 	return api.Snapshot{
 		Disk: k.rec.Name, Name: in.Name, Seq: in.Seq, Description: in.Description, Kind: in.Kind,
+		Policy: in.Policy, RetentionDays: in.RetentionDays, Expires: expires(in.Created, in.RetentionDays),
 		Created: api.At(in.Created), State: in.State, Progress: in.Progress, Reason: in.Reason, Size: in.Size,
 		WrittenBytes: u.WrittenBytes, UniqueBytes: u.Unique.Bytes, UniqueStoredBytes: u.Unique.StoredBytes,
 		HoldMicros:  float64(in.Hold) / float64(time.Microsecond),

@@ -24,6 +24,7 @@ func (d *Daemon) Info() api.Info {
 		APISocket:     d.apiAddr(),
 		NBDSocket:     d.nbdListener.Addr().String(),
 		NBDListen:     d.tcpAddr(),
+		MetricsListen: d.metricsAddr(),
 		Disks:         n,
 		Store:         d.StoreSpace(),
 	}

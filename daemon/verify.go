@@ -26,6 +26,9 @@ func (d *Daemon) Verify(ctx context.Context, req api.VerifyRequest) (api.Task, e
 		if res.Faults == nil {
 			res.Faults = []string{}
 		}
+		if err == nil {
+			d.metrics.verified(len(res.Faults))
+		}
 		if err == nil && len(res.Faults) > 0 {
 			d.log.Error("verify found faults", "disk", req.Disk, "faults", len(res.Faults), "first", res.Faults[0])
 		}

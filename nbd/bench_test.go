@@ -3,7 +3,10 @@ package nbd_test
 import (
 	"context"
 	"fmt"
+	"math/bits"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cairn-storage/cairn/block"
 	"github.com/cairn-storage/cairn/block/blocktest"
@@ -29,6 +32,24 @@ func BenchmarkWrite1M(b *testing.B)        { benchIO(b, cCmdWrite, 1<<20, true) 
 func BenchmarkBlockStatus1M(b *testing.B)  { benchIO(b, cCmdBlockStatus, 1<<20, true) }
 func BenchmarkWriteZeroes64K(b *testing.B) { benchIO(b, cCmdWriteZeroes, 64<<10, true) }
 
+// With an Observer (metrics) on the export: what the hook costs the
+// server (docs/performance.md, "Metrics").
+func BenchmarkRead4KObserved(b *testing.B)  { benchObserved(b, cCmdRead, 4096) }
+func BenchmarkWrite4KObserved(b *testing.B) { benchObserved(b, cCmdWrite, 4096) }
+
+// benchObserver does what the daemon's does per request: two atomic adds
+// and a histogram bucket's.
+type benchObserver struct {
+	ops, bytes [8]atomic.Uint64
+	buckets    [16]atomic.Uint64
+}
+
+func (o *benchObserver) Request(cmd nbd.Command, length uint32, took time.Duration) {
+	o.ops[cmd&7].Add(1)
+	o.bytes[cmd&7].Add(uint64(length))
+	o.buckets[min(bits.Len64(uint64(took/time.Microsecond)), 15)].Add(1)
+}
+
 const benchSize = 256 << 20
 
 // dataBackend is an in-memory disk that is all data, and says so without
@@ -41,15 +62,30 @@ func (dataBackend) Extents(context.Context, int64, int64) ([]block.Extent, error
 	return allData, nil
 }
 
-func benchServe(tb testing.TB) string {
+func benchServe(tb testing.TB) string { return benchServeObserved(tb, nil) }
+
+func benchServeObserved(tb testing.TB, obs nbd.Observer) string {
 	mem := blocktest.NewMemory(benchSize)
-	exp := &nbd.Export{Name: "m", Device: dataBackend{mem}}
+	exp := &nbd.Export{Name: "m", Device: dataBackend{mem}, Observer: obs}
 	sock, _ := nbdtest.Serve(tb, nbdtest.NewExports(exp), nbd.Options{})
 	return sock
 }
 
 func benchIO(b *testing.B, typ uint16, size uint32, structured bool) {
-	sock := benchServe(b)
+	benchIOOn(b, benchServe(b), typ, size, structured)
+}
+
+func benchObserved(b *testing.B, typ uint16, size uint32) {
+	obs := &benchObserver{}
+	benchIOOn(b, benchServeObserved(b, obs), typ, size, true)
+	// The last replies may reach the client before their requests are
+	// recycled (and observed) on the server.
+	if n := obs.ops[typ&7].Load(); n+benchQD < uint64(b.N) {
+		b.Fatalf("observer saw %d requests of %d", n, b.N)
+	}
+}
+
+func benchIOOn(b *testing.B, sock string, typ uint16, size uint32, structured bool) {
 	c := dial(b, sock)
 	if structured {
 		c.structuredReplies()

@@ -24,6 +24,9 @@ type Export struct {
 	// full name ("qemu:dirty-bitmap:snap1"). It is called at negotiation
 	// time so the set can change while the server runs. May be nil.
 	Contexts func() map[string]block.ExtentMap
+	// Observer, when set, is told of every request a client of the export
+	// completes (metrics). May be nil.
+	Observer Observer
 }
 
 // Exporter resolves export names. The daemon implements it; tests use a map.

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync/atomic"
+	"time"
 )
 
 // request is one transmission-phase request from header to reply. A
@@ -22,6 +23,7 @@ type request struct {
 	budget  int           // bytes of the connection's payload budget held
 	replied bool          // a reply has been queued
 	inline  bool          // run by the reader goroutine, not a worker
+	start   time.Time     // when its header was read; zero unless the export has an Observer
 	// Scratch kept with the slot for reuse by its next request.
 	segments  []segment // sparse reads
 	status    []byte    // block-status descriptors

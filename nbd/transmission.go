@@ -140,6 +140,10 @@ func (c *conn) accept(h header) bool {
 	r.flags, r.typ, r.cookie, r.off, r.length = h.flags, h.typ, h.cookie, h.off, h.length
 	r.seq.Store(t.seq)
 	r.replied, r.inline = false, true
+	r.start = time.Time{}
+	if c.exp.Observer != nil {
+		r.start = time.Now()
+	}
 	errno, msg := c.lim.check(h, c.structured, len(c.contexts))
 	if errno != 0 {
 		ok := true
@@ -165,6 +169,7 @@ func (c *conn) accept(h header) bool {
 				t.replies.flushIdle()
 			}
 			if _, err := io.ReadFull(c.br, r.buf.b[:h.length]); err != nil {
+				r.start = time.Time{} // not a request answered
 				c.recycle(r)
 				c.readEnded(err)
 				return false
@@ -346,8 +351,9 @@ func (c *conn) finish(r *request) {
 	c.recycle(r)
 }
 
-// recycle returns r's buffer, budget and slot.
+// recycle reports r answered and returns its buffer, budget and slot.
 func (c *conn) recycle(r *request) {
+	c.observe(r)
 	t := &c.tx
 	if r.writing.Load() {
 		t.writeDone(r)

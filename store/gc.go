@@ -57,6 +57,7 @@ func (s *Store) runGC() error {
 	if s.gcClosed {
 		return errors.New("store: value-log GC: the store is closed")
 	}
+	s.gcRuns.Add(1)
 	before := diskUsage(s.dir, ".vlog")
 	rewrites, err := s.gcPass()
 	// Compact again only once another half file of garbage may exist:
@@ -225,3 +226,7 @@ func diskUsage(dir, suffix string) uint64 {
 	})
 	return total
 }
+
+// GCRuns counts the value-log garbage collections run since Open (the
+// periodic ones and RunGC's), for metrics.
+func (s *Store) GCRuns() uint64 { return s.gcRuns.Load() }

@@ -21,9 +21,14 @@ import (
 //	image/<name>          one whole-machine image: its disks' chains, configuration (daemon)
 //	attach/<index>        an export attached to the kernel as /dev/nbd<index> (daemon)
 //	health/probe          the daemon's write probe
+//	policy/<name>         one automatic snapshot policy (daemon)
+//	ptarget/<kind>/<id>   a policy applied to a disk or machine, by id, with its schedule state (daemon)
+//	event/<id>            one entry of the events log, id zero-padded to 20 digits (daemon)
+//	capacity/<kind>/<id>/<time>  one capacity sample of a disk, a machine or the store (id 0),
+//	                      time in unix seconds zero-padded to 20 digits (daemon)
 //
-// The id sequences "disk", "machine" and "task" (NextID) number disks,
-// machines and tasks.
+// The id sequences "disk", "machine", "task" and "event" (NextID) number
+// disks, machines, tasks and events.
 const (
 	// ChainPrefix starts every chain record key.
 	ChainPrefix = "chain/"
@@ -100,3 +105,35 @@ const AttachPrefix = "attach/"
 
 // AttachKey names the record of the attachment of /dev/nbd<index>.
 func AttachKey(index int) string { return AttachPrefix + strconv.Itoa(index) }
+
+// PolicyPrefix starts every policy record key.
+const PolicyPrefix = "policy/"
+
+// PolicyKey names the record of the policy called name.
+func PolicyKey(name string) string { return PolicyPrefix + name }
+
+// PolicyTargetPrefix starts every policy target record key.
+const PolicyTargetPrefix = "ptarget/"
+
+// PolicyTargetKey names the policy of the disk or machine (kind) with id.
+func PolicyTargetKey(kind string, id uint64) string {
+	return PolicyTargetPrefix + kind + "/" + strconv.FormatUint(id, 10)
+}
+
+// EventPrefix starts every event record key; keys sort by id.
+const EventPrefix = "event/"
+
+// EventIDSequence is the NextID sequence of event ids.
+const EventIDSequence = "event"
+
+// EventKey names event id.
+func EventKey(id uint64) string { return fmt.Sprintf("%s%020d", EventPrefix, id) }
+
+// CapacityPrefix starts the capacity sample keys of one disk, machine or
+// (kind "store", id 0) the store; keys of one prefix sort by time.
+func CapacityPrefix(kind string, id uint64) string { return fmt.Sprintf("capacity/%s/%d/", kind, id) }
+
+// CapacityKey names the sample taken at unix second t.
+func CapacityKey(kind string, id uint64, t int64) string {
+	return fmt.Sprintf("%s%020d", CapacityPrefix(kind, id), t)
+}

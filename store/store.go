@@ -138,6 +138,7 @@ type Store struct {
 	compactedAt uint64        // reclaim estimate at the last compaction for GC
 	stopGC      chan struct{} // closed by Close
 	gcDone      chan struct{} // closed when the background goroutine (GC, refill) returns
+	gcRuns      atomic.Uint64 // value-log GC runs (GCRuns)
 
 	closeOnce sync.Once
 	closeErr  error

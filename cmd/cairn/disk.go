@@ -177,6 +177,9 @@ func (a *app) printDisk(d api.Disk) error {
 	if d.CopyOnRead {
 		t.row("Copy-on-read:", "yes (what it reads from its parent is copied into its image)")
 	}
+	if d.Policy != "" {
+		t.row("Policy:", d.Policy+" (cairn policy show "+d.Policy+")")
+	}
 	t.row("Export:", d.Export)
 	t.row("Clients:", strconv.Itoa(len(d.Clients)))
 	t.row("Created:", d.Created.Local().Format(time.RFC3339))

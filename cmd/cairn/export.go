@@ -146,6 +146,9 @@ func (a *app) printInfo(info api.Info) error {
 	t.row("Data directory:", info.DataDir)
 	t.row("API socket:", info.APISocket)
 	t.row("NBD socket:", info.NBDSocket)
+	if info.MetricsListen != "" {
+		t.row("Metrics:", "http://"+info.MetricsListen+"/metrics")
+	}
 	if info.NBDListen != "" {
 		t.row("NBD TCP:", info.NBDListen)
 	}

@@ -140,6 +140,7 @@ func (a *app) printMachine(m api.Machine) error {
 	t.row("Name:", m.Name)
 	t.row("Disks:", strings.Join(m.Disks, ", "))
 	t.row("Agent socket:", orDash(m.AgentSocket))
+	t.row("Policy:", orDash(m.Policy))
 	if m.Config != nil {
 		t.row("Config:", fmt.Sprintf("%s, %d bytes (cairn machine show %s --config)", m.Config.MediaType, len(m.Config.Data), m.Name))
 	} else {

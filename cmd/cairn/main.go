@@ -119,7 +119,7 @@ func (a *app) rootCmd() *cobra.Command {
 	root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return err })
 	root.AddCommand(a.diskCmd(), a.snapshotCmd(), a.machineCmd(), a.imageCmd(), a.taskCmd(), a.verifyCmd(), a.storeCmd(), a.exportCmd(), a.importCmd(), a.checkCmd(), a.infoCmd(),
-		a.mountCmd(), a.umountCmd(), a.versionCmd())
+		a.mountCmd(), a.umountCmd(), a.versionCmd(), a.policyCmd(), a.eventsCmd())
 	return root
 }
 

@@ -85,19 +85,20 @@ func orNoReason(reason string) string {
 
 func (a *app) snapshotListCmd() *cobra.Command {
 	return &cobra.Command{
-		Use:               "list DISK",
-		Aliases:           []string{"ls"},
-		Short:             "List a disk's snapshots, oldest first",
-		Long:              "WRITTEN is what the snapshot holds itself: the blocks changed since the snapshot before it. UNIQUE is what\nonly it holds: what deleting it frees now (uncompressed). HOLD is how long guest writes waited while it was taken.",
+		Use:     "list DISK",
+		Aliases: []string{"ls"},
+		Short:   "List a disk's snapshots, oldest first",
+		Long: "WRITTEN is what the snapshot holds itself: the blocks changed since the snapshot before it. UNIQUE is what\nonly it holds: what deleting it frees now (uncompressed). HOLD is how long guest writes waited while it was taken.\n" +
+			"EXPIRES is when a policy deletes an automatic snapshot (never: kept until deleted by hand).",
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeDisks,
 		RunE: show(a, func(ctx context.Context, args []string) ([]api.Snapshot, error) {
 			return a.client.Snapshots(ctx, args[0])
 		},
 			func(snaps []api.Snapshot) error {
-				t := a.table("NAME", "CREATED", "STATE", "PROGRESS", "KIND", "WRITTEN", "UNIQUE", "HOLD")
+				t := a.table("NAME", "CREATED", "STATE", "PROGRESS", "KIND", "EXPIRES", "WRITTEN", "UNIQUE", "HOLD")
 				for _, s := range snaps {
-					t.row(s.Name, s.Created.Local().Format(time.DateTime), s.State, snapshotProgress(s), s.Kind,
+					t.row(s.Name, s.Created.Local().Format(time.DateTime), s.State, snapshotProgress(s), s.Kind, expiresText(s.Kind, s.Expires),
 						formatBytes(s.WrittenBytes), formatBytes(s.UniqueBytes), formatHold(s.HoldMicros))
 				}
 				return t.flush()
@@ -149,6 +150,10 @@ func (a *app) printSnapshot(s api.Snapshot) error {
 	t.row("Disk:", s.Disk)
 	t.row("Sequence:", strconv.FormatUint(s.Seq, 10))
 	t.row("Kind:", s.Kind)
+	if s.Policy != "" {
+		t.row("Policy:", s.Policy)
+		t.row("Retention:", retentionText(s.RetentionDays)+", expires "+expiresText(s.Kind, s.Expires))
+	}
 	state := s.State
 	if s.State == api.SnapshotCopying {
 		state += fmt.Sprintf(" (%.1f%%)", s.Progress)
@@ -262,12 +267,24 @@ func (a *app) printChanges(ch api.Changes) error {
 }
 
 func (a *app) snapshotCapacityCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:               "capacity [DISK]",
-		Short:             "Show a disk's snapshot chain capacity, or every chain's and the store's",
+	var history bool
+	var machine, since string
+	cmd := &cobra.Command{
+		Use:   "capacity [DISK] [--history [--since DURATION]] [--machine MACHINE]",
+		Short: "Show a disk's snapshot chain capacity, or every chain's and the store's; --history over time",
+		Long: "Without --history: the capacity now. With it: the samples cairnd takes every capacity_interval\n" +
+			"(hourly by default, kept capacity_history) of DISK's chain, of --machine's disks, or of the whole\n" +
+			"store, as a chart of stored bytes and a table of the newest samples (-o json: every sample).",
+		Example:           "  cairn snapshot capacity vm1-root --history\n  cairn snapshot capacity --history --since 168h\n  cairn snapshot capacity --machine db --history",
 		Args:              cobra.MaximumNArgs(1),
 		ValidArgsFunction: a.completeDisks,
 		RunE: a.run(func(ctx context.Context, args []string) error {
+			if machine != "" && len(args) == 1 {
+				return fmt.Errorf("give DISK or --machine, not both")
+			}
+			if history || machine != "" || since != "" {
+				return a.printHistory(ctx, args, machine, since)
+			}
 			if len(args) == 1 {
 				c, err := a.client.ChainCapacity(ctx, args[0])
 				if err != nil {
@@ -282,6 +299,54 @@ func (a *app) snapshotCapacityCmd() *cobra.Command {
 			return a.print(c, func() error { return a.printCapacity(c) })
 		}),
 	}
+	cmd.Flags().BoolVar(&history, "history", false, "show the capacity samples over time")
+	cmd.Flags().StringVar(&machine, "machine", "", "with --history: a machine's (the sum of its disks')")
+	cmd.Flags().StringVar(&since, "since", "", "with --history: only samples this recent (a duration such as 24h or 168h, or an RFC 3339 time)")
+	cmd.RegisterFlagCompletionFunc("machine", a.completeMachines)
+	return cmd
+}
+
+// printHistory prints capacity samples as a chart and a table.
+func (a *app) printHistory(ctx context.Context, args []string, machine, since string) error {
+	kind, name, what := "store", "", "the store"
+	switch {
+	case len(args) == 1:
+		kind, name, what = api.TargetDisk, args[0], "disk "+args[0]+"'s chain"
+	case machine != "":
+		kind, name, what = api.TargetMachine, machine, "machine "+machine+"'s disks"
+	}
+	var from api.Time
+	if since != "" {
+		if d, err := time.ParseDuration(since); err == nil {
+			from = api.At(time.Now().Add(-d))
+		} else if t, err := time.Parse(time.RFC3339, since); err == nil {
+			from = api.At(t)
+		} else {
+			return fmt.Errorf("invalid --since %q: give a duration such as 24h or an RFC 3339 time", since)
+		}
+	}
+	h, err := a.client.CapacityHistory(ctx, kind, name, from, api.Time{})
+	if err != nil {
+		return err
+	}
+	return a.print(h, func() error {
+		var times []time.Time
+		var stored []uint64
+		for _, s := range h.Samples {
+			times = append(times, s.Time.Time)
+			stored = append(stored, s.StoredBytes)
+		}
+		fmt.Fprintf(a.stdout, "Stored bytes of %s, %d samples every %v:\n", what, len(h.Samples), time.Duration(h.Interval)*time.Second)
+		if err := chart(a.stdout, times, stored, 60, 8); err != nil || len(h.Samples) == 0 {
+			return err
+		}
+		fmt.Fprintln(a.stdout)
+		t := a.table("TIME", "SNAPSHOTS", "LOGICAL", "UNIQUE", "STORED")
+		for _, s := range h.Samples[max(len(h.Samples)-10, 0):] {
+			t.row(s.Time.Local().Format("2006-01-02 15:04"), strconv.Itoa(s.Snapshots), formatBytes(s.LogicalBytes), formatBytes(s.UniqueBytes), formatBytes(s.StoredBytes))
+		}
+		return t.flush()
+	})
 }
 
 // printCapacity prints every chain's capacity and the store's.
@@ -337,4 +402,15 @@ func (a *app) completeSnapshots(cmd *cobra.Command, args []string, toComplete st
 		names = append(names, s.Name)
 	}
 	return names, cobra.ShellCompDirectiveNoFileComp
+}
+
+// expiresText is when an automatic snapshot expires.
+func expiresText(kind string, expires *api.Time) string {
+	switch {
+	case kind != api.SnapshotAuto:
+		return "-"
+	case expires == nil:
+		return "never"
+	}
+	return expires.Local().Format(time.DateTime)
 }

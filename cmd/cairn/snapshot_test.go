@@ -96,13 +96,13 @@ func TestSnapshotCommands(t *testing.T) {
 
 	waitReady(t, sock, "d", "s2")
 	rows := cells(ok(t, sock, "snapshot", "list", "d"))
-	header := "NAME CREATED STATE PROGRESS KIND WRITTEN UNIQUE HOLD"
+	header := "NAME CREATED STATE PROGRESS KIND EXPIRES WRITTEN UNIQUE HOLD"
 	if len(rows) != 4 || strings.Join(rows[0], " ") != header {
 		t.Fatalf("snapshot list:\n%q", rows)
 	}
 	// CREATED is two cells (date, time), sizes two each (number, unit);
 	// s1 alone holds a chunk (0x11), whatever it compresses to.
-	for i, want := range []string{"s1 ready 100% manual 128 KiB", "s2 ready 100% manual 64 KiB 0 B", "s3 ready 100% manual 64 KiB 0 B"} {
+	for i, want := range []string{"s1 ready 100% manual - 128 KiB", "s2 ready 100% manual - 64 KiB 0 B", "s3 ready 100% manual - 64 KiB 0 B"} {
 		got := strings.Join(append([]string{rows[i+1][0]}, rows[i+1][3:]...), " ")
 		if !strings.HasPrefix(got, want+" ") || !regexp.MustCompile(` [0-9.]+ [KMG]?i?B [0-9.]+(µs|ms|s)$`).MatchString(got) {
 			t.Errorf("snapshot list row %d: %q, want %q, unique bytes and a hold", i+1, got, want)

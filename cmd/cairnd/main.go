@@ -57,6 +57,9 @@ func run(args []string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if testClock != nil {
+		cfg.Clock = testClock()
+	}
 	d, err := daemon.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "cairnd: %v\n", err)

@@ -14,6 +14,8 @@ type Machine struct {
 	Description string `json:"description,omitempty"`
 	Created     Time   `json:"created"`
 	Snapshots   int    `json:"snapshots"` // machine snapshots
+	// Policy is the automatic snapshot policy applied to the machine, if any.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Config is a VM's configuration document, kept verbatim: a libvirt domain
@@ -78,7 +80,14 @@ type MachineSnapshot struct {
 	Machine     string `json:"machine"`
 	Name        string `json:"name"`
 	Description string `json:"description,omitempty"`
-	Created     Time   `json:"created"`
+	// Kind, Policy, RetentionDays and Expires: as a disk snapshot's
+	// (Snapshot); an automatic machine snapshot is taken by a policy
+	// applied to the machine.
+	Kind          string `json:"kind"`
+	Policy        string `json:"policy,omitempty"`
+	RetentionDays int    `json:"retention_days,omitempty"`
+	Expires       *Time  `json:"expires,omitempty"`
+	Created       Time   `json:"created"`
 	// State aggregates the members': copying while any copies, ready when
 	// all are, failed if any failed, deleting while it is deleted.
 	State    string  `json:"state"`

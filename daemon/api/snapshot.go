@@ -7,7 +7,13 @@ type Snapshot struct {
 	Seq         uint64 `json:"seq"` // position in the chain: increasing, never reused
 	Description string `json:"description,omitempty"`
 	Kind        string `json:"kind"` // SnapshotManual or SnapshotAuto
-	Created     Time   `json:"created"`
+	// Policy, RetentionDays and Expires describe an automatic snapshot:
+	// the policy that took it, how long it is kept (RetentionForever: until
+	// deleted by hand) and when its retention ends (none: forever).
+	Policy        string `json:"policy,omitempty"`
+	RetentionDays int    `json:"retention_days,omitempty"`
+	Expires       *Time  `json:"expires,omitempty"`
+	Created       Time   `json:"created"`
 	// State is SnapshotCopying (Progress says how far), SnapshotReady,
 	// SnapshotFailed (Reason says why) or SnapshotDeleting.
 	State    string  `json:"state"`

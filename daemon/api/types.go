@@ -29,6 +29,8 @@ type Disk struct {
 	// CopyOnRead: a clone's reads copy what they read from its parent
 	// into its own image.
 	CopyOnRead bool `json:"copy_on_read,omitempty"`
+	// Policy is the automatic snapshot policy applied to the disk, if any.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Disk states.
@@ -116,7 +118,10 @@ type Info struct {
 	APISocket     string  `json:"api_socket"`
 	NBDSocket     string  `json:"nbd_socket"`
 	NBDListen     string  `json:"nbd_listen,omitempty"`
-	Disks         int     `json:"disks"`
+	// MetricsListen is where Prometheus metrics are served on TCP
+	// (--metrics-listen), when they are.
+	MetricsListen string `json:"metrics_listen,omitempty"`
+	Disks         int    `json:"disks"`
 	// Store is the snapshot store's filesystem and reserve.
 	Store StoreSpace `json:"store"`
 }
