@@ -24,7 +24,7 @@ func TestFileSizeLimit(t *testing.T) {
 	if err := os.WriteFile(img, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(img, 64<<20); err != nil {
+	if err := os.Truncate(img, 256<<20); err != nil { // room for the smallest store reserve (96M)
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mkfs.ext4", "-q", "-b", "4096", img).CombinedOutput(); err != nil {
@@ -44,7 +44,7 @@ func TestFileSizeLimit(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	cfg := daemontest.Config(t, filepath.Join(mnt, "data"))
 	cfg.APISocket, cfg.NBDSocket = filepath.Join(dir, "api.sock"), filepath.Join(dir, "nbd.sock")
-	cfg.StoreReserve = "1M"
+	cfg.StoreReserve = "96M"
 	in := daemontest.Start(t, &cfg)
 	ctx := context.Background()
 	const limit = "17592186040320" // 16 TiB - 4 KiB

@@ -246,6 +246,11 @@ func TestHostileClients(t *testing.T) {
 				start := time.Now()
 				for time.Since(start) < 30*time.Second {
 					if _, err := c.Write([]byte(" ")); err != nil {
+						// Closed: the 408 may be waiting to be read.
+						c.SetReadDeadline(time.Now().Add(time.Second))
+						if b, _ := io.ReadAll(c); strings.Contains(string(b), "408") {
+							return
+						}
 						break
 					}
 					time.Sleep(2 * time.Second)
