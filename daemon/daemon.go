@@ -175,7 +175,7 @@ func New(cfg Config) (_ *Daemon, err error) {
 
 		attachments: make(map[int]*attachment),
 		kernel:      &kernel.Driver{},
-		clock:   cfg.Clock,
+		clock:       cfg.Clock,
 	}
 	if d.clock == nil {
 		d.clock = clock.Real{}
