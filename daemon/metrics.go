@@ -166,7 +166,10 @@ var (
 	descStatsTime = prometheus.NewDesc("cairn_store_stats_timestamp_seconds", "When the store's byte figures were sampled (unix time; 0: not yet).", nil, nil)
 	descFSFree    = prometheus.NewDesc("cairn_store_filesystem_free_bytes", "Free bytes, for cairnd, on the store's filesystem.", nil, nil)
 	descFSSize    = prometheus.NewDesc("cairn_store_filesystem_size_bytes", "Size of the store's filesystem.", nil, nil)
-	descReserve   = prometheus.NewDesc("cairn_store_reserve_bytes", "Free space the store leaves on its filesystem (store_reserve): snapshots fail below it.", nil, nil)
+	descReserve   = prometheus.NewDesc("cairn_store_reserve_bytes", "The store's reserve (store_reserve): its full size, and what it holds now (less while the store's upkeep uses it).", []string{"kind"}, nil)
+	descStopBelow = prometheus.NewDesc("cairn_store_snapshots_stop_below_bytes", "Free bytes below which snapshots are refused and copying ones fail.", nil, nil)
+	descSpace     = prometheus.NewDesc("cairn_store_space_state", "1 for the store's space state (ok, low, full, reserve), 0 for the others.", []string{"state"}, nil)
+	descBroken    = prometheus.NewDesc("cairn_store_broken", "1 while the store takes no more changes because a write to its disk failed (restart cairnd once the disk is healthy).", nil, nil)
 	descGCRuns    = prometheus.NewDesc("cairn_store_gc_runs_total", "Value-log garbage collections run since cairnd started.", nil, nil)
 	descPolicies  = prometheus.NewDesc("cairn_policies", "Automatic snapshot policies.", nil, nil)
 	descTargets   = prometheus.NewDesc("cairn_policy_targets", "Disks and machines a policy is applied to.", []string{"policy"}, nil)
@@ -176,7 +179,7 @@ var (
 
 func (c stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSnapshots, descBacklog, descOldest, descCopied, descDisks, descNBDConns, descFUSEOpen,
-		descTasks, descStore, descDedup, descCompress, descStatsTime, descFSFree, descFSSize, descReserve, descGCRuns,
+		descTasks, descStore, descDedup, descCompress, descStatsTime, descFSFree, descFSSize, descReserve, descStopBelow, descSpace, descBroken, descGCRuns,
 		descPolicies, descTargets, descNextRun, descLastRun} {
 		ch <- d
 	}
@@ -333,20 +336,27 @@ func (c stateCollector) collectStore(gauge func(*prometheus.Desc, float64, ...st
 	}
 	var fs unix.Statfs_t
 	if err := unix.Statfs(filepath.Join(d.cfg.DataDir, "store"), &fs); err == nil {
-		gauge(descFSFree, float64(fs.Bavail)*float64(fs.Bsize))
 		gauge(descFSSize, float64(fs.Blocks)*float64(fs.Bsize))
 	}
-	reserve, _ := d.cfg.storeReserve()
-	if reserve == 0 {
-		reserve = defaultStoreReserve
+	sp := d.StoreSpace()
+	gauge(descFSFree, float64(sp.FreeBytes))
+	gauge(descReserve, float64(sp.ReserveBytes), "size")
+	gauge(descReserve, float64(sp.ReserveHeldBytes), "held")
+	gauge(descStopBelow, float64(sp.StopBelowBytes))
+	for _, st := range []string{api.SpaceOK, api.SpaceLow, api.SpaceFull, api.SpaceReserve} {
+		v := 0.0
+		if sp.State == st {
+			v = 1
+		}
+		gauge(descSpace, v, st)
 	}
-	gauge(descReserve, float64(reserve))
+	broken := 0.0
+	if sp.Broken != "" {
+		broken = 1
+	}
+	gauge(descBroken, broken)
 	ch <- prometheus.MustNewConstMetric(descGCRuns, prometheus.CounterValue, float64(d.store.GCRuns()))
 }
-
-// defaultStoreReserve is the store's reserve when store_reserve is not set
-// (the store's own default, as docs/config.md states it).
-const defaultStoreReserve = 256 << 20
 
 // collectPolicies reports the policies, their targets and their points.
 func (c stateCollector) collectPolicies(gauge func(*prometheus.Desc, float64, ...string)) {

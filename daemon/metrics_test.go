@@ -102,7 +102,7 @@ func TestMetrics(t *testing.T) {
 		for _, series := range []string{`cairn_io_operations_total{disk="d",frontend="nbd",op="write"}`,
 			`cairn_io_operations_total{disk="d",frontend="nbd",op="flush"}`,
 			`cairn_io_duration_seconds_count{frontend="nbd",op="write"}`, `cairn_copyout_bytes_total`,
-			`cairn_store_filesystem_free_bytes`, `cairn_store_reserve_bytes`} {
+			`cairn_store_filesystem_free_bytes`, `cairn_store_reserve_bytes{kind="size"}`, `cairn_store_snapshots_stop_below_bytes`, `cairn_store_space_state{state="ok"}`} {
 			if got := sample(text, series); got <= 0 {
 				t.Errorf("%s: %s = %v, want more than 0", name, series, got)
 			}

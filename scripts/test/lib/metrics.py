@@ -152,7 +152,7 @@ scrape_configs:
     while time.monotonic() < deadline and any(ru.get("health") != "ok" for ru in rules):
         time.sleep(0.5)
         rules = [ru for g in json.loads(get(base + "/api/v1/rules")[1])["data"]["groups"] for ru in g["rules"]]
-    rep.check(len(rules) == 8 and all(ru.get("health") == "ok" for ru in rules),
+    rep.check(len(rules) == 9 and all(ru.get("health") == "ok" for ru in rules),
               f"prometheus: the {len(rules)} shipped alert rules load and evaluate", [(ru["name"], ru.get("health"), ru.get("lastError")) for ru in rules])
     firing = [ru["name"] for ru in rules if ru.get("state") != "inactive"]
     rep.check(firing == [], "no alert fires on a healthy cairnd", firing)
