@@ -330,7 +330,7 @@ class FullFS:
                     self.delete(disk, s["name"])
         rep.ok(f"{what}: failed snapshots deleted")
         for disk in FILLERS:
-            self.api.req("DELETE", f"/v1/disks/{disk}")
+            self.api.req("DELETE", f"/v1/disks/{disk}?with_snapshots=true")
             self.deleted.add(disk)
             for name in list(self.snaps[disk]):
                 self.forget(disk, name)
