@@ -18,10 +18,11 @@ What it checks:
    between cairnd and qemu-ga and holds cairnd's guest-fsfreeze-thaw for
    HOLD seconds. When qemu-ga's answer to the freeze passes (the guest is
    frozen), the host asks the guest to create a file on each filesystem;
-   each dd must take about HOLD (guest clock) and answer only after the
-   relay passed the thaw on (host clock). It cannot pass by accident: a
-   write the freeze did not stop returns in milliseconds, long before the
-   held thaw; and without a freeze there is no freeze answer to start it.
+   each dd must wait most of HOLD (guest clock) and answer only after the
+   relay passed the thaw on (host clock), and frozen_us must count HOLD.
+   It cannot pass by accident: a write the freeze did not stop returns in
+   milliseconds, long before the held thaw; and without a freeze there is
+   no freeze answer to start it.
 3. Each member of each frozen snapshot, copied with qemu-img convert from
    its DISK@NAME export: needs_recovery is off, the journal is empty
    (dumpe2fs: "Journal start: 0"), `e2fsck -fn` is clean, and the writers'
