@@ -22,8 +22,12 @@ import (
 // before the freeze and deleted after the thaw makes the next start thaw a
 // guest a killed cairnd left frozen.
 
-// thawTimeout bounds one thaw attempt.
-const thawTimeout = 5 * time.Second
+// thawTimeout bounds one thaw attempt; thawRetry is how often a thaw that
+// did not get through is tried again.
+const (
+	thawTimeout = 5 * time.Second
+	thawRetry   = 5 * time.Second
+)
 
 // frozen is a guest cairnd has frozen (or tried to).
 type frozen struct {
@@ -32,11 +36,12 @@ type frozen struct {
 	c     *qga.Client
 	start time.Time
 
-	timer *time.Timer // thaws at the freeze limit
-	once  sync.Once
-	mu    sync.Mutex
-	held  time.Duration // how long it was frozen, once thawed (guarded by mu)
-	late  bool          // the limit passed before the snapshot was sealed (guarded by mu)
+	timer   *time.Timer // thaws at the freeze limit
+	once    sync.Once
+	mu      sync.Mutex
+	held    time.Duration // from the freeze command to the thaw's answer (guarded by mu)
+	late    bool          // the limit passed before the snapshot was sealed (guarded by mu)
+	thawErr error         // why the first thaw did not get through; retried in the background (guarded by mu)
 }
 
 // freezeGuest freezes m's guest for a snapshot of the requested
@@ -80,9 +85,9 @@ func (d *Daemon) freezeGuest(ctx context.Context, m machineRecord, requested str
 	if err != nil {
 		f.thaw() // part of the filesystems may be frozen
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fail("the guest agent did not freeze the filesystems within freeze_timeout (%v); they were thawed", limit)
+			return fail("the guest agent did not freeze the filesystems within freeze_timeout (%v); %s", limit, f.afterThaw())
 		}
-		return fail("the guest agent could not freeze the filesystems: %v; they were thawed", err)
+		return fail("the guest agent could not freeze the filesystems: %v; %s", err, f.afterThaw())
 	}
 	d.log.Info("guest filesystems frozen", "machine", m.Name, "filesystems", n)
 	f.timer = time.AfterFunc(limit-time.Since(f.start), func() {
@@ -103,12 +108,12 @@ func (f *frozen) thaw() {
 		if f.timer != nil {
 			f.timer.Stop()
 		}
-		held := time.Since(f.start)
-		f.mu.Lock()
-		f.held = held
-		f.mu.Unlock()
 		err := thawAgent(f.c, f.m.AgentSocket)
 		f.c.Close()
+		held := time.Since(f.start)
+		f.mu.Lock()
+		f.held, f.thawErr = held, err
+		f.mu.Unlock()
 		if err != nil {
 			f.d.log.Error("could not thaw the guest's filesystems; retrying", "machine", f.m.Name, "err", err)
 			go f.d.thawUntilDone(f.m.ID, freezeRecord{Machine: f.m.Name, AgentSocket: f.m.AgentSocket})
@@ -121,8 +126,19 @@ func (f *frozen) thaw() {
 	})
 }
 
-// result is how long the guest stayed frozen and whether the limit
-// passed before the snapshot was sealed.
+// afterThaw says, for a reason, what became of the guest's filesystems
+// after f.thaw.
+func (f *frozen) afterThaw() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.thawErr == nil {
+		return "they were thawed"
+	}
+	return fmt.Sprintf("the thaw did not get through either (%v): cairnd retries it every %v until the agent answers", f.thawErr, thawRetry)
+}
+
+// result is how long the guest stayed frozen (until the thaw's answer)
+// and whether the limit passed before the snapshot was sealed.
 func (f *frozen) result() (held time.Duration, late bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -183,12 +199,12 @@ func (d *Daemon) thawUntilDone(id uint64, rec freezeRecord) {
 			return
 		}
 		if attempt%12 == 0 {
-			d.log.Error("guest filesystems still frozen: the agent does not answer; retrying every 5s", "machine", rec.Machine, "socket", rec.AgentSocket, "err", err)
+			d.log.Error("guest filesystems still frozen: the agent does not answer; retrying", "every", thawRetry, "machine", rec.Machine, "socket", rec.AgentSocket, "err", err)
 		}
 		select {
 		case <-d.bg.Done():
 			return
-		case <-time.After(5 * time.Second):
+		case <-time.After(thawRetry):
 		}
 	}
 }

@@ -98,8 +98,10 @@ type MachineSnapshot struct {
 	// then says why).
 	Requested   string `json:"requested"`
 	Consistency string `json:"consistency"`
-	// FrozenMicros: how long the guest's filesystems were frozen (0 for
-	// crash-consistent).
+	// FrozenMicros: how long the guest's filesystems were frozen, from the
+	// freeze command to the thaw's answer (0 for crash-consistent). When
+	// the thaw did not get through at once (cairnd retries it), until
+	// cairnd gave up on that first attempt.
 	FrozenMicros float64                 `json:"frozen_us"`
 	HoldMicros   float64                 `json:"hold_us"` // how long every disk's writes were held for the instant
 	Members      []MachineSnapshotMember `json:"members"`

@@ -44,6 +44,10 @@ type Config struct {
 	Env map[string]string
 	// NBDSocket is the NBD server's Unix socket for Disks.
 	NBDSocket string
+	// NBDReconnect is qemu's reconnect-delay for the NBD disks (whole
+	// seconds): how long the guest's requests wait for the server to come
+	// back after it went away. Zero: they fail at once.
+	NBDReconnect time.Duration
 	// Disks are the guest's virtio disks, in order (vda, vdb, ...).
 	Disks []Disk
 	// Agent wires qemu-ga's virtio-serial port to VM.AgentSocket; the guest
@@ -199,6 +203,9 @@ func (vm *VM) args(cfg Config, script string) []string {
 	}
 	if cfg.NBDSocket != "" {
 		args = append(args, "--nbd", cfg.NBDSocket)
+	}
+	if cfg.NBDReconnect > 0 {
+		args = append(args, "--nbd-reconnect", fmt.Sprint(int(cfg.NBDReconnect.Seconds())))
 	}
 	for _, d := range cfg.Disks {
 		flag, target := "--disk", d.Export

@@ -7,6 +7,7 @@
 # or qemu-io.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/test/lib/common.sh
 CAIRND=$PWD/bin/cairnd
 CAIRN=$PWD/bin/cairn
 for b in "$CAIRND" "$CAIRN"; do
@@ -37,19 +38,12 @@ check() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then ok "$d"; else bad "$d:
 # contains DESC NEEDLE: the last command's output contains NEEDLE.
 contains() { if grep -qF -- "$2" "$T/out"; then ok "$1"; else bad "$1: no '$2' in: $(cat "$T/out")"; fi; }
 
-# start_cairnd: start cairnd on $DATA and wait until it logs that it is ready.
-start_cairnd() {
-	: >"$T/cairnd.log"
-	"$CAIRND" --data-dir "$DATA" 2>>"$T/cairnd.log" &
-	PID=$!
-	# Poll the log (bounded: 20 s) for the line cairnd logs once it serves.
-	local i
-	for ((i = 0; i < 400; i++)); do
-		grep -q "cairnd ready" "$T/cairnd.log" && break
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.05
-	done
-	if grep -q "cairnd ready" "$T/cairnd.log"; then
+# cli_start: start cairnd on $DATA and wait until it logs that it is ready.
+cli_start() {
+	start_cairnd "$T/cairnd.log" --data-dir "$DATA"
+	local rc=$?
+	PID=$CAIRND_PID
+	if [ $rc -eq 0 ]; then
 		ok "cairnd started (pid $PID)"
 	else
 		bad "cairnd did not become ready: $(cat "$T/cairnd.log")"
@@ -68,7 +62,7 @@ stop_cairnd() {
 	if [ ! -e "$DATA/cairn.sock" ] && [ ! -e "$DATA/nbd.sock" ]; then ok "sockets removed"; else bad "sockets left: $(ls "$DATA")"; fi
 }
 
-start_cairnd
+cli_start
 
 check "disk create" "$CAIRN" disk create vm1 --size 64M --description "e2e disk"
 contains "create shows the size" "64 MiB (67108864 bytes)"
@@ -124,7 +118,7 @@ stop_cairnd TERM
 "$CAIRN" info >"$T/out" 2>&1
 contains "stopped daemon: clear message" "cannot reach cairnd at $CAIRN_SOCKET"
 
-start_cairnd
+cli_start
 check "data survives a restart" qemu-io -f raw "$NBD" -c "read -P 0x5a 0 1M" -c "read -P 0xa5 127M 1M"
 if grep -q "Pattern verification failed" "$T/out"; then bad "data after restart: $(cat "$T/out")"; else ok "data after restart verified"; fi
 check "disk delete" "$CAIRN" disk delete vm1

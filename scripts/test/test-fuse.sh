@@ -17,6 +17,7 @@
 # Exit 77 (skip) without root, FUSE, loop devices or the tools.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/test/lib/common.sh
 CAIRND=${CAIRND:-$PWD/bin/cairnd}
 CAIRN=${CAIRN:-$PWD/bin/cairn}
 skip() { echo "test-fuse: $*"; exit 77; }
@@ -55,25 +56,19 @@ check() { local d=$1; shift; if "$@" >"$T/out" 2>&1; then ok "$d"; else bad "$d:
 contains() { if grep -qF -- "$2" "$T/out"; then ok "$1"; else bad "$1: no '$2' in: $(cat "$T/out")"; fi; }
 die() { bad "$*"; echo "test-fuse: $pass passed, $fail failed"; exit 1; }
 
-# start_cairnd: start cairnd and wait (bounded: 20 s) until it logs ready.
-start_cairnd() {
-	: >"$T/cairnd.log"
-	"$CAIRND" --data-dir "$DATA" --fuse-dir "$FUSE" 2>>"$T/cairnd.log" &
-	PID=$!
-	local i
-	for ((i = 0; i < 400; i++)); do
-		grep -q "cairnd ready" "$T/cairnd.log" && break
-		kill -0 "$PID" 2>/dev/null || break
-		sleep 0.05
-	done
-	grep -q "cairnd ready" "$T/cairnd.log" || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
+# fuse_start: start cairnd with its FUSE view and wait until it is ready.
+fuse_start() {
+	start_cairnd "$T/cairnd.log" --data-dir "$DATA" --fuse-dir "$FUSE"
+	local rc=$?
+	PID=$CAIRND_PID
+	[ $rc -eq 0 ] || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
 	ok "cairnd started with the FUSE view on $FUSE"
 }
 
 # fuse_mounts: how many cairn trees are mounted on $FUSE.
 fuse_mounts() { awk -v d="$FUSE" '$5 == d && $0 ~ / - fuse.cairn / { n++ } END { print n + 0 }' /proc/self/mountinfo; }
 
-start_cairnd
+fuse_start
 check "disk create vm" "$CAIRN" disk create vm --size 256M
 check "disk.raw appears" test -f "$FUSE/vm/disk.raw"
 check "disk.raw is 256 MiB, 0644" test "$(stat -c '%s %a' "$FUSE/vm/disk.raw")" = "268435456 644"
@@ -160,7 +155,7 @@ kill -KILL "$PID"
 wait "$PID" 2>/dev/null
 PID=
 if stat -f "$FUSE" >/dev/null 2>&1; then bad "the killed cairnd's mount still answers"; else ok "the killed cairnd left a dead mount (statfs fails)"; fi
-start_cairnd
+fuse_start
 check "one cairn tree on $FUSE after restart" test "$(fuse_mounts)" = 1
 check "the restarted tree serves the disk" test -f "$FUSE/vm/disk.raw"
 kill -TERM "$PID"

@@ -14,6 +14,7 @@
 # cannot be had (or bin/cairnd is not built).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+. scripts/test/lib/common.sh
 CAIRND=${CAIRND:-$PWD/bin/cairnd}
 CAIRN=${CAIRN:-$PWD/bin/cairn}
 VM=$PWD/scripts/test/vm
@@ -57,15 +58,10 @@ expect() {
 die() { bad "$*"; echo "test-vm: $pass passed, $fail failed"; exit 1; }
 qga() { "$PY" "$VM/vmctl.py" qga "$T/qga.sock" "$@"; }
 
-: >"$T/cairnd.log"
-"$CAIRND" --data-dir "$DATA" --fuse=false 2>>"$T/cairnd.log" &
-PID=$!
-for ((i = 0; i < 400; i++)); do
-	grep -q "cairnd ready" "$T/cairnd.log" && break
-	kill -0 "$PID" 2>/dev/null || break
-	sleep 0.05
-done
-grep -q "cairnd ready" "$T/cairnd.log" || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
+start_cairnd "$T/cairnd.log" --data-dir "$DATA" --fuse=false
+rc=$?
+PID=$CAIRND_PID
+[ $rc -eq 0 ] || die "cairnd did not become ready: $(cat "$T/cairnd.log")"
 check "disk create vm (64 MiB)" "$CAIRN" disk create vm --size 64M
 check "disk create db (16 MiB)" "$CAIRN" disk create db --size 16M
 check "write 0xab to db's first MiB" qemu-io -f raw "nbd+unix:///db?socket=$DATA/nbd.sock" -c "write -P 0xab 0 1M"

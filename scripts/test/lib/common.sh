@@ -1,5 +1,7 @@
-# Sourced by the Python-driven end-to-end tests (test-snapshots.sh,
-# test-crash.sh, test-store-full.sh). After `e2e_setup NAME TOOL...`:
+# Sourced by the end-to-end tests. The Python-driven ones (test-snapshots.sh,
+# test-crash.sh, test-store-full.sh, test-machines.sh, test-vm-agent.sh)
+# call e2e_setup; the shell-driven ones start cairnd with start_cairnd
+# (below). After `e2e_setup NAME TOOL...`:
 # $CAIRND is the daemon binary ($CAIRND from the environment, else
 # bin/cairnd), $T a scratch directory that the EXIT trap removes after
 # killing the cairnd whose pid is in $T/cairnd.pid, and $PY the Python
@@ -55,3 +57,22 @@ e2e_loopfs() {
 	rmdir "$dir/lost+found" 2>/dev/null
 }
 E2E_LOOPS=()
+
+# start_cairnd LOG ARGS...: for the shell-driven tests. Empties LOG, starts
+# $CAIRND ARGS... in the background with its stderr in LOG, sets
+# CAIRND_PID, and waits (bounded: 20 s) for the line cairnd logs once it
+# serves, "cairnd ready". Returns 1 if that line does not come (cairnd
+# exited, or is still starting): the caller reports LOG.
+start_cairnd() {
+	local log=$1 i
+	shift
+	: >"$log"
+	"$CAIRND" "$@" 2>>"$log" &
+	CAIRND_PID=$!
+	for ((i = 0; i < 400; i++)); do
+		grep -q "cairnd ready" "$log" && return 0
+		kill -0 "$CAIRND_PID" 2>/dev/null || break
+		sleep 0.05
+	done
+	grep -q "cairnd ready" "$log"
+}

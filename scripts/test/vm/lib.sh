@@ -47,13 +47,16 @@ vm_ctl_open() {
 # vm_recv [SECONDS]: print the next line the host sent on the control
 # channel. Waits at most SECONDS (default 120); returns 1 on timeout. Until
 # the host connects, a read ends at once with nothing, hence the polling.
+# Only the wait for a line's first byte has a timeout: busybox's read -t
+# drops what it has read when its time runs out in the middle of a line.
 vm_recv() {
-	local deadline line
+	local deadline first rest
 	vm_ctl_open
 	deadline=$(($(date +%s) + ${1:-120}))
 	while [ "$(date +%s)" -lt $deadline ]; do
-		if IFS= read -r -t 1 line <&7 && [ -n "$line" ]; then
-			echo "$line"
+		if IFS= read -r -t 1 -n 1 first <&7 && [ -n "$first" ]; then
+			IFS= read -r rest <&7
+			echo "$first$rest"
 			return 0
 		fi
 		sleep 0.2

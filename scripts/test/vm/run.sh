@@ -19,6 +19,11 @@
 #                       guest: /dev/disk/cairn/EXPORT (vm_disk EXPORT).
 #                       Repeatable, in order: vda, vdb, ...
 #   --disk-ro EXPORT    the same, read-only
+#   --nbd-reconnect S   qemu's reconnect-delay for the NBD disks: after the
+#                       server goes away (cairnd killed or restarted), the
+#                       guest's requests wait up to S seconds for qemu to
+#                       reconnect instead of failing at once (default 0:
+#                       they fail)
 #   --disk-file FILE    a virtio disk on a raw FILE on the host; in the
 #                       guest: /dev/disk/cairn/BASENAME
 #   --disk-file-ro FILE the same, read-only
@@ -46,7 +51,7 @@ die() {
 	exit 2
 }
 
-script= nbd= agent= ctl= log= work= timeout=300 mem=512
+script= nbd= agent= ctl= log= work= timeout=300 mem=512 reconnect=0
 files=() modules=() envs=() disks=()
 while [ $# -gt 0 ]; do
 	case $1 in -h | --help) usage ;; esac
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
 	--module) modules+=("$2") ;;
 	--env) envs+=("$2") ;;
 	--nbd) nbd=$2 ;;
+	--nbd-reconnect) reconnect=$2 ;;
 	--disk) disks+=("nbd rw $2") ;;
 	--disk-ro) disks+=("nbd ro $2") ;;
 	--disk-file) disks+=("file rw $2") ;;
@@ -73,6 +79,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$script" ] || die "--script is required"
 [ -f "$script" ] || die "--script $script: no such file"
+[[ $reconnect =~ ^[0-9]+$ ]] || die "--nbd-reconnect $reconnect: not a number of seconds"
 command -v qemu-system-x86_64 >/dev/null || { echo "vm run: qemu-system-x86_64 is missing (scripts/deps.sh installs qemu-system-x86)" >&2; exit 77; }
 
 setup=$("$here/setup.sh")
@@ -133,7 +140,9 @@ for d in ${disks[@]+"${disks[@]}"}; do
 	[ "$mode" = ro ] && ro=,readonly=on
 	if [ "$kind" = nbd ]; then
 		[ -n "$nbd" ] || die "--disk $target needs --nbd SOCKET"
-		qemu+=(-drive "file=nbd+unix:///$target?socket=$nbd,format=raw,if=none,id=d$n,cache=none$ro")
+		rd=
+		[ "$reconnect" -gt 0 ] && rd=,file.reconnect-delay=$reconnect
+		qemu+=(-drive "file=nbd+unix:///$target?socket=$nbd,format=raw,if=none,id=d$n,cache=none$ro$rd")
 		echo "d$n $target" >>"$x/cairn/disks"
 	else
 		[ -f "$target" ] || die "--disk-file $target: no such file"
