@@ -26,7 +26,7 @@ func TestConfigValidate(t *testing.T) {
 		{"loopback v6", daemon.Config{DataDir: "/tmp/d", NBDListen: "[::1]:10809"}, ""},
 		{"localhost", daemon.Config{DataDir: "/tmp/d", NBDListen: "localhost:0"}, ""},
 		{"all interfaces", daemon.Config{DataDir: "/tmp/d", NBDListen: ":10809"}, "--nbd-listen \":10809\" (nbd_listen in the config file): an address that is not loopback"},
-		{"any v4", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809"}, "set tls_cert and tls_key"},
+		{"any v4", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809"}, "set --tls-cert and --tls-key"},
 		{"private", daemon.Config{DataDir: "/tmp/d", NBDListen: "192.168.1.5:10809"}, "not loopback"},
 		{"any v4 with TLS", daemon.Config{DataDir: "/tmp/d", NBDListen: "0.0.0.0:10809", TLSCert: "/c.pem", TLSKey: "/k.pem"}, ""},
 		{"cert without key", daemon.Config{DataDir: "/tmp/d", TLSCert: "/c.pem"}, "--tls-cert \"/c.pem\" (tls_cert in the config file): tls_cert and tls_key go together"},

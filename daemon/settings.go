@@ -534,7 +534,7 @@ func checkTCPListen(addr string, tls bool) error {
 		return nil
 	}
 	return errors.New("an address that is not loopback (127.0.0.1, [::1] or localhost) carries disk contents over the network: " +
-		"set tls_cert and tls_key (every client of that listener must then use TLS), or listen on loopback")
+		"set --tls-cert and --tls-key (tls_cert, tls_key in the config file; every client of that listener must then use TLS), or listen on loopback")
 }
 
 // isLoopbackAddr reports whether a listener's address is loopback.

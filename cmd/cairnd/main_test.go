@@ -41,7 +41,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"--listen", "x"}, exitUsage, "flag provided but not defined: -listen"},
 		{"argument", []string{"--data-dir", dir, "extra"}, exitUsage, `unexpected argument "extra"`},
 		{"non-loopback", []string{"--data-dir", dir, "--nbd-listen", "0.0.0.0:10809"}, exitUsage,
-			`cairnd: --nbd-listen "0.0.0.0:10809": an address that is not loopback (127.0.0.1, [::1] or localhost) carries disk contents over the network: set tls_cert and tls_key`},
+			`cairnd: --nbd-listen "0.0.0.0:10809": an address that is not loopback (127.0.0.1, [::1] or localhost) carries disk contents over the network: set --tls-cert and --tls-key`},
 		{"from config file", []string{"--config", cfgFile, "--data-dir", dir}, exitUsage,
 			`cairnd: config file ` + cfgFile + `: nbd_listen = "0.0.0.0:10809": an address that is not loopback`},
 		{"default too long", []string{"--data-dir", "/tmp/" + strings.Repeat("d", 100)}, exitUsage,
